@@ -1,0 +1,1 @@
+"""The `citybrain` command: one console script whose subcommands live beside their components."""

@@ -1,0 +1,41 @@
+"""The few names that differ between CPython and MicroPython, in one place.
+
+Import `const` from here (not from `micropython`) so that modules compile and run on both
+interpreters: mpy-cross still folds `X = const(1)` at build time because the name is `const`.
+"""
+
+try:
+    from micropython import const  # noqa: F401
+except ImportError:  # CPython
+
+    def const(value):
+        return value
+
+
+try:
+    from time import ticks_add, ticks_diff, ticks_ms  # noqa: F401
+except ImportError:  # CPython
+    import time as _time
+
+    _TICKS_PERIOD = 1 << 30
+
+    def ticks_ms():
+        return int(_time.monotonic() * 1000) & (_TICKS_PERIOD - 1)
+
+    def ticks_diff(a, b):
+        d = (a - b) & (_TICKS_PERIOD - 1)
+        if d >= _TICKS_PERIOD // 2:
+            d -= _TICKS_PERIOD
+        return d
+
+    def ticks_add(a, b):
+        return (a + b) & (_TICKS_PERIOD - 1)
+
+
+IS_MICROPYTHON = False
+try:
+    import sys as _sys
+
+    IS_MICROPYTHON = _sys.implementation.name == "micropython"
+except AttributeError:
+    pass
