@@ -5,7 +5,7 @@ interpreters: mpy-cross still folds `X = const(1)` at build time because the nam
 """
 
 try:
-    from micropython import const  # noqa: F401
+    from micropython import const
 except ImportError:  # CPython
 
     def const(value):
@@ -13,7 +13,7 @@ except ImportError:  # CPython
 
 
 try:
-    from time import ticks_add, ticks_diff, ticks_ms  # noqa: F401
+    from time import ticks_add, ticks_diff, ticks_ms
 except ImportError:  # CPython
     import time as _time
 

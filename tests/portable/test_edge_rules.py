@@ -1,0 +1,44 @@
+"""Report-by-exception: deadband, changes, events, alarms and the silence heartbeat."""
+
+from edge import rules
+
+
+class FakeCodec:
+    KIND = "fake"
+    FIELDS = ("open", "level", "temp")
+    ANALOG = (1, 2)
+
+    @staticmethod
+    def is_event(fields):
+        return fields[0] is True
+
+
+def test_first_then_suppressed_then_deadband():
+    f = rules.ReportFilter(FakeCodec, deadbands={"level": 5}, default_deadband=0.5, max_silence_ms=60000)
+    assert f.check("s1", (False, 10, 20.0), 0) == rules.REPORT_FIRST
+    assert f.check("s1", (False, 14, 20.4), 1000) == rules.SUPPRESSED
+    assert f.check("s1", (False, 16, 20.4), 2000) == rules.REPORT_DEADBAND  # 16-10 > 5
+    assert f.check("s1", (False, 16, 20.8), 3000) == rules.SUPPRESSED  # vs last reported 20.4
+    assert f.check("s1", (False, 16, 21.0), 3000) == rules.REPORT_DEADBAND
+    assert f.suppressed == 2
+
+
+def test_non_analog_change_event_alarm_silence():
+    f = rules.ReportFilter(FakeCodec, default_deadband=100, max_silence_ms=60000)
+    assert f.check("s1", (False, 10, 20.0), 0) == rules.REPORT_FIRST
+    assert f.check("s1", (True, 10, 20.0), 10) == rules.REPORT_EVENT
+    assert f.check("s1", (True, 10, 20.0), 20) == rules.REPORT_EVENT  # every event counts
+    assert f.check("s2", (False, 1, 1.0), 20) == rules.REPORT_FIRST  # sensors are independent
+    assert f.check("s2", (False, 1, 1.0), 30, alarm="overflow") == rules.REPORT_ALARM
+    assert f.check("s2", (False, 1, 1.0), 59000) == rules.SUPPRESSED
+    assert f.check("s2", (False, 1, 1.0), 60030) == rules.REPORT_SILENCE
+    assert f.check("s2", (False, 1, None), 60040) == rules.REPORT_CHANGE  # a field went missing
+
+
+def test_unknown_deadband_field_is_an_error():
+    try:
+        rules.ReportFilter(FakeCodec, deadbands={"lvl": 1})
+    except ValueError as exc:
+        assert "lvl" in str(exc)
+    else:
+        raise AssertionError("unknown field accepted")
