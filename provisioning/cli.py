@@ -1,0 +1,135 @@
+"""Provision gateways: identity and credentials, broker auth files, configs, firmware images.
+
+A field tech's day, in order:
+  citybrain provision init --dir fleet --broker-host mqtt.city.example --broker-port 8883 --tls
+  citybrain provision add-gateway --dir fleet --id gw-xihu-0001 --site 文三路 --district 西湖区 \\
+      --sources sources.json
+  citybrain provision render --dir fleet --out fleet/out     # gateway configs, Mosquitto passwd + ACL
+  citybrain provision build --config fleet/out/gateways/gw-xihu-0001/config.json --out build/gw-xihu-0001
+  citybrain provision flash --port /dev/ttyUSB0 build/gw-xihu-0001
+
+`--sources` is a JSON list of source blocks as documented in docs/gateway-config.md; each device
+kind's README shows one (devices/<kind>/sample.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from provisioning.fleet import Fleet, FleetError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="<action>", required=True)
+
+    p = sub.add_parser("init", help="create a fleet registry (fleet.json)")
+    p.add_argument("--dir", required=True, type=Path, help="fleet directory (created)")
+    p.add_argument("--broker-host", required=True, help="central broker host name")
+    p.add_argument("--broker-port", type=int, default=None, help="default 1883, or 8883 with --tls")
+    p.add_argument("--tls", action="store_true", help="gateways connect with TLS")
+    p.add_argument("--prefix", default="city", help="topic prefix (default: city)")
+
+    p = sub.add_parser("add-gateway", help="register a gateway and issue its credentials")
+    p.add_argument("--dir", required=True, type=Path, help="fleet directory")
+    p.add_argument("--id", required=True, help="gateway id, e.g. gw-xihu-0001 (letters, digits, - _ .)")
+    p.add_argument("--site", default="", help="site name, becomes the `site` tag")
+    p.add_argument("--district", default="", help="district, becomes the `district` tag")
+    p.add_argument("--sources", type=Path, help="JSON file with the list of source blocks")
+
+    p = sub.add_parser("rotate-password", help="issue new credentials for a gateway")
+    p.add_argument("--dir", required=True, type=Path, help="fleet directory")
+    p.add_argument("--id", required=True, help="gateway id")
+
+    p = sub.add_parser("render", help="write gateway configs and the broker's passwd/ACL files")
+    p.add_argument("--dir", required=True, type=Path, help="fleet directory")
+    p.add_argument("--out", type=Path, help="output directory (default: <dir>/out)")
+    p.add_argument("--service-user", action="append", default=[], metavar="USER=PASSWORD",
+                   help="collector/operator broker accounts (repeatable); PASSWORD may be @ENVVAR")
+
+    p = sub.add_parser("build", help="compile a board image (.mpy) for one gateway config")
+    p.add_argument("--config", required=True, type=Path, help="the gateway's config.json")
+    p.add_argument("--out", required=True, type=Path, help="image directory (replaced)")
+
+    p = sub.add_parser("flash", help="copy an image onto a board with mpremote")
+    p.add_argument("image", type=Path, help="directory made by `build`")
+    p.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0")
+    p.add_argument("--resume", action="store_true",
+                   help="do not soft-reset first (the MicroPython unix port on a pty: a reset ends it)")
+
+
+def _service_users(specs: list[str]) -> dict[str, str]:
+    users: dict[str, str] = {}
+    for spec in specs:
+        user, sep, password = spec.partition("=")
+        if not sep or not user or not password:
+            raise FleetError(f"--service-user {spec!r}: expected USER=PASSWORD or USER=@ENVVAR")
+        if password.startswith("@"):
+            value = os.environ.get(password[1:])
+            if value is None:
+                raise FleetError(f"--service-user {user}: environment variable {password[1:]} is not set")
+            password = value
+        users[user] = password
+    return users
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except FleetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.action == "init":
+        port = args.broker_port or (8883 if args.tls else 1883)
+        fleet = Fleet.create(args.dir, broker_host=args.broker_host, broker_port=port, tls=args.tls,
+                             prefix=args.prefix)
+        print(f"created {fleet.path}")
+        return 0
+    if args.action == "add-gateway":
+        fleet = Fleet.load(args.dir)
+        sources = []
+        if args.sources:
+            try:
+                sources = json.loads(args.sources.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise FleetError(f"--sources {args.sources}: {exc}") from None
+            if not isinstance(sources, list):
+                raise FleetError(f"--sources {args.sources}: expected a JSON list of source blocks")
+        fleet.add_gateway(args.id, site=args.site, district=args.district, sources=sources)
+        fleet.save()
+        print(f"added {args.id}; password in {fleet.secrets_dir / (args.id + '.password')} (mode 0600)")
+        return 0
+    if args.action == "rotate-password":
+        fleet = Fleet.load(args.dir)
+        fleet.rotate_password(args.id)
+        fleet.save()
+        print(f"new password for {args.id}; re-run `render` and reload the broker")
+        return 0
+    if args.action == "render":
+        from provisioning.render import render
+
+        fleet = Fleet.load(args.dir)
+        out = args.out or (args.dir / "out")
+        for path in render(fleet, out, service_users=_service_users(args.service_user)):
+            print(f"wrote {path}")
+        return 0
+    if args.action == "build":
+        from provisioning.firmware import build
+
+        size = build(args.config, args.out)
+        print(f"image {args.out}: {size} bytes")
+        return 0
+    if args.action == "flash":
+        from provisioning.firmware import flash
+
+        print(f"flashing {args.image} to {args.port} ...")
+        flash(args.image, args.port, resume=args.resume)
+        print("done")
+        return 0
+    raise AssertionError(args.action)
