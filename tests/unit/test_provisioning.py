@@ -100,3 +100,11 @@ def test_build_image_holds_only_configured_kinds(tmp_path: Path) -> None:
     assert size == sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     cmd = flash_commands(out, "/dev/ttyUSB0", resume=True)
     assert cmd[:4] == ["mpremote", "connect", "/dev/ttyUSB0", "resume"]
+
+
+def test_gateway_config_doc_is_current() -> None:
+    from provisioning.configdoc import EXAMPLE, render
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "gateway-config.md"
+    assert doc.read_text() == render(), "run: python -m provisioning.configdoc > docs/gateway-config.md"
+    edge_config.validate(EXAMPLE)
