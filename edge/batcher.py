@@ -1,0 +1,111 @@
+"""From log records to numbered batches, and from PUBACKs back to what the log may forget.
+
+Sans-I/O: the uplink hands it records peeked from the log and the packet acknowledgements it
+receives; it returns payloads to publish and the record id up to which the log may be acked.
+A batch keeps its sequence number across reconnects (it is re-sent byte for byte), so the
+collector's (gw, boot, seq) de-duplication recognises a redelivery. PUBACKs may complete out of
+order; the log is acked only up to the oldest batch still in flight.
+
+Stamping: a record logged before the clock was known carries (boot, uptime); `anchor(boot)` gives
+that boot's UTC-minus-uptime offset once known. A record of the *current* boot without an anchor
+ends the batch (it waits for the clock); one of an *older* boot without an anchor can never be
+stamped honestly and is counted in `unstampable` and skipped, never sent with a guessed time.
+"""
+
+from edge import protocol, record
+
+
+class Batch:
+    __slots__ = ("seq", "payload", "last_rid", "count", "acked")
+
+    def __init__(self, seq, payload, last_rid, count):
+        self.seq = seq
+        self.payload = payload
+        self.last_rid = last_rid
+        self.count = count
+        self.acked = False
+
+
+class Batcher:
+    def __init__(self, boot, n_fields_of, anchor, batch_max=50, capacity=4096):
+        self.boot = boot
+        self.n_fields_of = n_fields_of
+        self.anchor = anchor
+        self.batch_max = batch_max
+        self.encoder = protocol.BatchEncoder(capacity)
+        self.next_seq = 0
+        self.inflight = []  # Batch, oldest first
+        self.unstampable = 0
+        self.sent_readings = 0
+
+    def build(self, records):
+        """Encode the next batch from `records` [(rid, payload), ...] (oldest first).
+
+        Returns (batch or None, used): `used` is how many records it consumed (including skipped
+        unstampable ones). None with used > 0 means only skips: call `release()` for the ack.
+        """
+        enc = self.encoder
+        started = False
+        used = 0
+        count = 0
+        last_rid = None
+        for rid, payload in records:
+            if count >= self.batch_max:
+                break
+            sensor, kind, ts, fields, boot, uptime = record.decode(payload, self.n_fields_of)
+            if ts is None:
+                offset = self.anchor(boot)
+                if offset is None:
+                    if boot == self.boot:
+                        break  # waits for this boot's clock
+                    self.unstampable += 1
+                    used += 1
+                    last_rid = rid
+                    continue
+                ts = offset + uptime
+            if not started:
+                enc.begin(self.boot, self.next_seq, ts)
+                started = True
+            if not enc.add(sensor, kind, ts, fields):
+                if count == 0:
+                    raise ValueError("record %r does not fit an empty batch" % (rid,))
+                break
+            count += 1
+            used += 1
+            last_rid = rid
+        if count == 0:
+            if used:
+                # Only unstampable records: nothing to publish, but the log may forget them
+                # once every batch before them is delivered.
+                skip = Batch(None, None, last_rid, 0)
+                skip.acked = True
+                self.inflight.append(skip)
+            return None, used
+        batch = Batch(self.next_seq, bytes(enc.finish()), last_rid, count)
+        self.next_seq += 1
+        self.inflight.append(batch)
+        return batch, used
+
+    def acked(self, seq):
+        """Mark batch `seq` delivered; returns the record id the log may ack up to, or None."""
+        for b in self.inflight:
+            if b.seq == seq:
+                b.acked = True
+                break
+        return self.release()
+
+    def release(self):
+        """Pop the delivered batches at the head; the record id the log may ack up to, or None."""
+        upto = None
+        while self.inflight and self.inflight[0].acked:
+            b = self.inflight.pop(0)
+            upto = b.last_rid
+            self.sent_readings += b.count
+        return upto
+
+    def unacked(self):
+        """Batches to re-send after a reconnect, oldest first, with their original seq."""
+        return [b for b in self.inflight if not b.acked]
+
+    def pending(self):
+        return len(self.inflight)
