@@ -12,17 +12,18 @@ ends the batch (it waits for the clock); one of an *older* boot without an ancho
 stamped honestly and is counted in `unstampable` and skipped, never sent with a guessed time.
 """
 
-from edge import protocol, record
+from edge import cbor, protocol, record
 
 
 class Batch:
-    __slots__ = ("seq", "payload", "last_rid", "count", "acked")
+    __slots__ = ("seq", "payload", "last_rid", "count", "used", "acked")
 
-    def __init__(self, seq, payload, last_rid, count):
+    def __init__(self, seq, payload, last_rid, count, used):
         self.seq = seq
         self.payload = payload
         self.last_rid = last_rid
-        self.count = count
+        self.count = count  # readings in the payload
+        self.used = used  # log records it accounts for (readings + skipped ones)
         self.acked = False
 
 
@@ -36,7 +37,9 @@ class Batcher:
         self.next_seq = 0
         self.inflight = []  # Batch, oldest first
         self.unstampable = 0
+        self.corrupt = 0
         self.sent_readings = 0
+        self.records_in_flight = 0  # log records covered by batches not yet released
 
     def build(self, records):
         """Encode the next batch from `records` [(rid, payload), ...] (oldest first).
@@ -52,7 +55,14 @@ class Batcher:
         for rid, payload in records:
             if count >= self.batch_max:
                 break
-            sensor, kind, ts, fields, boot, uptime = record.decode(payload, self.n_fields_of)
+            try:
+                sensor, kind, ts, fields, boot, uptime = record.decode(payload, self.n_fields_of)
+            except (cbor.CBORError, TypeError):
+                # The log's CRC passed, so this is a bug or a kind this firmware lost: count, skip.
+                self.corrupt += 1
+                used += 1
+                last_rid = rid
+                continue
             if ts is None:
                 offset = self.anchor(boot)
                 if offset is None:
@@ -77,11 +87,13 @@ class Batcher:
             if used:
                 # Only unstampable records: nothing to publish, but the log may forget them
                 # once every batch before them is delivered.
-                skip = Batch(None, None, last_rid, 0)
+                skip = Batch(None, None, last_rid, 0, used)
                 skip.acked = True
                 self.inflight.append(skip)
+                self.records_in_flight += used
             return None, used
-        batch = Batch(self.next_seq, bytes(enc.finish()), last_rid, count)
+        batch = Batch(self.next_seq, bytes(enc.finish()), last_rid, count, used)
+        self.records_in_flight += used
         self.next_seq += 1
         self.inflight.append(batch)
         return batch, used
@@ -101,6 +113,7 @@ class Batcher:
             b = self.inflight.pop(0)
             upto = b.last_rid
             self.sent_readings += b.count
+            self.records_in_flight -= b.used
         return upto
 
     def unacked(self):

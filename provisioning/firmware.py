@@ -19,9 +19,6 @@ from provisioning.fleet import FleetError
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Modules that only make sense on CPython (they import pyserial or CPython-only stdlib).
-CPYTHON_ONLY = ("edge/ports/cpython.py",)
-
 MAIN_PY = '''"""Board entry point, written by `citybrain provision build`."""
 import edge.main
 
@@ -47,7 +44,7 @@ def modules_for(config: dict[str, Any]) -> list[Path]:
     files = [ROOT / "devices" / "__init__.py"]
     for r in roots:
         files += sorted(p for p in r.rglob("*.py") if "sim" not in p.stem and "vectors" not in p.stem)
-    return [f.relative_to(ROOT) for f in files if str(f.relative_to(ROOT)) not in CPYTHON_ONLY]
+    return [f.relative_to(ROOT) for f in files]
 
 
 def build(config_path: Path, out: Path, *, progress: Callable[[str], None] = print) -> int:

@@ -1,0 +1,386 @@
+"""The gateway agent: sources -> rules -> log -> batches -> broker, and commands back.
+
+One object owns the pieces and three kinds of task run on one asyncio loop: a task per source,
+the uplink (connect, alarms first, batches in a bounded window, acks back to the log, status and
+commands) and housekeeping (log group-sync, clock, status timer). The runtime differences
+(serial ports, clock source, heap, reboot) come from a `port` object: edge/ports/.
+
+A reading counts as taken when `accept` has appended it to the log; from there only a PUBACK
+removes it. Alarms are also published at once on `<prefix>/<gw>/alarm` (best effort, bounded
+queue, drops counted); the batch stream is the record.
+"""
+
+import asyncio
+
+from edge import VERSION, cbor, protocol, record
+from edge.batcher import Batcher
+from edge.clock import Clock
+from edge.compat import ticks_diff, ticks_ms
+from edge.mqtt.client import MQTTClient, backoff_delays
+from edge.mqtt.errors import MQTTError
+from edge.mqtt.packets import Will
+from edge.store import Log
+
+_ALARM_QUEUE = 16
+_ANCHORS_KEPT = 16
+
+
+class Anchors:
+    """Per-boot clock anchors (UTC minus uptime), persisted so a reboot can still stamp a backlog."""
+
+    def __init__(self, files, path):
+        self.files = files
+        self.path = path
+        self.map = {}
+        try:
+            text = files.read_small(path)
+        except OSError:
+            text = None
+        if text:
+            for line in bytes(text).decode().split("\n"):
+                parts = line.split()
+                if len(parts) == 2:
+                    self.map[int(parts[0])] = int(parts[1])
+
+    def get(self, boot):
+        return self.map.get(boot)
+
+    def set(self, boot, offset):
+        self.map[boot] = offset
+        keep = sorted(self.map)[-_ANCHORS_KEPT:]
+        self.map = {b: self.map[b] for b in keep}
+        lines = ["%d %d" % (b, self.map[b]) for b in keep]
+        self.files.write_atomic(self.path, ("\n".join(lines) + "\n").encode())
+
+
+class Agent:
+    def __init__(self, cfg, port):
+        self.cfg = cfg
+        self.port = port
+        self.gw = cfg["gateway_id"]
+        self.prefix = cfg["prefix"]
+        up = cfg["uplink"]
+        self.up_cfg = up
+        st = cfg["store"]
+        port.makedirs(st["dir"])
+        self.log = Log(st["dir"], st["budget_bytes"], st["segment_bytes"], st["sync_every_ms"],
+                       st["sync_every_bytes"])
+        self.boot = self.log.boot
+        self.anchors = Anchors(self.log.files, st["dir"] + "/anchors")
+        self.clock = Clock(port.utc_ms, trust_os=cfg["trust_os_clock"])
+        self._rec = cbor.Writer(1024)
+        self.sources = []
+        self._n_fields = {}
+        self._make_sources()
+        self.batcher = Batcher(self.boot, self._n_fields.get, self.anchors.get, up["batch_max"],
+                               capacity=4096)
+        self._carry = []
+        self._sent = []  # (pid, seq) of batches published and not yet acked
+        self.alarms = []  # (code, sensor, kind, ts, fields) waiting to be published
+        self.alarm_seq = 0
+        self.alarms_sent = 0
+        self.alarms_dropped = 0
+        self.alarms_unstamped = 0
+        self.commands = []
+        self.commands_dropped = 0
+        self.wake = asyncio.Event()
+        self.stopping = False
+        self.flush_requested = False
+        self.connects = 0
+        self.started = ticks_ms()
+        self._last_batch = 0
+        self.topics = {leaf: protocol.topic(self.gw, leaf, self.prefix) for leaf in protocol.LEAVES}
+        b = cfg["broker"]
+        self.client = MQTTClient(
+            b["client_id"] or self.gw, b["host"], b["port"], username=b["username"],
+            password=b["password"], keepalive=b["keepalive_s"], clean_session=False,
+            will=Will(self.topics[protocol.STATUS], protocol.will_payload(VERSION, self.boot), 1, True),
+            ssl=port.ssl_context(b), max_inflight=up["max_inflight"] + _ALARM_QUEUE + 4,
+            on_message=self._on_message, buffer_size=4096 + 64)
+        self._status_w = bytearray()
+
+    # -- sources ---------------------------------------------------------------------------
+
+    def _make_sources(self):
+        from edge import sources as base
+
+        for scfg in self.cfg["sources"]:
+            t = scfg["transport"]
+            if t == "serial":
+                from edge.sources.serial import SerialSource as cls
+            elif t == "modbus":
+                from edge.sources.modbus import ModbusSource as cls
+            else:
+                from edge.sources.mqtt import MqttSource as cls
+            src = cls(self, scfg)
+            assert isinstance(src, base.Source)
+            self.sources.append(src)
+            self._n_fields[src.kind_code] = len(src.codec.FIELDS)
+
+    def accept(self, sensor, kind, fields, urgent, alarm):
+        """Log one reported reading (durable at once if urgent); queue its alarm if any."""
+        ts = self.clock.now_ms()
+        w = self._rec
+        w.reset()
+        if ts is None:
+            record.encode(w, sensor, kind, None, fields, self.boot, self.clock.uptime_ms())
+        else:
+            record.encode(w, sensor, kind, ts, fields)
+        self.log.append(w.view(), urgent)
+        if alarm is not None:
+            if ts is None:
+                self.alarms_unstamped += 1  # it reaches the collector in the batch stream, stamped
+            elif len(self.alarms) >= _ALARM_QUEUE:
+                self.alarms_dropped += 1  # idem: the live copy is lost, the record is not
+            else:
+                self.alarms.append((alarm, sensor, kind, ts, fields))
+        self.wake.set()
+
+    # -- uplink ----------------------------------------------------------------------------
+
+    async def _uplink(self):
+        delays = None
+        up = self.up_cfg
+        while not self.stopping:
+            try:
+                await self.client.connect()
+                self.connects += 1
+                delays = None
+                await self.client.subscribe(self.topics[protocol.CMD], 1)
+                await self._publish_status()
+                await self._pump()
+            except MQTTError as exc:
+                self.port.log("uplink: %s" % exc)
+            except OSError as exc:
+                self.port.log("uplink: %s" % exc)
+            if self.stopping:
+                break
+            self.log.rewind()
+            self._carry = []
+            if delays is None:
+                delays = backoff_delays(up["backoff_base_ms"] / 1000, up["backoff_cap_ms"] / 1000)
+            await asyncio.sleep(next(delays))
+
+    def _collect_acks(self):
+        sent = self._sent
+        while sent and self.client.acked(sent[0][0]):
+            seq = sent.pop(0)[1]
+            upto = self.batcher.acked(seq)
+            if upto is not None:
+                self.log.ack(upto)
+
+    def _batch_due(self):
+        if self.flush_requested or self._carry:
+            return True
+        pending = self.log.pending - self.batcher.records_in_flight
+        if pending >= self.up_cfg["batch_max"]:
+            return True
+        return pending > 0 and ticks_diff(ticks_ms(), self._last_batch) >= self.up_cfg["batch_age_ms"]
+
+    async def _pump(self):
+        client = self.client
+        up = self.up_cfg
+        while not self.stopping:
+            if not client.connected:
+                raise client.error
+            self._collect_acks()
+            while self.alarms:
+                await self._publish_alarm(self.alarms[0])
+                self.alarms.pop(0)
+            while self.commands:
+                await self._handle_command(self.commands.pop(0))
+            if len(self._sent) < up["max_inflight"] and self._batch_due():
+                if await self._send_batch():
+                    continue
+            self.wake.clear()
+            if len(self._sent) >= up["max_inflight"]:
+                await client.wait_ack(self._sent[0][0])
+            else:
+                try:
+                    await asyncio.wait_for(self.wake.wait(), self._wait_s())
+                except asyncio.TimeoutError:
+                    pass
+
+    def _wait_s(self):
+        return max(0.01, self.up_cfg["batch_age_ms"] / 4000)
+
+    async def _send_batch(self):
+        """Publish the next batch; True if something was sent (or skipped)."""
+        up = self.up_cfg
+        backlog = self.log.pending > 2 * up["batch_max"] * up["max_inflight"]
+        if backlog and not self.flush_requested:
+            # Replay after an outage is paced so live alarms and commands are never stuck behind it.
+            gap = 1000 // max(1, up["replay_batches_per_s"])
+            if ticks_diff(ticks_ms(), self._last_batch) < gap:
+                return False
+        if len(self._carry) < up["batch_max"]:
+            if self.flush_requested:
+                self.log.sync()  # peek hands out synced records only
+            more = self.log.peek(up["batch_max"] - len(self._carry), 2048)
+            recs = self._carry + more
+        else:
+            recs = self._carry
+        if not recs:
+            self.flush_requested = False
+            return False
+        batch, used = self.batcher.build(recs)
+        self._carry = recs[used:]
+        self._last_batch = ticks_ms()
+        if batch is None:
+            upto = self.batcher.release()
+            if upto is not None:
+                self.log.ack(upto)
+            return used > 0
+        pid = await self.client.publish(self.topics[protocol.UP], batch.payload, 1, False, False)
+        self._sent.append((pid, batch.seq))
+        return True
+
+    async def _publish_alarm(self, alarm):
+        code, sensor, kind, ts, fields = alarm
+        enc = protocol.BatchEncoder(256)
+        payload = bytes(protocol.encode_alarm(enc, self.boot, self.alarm_seq, code, sensor, kind, ts,
+                                              fields))
+        self.alarm_seq += 1
+        await self.client.publish(self.topics[protocol.ALARM], payload, 1, False, False)
+        self.alarms_sent += 1
+
+    # -- status and commands ---------------------------------------------------------------
+
+    def status(self):
+        errors = {}
+        for src in self.sources:
+            rep = src.error_report()
+            for who in rep:
+                errors[who] = rep[who]
+        return errors
+
+    def status_payload(self):
+        log = self.log
+        w = bytearray()
+        protocol.encode_status(
+            w, "online", VERSION, self.boot, self.clock.uptime_ms() // 1000, self.port.mem_free(),
+            log.pending_bytes, log.pending, log.dropped_records + self.batcher.unstampable,
+            self.clock.synced(), self.clock.now_ms(), self.status())
+        return bytes(w)
+
+    async def _publish_status(self):
+        await self.client.publish(self.topics[protocol.STATUS], self.status_payload(), 1, True, False)
+
+    def _on_message(self, topic, payload, retain=False, dup=False):
+        if len(self.commands) < 8:
+            self.commands.append(bytes(payload))
+        else:
+            self.commands_dropped += 1  # an operator sends a handful; a flood is refused, counted
+        self.wake.set()
+
+    async def _handle_command(self, payload):
+        cmd = protocol.decode_command(payload)
+        w = bytearray()
+        if isinstance(cmd, protocol.CommandError):
+            protocol.encode_reply(w, cmd.id, False, cmd.code + ": " + cmd.detail)
+        else:
+            try:
+                result = self._run_command(cmd)
+                protocol.encode_reply(w, cmd.id, True, None, result)
+            except (ValueError, KeyError, TypeError) as exc:
+                protocol.encode_reply(w, cmd.id, False, "bad_args: %s" % exc)
+        await self.client.publish(self.topics[protocol.REPLY], bytes(w), 1, False, False)
+        if not isinstance(cmd, protocol.CommandError) and cmd.op == "reboot":
+            self.log.close()
+            await asyncio.sleep(0.2)
+            self.port.reboot()
+
+    def _run_command(self, cmd):
+        op = cmd.op
+        args = cmd.args
+        if op == "status":
+            log = self.log.stats()
+            log["unstampable"] = self.batcher.unstampable
+            return {"errors": self.status(), "log": log, "alarms_sent": self.alarms_sent,
+                    "alarms_dropped": self.alarms_dropped, "connects": self.connects}
+        if op == "set":
+            targets = self._targets(args)
+            rest = {}
+            for k in args:
+                if k not in ("kind", "source"):
+                    rest[k] = args[k]
+            if not rest:
+                raise ValueError("nothing to set (deadband, max_silence_s, poll_ms)")
+            for k in rest:
+                if k not in ("deadband", "max_silence_s", "poll_ms"):
+                    raise ValueError("unknown setting %r" % k)
+            for src in targets:
+                src.apply(rest)
+            return {"sources": len(targets)}
+        if op == "flush":
+            self.log.sync()
+            self.flush_requested = True
+            return {"pending": self.log.pending}
+        if op == "reboot":
+            return {"boot": self.boot}
+        raise ValueError("unhandled op %r" % op)
+
+    def _targets(self, args):
+        if "source" in args:
+            i = args["source"]
+            if not isinstance(i, int) or not 0 <= i < len(self.sources):
+                raise ValueError("source must be an index 0..%d" % (len(self.sources) - 1))
+            return [self.sources[i]]
+        if "kind" in args:
+            found = [s for s in self.sources if s.kind == args["kind"]]
+            if not found:
+                raise ValueError("no source of kind %r" % (args["kind"],))
+            return found
+        raise ValueError("say which sources: 'kind' or 'source'")
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    async def _housekeeping(self):
+        status_ms = self.up_cfg["status_every_s"] * 1000
+        last_status = ticks_ms()
+        last_ntp = None
+        while not self.stopping:
+            self.log.poll()
+            if not self.clock.synced():
+                now = ticks_ms()
+                if last_ntp is None or ticks_diff(now, last_ntp) >= 10000:
+                    last_ntp = now
+                    if self.port.sync_clock(self.cfg["ntp_host"]):
+                        self.clock.mark_synced()
+            if self.clock.synced() and self.anchors.get(self.boot) is None:
+                self.anchors.set(self.boot, self.clock.offset_ms())
+                self.wake.set()  # records held for the clock can go now
+            if ticks_diff(ticks_ms(), last_status) >= status_ms and self.client.connected:
+                last_status = ticks_ms()
+                try:
+                    await self._publish_status()
+                except MQTTError:
+                    pass
+            self.port.feed_watchdog()
+            self.wake.set()
+            await asyncio.sleep(1)
+
+    async def run(self, shutdown=None):
+        """Run until `shutdown` (an asyncio.Event) is set; then sync the log and disconnect."""
+        tasks = [asyncio.create_task(s.run()) for s in self.sources]
+        tasks.append(asyncio.create_task(self._uplink()))
+        tasks.append(asyncio.create_task(self._housekeeping()))
+        try:
+            if shutdown is None:
+                await asyncio.gather(*tasks)
+            else:
+                await shutdown.wait()
+        finally:
+            self.stopping = True
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                try:
+                    await t
+                except BaseException:  # cancelled, or the error that stopped it
+                    pass
+            self.log.close()
+            try:
+                await self.client.disconnect()
+            except MQTTError:
+                pass

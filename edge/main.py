@@ -1,0 +1,34 @@
+"""Start the agent: `main.py` on a board calls `main("config.json")`; Linux gateways use
+`citybrain gateway run` (CPython) or `micropython -m edge.main config.json` (unix port).
+"""
+
+import sys
+
+
+def make_port(verbose=True):
+    if sys.platform in ("linux", "darwin"):
+        from edge.ports.posix import PosixPort
+
+        return PosixPort(verbose)
+    from edge.ports.board import BoardPort
+
+    return BoardPort(verbose)
+
+
+def main(config_path, port=None):
+    import asyncio
+
+    from edge import config
+    from edge.agent import Agent
+
+    try:
+        cfg = config.load(config_path)
+    except config.ConfigError as exc:
+        print("config error:", exc)
+        sys.exit(2)
+    agent = Agent(cfg, port or make_port())
+    asyncio.run(agent.run())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "config.json")

@@ -1,0 +1,94 @@
+"""Where readings come from: serial ports, Modbus buses and MQTT site brokers.
+
+A source only moves bytes: it owns its port, feeds the kind's codec and hands each decoded reading
+to `Source.take`, which applies the edge rules and counts every rejection per sensor. The agent
+does the rest (log, uplink). Concrete sources live in serial.py, modbus.py and mqtt.py.
+"""
+
+from devices import load
+from devices.common.errors import N_CODES, NAMES
+from edge.rules import SUPPRESSED, ReportFilter
+
+# Source-level error codes beyond the codecs' (index into the same counter row).
+UNKNOWN_SENSOR = N_CODES  # a well-formed reading from a sensor the config does not list
+QUEUE_OVERFLOW = N_CODES + 1  # a message arrived faster than it could be decoded
+ERROR_NAMES = NAMES + ("unknown_sensor", "queue_overflow")
+_ROW = N_CODES + 2
+
+
+class Source:
+    """Configured state shared by every transport: codec, rules, limits, counters."""
+
+    def __init__(self, agent, cfg):
+        self.agent = agent
+        self.cfg = cfg
+        self.kind = cfg["kind"]
+        self.codec = load(self.kind)
+        self.kind_code = self.codec.KIND_CODE
+        limits = dict(self.codec.ALARM_LIMITS)
+        if cfg.get("alarm_limits"):
+            for k in cfg["alarm_limits"]:
+                if k not in limits:
+                    raise ValueError("alarm limit %r is not one of %s's: %s" % (
+                        k, self.kind, ", ".join(sorted(limits))))
+                limits[k] = cfg["alarm_limits"][k]
+        self.limits = limits
+        self.filter = ReportFilter(self.codec, cfg.get("deadband"), 0,
+                                   cfg.get("max_silence_s", 300) * 1000)
+        sensors = cfg.get("sensors")
+        self.sensors = set(sensors) if sensors else None
+        self.errors = {}  # sensor (or the port name) -> counter row, created on first error
+        self.readings = 0
+        self.reported = 0
+
+    def error(self, who, code):
+        row = self.errors.get(who)
+        if row is None:
+            row = self.errors[who] = [0] * _ROW
+        row[code] += 1
+
+    def take(self, sensor, fields, now_ticks):
+        """One decoded reading: rules, then the agent's log. Returns True if it was reported."""
+        self.readings += 1
+        if self.sensors is not None and sensor not in self.sensors:
+            self.error(sensor, UNKNOWN_SENSOR)
+            return False
+        alarm = self.codec.alarm(fields, self.limits)
+        reason = self.filter.check(sensor, fields, now_ticks, alarm)
+        if reason == SUPPRESSED:
+            return False
+        self.reported += 1
+        urgent = alarm is not None or self.codec.is_event(fields)
+        self.agent.accept(sensor, self.kind_code, fields, urgent, alarm)
+        return True
+
+    def error_report(self):
+        """{who: {code_name: n}} for the status message (allocates: status time only)."""
+        out = {}
+        for who in self.errors:
+            row = self.errors[who]
+            named = {}
+            for i in range(_ROW):
+                if row[i]:
+                    named[ERROR_NAMES[i]] = row[i]
+            out[who] = named
+        return out
+
+    def apply(self, args):
+        """The `set` command for this source: deadbands, max silence, poll interval."""
+        if "deadband" in args:
+            db = args["deadband"]
+            if not isinstance(db, dict):
+                raise ValueError("deadband must be a map of field -> number")
+            for name in db:
+                self.filter.set_deadband(name, db[name])
+        if "max_silence_s" in args:
+            self.filter.max_silence_ms = int(args["max_silence_s"]) * 1000
+        if "poll_ms" in args:
+            self.set_poll(int(args["poll_ms"]))
+
+    def set_poll(self, poll_ms):
+        raise ValueError("source %s does not poll" % self.kind)
+
+    async def run(self):
+        raise NotImplementedError

@@ -1,0 +1,105 @@
+"""A Modbus RTU bus with several slaves (water monitors): the bus scheduler.
+
+One request at a time on the line, in order of due time. Each slave has its own poll interval;
+a slave that stops answering is polled with growing backoff (up to 8 intervals) so that its
+timeouts do not eat the bus time of the others, and returns to its interval on the first good
+answer. Timeouts, CRC errors and exception answers are counted per slave (edge.modbus.Master).
+"""
+
+import asyncio
+
+from devices.common.errors import DecodeError
+from edge.compat import ticks_add, ticks_diff, ticks_ms
+from edge.modbus import COUNTER_NAMES, Master
+from edge.sources import Source
+
+_MAX_BACKOFF = 8
+
+
+class _Slave:
+    __slots__ = ("address", "sensor", "poll_ms", "function", "register", "word_order", "due", "misses")
+
+    def __init__(self, cfg, word_order):
+        self.address = cfg["address"]
+        self.sensor = cfg["sensor"]
+        self.poll_ms = cfg["poll_ms"]
+        self.function = cfg["function"]
+        self.register = cfg["register"]
+        self.word_order = word_order
+        self.due = ticks_ms()
+        self.misses = 0
+
+
+class ModbusSource(Source):
+    def __init__(self, agent, cfg):
+        Source.__init__(self, agent, cfg)
+        self.path = cfg["port"]
+        self.baud = cfg["baud"]
+        self.timeout_ms = cfg["timeout_ms"]
+        codec = self.codec
+        self.slaves = []
+        for s in cfg["slaves"]:
+            wo = s["word_order"]
+            self.slaves.append(_Slave(s, codec.word_order_code(wo) if wo else codec.WORD_ABCD))
+        self.master = None
+
+    def set_poll(self, poll_ms):
+        if poll_ms < 100:
+            raise ValueError("poll_ms below 100 would saturate the bus")
+        for s in self.slaves:
+            s.poll_ms = poll_ms
+
+    def error_report(self):
+        out = Source.error_report(self)
+        if self.master is not None:
+            for s in self.slaves:
+                c = self.master.counters(s.address)
+                row = out.get(s.sensor) or {}
+                for i in range(len(COUNTER_NAMES)):
+                    if c[i] and COUNTER_NAMES[i] not in ("requests", "ok"):
+                        row["modbus_" + COUNTER_NAMES[i]] = c[i]
+                if row:
+                    out[s.sensor] = row
+        return out
+
+    async def run(self):
+        while True:
+            try:
+                port = self.agent.port.open_serial(self.path, self.baud)
+            except OSError as exc:
+                self.agent.port.log("%s: cannot open: %s" % (self.path, exc))
+                await asyncio.sleep(5)
+                continue
+            self.master = Master(port, self.timeout_ms)
+            try:
+                await self.schedule()
+            finally:
+                port.close()
+
+    async def schedule(self):
+        codec = self.codec
+        n_regs = codec.N_REGISTERS
+        while True:
+            now = ticks_ms()
+            nxt = self.slaves[0]
+            for s in self.slaves:
+                if ticks_diff(s.due, nxt.due) < 0:
+                    nxt = s
+            wait = ticks_diff(nxt.due, now)
+            if wait > 0:
+                await asyncio.sleep(wait / 1000)
+            s = nxt
+            data = await self.master.read(s.address, s.function, s.register, n_regs)
+            if isinstance(data, DecodeError):
+                s.misses = min(s.misses + 1, _MAX_BACKOFF)
+                s.due = ticks_add(ticks_ms(), s.poll_ms * s.misses)
+                continue
+            s.misses = 0
+            s.due = ticks_add(s.due, s.poll_ms)
+            if ticks_diff(s.due, ticks_ms()) < 0:
+                s.due = ticks_add(ticks_ms(), s.poll_ms)  # we fell behind: do not burst
+            result = codec.decode(data, 0, len(data), s.sensor, s.word_order)[1]
+            if isinstance(result, DecodeError):
+                self.error(s.sensor, result.code)
+            else:
+                self.take(result[0], result[1], ticks_ms())

@@ -1,0 +1,68 @@
+"""Sensors that speak MQTT to a site broker (manhole lids' NB-IoT modules): one subscription.
+
+Messages are copied out of the client's receive buffer into a small bounded queue by the client's
+callback and decoded on this task. The client acknowledges a message once the callback returned,
+so a full queue is a loss: it is counted (`queue_overflow` in status), never silent. The queue
+only fills if decoding falls behind a flood of lid messages, which the site broker's own rate
+limits should prevent.
+"""
+
+import asyncio
+
+from devices.common.errors import DecodeError
+from edge.compat import ticks_ms
+from edge.mqtt.client import MQTTClient, backoff_delays
+from edge.mqtt.errors import MQTTError
+from edge.sources import QUEUE_OVERFLOW, Source
+
+_QUEUE = 32
+
+
+class MqttSource(Source):
+    def __init__(self, agent, cfg):
+        Source.__init__(self, agent, cfg)
+        b = agent.cfg["site_broker"]
+        self.topic = cfg["topic"]
+        self.client = MQTTClient(
+            (b["client_id"] or agent.gw) + "-site", b["host"], b["port"], username=b["username"],
+            password=b["password"], keepalive=b["keepalive_s"], clean_session=False,
+            ssl=agent.port.ssl_context(b), on_message=self._on_message, buffer_size=2048)
+        self.queue = []
+        self.overflow = 0
+        self._ev = asyncio.Event()
+
+    def _on_message(self, topic, payload, retain=False):
+        if len(self.queue) >= _QUEUE:
+            self.overflow += 1
+            self.error(self.topic, QUEUE_OVERFLOW)
+            return
+        self.queue.append(bytes(payload))
+        self._ev.set()
+
+    async def run(self):
+        delays = None
+        while True:
+            try:
+                await self.client.connect()
+                await self.client.subscribe(self.topic, 1)
+                delays = None
+                while True:
+                    while self.queue:
+                        msg = self.queue.pop(0)
+                        result = self.codec.decode(msg, 0, len(msg))[1]
+                        if isinstance(result, DecodeError):
+                            self.error(self.topic, result.code)
+                        else:
+                            self.take(result[0], result[1], ticks_ms())
+                    self._ev.clear()
+                    if not self.client.connected:
+                        raise self.client.error
+                    try:
+                        await asyncio.wait_for(self._ev.wait(), 1)
+                    except asyncio.TimeoutError:
+                        pass
+            except MQTTError as exc:
+                self.agent.port.log("site broker: %s" % exc)
+            if delays is None:
+                delays = backoff_delays(1, 60)
+            await asyncio.sleep(next(delays))
