@@ -381,6 +381,11 @@ class Agent:
                     pass
             self.log.close()
             try:
+                if self.client.connected:
+                    # A planned stop: say so in the retained status (the will covers crashes).
+                    offline = protocol.will_payload(VERSION, self.boot)
+                    await asyncio.wait_for(
+                        self.client.publish(self.topics[protocol.STATUS], offline, 1, True), 2)
                 await self.client.disconnect()
-            except MQTTError:
+            except (MQTTError, asyncio.TimeoutError):
                 pass

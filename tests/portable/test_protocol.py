@@ -1,0 +1,171 @@
+"""edge.protocol: exact wire bytes of each payload (docs/protocol.md), both interpreters.
+
+The batch and alarm vectors equal `cbor2.dumps(<same map>, canonical=True)`; that cross-check runs on
+generated batches in tests/unit/test_cbor_vs_cbor2.py.
+"""
+
+import binascii
+import gc
+
+from edge import cbor, protocol
+
+T0 = 1767225600000  # 2026-01-01T00:00:00Z
+
+BATCH_HEX = (
+    "a50001010302182a031b0000019b76daa80004828466502d303030310100a200f502190e108470e8a5bfe6b9962de4ba95"
+    "e79b962d30370238f9a300f401f94a4002fb3e601b2b29a4692b"
+)
+ALARM_HEX = "a6000101030205031b0000019b76daacd204818464542d31320400a200f950d002190b8605656665766572"
+WILL_HEX = "a4617601657374617465676f66666c696e6562667765312e302e3064626f6f7403"
+REPLY_HEX = "a462696463632d31626f6bf5656572726f72f666726573756c74f6"
+
+
+def _hex(view):
+    return binascii.hexlify(bytes(view)).decode()
+
+
+def test_topics():
+    assert protocol.topic("gw-01", protocol.UP) == "city/gw-01/up"
+    assert protocol.topic("gw-01", "status", "hz/city") == "hz/city/gw-01/status"
+    assert protocol.parse_topic("city/gw-01/alarm") == ("gw-01", "alarm")
+    assert protocol.parse_topic("hz/city/gw-01/cmd", "hz/city") == ("gw-01", "cmd")
+    for bad in ("city/gw-01", "city//up", "town/gw-01/up", "city/gw-01/up/x", "city/gw-01/down"):
+        assert protocol.parse_topic(bad) is None, bad
+    for gw in ("", "a/b", "a+", "#"):
+        try:
+            protocol.topic(gw, "up")
+            raise AssertionError("accepted gateway id %r" % gw)
+        except ValueError:
+            pass
+
+
+def test_batch_vector():
+    e = protocol.BatchEncoder(512)
+    e.begin(3, 42, T0)
+    assert e.add("P-0001", 1, T0, (True, None, 3600))
+    assert e.add("西湖-井盖-07".encode(), 2, T0 - 250, (False, 12.5, 3.0e-8))  # pre-encoded id
+    assert _hex(e.finish()) == BATCH_HEX
+
+
+def test_batch_count_header_is_shortest():
+    e = protocol.BatchEncoder(8192)
+    for n in (0, 1, 23, 24, 255, 256):
+        gc.collect()  # decoding 256 readings is the biggest heap user of these tests
+        e.begin(1, 7, T0)
+        for i in range(n):
+            assert e.add("s", 4, T0 + i, (None, 20.5) if i == n - 1 else (None, None))
+        view = e.finish()
+        head = 18  # a5, 00 01, 01 01, 02 07, 03 1b <8 bytes>, 04
+        first = view[head]
+        if n < 24:
+            assert first == 0x80 | n
+        elif n < 256:
+            assert first == 0x98 and view[head + 1] == n
+        else:
+            assert first == 0x99 and (view[head + 1] << 8 | view[head + 2]) == n
+        d = cbor.loads(view)
+        assert d[2] == 7 and len(d[4]) == n
+        if n:
+            assert d[4][-1] == ["s", 4, n - 1, {1: 20.5}]
+        d = view = None
+
+
+def test_batch_full_rolls_back():
+    e = protocol.BatchEncoder(64)
+    e.begin(1, 0, T0)
+    added = 0
+    while e.add("sensor-%d" % added, 3, T0 + added, (True, 1234, 0.1)):
+        added += 1
+    assert added > 0
+    d = cbor.loads(e.finish())
+    assert len(d[4]) == added  # the reading that did not fit left nothing behind
+
+
+def test_bad_field_type_rolls_back():
+    e = protocol.BatchEncoder(256)
+    e.begin(1, 0, T0)
+    assert e.add("a", 1, T0, (1,))
+    try:
+        e.add("b", 1, T0, (object(),))
+        raise AssertionError("object encoded")
+    except cbor.CBORError:
+        pass
+    assert cbor.loads(e.finish())[4] == [["a", 1, 0, {0: 1}]]
+
+
+def test_alarm_vector():
+    e = protocol.BatchEncoder(256)
+    view = protocol.encode_alarm(e, 3, 5, "fever", "T-12", 4, T0 + 1234, (38.5, None, 2950))
+    assert _hex(view) == ALARM_HEX
+    d = cbor.loads(view)
+    assert d[5] == "fever" and d[3] == T0 + 1234 and d[4] == [["T-12", 4, 0, {0: 38.5, 2: 2950}]]
+
+
+def test_alarm_needs_one_reading():
+    e = protocol.BatchEncoder(256)
+    e.begin(1, 1, T0, "gas")
+    try:
+        e.finish()
+        raise AssertionError("empty alarm")
+    except cbor.CBORError:
+        pass
+
+
+def test_will_and_status():
+    assert _hex(protocol.will_payload("1.0.0", 3)) == WILL_HEX
+    w = bytearray()
+    protocol.encode_status(w, "online", "1.0.0", 3, 3600, 81234, 10, 2, 0, True, T0,
+                           {"P-0001": {"bad_crc": 2}})
+    d = cbor.loads(w)
+    assert d["v"] == 1 and d["state"] == "online" and d["boot"] == 3 and d["uptime_s"] == 3600
+    assert d["spool_bytes"] == 10 and d["spool_records"] == 2 and d["spool_dropped"] == 0
+    assert d["clock_synced"] is True and d["ts"] == T0 and d["errors"] == {"P-0001": {"bad_crc": 2}}
+    assert len(d) == 12
+    w = bytearray()
+    protocol.encode_status(w, "online", "1.0.0", 3, 5, 1000, 0, 0, 0, False, None, {})
+    d = cbor.loads(w)
+    assert d["ts"] is None and d["clock_synced"] is False
+
+
+def _cmd(m):
+    buf = bytearray()
+    cbor.enc_map_pairs(buf, m, len(m))
+    return protocol.decode_command(buf)
+
+
+def test_command_ok():
+    c = _cmd((("id", "c-1"), ("op", "set"), ("args", {"deadband": 0.5})))
+    assert isinstance(c, protocol.Command)
+    assert (c.id, c.op, c.args) == ("c-1", "set", {"deadband": 0.5})
+    c = _cmd((("v", 1), ("id", "c-2"), ("op", "flush")))
+    assert isinstance(c, protocol.Command) and c.args == {}
+
+
+def test_command_errors():
+    cases = (
+        (b"\xff", protocol.E_BAD_CBOR, None),
+        (b"\x83\x01\x02\x03", protocol.E_BAD_COMMAND, None),
+        (cbor.dumps({"op": "status"}), protocol.E_BAD_COMMAND, None),
+        (cbor.dumps({"id": 7, "op": "status"}), protocol.E_BAD_COMMAND, None),
+        (cbor.dumps({"id": "x" * 65, "op": "status"}), protocol.E_BAD_COMMAND, None),
+        (cbor.dumps({"id": "c", "op": "dance"}), protocol.E_UNKNOWN_OP, "c"),
+        (cbor.dumps({"id": "c", "op": 1}), protocol.E_BAD_COMMAND, "c"),
+        (cbor.dumps({"id": "c", "op": "set", "args": [1]}), protocol.E_BAD_COMMAND, "c"),
+        (cbor.dumps({"id": "c", "op": "set", "args": {1: 2}}), protocol.E_BAD_COMMAND, "c"),
+        (cbor.dumps({"id": "c", "op": "set", "extra": 1}), protocol.E_BAD_COMMAND, "c"),
+        (cbor.dumps({"id": "c", "op": "set", "v": 2}), protocol.E_VERSION, "c"),
+        (b"\xa1\x62id" + b"\x81" * 40 + b"\x00", protocol.E_BAD_CBOR, None),
+    )
+    for data, code, cid in cases:
+        r = protocol.decode_command(data)
+        assert isinstance(r, protocol.CommandError), (data, r)
+        assert r.code == code and r.id == cid, (data, r)
+
+
+def test_reply():
+    w = bytearray()
+    protocol.encode_reply(w, "c-1", True)
+    assert _hex(w) == REPLY_HEX
+    w = bytearray()
+    protocol.encode_reply(w, None, False, protocol.E_BAD_CBOR)
+    assert cbor.loads(w) == {"id": None, "ok": False, "error": "bad_cbor", "result": None}

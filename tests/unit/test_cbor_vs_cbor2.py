@@ -1,0 +1,191 @@
+"""edge.cbor against the reference implementation, cbor2, on generated values.
+
+The encoder's float rule is cbor2's `canonical=True` rule (shortest exact of half/single/double),
+so generated maps are built in canonical key order and compared with `cbor2.dumps(canonical=True)`;
+float-free values must also equal plain `cbor2.dumps`. The decoder must read back whatever cbor2
+writes, and on any other bytes raise only CBORError.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import cbor2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge import cbor
+
+SETTINGS = settings(max_examples=300, deadline=None)
+
+ints = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.integers(min_value=-(2**64) - 2, max_value=2**64 + 2),
+    st.integers(min_value=-(2**400), max_value=2**400),
+    st.sampled_from([0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1, 2**64, -(2**64) - 1]),
+)
+floats = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=True),
+    st.floats(width=32, allow_subnormal=True),
+    st.floats(width=16, allow_subnormal=True),
+    st.sampled_from([0.0, -0.0, 5.960464477539063e-08, 65504.0, 65520.0, 3.4028234663852886e38]),
+)
+texts = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=20)
+scalars = st.one_of(st.none(), st.booleans(), ints, floats, texts, st.binary(max_size=20))
+keys = st.one_of(st.integers(min_value=-(2**40), max_value=2**40), texts)
+
+
+def _canonical_key(k: Any) -> tuple[int, bytes]:
+    enc = cbor2.dumps(k, canonical=True)
+    return (len(enc), enc)
+
+
+def _canonical_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    d = dict(pairs)
+    return {k: d[k] for k in sorted(d, key=_canonical_key)}
+
+
+values = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=5),
+        st.lists(st.tuples(keys, children), max_size=5).map(_canonical_map),
+    ),
+    max_leaves=25,
+)
+float_free = st.recursive(
+    st.one_of(st.none(), st.booleans(), ints, texts, st.binary(max_size=20)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=5),
+        st.dictionaries(keys, children, max_size=5),
+    ),
+    max_leaves=25,
+)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        if math.isnan(a):
+            return math.isnan(b)
+        return a == b and math.copysign(1, a) == math.copysign(1, b)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+@SETTINGS
+@given(values)
+def test_encoder_matches_cbor2_canonical(value: Any) -> None:
+    assert cbor.dumps(value) == cbor2.dumps(value, canonical=True)
+
+
+@SETTINGS
+@given(float_free)
+def test_encoder_matches_cbor2_default_without_floats(value: Any) -> None:
+    assert cbor.dumps(value) == cbor2.dumps(value)
+
+
+@SETTINGS
+@given(floats)
+def test_float_is_shortest_exact(x: float) -> None:
+    enc = cbor.dumps(x)
+    if not math.isnan(x):
+        assert _same(cbor2.loads(enc), x)
+    # cbor2's default (always double) must decode to the same value through our decoder.
+    assert _same(cbor.loads(cbor2.dumps(x)), cbor2.loads(cbor2.dumps(x)))
+
+
+@SETTINGS
+@given(values)
+def test_decoder_round_trips_cbor2_output(value: Any) -> None:
+    assert _same(cbor.loads(cbor2.dumps(value)), value)
+    assert _same(cbor.loads(cbor2.dumps(value, canonical=True)), value)
+
+
+@SETTINGS
+@given(st.binary(max_size=64))
+def test_decoder_fuzz_random_bytes(data: bytes) -> None:
+    try:
+        cbor.loads(data)
+    except cbor.CBORError:
+        pass
+
+
+@SETTINGS
+@given(values, st.data())
+def test_decoder_fuzz_mutated(value: Any, data: st.DataObject) -> None:
+    enc = bytearray(cbor2.dumps(value))
+    for _ in range(data.draw(st.integers(min_value=1, max_value=4))):
+        op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        if op == "cut" or not enc:
+            enc = enc[: data.draw(st.integers(min_value=0, max_value=len(enc)))]
+        elif op == "flip":
+            i = data.draw(st.integers(min_value=0, max_value=len(enc) - 1))
+            enc[i] = data.draw(st.integers(min_value=0, max_value=255))
+        else:
+            i = data.draw(st.integers(min_value=0, max_value=len(enc)))
+            enc[i:i] = data.draw(st.binary(min_size=1, max_size=3))
+    try:
+        out = cbor.loads(bytes(enc))
+    except cbor.CBORError:
+        return
+    # Whatever we accept, cbor2 must read as the same value (no invented data).
+    assert _same(out, cbor2.loads(bytes(enc)))
+
+
+field_values = st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=False))
+readings = st.tuples(
+    texts.filter(bool),
+    st.integers(min_value=1, max_value=4),
+    st.integers(min_value=-(2**33), max_value=2**33),
+    st.lists(field_values, max_size=6).map(tuple),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2**32),
+    st.integers(min_value=0, max_value=2**32),
+    st.integers(min_value=1_577_836_800_000, max_value=4_102_444_800_000),
+    st.lists(readings, max_size=40),
+)
+def test_batch_matches_cbor2(boot: int, seq: int, t0: int, rs: list[tuple[Any, ...]]) -> None:
+    """A streamed batch is exactly cbor2's encoding of the documented map (header patched right)."""
+    from edge import protocol
+
+    enc = protocol.BatchEncoder(16384)
+    enc.begin(boot, seq, t0)
+    for sensor, kind, dt, fields in rs:
+        assert enc.add(sensor, kind, t0 + dt, fields)
+    expected = {
+        0: 1,
+        1: boot,
+        2: seq,
+        3: t0,
+        4: [[s, k, dt, {i: v for i, v in enumerate(f) if v is not None}] for s, k, dt, f in rs],
+    }
+    assert bytes(enc.finish()) == cbor2.dumps(expected, canonical=True)
+
+
+command_maps = st.dictionaries(
+    st.sampled_from(["id", "op", "args", "v", "x"]),
+    st.one_of(values, st.sampled_from(["status", "set", "reboot", "flush", "c-1"])),
+    max_size=5,
+)
+
+
+@SETTINGS
+@given(st.one_of(st.binary(max_size=64), command_maps.map(cbor2.dumps)))
+def test_decode_command_never_raises(data: bytes) -> None:
+    from edge import protocol
+
+    r = protocol.decode_command(data)
+    if isinstance(r, protocol.Command):
+        assert r.op in protocol.OPS and isinstance(r.id, str) and isinstance(r.args, dict)
+    else:
+        assert isinstance(r, protocol.CommandError)
+        codes = (protocol.E_BAD_CBOR, protocol.E_BAD_COMMAND, protocol.E_UNKNOWN_OP, protocol.E_VERSION)
+        assert r.code in codes
