@@ -8,6 +8,7 @@ machine already runs (a Mosquitto on :1883 is ignored on purpose).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -15,8 +16,12 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any, Self
 
 
 class ServiceError(RuntimeError):
@@ -60,6 +65,7 @@ class Service:
     def __init__(self, workdir: str | None = None) -> None:
         self._own_dir = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix=f"citybrain-{self.name}-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.dir / f"{self.name}.log"
 
@@ -131,7 +137,7 @@ class Service:
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> Service:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -179,6 +185,9 @@ class Mosquitto(Service):
             "log_type warning",
             "log_type notice",
         ]
+        if os.geteuid() == 0:
+            # Mosquitto started as root drops to user `mosquitto`, which cannot read our 0600 temp files.
+            lines.append("user root")
         if self.password_file:
             lines.append(f"password_file {self.password_file}")
         if self.acl_file:
@@ -192,3 +201,246 @@ class Mosquitto(Service):
 
     def ready_port(self) -> int:
         return self.port
+
+
+# Our servers are on 127.0.0.1: an http_proxy from the environment must not route to them.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_request(
+    url: str, data: bytes | None = None, *, method: str | None = None, timeout: float = 10.0
+) -> tuple[int, bytes]:
+    """(status, body) of one HTTP request; error statuses are returned, not raised, so callers see 4xx/5xx."""
+    req = urllib.request.Request(url, data=data, method=method)
+    try:
+        with _DIRECT.open(req, timeout=timeout) as resp:
+            status: int = resp.status
+            return status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+class HttpService(Service):
+    """A server that is ready when an HTTP health path answers, not merely when its port accepts."""
+
+    health_path = "/"
+    health_status = 200
+
+    def __init__(self, port: int | None = None, *, workdir: str | None = None) -> None:
+        super().__init__(workdir)
+        self.port = port or free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ready_port(self) -> int:
+        return self.port
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        started = time.monotonic()
+        super().start(timeout)
+        deadline = started + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                break
+            try:
+                status, body = http_request(self.url + self.health_path, timeout=2.0)
+            except OSError as exc:
+                last = str(exc)
+            else:
+                if status == self.health_status:
+                    return
+                last = f"HTTP {status} {body[:200]!r}"
+            time.sleep(0.05)
+        self.stop()
+        raise ServiceError(f"{self.name}: {self.health_path} not ready ({last}); log: {self.log_tail()}")
+
+
+class InfluxDB(HttpService):
+    """A private InfluxDB 1.x (Debian's influxd): HTTP and RPC on free ports, all data in the temp dir.
+
+    Every listener the stock config opens is moved or disabled, so two test runs (or a packaged
+    influxd on :8086/:8088) never collide; reporting and the `_internal` monitor store are off.
+    """
+
+    name = "influxdb"
+    health_path = "/ping"
+    health_status = 204
+
+    def __init__(self, port: int | None = None, *, workdir: str | None = None) -> None:
+        super().__init__(port, workdir=workdir)
+        self.rpc_port = free_port()
+
+    def config_text(self) -> str:
+        d = self.dir
+        return f"""\
+reporting-enabled = false
+bind-address = "127.0.0.1:{self.rpc_port}"
+[meta]
+  dir = "{d}/meta"
+  retention-autocreate = true
+  logging-enabled = false
+[data]
+  dir = "{d}/data"
+  wal-dir = "{d}/wal"
+  index-version = "inmem"
+  query-log-enabled = false
+  wal-fsync-delay = "0s"
+[monitor]
+  store-enabled = false
+[retention]
+  enabled = false
+[shard-precreation]
+  enabled = false
+[subscriber]
+  enabled = false
+[continuous_queries]
+  enabled = false
+  log-enabled = false
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{self.port}"
+  auth-enabled = false
+  log-enabled = false
+  pprof-enabled = false
+  unix-socket-enabled = false
+[ifql]
+  enabled = false
+[logging]
+  level = "warn"
+  suppress-logo = true
+"""
+
+    def command(self) -> list[str]:
+        conf = self.dir / "influxdb.conf"
+        conf.write_text(self.config_text())
+        return [find_binary("influxd"), "run", "-config", str(conf)]
+
+    def write_url(self, db: str, precision: str = "ms") -> str:
+        return f"{self.url}/write?" + urllib.parse.urlencode({"db": db, "precision": precision})
+
+    def create_database(self, db: str) -> None:
+        self._post_query(f'CREATE DATABASE "{db}"')
+
+    def write(self, db: str, lines: str | bytes, precision: str = "ms") -> None:
+        body = lines.encode() if isinstance(lines, str) else lines
+        status, resp = http_request(self.write_url(db, precision), body, method="POST")
+        if status != 204:
+            raise ServiceError(f"influxdb write: HTTP {status} {resp[:300]!r}")
+
+    def query(self, db: str, q: str) -> dict[str, Any]:
+        """The parsed JSON answer to an InfluxQL query (epoch=ms, so times compare with readings)."""
+        url = f"{self.url}/query?" + urllib.parse.urlencode({"db": db, "q": q, "epoch": "ms"})
+        status, resp = http_request(url)
+        if status != 200:
+            raise ServiceError(f"influxdb query: HTTP {status} {resp[:300]!r}")
+        result: dict[str, Any] = json.loads(resp)
+        return result
+
+    def points(self, db: str, q: str) -> list[dict[str, Any]]:
+        """Rows of every series in the answer as dicts (column -> value), tags included."""
+        rows: list[dict[str, Any]] = []
+        for res in self.query(db, q).get("results", []):
+            if "error" in res:
+                raise ServiceError(f"influxdb query: {res['error']}")
+            for series in res.get("series", []):
+                tags = series.get("tags", {})
+                for values in series.get("values", []):
+                    row = dict(zip(series["columns"], values, strict=True))
+                    row.update(tags)
+                    rows.append(row)
+        return rows
+
+    def _post_query(self, q: str) -> None:
+        body = urllib.parse.urlencode({"q": q}).encode()
+        status, resp = http_request(f"{self.url}/query", body, method="POST")
+        if status != 200 or b'"error"' in resp:
+            raise ServiceError(f"influxdb {q!r}: HTTP {status} {resp[:300]!r}")
+
+
+class VictoriaMetrics(HttpService):
+    """A private single-node VictoriaMetrics (Debian's victoria-metrics) on a free port.
+
+    Line protocol written to /write or /api/v2/write becomes one series per field, named
+    `<measurement>_<field>` with the tags as labels (and `db` if given). Query latency offset and the
+    response cache are off so a test reads back what it has just written (see `export`).
+    """
+
+    name = "victoria-metrics"
+    health_path = "/health"
+
+    def command(self) -> list[str]:
+        return [
+            find_binary("victoria-metrics"),
+            f"-httpListenAddr=127.0.0.1:{self.port}",
+            f"-storageDataPath={self.dir / 'data'}",
+            "-retentionPeriod=100y",
+            "-search.latencyOffset=0s",
+            "-search.disableCache",
+            "-loggerLevel=WARN",
+        ]
+
+    def write_url(self, db: str | None = None, precision: str = "ms") -> str:
+        params = {"precision": precision}
+        if db is not None:
+            params["db"] = db
+        return f"{self.url}/write?" + urllib.parse.urlencode(params)
+
+    def write(self, lines: str | bytes, precision: str = "ms") -> None:
+        body = lines.encode() if isinstance(lines, str) else lines
+        status, resp = http_request(self.write_url(precision=precision), body, method="POST")
+        if status != 204:
+            raise ServiceError(f"victoria-metrics write: HTTP {status} {resp[:300]!r}")
+
+    def flush(self) -> None:
+        """Make everything ingested so far searchable (VM otherwise buffers it for about a second)."""
+        status, resp = http_request(f"{self.url}/internal/force_flush")
+        if status != 200:
+            raise ServiceError(f"victoria-metrics force_flush: HTTP {status} {resp[:300]!r}")
+
+    def export(
+        self, match: str = '{__name__!=""}', *, min_series: int = 0, timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """Raw samples of matching series: [{"metric": {labels}, "values": [...], "timestamps": [...]}].
+
+        Ingested rows reach the index a moment after the write returns, even after a flush, so with
+        `min_series` this polls until that many series are visible (or the timeout passes).
+        """
+        url = f"{self.url}/api/v1/export?" + urllib.parse.urlencode({"match[]": match})
+        deadline = time.monotonic() + timeout
+        while True:
+            self.flush()
+            status, resp = http_request(url)
+            if status != 200:
+                raise ServiceError(f"victoria-metrics export: HTTP {status} {resp[:300]!r}")
+            series = [json.loads(line) for line in resp.splitlines() if line.strip()]
+            if len(series) >= min_series or time.monotonic() > deadline:
+                return series
+            time.sleep(0.05)
+
+    def query(
+        self, q: str, time_ms: int | None = None, *, min_results: int = 0, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """The parsed answer of an instant PromQL/MetricsQL query (/api/v1/query).
+
+        New series reach the query path's index caches up to a few seconds after `export` sees them;
+        with `min_results` this polls until the answer holds that many series (or the timeout passes).
+        """
+        params = {"query": q}
+        if time_ms is not None:
+            params["time"] = f"{time_ms / 1000:.3f}"
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode(params)
+        deadline = time.monotonic() + timeout
+        while True:
+            self.flush()
+            status, resp = http_request(url)
+            if status != 200:
+                raise ServiceError(f"victoria-metrics query: HTTP {status} {resp[:300]!r}")
+            result: dict[str, Any] = json.loads(resp)
+            if len(result.get("data", {}).get("result", [])) >= min_results or time.monotonic() > deadline:
+                return result
+            time.sleep(0.1)

@@ -13,19 +13,40 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from hil.services import Mosquitto  # noqa: E402
+from hil.services import InfluxDB, Mosquitto, VictoriaMetrics  # noqa: E402
 
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     """A private Mosquitto on a free port (never the machine's :1883), stopped by PID after the test."""
     broker = Mosquitto(workdir=str(tmp_path / "mosquitto"))
-    broker.dir.mkdir(parents=True, exist_ok=True)
     broker.start()
     try:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def influxdb(tmp_path: Path) -> Iterator[InfluxDB]:
+    """A private InfluxDB 1.x on free ports with its data in tmp_path, stopped by PID after the test."""
+    server = InfluxDB(workdir=str(tmp_path / "influxdb"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def victoriametrics(tmp_path: Path) -> Iterator[VictoriaMetrics]:
+    """A private VictoriaMetrics on a free port with its data in tmp_path, stopped by PID after the test."""
+    server = VictoriaMetrics(workdir=str(tmp_path / "victoria-metrics"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(autouse=True)

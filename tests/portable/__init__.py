@@ -1,0 +1,1 @@
+"""Tests that run unchanged under CPython (pytest) and MicroPython (tests/portable/runner.py)."""
