@@ -17,6 +17,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "decode": ("citybrain.decode", "pretty-print a wire payload (CBOR file, hex or stdin)"),
     "simulate": ("citybrain.simulate", "run the device simulators and print their frames and readings"),
+    "collector": ("collector.cli", "run the MQTT -> InfluxDB collector, or check its config"),
     "gateway": ("citybrain.gateway", "run the gateway agent on a Linux gateway, or check its config"),
     "provision": ("provisioning.cli", "gateway identity, credentials, broker ACLs, configs, firmware"),
 }

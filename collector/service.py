@@ -1,0 +1,420 @@
+"""The collector service: input -> decode -> validate -> dedup -> writer, acknowledged when durable.
+
+`Pipeline` is the wiring between the stages and owns the acknowledgement rule: a message is
+acknowledged only once every reading in it is durable (Writer.submit returned) or dead-lettered, and
+acknowledgements leave in the order the messages arrived (MQTT 5, 4.6). A message whose readings
+could not be made durable (`NotDurable`) is retried with backoff while it holds its place; at
+shutdown it is left unacknowledged, so the broker redelivers it to the next session.
+
+`Collector` owns the resources (dead letters, writer, MQTT input, metrics port) and their order at
+start and at shutdown; `run(config, *, shutdown=None)` is the entry point (SIGTERM/SIGINT by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
+
+import cbor2
+
+from collector import decode
+from collector.config import Config
+from collector.deadletter import DeadLetters
+from collector.dedup import Dedup
+from collector.ingest import Message, MqttInput
+from collector.metrics import Metrics, MetricsServer
+from collector.model import Point
+from collector.validate import Kind, Validator, load_kinds
+from collector.writer import NotDurable
+
+log = logging.getLogger(__name__)
+
+
+class WriterLike(Protocol):
+    """What the pipeline needs from collector/writer.py's `Writer`."""
+
+    @property
+    def stats(self) -> Mapping[str, object]: ...
+
+    async def start(self) -> None: ...
+    async def submit(self, points: list[Point]) -> None: ...
+    async def close(self, drain: bool = True, timeout_s: float = 30.0) -> None: ...
+
+
+WriterFactory = Callable[[Config, DeadLetters], WriterLike]
+
+
+class Liveness:
+    """Which gateways have been silent longer than their heartbeat: reported once per silence
+    (a log line) and continuously (the `gateway_silent` gauge)."""
+
+    def __init__(self, config: Config, metrics: Metrics, now: float) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.last_seen: dict[str, float] = {}
+        self.silent: set[str] = set()
+        # Registered gateways are expected: one never heard from is silent a heartbeat after start.
+        self._expected_since = {gw: now for gw in config.gateways}
+
+    def seen(self, gw: str, now: float) -> None:
+        self.last_seen[gw] = now
+        self.metrics.last_seen.set(now, gw=gw)
+        if gw in self.silent:
+            self.silent.discard(gw)
+            self.metrics.silent.set(0, gw=gw)
+            log.info("gateway %s heard from again", gw)
+
+    def heartbeat(self, gw: str) -> float:
+        info = self.config.gateways.get(gw)
+        return (
+            info.heartbeat
+            if info is not None and info.heartbeat > 0
+            else self.config.metrics.default_heartbeat
+        )
+
+    def check(self, now: float) -> list[str]:
+        """Gateways that just became silent. Registered gateways never heard from count from start."""
+        newly: list[str] = []
+        for gw, seen in {**self._expected_since, **self.last_seen}.items():
+            limit = self.heartbeat(gw)
+            if now - seen > limit and gw not in self.silent:
+                self.silent.add(gw)
+                self.metrics.silent.set(1, gw=gw)
+                log.warning("gateway %s silent for %.0f s (heartbeat %.0f s)", gw, now - seen, limit)
+                newly.append(gw)
+        return newly
+
+
+class Pipeline:
+    """Stages wired together; each message becomes one task, acknowledged in arrival order."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        writer: WriterLike,
+        dead_letters: DeadLetters,
+        metrics: Metrics,
+        ack: Callable[[Message], object],
+        kinds: dict[int, Kind] | None = None,
+        not_durable: type[BaseException] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.writer = writer
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+        self._ack = ack
+        self.validator = Validator(config.decode, load_kinds() if kinds is None else kinds, config.gateways)
+        self.dedup = Dedup(config.dedup.window, config.dedup.max_gateways)
+        self.liveness = Liveness(config, metrics, clock())
+        self.not_durable = not_durable or NotDurable
+        self.clock = clock
+        self._order: deque[Message] = deque()
+        self._done: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._waiting: deque[Message] = deque()  # arrived beyond the in-flight cap, not started
+        self.accepting = True
+        self.stopping = False
+
+    # --- intake and acknowledgement ----------------------------------------------------------------
+
+    def offer(self, msg: Message) -> None:
+        """Called on the loop for each MQTT message."""
+        if not self.accepting:
+            # Draining: leave it unacknowledged; the broker redelivers it to the next session.
+            self.metrics.messages.inc(channel="-", outcome="deferred")
+            return
+        if msg.qos == 0 and len(self._order) >= self.config.mqtt.receive_maximum:
+            # Receive Maximum bounds QoS 1 only; QoS 0 (not the protocol's) is shed under load, counted.
+            self.metrics.messages.inc(channel="-", outcome="shed_qos0")
+            return
+        self._order.append(msg)
+        self.metrics.inflight.set(len(self._order))
+        if len(self._tasks) >= self.config.mqtt.receive_maximum:
+            # The broker should not send more than Receive Maximum unacknowledged messages, but
+            # Mosquitto 2.0 overshoots it once acks flow (measured: ~180 outstanding with 10 or 100).
+            # Work in flight stays capped here; the excess waits, in order, and is counted.
+            self._waiting.append(msg)
+            self.metrics.over_receive_maximum.inc()
+            self.metrics.waiting.set(len(self._waiting))
+            return
+        self._spawn(msg)
+
+    def _spawn(self, msg: Message) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._waiting and self.accepting:
+            self._spawn(self._waiting.popleft())
+            self.metrics.waiting.set(len(self._waiting))
+
+    async def _run(self, msg: Message) -> None:
+        try:
+            await self.process(msg)
+        except asyncio.CancelledError:
+            raise
+        except _GiveUp:
+            return
+        except Exception as exc:
+            # A bug in a stage. Leaving the message unacknowledged would block every ack behind it
+            # (they leave in order) and then the whole subscription; the payload is kept instead.
+            log.exception("processing %s failed; payload dead-lettered as internal_error", msg.topic)
+            self.metrics.messages.inc(channel="-", outcome="error")
+            self._dead("internal_error", f"{type(exc).__name__}: {exc}", msg)
+        self._done.add(id(msg))
+        self._release()
+
+    def _release(self) -> None:
+        while self._order and id(self._order[0]) in self._done:
+            msg = self._order.popleft()
+            self._done.discard(id(msg))
+            self._ack(msg)
+        self.metrics.inflight.set(len(self._order))
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop taking messages and wait for the ones in flight; True when all finished in time."""
+        self.accepting = False
+        self.stopping = True
+        if self._waiting:
+            # Never started: nothing written, nothing acknowledged; the broker redelivers them.
+            self.metrics.messages.inc(len(self._waiting), channel="-", outcome="deferred")
+            self._waiting.clear()
+            self.metrics.waiting.set(0)
+        pending = set(self._tasks)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+            log.warning("%d messages still in flight at shutdown left unacknowledged", len(pending))
+        return not pending
+
+    # --- the stages ---------------------------------------------------------------------------------
+
+    def _dead(self, reason: str, detail: str, msg: Message, payload: bytes | None = None) -> None:
+        self.dead_letters.add(reason, detail, msg.topic, msg.payload if payload is None else payload)
+        self.metrics.dead_letters.inc(reason=reason)
+
+    async def process(self, msg: Message) -> None:
+        cfg = self.config
+        try:
+            gw, channel = decode.parse_topic(cfg.mqtt.topic_prefix, msg.topic)
+        except decode.Refused as r:
+            self._dead(r.reason, r.detail, msg)
+            self.metrics.messages.inc(channel="-", outcome="refused")
+            return
+        bad = self.validator.check_gateway(gw)
+        if bad is not None:
+            self._dead(bad.reason, bad.detail, msg)
+            self.metrics.messages.inc(channel=channel, outcome="refused")
+            return
+        self.liveness.seen(gw, self.clock())
+        now_ms = int(self.clock() * 1000)
+        try:
+            if channel == decode.STATUS:
+                status = decode.decode_status(msg.payload, max_bytes=cfg.decode.max_payload)
+                points, rejects = self.validator.status(gw, status, now_ms)
+                for rej in rejects:
+                    self._dead(rej.reason, rej.detail, msg)
+            else:
+                batch = decode.decode_batch(
+                    msg.payload, max_bytes=cfg.decode.max_payload, alarm=channel == decode.ALARM
+                )
+                if self.dedup.seen(gw, channel, batch.boot, batch.seq):
+                    self.metrics.dedup_hits.inc()
+                    self.metrics.messages.inc(channel=channel, outcome="duplicate")
+                    return
+                points, bad_readings = self.validator.batch(gw, batch, now_ms)
+                for index, rej in bad_readings:
+                    self._dead(
+                        rej.reason, f"reading {index}: {rej.detail}", msg, _reading_bytes(batch, index)
+                    )
+                self.metrics.readings.inc(len(bad_readings), channel=channel, outcome="rejected")
+        except decode.Refused as r:
+            self._dead(r.reason, r.detail, msg)
+            self.metrics.messages.inc(channel=channel, outcome="refused")
+            return
+        if points:
+            await self._submit(points)
+            self.metrics.write_seconds.observe(time.monotonic() - msg.received)
+        if channel != decode.STATUS:
+            self.dedup.add(gw, channel, batch.boot, batch.seq)
+            self.metrics.readings.inc(len(points), channel=channel, outcome="written")
+        self.metrics.messages.inc(channel=channel, outcome="ok")
+
+    async def _submit(self, points: list[Point]) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self.writer.submit(points)
+                return
+            except self.not_durable as exc:
+                self.metrics.not_durable.inc()
+                if self.stopping:
+                    raise _GiveUp from exc
+                log.warning("readings not durable (%s); retrying in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+class _GiveUp(Exception):
+    """Shutting down with the message's readings not durable: leave it unacknowledged."""
+
+
+def _reading_bytes(batch: decode.Batch, index: int) -> bytes:
+    """The refused reading alone, re-encoded, so a dead letter does not repeat the whole batch."""
+    try:
+        return cbor2.dumps(batch.readings[index])
+    except Exception:  # a value cbor2 cannot write back; the detail still names the reading
+        return b""
+
+
+def build_writer(config: Config, dead_letters: DeadLetters) -> WriterLike:
+    """The real writer: InfluxDB sink + SQLite spool (collector/writer.py, collector/sinks/influx.py)."""
+    from collector.sinks.influx import InfluxV1Sink, InfluxV2Sink
+    from collector.spool import Spool
+    from collector.writer import Writer
+
+    ic = config.influx
+    sink: InfluxV1Sink | InfluxV2Sink
+    if ic.version == 1:
+        sink = InfluxV1Sink(ic.url, ic.db, ic.rp, ic.user, ic.password, timeout_s=config.writer.timeout)
+    else:
+        sink = InfluxV2Sink(ic.url, ic.org, ic.bucket, ic.token, timeout_s=config.writer.timeout)
+    spool = Spool(config.storage.spool_path, config.storage.spool_max_bytes)
+    return Writer(
+        sink,
+        spool,
+        dead_letters,
+        batch_points=config.writer.batch_size,
+        batch_age_s=config.writer.flush_interval,
+    )
+
+
+async def close_writer(writer: WriterLike, timeout: float) -> None:
+    """Drain the writer, then release what it was built from (HTTP session, spool file)."""
+    await writer.close(drain=True, timeout_s=timeout)
+    sink = getattr(writer, "sink", None)
+    if sink is not None and hasattr(sink, "close"):
+        await sink.close()
+    spool = getattr(writer, "spool", None)
+    if spool is not None and hasattr(spool, "close"):
+        spool.close()
+
+
+class Collector:
+    """Resources in start order; `stop` undoes them in reverse after draining the pipeline."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        writer_factory: WriterFactory = build_writer,
+        kinds: dict[int, Kind] | None = None,
+        not_durable: type[BaseException] | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.dead_letters = DeadLetters(config.storage.dead_letter_path)
+        self.writer = writer_factory(config, self.dead_letters)
+        self.input = MqttInput(config.mqtt, self._offer)
+        self.pipeline = Pipeline(
+            config,
+            writer=self.writer,
+            dead_letters=self.dead_letters,
+            metrics=self.metrics,
+            ack=self.input.ack,
+            kinds=kinds,
+            not_durable=not_durable,
+        )
+        self.server: MetricsServer | None = None
+        self._liveness_task: asyncio.Task[None] | None = None
+        self.metrics.collect.append(self._collect)
+
+    def _offer(self, msg: Message) -> None:
+        self.pipeline.offer(msg)
+
+    def _collect(self) -> None:
+        self.metrics.connected.set(1 if self.input.connected else 0)
+        self.metrics.mirror_stats(dict(self.writer.stats))
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        subscribed = self.input.subscribed.is_set()
+        ok = self.input.connected and subscribed and self.pipeline.accepting
+        return ok, {
+            "mqtt_connected": self.input.connected,
+            "subscribed": subscribed,
+            "accepting": self.pipeline.accepting,
+            "inflight": len(self.pipeline._order),
+            "silent_gateways": sorted(self.pipeline.liveness.silent),
+        }
+
+    async def _watch_liveness(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.metrics.liveness_interval)
+            self.pipeline.liveness.check(time.time())
+
+    async def start(self) -> None:
+        await self.writer.start()
+        if self.config.metrics.port:
+            self.server = MetricsServer(self.metrics, self.health)
+            await self.server.start(self.config.metrics.host, self.config.metrics.port)
+            log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, self.server.port)
+        self._liveness_task = asyncio.get_running_loop().create_task(self._watch_liveness())
+        await self.input.start()
+
+    async def stop(self) -> None:
+        """Drain: finish in-flight writes and send their acks, disconnect, then close the writer."""
+        drained = await self.pipeline.drain(self.config.service.drain_timeout)
+        await self.input.close()
+        if self._liveness_task is not None:
+            self._liveness_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._liveness_task
+        await close_writer(self.writer, self.config.service.drain_timeout)
+        if self.server is not None:
+            await self.server.close()
+        self.dead_letters.close()
+        log.info("collector stopped (%s)", "drained" if drained else "drain timed out")
+
+
+async def _signals() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def run(
+    config: Config,
+    *,
+    shutdown: Callable[[], Awaitable[object]] | None = None,
+    writer_factory: WriterFactory = build_writer,
+    started: Callable[[Collector], None] | None = None,
+) -> int:
+    """Run until `shutdown()` completes (default: SIGTERM or SIGINT), then drain and stop. Returns 0."""
+    collector = Collector(config, writer_factory=writer_factory)
+    await collector.start()
+    if started is not None:
+        started(collector)
+    try:
+        await (shutdown or _signals)()
+    finally:
+        await collector.stop()
+    return 0
