@@ -2,6 +2,7 @@
 
   citybrain gateway run --config /etc/citybrain/gateway.json
   citybrain gateway check-config --config gateway.json
+  citybrain gateway ports          which serial adapters are plugged in (for the config's "port")
 
 The config is the JSON that `citybrain provision render` writes (reference: docs/gateway-config.md).
 SIGTERM and SIGINT stop the agent cleanly: the log is synced, the retained status set to offline
@@ -20,6 +21,7 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="<action>", required=True)
+    sub.add_parser("ports", help="list serial ports (USB RS-485 adapters) with their stable by-id paths")
     for name, help_text in (("run", "run the agent until SIGTERM"),
                             ("check-config", "validate a config and print it with defaults filled in")):
         p = sub.add_parser(name, help=help_text)
@@ -28,8 +30,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             p.add_argument("--quiet", action="store_true", help="do not log connection events")
 
 
+def list_ports() -> list[tuple[str, str, str]]:
+    """(stable path, device, description) per serial adapter; by-id paths survive re-plugging."""
+    from pathlib import Path
+
+    from serial.tools import list_ports as lp
+
+    by_id = {}
+    id_dir = Path("/dev/serial/by-id")
+    if id_dir.is_dir():
+        by_id = {str(p.resolve()): str(p) for p in id_dir.iterdir()}
+    return [(by_id.get(p.device, p.device), p.device, p.description or "") for p in lp.comports()]
+
+
 def run(args: argparse.Namespace) -> int:
     from edge import config
+
+    if args.action == "ports":
+        ports = list_ports()
+        if not ports:
+            print("no serial ports found (is the USB RS-485 adapter plugged in? `dmesg | tail`)")
+            return 1
+        for stable, device, description in ports:
+            print(f"{stable}\t{device}\t{description}")
+        return 0
 
     try:
         cfg = config.load(args.config)
