@@ -39,6 +39,8 @@ class ReportFilter:
                     raise ValueError("deadband for unknown field %r of kind %s" % (name, codec.KIND))
                 band[fields.index(name)] = deadbands[name]
         self.band = band
+        # Fields that change in every frame by design (frame sequence numbers) are not news.
+        self.counters = getattr(codec, "COUNTERS", ())
         self._last = {}  # sensor -> (fields, ticks of last report)
         self.suppressed = 0
 
@@ -67,7 +69,7 @@ class ReportFilter:
             for i in range(len(fields)):
                 new = fields[i]
                 old = prev[i]
-                if new == old:
+                if new == old or i in self.counters:
                     continue
                 b = band[i]
                 if b is None or new is None or old is None or isinstance(new, bool):

@@ -17,3 +17,14 @@ def crc16_modbus(data, start=0, end=-1, crc=0xFFFF):
             else:
                 crc >>= 1
     return crc
+
+
+def xor8(data, start=0, end=-1):
+    """NMEA-style XOR of the bytes data[start:end] (end=-1 means len(data)): the thermometer line
+    checksum. Over bytes, not characters, so UTF-8 station ids are covered like any other byte."""
+    if end < 0:
+        end = len(data)
+    x = 0
+    for i in range(start, end):
+        x ^= data[i]
+    return x

@@ -54,6 +54,10 @@ class SerialSource(Source):
         while True:
             n = await port.readinto(mv[fill:], 1000)
             if n == 0:
+                if fill:
+                    # A frame started and the line went quiet for a second: it will never end.
+                    self.error(self.path, TIMEOUT)
+                    fill = 0
                 continue
             fill += n
             pos = 0

@@ -42,3 +42,19 @@ def test_unknown_deadband_field_is_an_error():
         assert "lvl" in str(exc)
     else:
         raise AssertionError("unknown field accepted")
+
+
+class CountingCodec(FakeCodec):
+    COUNTERS = (0,)
+    FIELDS = ("seq", "level", "temp")
+
+    @staticmethod
+    def is_event(fields):
+        return False
+
+
+def test_frame_counters_are_not_news():
+    f = rules.ReportFilter(CountingCodec, default_deadband=1, max_silence_ms=60000)
+    assert f.check("s", (1, 10, 20.0), 0) == rules.REPORT_FIRST
+    assert f.check("s", (2, 10, 20.0), 10) == rules.SUPPRESSED
+    assert f.check("s", (3, 12, 20.0), 20) == rules.REPORT_DEADBAND

@@ -1,0 +1,1 @@
+"""Infrared body-temperature screening stations: NMEA-like ASCII lines on a UART."""

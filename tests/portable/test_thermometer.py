@@ -1,0 +1,285 @@
+"""Thermometer codec: wire vectors (whole, split, byte by byte), simulator round trips and faults."""
+
+from binascii import unhexlify
+
+from devices.common.errors import BAD_HEADER, DecodeError
+from devices.thermometer import codec, vectors
+from devices.thermometer.sim import Simulator
+
+
+def _same(a, b):
+    """Equal with the same types (True is not 1 on the wire); floats to 1e-9 (MicroPython literals)."""
+    if isinstance(a, tuple):
+        return isinstance(b, tuple) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return abs(a - b) <= 1e-9 * max(1.0, abs(a))
+    return a == b
+
+
+def _matches(result, expected):
+    if isinstance(expected, int):
+        return isinstance(result, DecodeError) and result.code == expected
+    return _same(result, expected)
+
+
+def _stream(data, cuts):
+    """Decode `data` arriving in reads that end at `cuts` into events (consumed, result), merging
+    runs of BAD_HEADER, whose count depends on where a read happened to end."""
+    buf = bytearray()
+    pos = 0
+    events = []
+    for cut in cuts:
+        buf.extend(data[len(buf):cut])
+        while True:
+            n, r = codec.decode(buf, pos, len(buf))
+            assert 0 <= n <= len(buf) - pos
+            if n == 0:
+                assert r is None
+                break
+            pos += n
+            if events and isinstance(r, DecodeError) and r.code == BAD_HEADER:
+                last = events[-1][1]
+                if isinstance(last, DecodeError) and last.code == BAD_HEADER:
+                    events[-1] = (events[-1][0] + n, last)
+                    continue
+            events.append((n, r))
+    return events
+
+
+def _same_events(a, b):
+    if len(a) != len(b):
+        return False
+    for (n1, r1), (n2, r2) in zip(a, b):
+        if n1 != n2:
+            return False
+        if isinstance(r1, DecodeError):
+            if not (isinstance(r2, DecodeError) and r1.code == r2.code):
+                return False
+        elif not _same(r1, r2):
+            return False
+    return True
+
+
+def test_vectors_whole():
+    for name, hx, consumed, expected in vectors.VECTORS:
+        data = unhexlify(hx)
+        n, r = codec.decode(data)
+        assert n == consumed, name
+        if consumed == 0:
+            assert r is None, name
+        else:
+            assert _matches(r, expected), name
+        # the same frame at an offset inside a bigger buffer, with an explicit end
+        padded = b"\x00\x00" + data + b"\xaa"
+        n2, r2 = codec.decode(padded, 2, 2 + len(data))
+        assert n2 == n and (r2 is None) == (r is None), name
+        if r is not None:
+            assert _matches(r2, expected), name
+
+
+def test_vectors_split_at_every_position():
+    for name, hx, consumed, expected in vectors.VECTORS:
+        data = unhexlify(hx)
+        whole = _stream(data, [len(data)])
+        for k in range(1, len(data)):
+            assert _same_events(_stream(data, [k, len(data)]), whole), (name, k)
+
+
+def test_vectors_byte_by_byte():
+    for name, hx, consumed, expected in vectors.VECTORS:
+        data = unhexlify(hx)
+        assert _same_events(_stream(data, range(1, len(data) + 1)), _stream(data, [len(data)])), name
+
+
+def test_good_vectors_encode_back():
+    for name, hx, consumed, expected in vectors.VECTORS:
+        if isinstance(expected, tuple) and consumed == len(hx) // 2 and name != "one_decimal_body" \
+                and name != "lowercase_checksum":
+            assert codec.encode(expected[0], expected[1]) == unhexlify(hx), name
+
+
+def test_checksum_is_over_utf8_bytes():
+    line = codec.encode("杭州东站-3", (36.52, 22.4, 1, 45, True))
+    star = line.index(b"*")
+    x = 0
+    for c in line[1:star]:
+        x ^= c
+    assert line[star + 1:star + 3] == (b"%02X" % x)
+    assert "杭州东站-3".encode("utf-8") in line  # the id travels as UTF-8, not escaped
+
+
+def _frames(sim, frames, t_step_ms=1000):
+    """Yield up to `frames` simulator lines as (wire bytes, reading it must give or None)."""
+    t = 1000000
+    got = 0
+    calls = 0
+    while got < frames and calls < frames * 200:
+        calls += 1
+        f = sim.next_frame(t)
+        if f is None:
+            if sim.last_reading is None:
+                t += t_step_ms
+            continue
+        got += 1
+        yield f, sim.last_reading
+
+
+def test_simulator_round_trip():
+    sim = Simulator(["杭州东站-3", "GATE-01", "西湖-B2"], seed=7, fever_rate=0.05)
+    count = 0
+    fevers = 0
+    ids = set()
+    seqs = {}
+    for f, reading in _frames(sim, 300):
+        count += 1
+        assert reading is not None
+        n, r = codec.decode(f)
+        assert n == len(f) and _same(r, reading)
+        assert codec.encode(reading[0], reading[1]) == f
+        sid, fields = reading
+        ids.add(sid)
+        if sid in seqs:
+            assert fields[2] == (seqs[sid] + 1) & 0xFFFF
+        seqs[sid] = fields[2]
+        assert codec.is_event(fields)
+        if codec.alarm(fields) == "fever":
+            fevers += 1
+        assert 30.0 <= fields[0] <= 45.0 and -30.0 <= fields[1] <= 60.0
+    assert count == 300 and 3 <= fevers < 60
+    assert ids == set(["杭州东站-3", "GATE-01", "西湖-B2"])
+
+
+def test_simulator_is_deterministic_and_realistic():
+    a = _frames(Simulator(["A-1", "A-2"], seed=3, rangefinder=False), 200)
+    b = _frames(Simulator(["A-1", "A-2"], seed=3, rangefinder=False), 200)
+    total = 0.0
+    n = 0
+    lo = 99.0
+    hi = 0.0
+    for (fa, ra), (fb, rb) in zip(a, b):
+        assert fa == fb
+        body = ra[1][0]
+        assert ra[1][3] is None  # no rangefinder: distance absent
+        total += body
+        n += 1
+        lo = min(lo, body)
+        hi = max(hi, body)
+    assert n == 200
+    assert 36.2 < total / n < 36.9 and hi - lo > 0.8
+
+
+class _Receiver:
+    """A gateway's serial reader in miniature: bytes in as they come, readings and errors out."""
+
+    def __init__(self):
+        self.buf = bytearray()
+        self.readings = 0
+        self.errors = 0
+
+    def feed(self, data, expected):
+        self.buf.extend(data)
+        pos = 0
+        while True:
+            n, r = codec.decode(self.buf, pos, len(self.buf))
+            assert 0 <= n <= len(self.buf) - pos
+            if n == 0:
+                break
+            pos += n
+            if isinstance(r, DecodeError):
+                self.errors += 1
+            else:
+                assert expected, "a reading nobody sent: %r" % (r,)
+                assert _same(r, expected.pop(0))
+                self.readings += 1
+        if pos:
+            self.buf = bytearray(self.buf[pos:])
+
+
+def test_fault_modes_never_give_a_wrong_reading():
+    for mode in ("garbage", "truncate", "bad_crc", "silence", "stuck"):
+        sim = Simulator(["杭州东站-3", "GATE-01"], seed=5)
+        sim.set_fault(mode, 0.5)
+        rx = _Receiver()
+        expected = []  # sent and not yet decoded: a stub may hold back the line after it
+        sent = 0
+        faulty = 0
+        t = 0
+        for _ in range(600):
+            f = sim.next_frame(t)
+            t += 1000
+            if sim.last_reading is not None:
+                expected.append(sim.last_reading)
+                sent += 1
+            elif f is not None:
+                faulty += 1
+            if f is not None:
+                rx.feed(f, expected)
+        last = ("END", (36.5, 20.0, 0, None, False))  # flushes a trailing stub
+        expected.append(last)
+        rx.feed(codec.encode(last[0], last[1]), expected)
+        # every good line arrived, in order, exactly; every faulty one was an error, never a reading
+        assert not expected and rx.readings == sent + 1, mode
+        if mode == "garbage":
+            assert faulty > 10 and rx.errors > 0, mode  # back-to-back bursts are one run of noise
+        elif mode in ("truncate", "bad_crc"):
+            assert faulty > 10 and rx.errors >= faulty, mode
+        else:
+            assert rx.errors == 0, mode
+
+
+def test_garbage_spewing_station_cannot_stall_the_parser():
+    rx = _Receiver()
+    noise = b"$" + b"\x01\x02noise" * 40
+    rx.feed(noise, [])
+    assert rx.errors >= 2 and len(rx.buf) < codec.MAX_LINE  # consumed, not hoarded
+    good = codec.encode("GATE-01", (36.5, 20.0, 1, 50, True))
+    rx.feed(good, [("GATE-01", (36.5, 20.0, 1, 50, True))])
+    assert rx.readings == 1
+
+
+def test_stuck_station_repeats_values():
+    sim = Simulator(["GATE-01"], seed=5)
+    sim.set_fault("stuck", 1.0)
+    seen = None
+    for f, (sid, fields) in _frames(sim, 20):
+        frozen = (fields[0], fields[1], fields[3])
+        assert seen is None or frozen == seen
+        seen = frozen
+    assert seen is not None
+
+
+def test_alarm_and_event_rules():
+    assert codec.alarm((37.3, 20.0, 1, 50, True)) == "fever"  # at the threshold counts
+    assert codec.alarm((37.29, 20.0, 1, 50, True)) is None
+    assert codec.alarm((37.4, 20.0, 1, 50, True), {"fever_c": 37.5}) is None
+    assert codec.alarm((37.5, 20.0, 1, 50, True), {"fever_c": 37.5}) == "fever"
+    assert codec.is_event((36.5, 20.0, 1, None, False))  # every person screened is reported
+    assert len(codec.FIELDS) == len(codec.UNITS) == 5 and codec.KIND_CODE == 4
+    for i in codec.ANALOG + codec.COUNTERS:
+        assert 0 <= i < len(codec.FIELDS)
+
+
+def test_rules_report_every_person():
+    from edge import rules
+
+    f = rules.ReportFilter(codec, default_deadband=5, max_silence_ms=600000)
+    ticks = 0
+    for line, (sid, fields) in _frames(Simulator(["GATE-01"], seed=4), 50):
+        ticks += 1000
+        assert f.check(sid, fields, ticks, codec.alarm(fields)) != rules.SUPPRESSED
+    assert f.suppressed == 0
+
+
+def test_encode_refuses_what_decode_would_reject():
+    good = (36.5, 20.0, 1, 50, True)
+    for sid, fields in (("", good), ("A,B", good), ("A*", good), ("A$", good), ("S" * 33, good),
+                        ("A", (29.99,) + good[1:]), ("A", (45.01,) + good[1:]),
+                        ("A", (36.5, 60.1) + good[2:]),
+                        ("A", good[:2] + (65536,) + good[3:]), ("A", good[:3] + (251, True))):
+        try:
+            codec.encode(sid, fields)
+        except ValueError:
+            continue
+        raise AssertionError("encoded %r %r" % (sid, fields))
