@@ -1,0 +1,1 @@
+"""Water-quality monitors on Modbus RTU (RS-485): float32 register map; see README.md."""

@@ -1,0 +1,140 @@
+"""A raw POSIX serial tty (RS-485 adapter, /dev/ttyUSB0, or a pty in tests) as an asyncio port.
+
+Runs on CPython and on the MicroPython unix port, which share termios and select.poll but not
+the asyncio internals: MicroPython waits for readability with asyncio.StreamReader on the file
+object, CPython with loop.add_reader. Bytes are then taken one at a time while poll says more are
+waiting, because MicroPython's readinto keeps reading until the buffer is full and would block
+on a partial frame; at RS-485 speeds a byte per call costs nothing that matters.
+"""
+
+import select
+import termios
+
+from edge.compat import IS_MICROPYTHON
+
+# Linux values for the speeds MicroPython's termios does not name.
+_LINUX_BAUD = {1200: 9, 2400: 11, 4800: 12, 9600: 13, 19200: 14, 38400: 15, 57600: 4097, 115200: 4098}
+_DISCARD_MAX = 4096  # a line that never goes quiet must not keep discard() spinning
+
+
+def _baud_const(baud):
+    c = getattr(termios, "B%d" % baud, None)
+    if c is None:
+        c = _LINUX_BAUD.get(baud)
+    if c is None:
+        raise ValueError("unsupported baud rate %d" % baud)
+    return c
+
+
+class Tty:
+    """A raw 8N1 tty opened by path, or adopted from an open fd (which the Tty then owns)."""
+
+    def __init__(self, path_or_fd, baud=9600):
+        self.baud = baud
+        if IS_MICROPYTHON:
+            self._f = open(path_or_fd, "r+b")
+        else:
+            import os
+
+            fd = path_or_fd
+            if not isinstance(fd, int):
+                # O_NONBLOCK so open() cannot hang waiting for carrier; reads are poll-gated anyway.
+                fd = os.open(fd, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+                os.set_blocking(fd, True)
+            self._f = open(fd, "r+b", buffering=0)
+        self._fd = self._f.fileno()
+        self._raw(baud)
+        self._poll = select.poll()
+        self._poll.register(self._f, select.POLLIN)
+        self._one = bytearray(1)
+        self._reader = None
+        if IS_MICROPYTHON:
+            import asyncio
+
+            self._reader = asyncio.StreamReader(self._f)
+
+    def _raw(self, baud):
+        if IS_MICROPYTHON:
+            termios.setraw(self._fd)
+        else:
+            import tty
+
+            tty.setraw(self._fd)
+        attrs = termios.tcgetattr(self._fd)
+        # CLOCAL: an RS-485 adapter has no carrier line to wait for; CREAD: enable the receiver.
+        attrs[2] |= getattr(termios, "CLOCAL", 0o4000) | getattr(termios, "CREAD", 0o200)
+        b = _baud_const(baud)
+        attrs[4] = b
+        attrs[5] = b
+        termios.tcsetattr(self._fd, termios.TCSANOW, attrs)
+
+    def _ready(self):
+        for _obj, ev in self._poll.poll(0):
+            if ev & select.POLLIN:
+                return True
+            if ev & (select.POLLHUP | select.POLLERR):
+                raise OSError(5, "tty hung up")  # EIO, as a read would say
+        return False
+
+    async def write(self, buf):
+        self._f.write(buf)
+
+    async def _first_byte(self, timeout_ms):
+        """Wait for one byte into self._one; False on timeout."""
+        if self._ready():
+            return self._f.readinto(self._one) == 1
+        if timeout_ms <= 0:
+            return False
+        import asyncio
+
+        if self._reader is not None:
+            try:
+                return await asyncio.wait_for_ms(self._reader.readinto(self._one), timeout_ms) == 1
+            except asyncio.TimeoutError:
+                return False
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        loop.add_reader(self._fd, _wake, fut)
+        try:
+            await asyncio.wait_for(fut, timeout_ms / 1000)
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            loop.remove_reader(self._fd)
+        return self._f.readinto(self._one) == 1
+
+    async def readinto(self, buf, timeout_ms):
+        if len(buf) == 0 or not await self._first_byte(timeout_ms):
+            return 0
+        one = self._one
+        buf[0] = one[0]
+        n = 1
+        limit = len(buf)
+        while n < limit and self._ready():
+            if self._f.readinto(one) != 1:
+                break
+            buf[n] = one[0]
+            n += 1
+        return n
+
+    def discard(self):
+        n = 0
+        while n < _DISCARD_MAX and self._ready():
+            if self._f.readinto(self._one) != 1:
+                break
+            n += 1
+        return n
+
+    def close(self):
+        f, self._f = self._f, None
+        if f is not None:
+            try:
+                self._poll.unregister(f)
+            except (OSError, KeyError, ValueError):
+                pass
+            f.close()
+
+
+def _wake(fut):
+    if not fut.done():
+        fut.set_result(True)
