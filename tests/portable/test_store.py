@@ -1,0 +1,280 @@
+"""The flash log (edge.store) on a real directory, the same on CPython and MicroPython.
+
+Each test works in its own directory under /tmp and removes it afterwards. The fault-injection
+properties (power cuts at every byte) are in tests/unit/test_store_properties.py.
+"""
+
+import os
+from binascii import hexlify
+
+from edge.store import HEADER, Files, Log, StoreError
+from edge.store.log import seg_name
+
+# One record on flash: magic, length 3 (LE), crc32 of b"\x03\x00abc" (LE), payload.
+RECORD_ABC = b"\xa5\x03\x00\x1d\x15\xe7Kabc"
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0
+
+    def __call__(self):
+        return self.now
+
+
+def _tmpdir():
+    path = "/tmp/cb-store-" + hexlify(os.urandom(6)).decode()
+    os.mkdir(path)
+    return path
+
+
+def _rmtree(path):
+    for name in os.listdir(path):
+        os.remove(path + "/" + name)
+    os.rmdir(path)
+
+
+def _read(path):
+    f = open(path, "rb")
+    try:
+        return f.read()
+    finally:
+        f.close()
+
+
+def _segments(path):
+    return sorted(n for n in os.listdir(path) if n.startswith("seg-"))
+
+
+def test_record_bytes_on_flash():
+    d = _tmpdir()
+    try:
+        log = Log(d, budget_bytes=2048, segment_bytes=1024)
+        log.append(b"abc", urgent=True)
+        log.close()
+        assert _segments(d) == [seg_name(1)]
+        assert _read(d + "/" + seg_name(1)) == RECORD_ABC
+    finally:
+        _rmtree(d)
+
+
+def test_append_peek_ack_roundtrip():
+    d = _tmpdir()
+    try:
+        log = Log(d, budget_bytes=4096, segment_bytes=256)
+        ids = [log.append(b"reading %d" % i, urgent=True) for i in range(40)]
+        assert ids == sorted(ids) and len(set(ids)) == 40
+        got = log.peek(10, 10000)
+        assert [p for _, p in got] == [b"reading %d" % i for i in range(10)]
+        assert [r for r, _ in got] == ids[:10]
+        more = log.peek(5)  # continues, does not re-read from the start
+        assert [p for _, p in more] == [b"reading %d" % i for i in range(10, 15)]
+        assert log.ack(ids[9]) == 10
+        assert log.pending == 30
+        assert log.ack(ids[9]) == 0  # stale ack: nothing happens
+        log.rewind()
+        assert log.peek(1)[0][1] == b"reading 10"
+        assert log.ack(ids[10]) == 1
+        before = len(_segments(d))
+        rest = log.peek(100, 100000)
+        assert log.ack(rest[-1][0]) == 29
+        assert log.pending == 0 and log.pending_bytes == 0
+        assert len(_segments(d)) == 1 < before  # wholly acked segments are deleted
+        log.close()
+    finally:
+        _rmtree(d)
+
+
+def test_ack_of_unpeeked_record_is_an_error():
+    d = _tmpdir()
+    try:
+        log = Log(d, budget_bytes=2048, segment_bytes=1024)
+        rid = log.append(b"x", urgent=True)
+        try:
+            log.ack(rid)
+            raise AssertionError("ack before peek accepted")
+        except StoreError:
+            pass
+        try:
+            log.append(b"y" * 1024)
+            raise AssertionError("oversized record accepted")
+        except StoreError:
+            pass
+        log.close()
+    finally:
+        _rmtree(d)
+
+
+def test_reboot_keeps_unacked_and_bumps_boot():
+    d = _tmpdir()
+    try:
+        log = Log(d, budget_bytes=4096, segment_bytes=512)
+        assert log.boot == 1
+        for i in range(20):
+            log.append(b"r%d" % i, urgent=(i % 2 == 0))
+        got = log.peek(5)
+        log.ack(got[-1][0])
+        log.close()
+        log = Log(d, budget_bytes=4096, segment_bytes=512)
+        assert log.boot == 2
+        assert log.pending == 15 and log.torn_records == 0
+        assert [p for _, p in log.peek(100)] == [b"r%d" % i for i in range(5, 20)]
+        log.close()
+        log = Log(d, budget_bytes=4096, segment_bytes=512)
+        assert log.boot == 3
+        log.close()
+    finally:
+        _rmtree(d)
+
+
+def test_torn_tail_is_cut_and_counted():
+    d = _tmpdir()
+    try:
+        log = Log(d, budget_bytes=2048, segment_bytes=1024)
+        for i in range(3):
+            log.append(b"event %d" % i, urgent=True)
+        log.close()
+        seg = d + "/" + seg_name(1)
+        good = _read(seg)
+        f = open(seg, "ab")
+        f.write(RECORD_ABC[:9])  # power cut in the middle of the next record's payload
+        f.close()
+        log = Log(d, budget_bytes=2048, segment_bytes=1024)
+        assert (log.torn_records, log.torn_bytes) == (1, 9)
+        assert _read(seg) == good
+        assert [p for _, p in log.peek(10)] == [b"event 0", b"event 1", b"event 2"]
+        log.append(b"abc", urgent=True)
+        assert [p for _, p in log.peek(10)] == [b"abc"]
+        log.close()
+        assert _read(seg) == good + RECORD_ABC
+    finally:
+        _rmtree(d)
+
+
+def test_corrupt_byte_stops_segment_at_last_good_record():
+    d = _tmpdir()
+    try:
+        log = Log(d, budget_bytes=2048, segment_bytes=1024)
+        log.append(b"keep", urgent=True)
+        log.append(b"flipped", urgent=True)
+        log.close()
+        seg = d + "/" + seg_name(1)
+        data = bytearray(_read(seg))
+        data[-1] ^= 0x01
+        f = open(seg, "wb")
+        f.write(data)
+        f.close()
+        log = Log(d, budget_bytes=2048, segment_bytes=1024)
+        assert (log.torn_records, log.torn_bytes) == (1, HEADER + 7)
+        assert [p for _, p in log.peek(10)] == [b"keep"]
+        log.close()
+    finally:
+        _rmtree(d)
+
+
+def test_group_sync_by_time_and_bytes():
+    d = _tmpdir()
+    try:
+        clock = Clock()
+        log = Log(d, budget_bytes=8192, segment_bytes=4096, sync_every_ms=10000,
+                  sync_every_bytes=100, clock=clock)
+        log.append(b"p" * 10)
+        assert log.syncs == 0 and log.peek(10) == []  # not durable yet: not published
+        clock.now = 9999
+        log.poll()
+        assert log.syncs == 0
+        clock.now = 10000
+        log.poll()
+        assert log.syncs == 1 and len(log.peek(10)) == 1
+        for _ in range(5):
+            log.append(b"p" * 20)  # 27 bytes each: the 4th crosses 100 bytes
+        assert log.syncs == 2
+        log.append(b"alarm", urgent=True)
+        assert log.syncs == 3
+        log.close()
+    finally:
+        _rmtree(d)
+
+
+def test_eviction_drops_oldest_segments_and_counts_them():
+    d = _tmpdir()
+    try:
+        log = Log(d, budget_bytes=300, segment_bytes=100)
+        for i in range(30):
+            log.append(b"%02d-------" % i, urgent=True)  # 16 bytes on flash, 6 per segment
+        assert log.flash_bytes <= 300
+        assert log.dropped_records == 30 - log.pending
+        assert log.dropped_bytes == 16 * log.dropped_records
+        got = log.peek(100)
+        assert [p for _, p in got] == [b"%02d-------" % i for i in range(log.dropped_records, 30)]
+        stats = log.stats()
+        assert stats["dropped_records"] == log.dropped_records and stats["flash_bytes"] == log.flash_bytes
+        log.close()
+    finally:
+        _rmtree(d)
+
+
+class FullFlash(Files):
+    """Files whose next write stores only half of its buffer, then fails like a full partition."""
+
+    def __init__(self):
+        Files.__init__(self)
+        self.fail = False
+
+    def write(self, f, buf):
+        if self.fail:
+            self.fail = False
+            Files.write(self, f, bytes(buf)[0 : len(buf) // 2])
+            raise OSError(28)  # ENOSPC
+        return Files.write(self, f, buf)
+
+
+def test_failed_write_is_reported_and_the_log_stays_readable():
+    d = _tmpdir()
+    try:
+        files = FullFlash()
+        log = Log(d, budget_bytes=4096, segment_bytes=1024, files=files)
+        log.append(b"before", urgent=True)
+        files.fail = True
+        try:
+            log.append(b"lost half-way", urgent=True)
+            raise AssertionError("failed write not reported")
+        except StoreError:
+            pass
+        assert log.pending == 1
+        log.append(b"after", urgent=True)  # continues in a fresh segment, past the partial record
+        assert _segments(d) == [seg_name(1), seg_name(2)]
+        assert [p for _, p in log.peek(10)] == [b"before", b"after"]
+        log.close()
+        log = Log(d, budget_bytes=4096, segment_bytes=1024)
+        assert log.torn_records == 1  # the partial record, cut at boot
+        assert [p for _, p in log.peek(10)] == [b"before", b"after"]
+        log.close()
+    finally:
+        _rmtree(d)
+
+
+def test_boot_cleans_leftovers_and_resumes_at_the_cursor():
+    d = _tmpdir()
+    try:
+        log = Log(d, budget_bytes=1024, segment_bytes=256)
+        for i in range(30):
+            log.append(b"rec %02d" % i, urgent=True)
+        got = log.peek(12)
+        log.ack(got[-1][0])
+        log.close()
+        f = open(d + "/state.tmp", "wb")  # a cursor save cut short by a power cut
+        f.write(b"garbage")
+        f.close()
+        log = Log(d, budget_bytes=1024, segment_bytes=256)
+        assert "state.tmp" not in os.listdir(d)
+        assert [p for _, p in log.peek(100)] == [b"rec %02d" % i for i in range(12, 30)]
+        assert log.pending == 18 and log.boot == 2
+        log.close()
+        os.remove(d + "/state")  # state lost: replay everything still on flash, boot restarts
+        log = Log(d, budget_bytes=1024, segment_bytes=256)
+        first = log.peek(1)[0][1]
+        assert first <= b"rec 12"
+        log.close()
+    finally:
+        _rmtree(d)
