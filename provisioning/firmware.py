@@ -79,9 +79,13 @@ def flash_commands(image: Path, port: str, *, resume: bool = False) -> list[str]
     cmd = ["mpremote", "connect", port]
     if resume:
         cmd.append("resume")  # the unix-port 'virtual board': a soft reset would end the process
+    # mpremote copies into ":" only if os.stat("") succeeds on the device. A board's VFS says the
+    # root exists; the unix port asks the OS, gets ENOENT, and mpremote then flattens every package
+    # into the root and refuses the files ("destination does not exist"). "." is the same folder there.
+    dest = ":." if resume else ":"
     dirs = sorted(p.name for p in image.iterdir() if p.is_dir())
     files = sorted(p.name for p in image.iterdir() if p.is_file())
-    cmd += ["fs", "cp", "-r", *dirs, ":", "+", "fs", "cp", *files, ":"]
+    cmd += ["fs", "cp", "-r", *dirs, dest, "+", "fs", "cp", *files, dest]
     return cmd
 
 

@@ -369,7 +369,7 @@ class MQTTClient:
                 w.write(payload)
             self._wtask = asyncio.current_task()
             await w.drain()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # MicroPython's tls: ValueError when verification fails
             raise self._fail(ConnectionLost("write failed: %s" % exc)) from None
         except asyncio.CancelledError:
             if self._w is w:

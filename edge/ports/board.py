@@ -92,13 +92,9 @@ class BoardPort:
     def ssl_context(self, broker):
         if not broker.get("tls"):
             return None
-        import ssl
+        from edge.ports.tls import micropython_context
 
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        if broker.get("ca_file"):
-            ctx.verify_mode = ssl.CERT_REQUIRED
-            ctx.load_verify_locations(cafile=broker["ca_file"])
-        return ctx
+        return micropython_context(broker, self.log)
 
     def mem_free(self):
         import gc

@@ -52,11 +52,9 @@ class PosixPort:
         import ssl
 
         if IS_MICROPYTHON:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            if broker.get("ca_file"):
-                ctx.verify_mode = ssl.CERT_REQUIRED
-                ctx.load_verify_locations(cafile=broker["ca_file"])
-            return ctx
+            from edge.ports.tls import micropython_context
+
+            return micropython_context(broker, self.log)
         return ssl.create_default_context(cafile=broker.get("ca_file"))
 
     def mem_free(self):

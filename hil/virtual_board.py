@@ -1,0 +1,226 @@
+"""A 'virtual board': the MicroPython unix port behind a pseudo-terminal, flashed and booted like a board.
+
+A field tech's tools (`mpremote`, `citybrain provision flash`) talk to a board through its USB
+serial port. Here the unix port plays the board: it runs its REPL on the *master* side of a pty and
+`port` is the slave, a `/dev/pts/N` path that mpremote opens like `/dev/ttyUSB0`. (The other way
+round does not work: two processes on the slave side both write towards the master and never hear
+each other.) The board's filesystem is `dir`, the process's cwd, because the unix port's `open`
+and `os` work on the host filesystem relative to it.
+
+mpremote must be used with `resume`: its soft reset (Ctrl-D) ends the unix port's REPL, which is
+this board's reboot. `boot()` is the power cycle after flashing: it ends the REPL and starts
+`micropython main.py` in `dir` with `MICROPYPATH=.frozen:<dir>`, so only the flashed files (and
+the interpreter's frozen asyncio) can be imported, as on a board. Every process is stopped by PID.
+
+From a shell (`python -m hil.virtual_board --help`):
+
+  python -m hil.virtual_board --dir /tmp/board            # REPL on a printed /dev/pts/N until Ctrl-C
+  citybrain provision flash --resume --port /dev/pts/N build/gw-xihu-0001
+  python -m hil.virtual_board --dir /tmp/board --boot     # run the flashed main.py, console here
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tty
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Self
+
+from hil.services import ServiceError
+
+VENV_BIN = Path(sys.executable).parent
+_PROMPT = b">>> "
+
+
+def micropython_binary() -> str:
+    """The unix port next to this interpreter (the dev venv) or on PATH."""
+    beside = VENV_BIN / "micropython"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("micropython")
+    if not found:
+        raise ServiceError("micropython (the unix port) not found: scripts/setup installs it into .venv")
+    return found
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """SIGTERM the process group we started, SIGKILL if it lingers; its exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+    return proc.returncode
+
+
+class VirtualBoard:
+    """One board: `start()` (REPL on `port`), flash it with mpremote, `boot()` runs main.py, `stop()`.
+
+    `heapsize` (e.g. "256K") caps the MicroPython heap like a board's RAM; None is the unix
+    port's default. The console of the booted program goes to `console_log` (outside `dir`).
+    """
+
+    def __init__(self, board_dir: str | Path | None = None, *, heapsize: str | None = None) -> None:
+        self._work = Path(tempfile.mkdtemp(prefix="citybrain-vboard-"))
+        self.dir = Path(board_dir) if board_dir is not None else self._work / "fs"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.console_log = self._work / "console.log"
+        self.heapsize = heapsize
+        self.port = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._slave: int | None = None
+        self._console: int | None = None
+
+    def _argv(self, *args: str) -> list[str]:
+        argv = [micropython_binary()]
+        if self.heapsize:
+            argv += ["-X", f"heapsize={self.heapsize}"]
+        return argv + list(args)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 10.0) -> str:
+        """Power on into the REPL; returns the serial port path once the prompt has been seen."""
+        self.stop()
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        try:
+            self.proc = subprocess.Popen(self._argv(), stdin=master, stdout=master, stderr=master,
+                                         cwd=self.dir, start_new_session=True)
+        finally:
+            os.close(master)
+        # We keep the slave open while mpremote is not connected: with no slave open the master
+        # reads EIO and the REPL would exit, as a board would not when its cable is pulled.
+        self._slave = slave
+        self.port = os.ttyname(slave)
+        self._wait_prompt(timeout)
+        return self.port
+
+    def _wait_prompt(self, timeout: float) -> None:
+        """Read (and so discard) the banner up to the first prompt: mpremote then starts clean."""
+        assert self._slave is not None and self.proc is not None
+        seen = b""
+        deadline = time.monotonic() + timeout
+        while _PROMPT not in seen:
+            left = deadline - time.monotonic()
+            if self.proc.poll() is not None or left <= 0:
+                code = self.proc.poll()
+                self.stop()
+                raise ServiceError(f"virtual board: no REPL prompt (exit code {code}); got {seen[-300:]!r}")
+            ready, _, _ = select.select([self._slave], [], [], min(left, 0.2))
+            if ready:
+                seen += os.read(self._slave, 4096)
+
+    def boot(self, main: str = "main.py") -> None:
+        """Reset and run the flashed `main` as a board does after power-on; console to `console_log`."""
+        self.stop()
+        if not (self.dir / main).exists():
+            raise ServiceError(f"virtual board: nothing flashed ({self.dir / main} is missing)")
+        env = dict(os.environ, MICROPYPATH=f".frozen:{self.dir}")
+        self._console = os.open(self.console_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.proc = subprocess.Popen(self._argv(main), stdin=subprocess.DEVNULL, stdout=self._console,
+                                     stderr=subprocess.STDOUT, cwd=self.dir, env=env, start_new_session=True)
+
+    def console_tail(self, n: int = 3000) -> str:
+        try:
+            return self.console_log.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def stop(self) -> int | None:
+        """Power off: stop the running process by PID; its exit code (None if nothing ran)."""
+        proc, self.proc = self.proc, None
+        code = _stop(proc) if proc is not None else None
+        for fd in (self._slave, self._console):
+            if fd is not None:
+                os.close(fd)
+        self._slave = self._console = None
+        self.port = ""
+        return code
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self._work, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m hil.virtual_board",
+        description="the MicroPython unix port as a board on a /dev/pts serial port")
+    parser.add_argument("--dir", type=Path,
+                        help="the board's filesystem (default: a temp dir, removed at exit)")
+    parser.add_argument("--heapsize", default=None, help="MicroPython heap, e.g. 256K (default: the port's)")
+    parser.add_argument("--boot", action="store_true", help="run the flashed main.py instead of the REPL")
+    args = parser.parse_args(argv)
+    if args.boot and args.dir is None:
+        parser.error("--boot needs --dir (the filesystem that was flashed)")
+    stop = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    board = VirtualBoard(args.dir, heapsize=args.heapsize)
+    try:
+        if args.boot:
+            board.boot()
+            print(f"booted {board.dir / 'main.py'} (pid {board.pid}); Ctrl-C powers it off", flush=True)
+        else:
+            port = board.start()
+            print(f"virtual board on {port}, filesystem {board.dir} (pid {board.pid})\n"
+                  f"  flash: citybrain provision flash --resume --port {port} <image>\n"
+                  f"  other mpremote commands need `resume`: mpremote connect {port} resume fs ls\n"
+                  "Ctrl-C powers it off", flush=True)
+        shown = 0
+        while not stop and board.alive():
+            if args.boot:
+                text = board.console_tail(1 << 30)
+                sys.stdout.write(text[shown:])
+                sys.stdout.flush()
+                shown = len(text)
+            time.sleep(0.2)
+        code = board.stop()
+        if args.boot:
+            sys.stdout.write(board.console_tail(1 << 30)[shown:])
+        print(f"powered off (exit code {code})")
+        return 0
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        board.cleanup()  # removes the filesystem only if it was a temp dir
+
+
+if __name__ == "__main__":
+    sys.exit(main())
