@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--broker-host", required=True, help="central broker host name")
     p.add_argument("--broker-port", type=int, default=None, help="default 1883, or 8883 with --tls")
     p.add_argument("--tls", action="store_true", help="gateways connect with TLS")
+    p.add_argument("--ca-file", help="with --tls: the CA certificate path on the gateway (PEM)")
     p.add_argument("--prefix", default="city", help="topic prefix (default: city)")
 
     p = sub.add_parser("add-gateway", help="register a gateway and issue its credentials")
@@ -87,8 +88,13 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.action == "init":
         port = args.broker_port or (8883 if args.tls else 1883)
+        if args.ca_file and not args.tls:
+            raise FleetError("--ca-file only makes sense with --tls")
         fleet = Fleet.create(args.dir, broker_host=args.broker_host, broker_port=port, tls=args.tls,
                              prefix=args.prefix)
+        if args.ca_file:
+            fleet.broker["ca_file"] = args.ca_file
+            fleet.save()
         print(f"created {fleet.path}")
         return 0
     if args.action == "add-gateway":

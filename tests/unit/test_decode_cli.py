@@ -139,13 +139,14 @@ def test_protocol_doc_examples_are_what_the_code_makes() -> None:
     e.add("体温-东门-2", 4, T0 + 1250, (37.5, 21.25, 88, 42, True))
     alarm = protocol.BatchEncoder(256)
     reply = bytearray()
-    protocol.encode_reply(reply, "op-20260101-001", True, None, {"applied": ["deadband"]})
+    protocol.encode_reply(reply, "op-20260101-001", True, None, {"sources": 1})
     made = [
         bytes(e.finish()),
         bytes(protocol.encode_alarm(alarm, 7, 3, "fever", "体温-东门-2", 4, T0 + 1250,
                                     (38.5, 21.25, 89, 40, True))),
         protocol.will_payload("1.0.0", 7),
-        cbor.dumps({"id": "op-20260101-001", "op": "set", "args": {"deadband": 0.5}}),
+        cbor.dumps({"id": "op-20260101-001", "op": "set",
+                    "args": {"kind": "water", "deadband": {"ph": 0.05}}}),
         bytes(reply),
     ]
     shown = re.findall(r"`([0-9a-f]{40,})`", doc)

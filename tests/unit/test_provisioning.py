@@ -108,3 +108,13 @@ def test_gateway_config_doc_is_current() -> None:
     doc = Path(__file__).resolve().parents[2] / "docs" / "gateway-config.md"
     assert doc.read_text() == render(), "run: python -m provisioning.configdoc > docs/gateway-config.md"
     edge_config.validate(EXAMPLE)
+
+
+def test_init_with_tls_and_ca_file(tmp_path: Path) -> None:
+    d = tmp_path / "fleet"
+    assert main(["provision", "init", "--dir", str(d), "--broker-host", "mqtt.city", "--tls",
+                 "--ca-file", "/etc/citybrain/ca.pem"]) == 0
+    broker = Fleet.load(d).broker
+    assert broker == {"host": "mqtt.city", "port": 8883, "tls": True, "ca_file": "/etc/citybrain/ca.pem"}
+    assert main(["provision", "init", "--dir", str(tmp_path / "f2"), "--broker-host", "h",
+                 "--ca-file", "x.pem"]) == 1
