@@ -1,0 +1,276 @@
+"""InfluxDB-compatible HTTP sinks: 1.x `/write` and 2.x/3.x/VictoriaMetrics `/api/v2/write`.
+
+A sink turns one body of line protocol into one of three answers for the writer:
+
+- `Delivered(accepted, rejected)`: done. Every line is either in the database or in `rejected`
+  with the server's reason (the writer dead-letters those). Good lines are never dropped: when a
+  batch is refused we isolate the bad lines and resend the rest.
+- `SinkRetry(retry_after)`: nothing is known to be done; send the same body again later. Safe even if
+  the server did commit part of it, because a point is deterministic (same series and timestamp
+  overwrite: a duplicate write leaves one point).
+- `SinkConfigError`: the server refuses us, not the data (credentials, database). Retrying cannot
+  help until an operator acts; the data must be held, never dead-lettered.
+
+The response table with the reasoning is in docs/collector-writes.md; each branch below says why
+in one line.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import gzip
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from types import TracebackType
+from urllib.parse import urlencode
+
+import aiohttp
+
+_RETRY_AFTER_MAX_S = 3600.0
+
+
+class SinkError(Exception):
+    """Root of the sink errors."""
+
+
+class SinkRetry(SinkError):
+    """Transient: resend the whole body later (after `retry_after` seconds if the server said)."""
+
+    def __init__(self, detail: str, retry_after: float | None = None, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+        self.status = status
+
+
+class SinkConfigError(SinkError):
+    """Fatal until an operator fixes config or credentials: hold the data, alert loudly."""
+
+    def __init__(self, detail: str, status: int) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+@dataclass
+class Delivered:
+    accepted: int = 0  # lines the server took
+    rejected: list[tuple[bytes, str]] = field(default_factory=list)  # (line, server's reason)
+    requests: int = 0
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """`Retry-After` as seconds: delta-seconds or an HTTP date (RFC 9110 10.2.3); None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), _RETRY_AFTER_MAX_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # HTTP dates are GMT
+        return None
+    delta = when.timestamp() - (time.time() if now is None else now)
+    return min(max(delta, 0.0), _RETRY_AFTER_MAX_S)
+
+
+def error_message(body: bytes) -> str:
+    """The server's error text: InfluxDB 1.x `{"error":..}`, 2.x `{"message":..}`, VictoriaMetrics plain."""
+    text = body.decode("utf-8", "replace")
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return text.strip()
+    if isinstance(doc, dict):
+        for key in ("error", "message"):
+            if isinstance(doc.get(key), str):
+                return str(doc[key])
+    return text.strip()
+
+
+def named_bad_lines(message: str, lines: list[bytes]) -> list[int]:
+    """Indexes of the lines InfluxDB names as unparseable (`unable to parse '<line>': why`)."""
+    if "unable to parse '" not in message:
+        return []
+    named = []
+    for i, ln in enumerate(lines):
+        if "unable to parse '" + ln.decode("utf-8", "replace") + "'" in message:
+            named.append(i)
+    return named
+
+
+class HttpLineSink:
+    """One aiohttp session reused for every request; `write` applies the response table."""
+
+    name = "influx"
+
+    def __init__(self, *, gzip_body: bool = False, timeout_s: float = 10.0, gzip_level: int = 1) -> None:
+        self.gzip_body = gzip_body
+        self.gzip_level = gzip_level
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    # Subclasses say where and as whom.
+    def endpoint(self) -> str:
+        raise NotImplementedError
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    async def __aenter__(self) -> HttpLineSink:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self.timeout)
+        return self._session
+
+    async def post(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        """One POST; connection errors and timeouts become `SinkRetry`."""
+        headers = {"Content-Type": "text/plain; charset=utf-8", **self.headers()}
+        data = body
+        if self.gzip_body:
+            data = gzip.compress(body, self.gzip_level)
+            headers["Content-Encoding"] = "gzip"
+        try:
+            async with self._get_session().post(
+                self.endpoint(), data=data, headers=headers
+            ) as resp:
+                return resp.status, dict(resp.headers), await resp.read()
+        except TimeoutError:
+            # The server may have committed before we gave up: resending is safe (same series and
+            # timestamp overwrite), losing it is not.
+            raise SinkRetry("timeout waiting for the database") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            # Refused, reset, DNS: the database is down or restarting; the data is still ours.
+            raise SinkRetry(f"connection error: {exc}") from None
+
+    async def write(self, body: bytes) -> Delivered:
+        """Deliver one body (newline-separated lines) or raise `SinkRetry` / `SinkConfigError`."""
+        done = Delivered()
+        work: deque[bytes] = deque([body])  # in order; refused chunks are split in place
+        while work:
+            chunk = work.popleft()
+            if not chunk:
+                continue
+            status, headers, resp = await self.post(chunk)
+            done.requests += 1
+            if 200 <= status < 300:
+                # 204 (or 200 from proxies/VictoriaMetrics): every line of this chunk is stored.
+                done.accepted += chunk.count(b"\n") + 1
+                continue
+            message = error_message(resp)
+            if status in (401, 403):
+                # Credentials or permissions: the data is fine, an operator must act; hold it.
+                raise SinkConfigError(f"HTTP {status}: {message}", status)
+            if status == 404:
+                # Database/bucket missing or wrong URL: same as auth, never the data's fault.
+                raise SinkConfigError(f"HTTP {status}: {message}", status)
+            if status == 413:
+                # Body too large for the server: halves always fit eventually; one line that alone
+                # is too large can never be written.
+                lines = chunk.split(b"\n")
+                if len(lines) == 1:
+                    done.rejected.append((chunk, f"HTTP 413: {message}"))
+                else:
+                    mid = len(lines) // 2
+                    work.extendleft([b"\n".join(lines[mid:]), b"\n".join(lines[:mid])])
+                continue
+            if status in (400, 422):
+                # Bad data (parse error, type conflict, outside retention): retrying the same body
+                # can never succeed. Isolate the bad lines, dead-letter them, resend the others.
+                lines = chunk.split(b"\n")
+                bad = named_bad_lines(message, lines)
+                if bad:
+                    # The server named them: reject exactly those, resend the rest (it may already
+                    # hold them after a partial write; a rewrite is harmless).
+                    badset = set(bad)
+                    done.rejected.extend((lines[i], f"HTTP {status}: {message}") for i in bad)
+                    work.appendleft(b"\n".join(ln for i, ln in enumerate(lines) if i not in badset))
+                elif len(lines) == 1:
+                    # A single refused line is the bad one.
+                    done.rejected.append((chunk, f"HTTP {status}: {message}"))
+                else:
+                    # Not named (type conflict, VictoriaMetrics): bisect until single lines.
+                    mid = len(lines) // 2
+                    work.extendleft([b"\n".join(lines[mid:]), b"\n".join(lines[:mid])])
+                continue
+            if status in (429, 503):
+                # Overloaded or rate limited: the server says when to come back; else back off.
+                raise SinkRetry(
+                    f"HTTP {status}: {message}", retry_after_seconds(headers.get("Retry-After")), status
+                )
+            if status == 408 or status >= 500:
+                # 500/502/504 and friends: a server or proxy fault, not the data's; back off, resend.
+                raise SinkRetry(f"HTTP {status}: {message}", status=status)
+            # Any other 4xx (405, 414, a proxy's own refusal): nothing says the data is bad, so
+            # dead-lettering would lose good points; treat as a configuration problem and hold.
+            raise SinkConfigError(f"HTTP {status}: {message}", status)
+        return done
+
+
+class InfluxV1Sink(HttpLineSink):
+    """InfluxDB 1.x: POST /write?db=..&rp=..&precision=ms, HTTP basic auth if a user is given."""
+
+    name = "influx_v1"
+
+    def __init__(
+        self,
+        url: str,
+        db: str,
+        rp: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        *,
+        gzip_body: bool = False,
+        timeout_s: float = 10.0,
+    ) -> None:
+        super().__init__(gzip_body=gzip_body, timeout_s=timeout_s)
+        query = {"db": db, "precision": "ms"}
+        if rp:
+            query["rp"] = rp
+        self._url = url.rstrip("/") + "/write?" + urlencode(query)
+        self._headers = {}
+        if user:
+            token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
+
+    def endpoint(self) -> str:
+        return self._url
+
+    def headers(self) -> dict[str, str]:
+        return self._headers
+
+
+class InfluxV2Sink(HttpLineSink):
+    """InfluxDB 2.x/3.x and VictoriaMetrics: POST /api/v2/write?org=..&bucket=..&precision=ms."""
+
+    name = "influx_v2"
+
+    def __init__(
+        self, url: str, org: str, bucket: str, token: str, *, gzip_body: bool = False, timeout_s: float = 10.0
+    ) -> None:
+        super().__init__(gzip_body=gzip_body, timeout_s=timeout_s)
+        self._url = url.rstrip("/") + "/api/v2/write?" + urlencode(
+            {"org": org, "bucket": bucket, "precision": "ms"}
+        )
+        self._headers = {"Authorization": f"Token {token}"} if token else {}
+
+    def endpoint(self) -> str:
+        return self._url
+
+    def headers(self) -> dict[str, str]:
+        return self._headers

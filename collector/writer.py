@@ -1,0 +1,417 @@
+"""The buffer -> sink stage: turns points into durable writes, and says when it cannot.
+
+`await writer.submit(points)` returns only when every point is durable: stored by the database,
+committed to the spool, or (if no database could ever take it) in the dead-letter store. If none of
+that is possible it raises `NotDurable`, and the caller must not acknowledge the MQTT message: the
+broker then keeps it. That is the whole contract with ingest.
+
+Two paths, one at a time:
+
+- direct: while the database answers and the spool is empty, submits are written with at most
+  `max_concurrent` requests in flight; while all are busy, new submits gather into one batch (up to
+  `batch_points`, or `batch_age_s` at most) that goes as soon as a request slot frees up. A submit
+  returns after its batch got a 2xx.
+- spool: once a write fails (or too many batches are in flight, or anything is still spooled),
+  submits are committed to the spool (group commits) and acknowledged from there. One drainer
+  replays the spool oldest first and deletes rows only after a 2xx; when the spool is empty again
+  the writer goes back to direct. New data never overtakes spooled data, so replay is in order.
+
+Nothing acknowledged is ever only in memory, so a kill -9 loses nothing; what was being written at
+that moment may be written again after the restart (a harmless overwrite: same series, same
+timestamp). Batches that were in flight together may land in either order.
+
+Must be used from one asyncio loop (the loop `start` ran on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from collector.deadletter import DeadLetters
+from collector.lineproto import encode
+from collector.model import Point
+from collector.sinks.influx import Delivered, SinkConfigError, SinkRetry
+from collector.spool import Spool
+
+log = logging.getLogger("collector.writer")
+
+
+class NotDurable(Exception):
+    """Neither the database nor the spool took these points: do not acknowledge them."""
+
+
+class Sink(Protocol):
+    async def write(self, body: bytes) -> Delivered: ...
+
+
+_Entry = tuple[bytes, int, "asyncio.Future[None]"]  # (body, lines, the submit waiting for it)
+
+
+class Writer:
+    def __init__(
+        self,
+        sink: Sink,
+        spool: Spool,
+        dead_letters: DeadLetters,
+        *,
+        batch_points: int = 5000,
+        batch_age_s: float = 1.0,
+        max_concurrent: int = 4,
+        max_queued_batches: int | None = None,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        config_error_retry_s: float = 30.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.sink = sink
+        self.spool = spool
+        self.dead_letters = dead_letters
+        self.batch_points = batch_points
+        self.batch_age_s = batch_age_s
+        self.max_concurrent = max_concurrent
+        # Batches waiting for a request slot beyond this go to the spool: memory stays bounded.
+        self.max_queued_batches = max_queued_batches if max_queued_batches is not None else 2 * max_concurrent
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.config_error_retry_s = config_error_retry_s
+        self._rng = rng or random.Random()
+
+        self._batch: list[_Entry] = []
+        self._batch_lines = 0
+        self._batch_timer: asyncio.TimerHandle | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._sem: asyncio.Semaphore | None = None
+        self._direct = spool.rows == 0  # leftovers from a previous run are replayed first
+        self._spool_queue: list[_Entry] = []
+        self._spool_pending = 0  # entries queued or being committed
+        self._spool_wake: asyncio.Event | None = None
+        self._drain_wake: asyncio.Event | None = None
+        self._stop: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._retry_after: float | None = None  # the last failure's hint (Retry-After, config wait)
+        self._not_before = 0.0  # loop time before which the drainer must not write
+
+        self.counts: Counter[str] = Counter()
+        self.dead_letter_counts: Counter[str] = Counter()
+        self.sink_state = "ok"
+        self.last_error = ""
+        self.latency_last_s = 0.0
+        self.latency_max_s = 0.0
+        self.latency_sum_s = 0.0  # with `writes`: mean latency = sum / writes (a Prometheus summary)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._sem = asyncio.Semaphore(self.max_concurrent)
+        self._spool_wake = asyncio.Event()
+        self._drain_wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._committer(), name="writer-committer"),
+            asyncio.create_task(self._drainer(), name="writer-drainer"),
+        ]
+        if self.spool.rows:
+            log.warning("spool holds %d lines from a previous run: replaying them first", self.spool.lines)
+
+    async def close(self, drain: bool = True, timeout_s: float = 30.0) -> None:
+        """Stop taking data, finish what was accepted; with `drain`, try to empty the spool first.
+
+        Whatever cannot be written in `timeout_s` stays in the spool for the next start.
+        """
+        self._closing = True
+        self._flush()
+        deadline = time.monotonic() + timeout_s
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=max(0.0, deadline - time.monotonic()))
+        while self._spool_pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if drain:
+            while self.spool.rows and time.monotonic() < deadline:
+                assert self._drain_wake is not None
+                self._drain_wake.set()
+                await asyncio.sleep(0.02)
+        if self._stop is not None:
+            self._stop.set()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks = []
+        late = list(self._inflight)
+        for t in late:
+            t.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        # Anyone still waiting was never made durable: tell them (they will not acknowledge).
+        for _, _, fut in self._spool_queue:
+            _fail(fut, NotDurable("writer closed before the spool commit"))
+        self._spool_queue = []
+
+    # -- the contract ---------------------------------------------------------------------------
+
+    async def submit(self, points: Sequence[Point]) -> None:
+        """Return once `points` are durable; raise `NotDurable` if they cannot be made so."""
+        body, n, bad = encode(points)
+        for p, exc in bad:
+            # The serializer refuses only what no server could store unchanged: a permanent reject.
+            self._dead_letter("unserializable", str(exc), repr(p).encode())
+        if n == 0:
+            return
+        if self._closing or self._sem is None:
+            self.counts["not_durable"] += n
+            raise NotDurable("writer is not running")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.counts["points_submitted"] += n
+        entry = (body, n, fut)
+        if (
+            self._direct
+            and self.spool.rows == 0
+            and self._spool_pending == 0
+            and len(self._inflight) < self.max_concurrent + self.max_queued_batches
+        ):
+            self._batch.append(entry)
+            self._batch_lines += n
+            # Send at once while a request slot is free: batches then grow only while the database
+            # is busy, so a small MQTT in-flight window is never stuck waiting for `batch_age_s`.
+            if self._batch_lines >= self.batch_points or len(self._inflight) < self.max_concurrent:
+                self._flush()
+            elif self._batch_timer is None:
+                self._batch_timer = asyncio.get_running_loop().call_later(self.batch_age_s, self._flush)
+        else:
+            self._to_spool([entry])
+        try:
+            await fut
+        except NotDurable:
+            self.counts["not_durable"] += n
+            raise
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        s: dict[str, Any] = {
+            "points_submitted": self.counts["points_submitted"],
+            "points_written": self.counts["points_written"],
+            "points_spooled": self.counts["points_spooled"],
+            "points_not_durable": self.counts["not_durable"],
+            "requests": self.counts["requests"],
+            "retries": self.counts["retries"],
+            "dead_letters": dict(self.dead_letter_counts),
+            "sink_state": self.sink_state,
+            "last_error": self.last_error,
+            "mode": "direct" if self._direct else "spool",
+            "inflight_batches": len(self._inflight),
+            "write_latency_last_s": self.latency_last_s,
+            "write_latency_max_s": self.latency_max_s,
+            "write_latency_sum_s": self.latency_sum_s,
+            "writes": self.counts["writes"],
+        }
+        # Flat numeric copies for the metrics exporter (it exports numbers only).
+        for reason, n in self.dead_letter_counts.items():
+            s[f"dead_letters_{reason}"] = n
+        s["sink_ok"] = int(self.sink_state == "ok")
+        s["direct"] = int(self._direct)
+        s.update(self.spool.stats())
+        return s
+
+    # -- direct path ----------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
+        if not self._batch:
+            return
+        entries, self._batch, self._batch_lines = self._batch, [], 0
+        task = asyncio.get_running_loop().create_task(self._write_direct(entries))
+        self._inflight.add(task)
+        task.add_done_callback(self._write_done)
+
+    def _write_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if self._batch and not self._closing and len(self._inflight) < self.max_concurrent:
+            self._flush()  # a slot freed up: what gathered meanwhile goes now
+
+    async def _write_direct(self, entries: list[_Entry]) -> None:
+        assert self._sem is not None
+        try:
+            async with self._sem:
+                if not self._direct:
+                    # The database failed while we waited for a slot: queue behind what is spooled.
+                    self._to_spool(entries)
+                    return
+                body = b"\n".join(b for b, _, _ in entries)
+                done = await self._write(body)
+                if done is None:
+                    self._direct = False
+                    loop = asyncio.get_running_loop()
+                    self._not_before = max(self._not_before, loop.time() + self._backoff(1))
+                    self._to_spool(entries)
+                    return
+                for _, _, fut in entries:
+                    _ok(fut)
+        except asyncio.CancelledError:
+            for _, _, fut in entries:
+                _fail(fut, NotDurable("writer closed during the write"))
+            raise
+        except Exception as exc:  # a bug must not lose data: spool it and say so
+            log.exception("direct write failed unexpectedly; spooling the batch")
+            self.last_error = repr(exc)
+            self._direct = False
+            self._to_spool(entries)
+
+    async def _write(self, body: bytes) -> Delivered | None:
+        """One delivery attempt; None means "not written, keep the data" (the error is recorded)."""
+        started = time.monotonic()
+        try:
+            done = await self.sink.write(body)
+        except SinkRetry as exc:
+            self.counts["retries"] += 1
+            if self.sink_state != "retrying":  # loud once per outage; `retries` counts every attempt
+                log.warning("database write failed; spooling and retrying: %s", exc)
+            self.sink_state = "retrying"
+            self.last_error = str(exc)
+            self._retry_after = exc.retry_after
+            return None
+        except SinkConfigError as exc:
+            self.counts["retries"] += 1
+            if self.sink_state != "config_error" or self.last_error != str(exc):
+                log.critical("database refuses the collector (fix config/credentials; data is held): %s", exc)
+            self.sink_state = "config_error"
+            self.last_error = str(exc)
+            self._retry_after = self.config_error_retry_s
+            return None
+        elapsed = time.monotonic() - started
+        self._retry_after = None
+        if self.sink_state != "ok":
+            log.warning("database writable again after: %s", self.last_error)
+        self.latency_last_s = elapsed
+        self.latency_max_s = max(self.latency_max_s, elapsed)
+        self.counts["writes"] += 1
+        self.latency_sum_s += elapsed
+        self.sink_state = "ok"
+        self.counts["requests"] += done.requests
+        self.counts["points_written"] += done.accepted
+        for line, reason in done.rejected:
+            code = "db_too_large" if reason.startswith("HTTP 413") else "db_rejected"
+            self._dead_letter(code, reason, line)
+        return done
+
+    def _dead_letter(self, reason: str, detail: str, payload: bytes) -> None:
+        self.dead_letters.add(reason, detail, "", payload)
+        self.dead_letter_counts[reason] += 1
+
+    # -- spool path -----------------------------------------------------------------------------
+
+    def _to_spool(self, entries: list[_Entry]) -> None:
+        self._spool_queue.extend(entries)
+        self._spool_pending += len(entries)
+        assert self._spool_wake is not None
+        self._spool_wake.set()
+
+    async def _committer(self) -> None:
+        """Group commit: everything queued while the previous commit ran goes in one transaction."""
+        assert self._spool_wake is not None and self._drain_wake is not None
+        while True:
+            await self._spool_wake.wait()
+            self._spool_wake.clear()
+            while self._spool_queue:
+                group, self._spool_queue = self._spool_queue, []
+                try:
+                    took = await asyncio.to_thread(self.spool.append, [(b, n) for b, n, _ in group])
+                except asyncio.CancelledError:
+                    # Closing mid-commit: the rows may or may not be in; "not durable" is the safe
+                    # answer (at worst the broker redelivers and the point is written twice).
+                    for _, _, fut in group:
+                        _fail(fut, NotDurable("writer closed during the spool commit"))
+                    self._spool_pending -= len(group)
+                    raise
+                except Exception:
+                    log.exception("spool append failed")
+                    took = 0
+                for i, (_, n, fut) in enumerate(group):
+                    if i < took:
+                        self.counts["points_spooled"] += n
+                        _ok(fut)
+                    else:
+                        _fail(fut, NotDurable(self.spool.last_error or "spool refused the data"))
+                self._spool_pending -= len(group)
+                if took:
+                    self._drain_wake.set()
+
+    async def _drainer(self) -> None:
+        """Keep `_drain` alive: a bug in one round must not stop replay for good (data would sit)."""
+        assert self._stop is not None
+        while not self._stop.is_set():
+            try:
+                await self._drain()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("spool drainer failed; restarting it")
+                self.last_error = repr(exc)
+                await self._sleep(self.backoff_max_s)
+
+    async def _drain(self) -> None:
+        """Replay the spool oldest first; delete only after the database acknowledged."""
+        assert self._drain_wake is not None and self._stop is not None
+        attempt = 0
+        # Checked on every turn: in 3.11 `wait_for` can swallow a cancel that races its own wake-up.
+        while not self._stop.is_set():
+            if self.spool.rows == 0:
+                if self._spool_pending == 0 and not self._direct and self.sink_state == "ok":
+                    self._direct = True
+                    log.info("spool empty and database writable: back to direct writes")
+                self._drain_wake.clear()
+                await self._drain_wake.wait()
+                continue
+            loop = asyncio.get_running_loop()
+            wait = self._not_before - loop.time()
+            if wait > 0:  # Retry-After or backoff from the last failure, direct or drained
+                await self._sleep(wait)
+                continue
+            rows = await asyncio.to_thread(self.spool.head, self.batch_points)
+            if not rows:
+                continue
+            assert self._sem is not None
+            async with self._sem:
+                done = await self._write(b"\n".join(body for _, body, _ in rows))
+            if done is None:
+                attempt += 1
+                self._not_before = loop.time() + self._backoff(attempt)
+                continue
+            attempt = 0
+            try:
+                await asyncio.to_thread(self.spool.delete_through, rows[-1][0])
+            except Exception:
+                # The rows were written; they will be written again (harmless) once delete works.
+                log.exception("spool delete failed after a successful write")
+                self._not_before = loop.time() + self._backoff(1)
+
+    def _backoff(self, attempt: int) -> float:
+        """Server's Retry-After if given, else exponential backoff with full jitter."""
+        if self._retry_after is not None:
+            return self._retry_after
+        cap = min(self.backoff_max_s, self.backoff_base_s * (2 ** min(attempt, 30)))
+        return self._rng.uniform(0, cap)
+
+    async def _sleep(self, seconds: float) -> None:
+        assert self._stop is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+
+
+def _ok(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _fail(fut: asyncio.Future[None], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
