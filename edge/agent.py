@@ -23,6 +23,7 @@ from edge.store import Log
 
 _ALARM_QUEUE = 16
 _ANCHORS_KEPT = 16
+_NTP_RETRY_MS = 10000
 
 
 class Anchors:
@@ -75,6 +76,7 @@ class Agent:
         self.batcher = Batcher(self.boot, self._n_fields.get, self.anchors.get, up["batch_max"],
                                capacity=4096)
         self._carry = []
+        self._unsent = None  # a built batch the client refused (connection lost): sent first
         self._sent = []  # (pid, seq) of batches published and not yet acked
         self.alarms = []  # (code, sensor, kind, ts, fields) waiting to be published
         self.alarm_seq = 0
@@ -88,6 +90,7 @@ class Agent:
         self.flush_requested = False
         self.connects = 0
         self.started = ticks_ms()
+        self.ntp_retry_ms = _NTP_RETRY_MS  # while the clock is unknown (tests shorten it)
         self._last_batch = 0
         self.topics = {leaf: protocol.topic(self.gw, leaf, self.prefix) for leaf in protocol.LEAVES}
         b = cfg["broker"]
@@ -155,8 +158,10 @@ class Agent:
                 self.port.log("uplink: %s" % exc)
             if self.stopping:
                 break
-            self.log.rewind()
-            self._carry = []
+            # No log rewind here: the client keeps every published batch in its in-flight table
+            # and resends it (same packet id, same seq) at the next connect, and its PUBACK then
+            # acks the log as usual. Rewinding would re-batch those records under new seqs and
+            # make that later ack a StoreError ("not peeked") that killed the uplink task.
             if delays is None:
                 delays = backoff_delays(up["backoff_base_ms"] / 1000, up["backoff_cap_ms"] / 1000)
             await asyncio.sleep(next(delays))
@@ -189,6 +194,8 @@ class Agent:
                 self.alarms.pop(0)
             while self.commands:
                 await self._handle_command(self.commands.pop(0))
+            if self._unsent is not None:
+                await self._publish_batch(self._unsent)
             if len(self._sent) < up["max_inflight"] and self._batch_due():
                 if await self._send_batch():
                     continue
@@ -231,7 +238,15 @@ class Agent:
             if upto is not None:
                 self.log.ack(upto)
             return used > 0
-        pid = await self.client.publish(self.topics[protocol.UP], batch.payload, 1, False, False)
+        return await self._publish_batch(batch)
+
+    async def _publish_batch(self, batch):
+        try:
+            pid = await self.client.publish(self.topics[protocol.UP], batch.payload, 1, False, False)
+        except MQTTError:
+            self._unsent = batch  # refused before it got a slot: publish it first after reconnect
+            raise
+        self._unsent = None
         self._sent.append((pid, batch.seq))
         return True
 
@@ -284,10 +299,16 @@ class Agent:
                 protocol.encode_reply(w, cmd.id, True, None, result)
             except (ValueError, KeyError, TypeError) as exc:
                 protocol.encode_reply(w, cmd.id, False, "bad_args: %s" % exc)
-        await self.client.publish(self.topics[protocol.REPLY], bytes(w), 1, False, False)
+        pid = await self.client.publish(self.topics[protocol.REPLY], bytes(w), 1, False, False)
+        if not isinstance(cmd, protocol.CommandError) and cmd.op == "status":
+            await self._publish_status()
         if not isinstance(cmd, protocol.CommandError) and cmd.op == "reboot":
+            # The reply must reach the broker first: a board's reset does not flush its socket.
+            try:
+                await asyncio.wait_for(self.client.wait_ack(pid), 5)
+            except (MQTTError, asyncio.TimeoutError):
+                pass  # reboot anyway: the operator asked, and sees the new boot in the status
             self.log.close()
-            await asyncio.sleep(0.2)
             self.port.reboot()
 
     def _run_command(self, cmd):
@@ -297,7 +318,8 @@ class Agent:
             log = self.log.stats()
             log["unstampable"] = self.batcher.unstampable
             return {"errors": self.status(), "log": log, "alarms_sent": self.alarms_sent,
-                    "alarms_dropped": self.alarms_dropped, "connects": self.connects}
+                    "alarms_dropped": self.alarms_dropped, "alarms_unstamped": self.alarms_unstamped,
+                    "connects": self.connects}
         if op == "set":
             targets = self._targets(args)
             rest = {}
@@ -309,6 +331,8 @@ class Agent:
             for k in rest:
                 if k not in ("deadband", "max_silence_s", "poll_ms"):
                     raise ValueError("unknown setting %r" % k)
+            for src in targets:
+                src.check_settings(rest)  # all of them first: a refusal changes nothing
             for src in targets:
                 src.apply(rest)
             return {"sources": len(targets)}
@@ -343,7 +367,7 @@ class Agent:
             self.log.poll()
             if not self.clock.synced():
                 now = ticks_ms()
-                if last_ntp is None or ticks_diff(now, last_ntp) >= 10000:
+                if last_ntp is None or ticks_diff(now, last_ntp) >= self.ntp_retry_ms:
                     last_ntp = now
                     if self.port.sync_clock(self.cfg["ntp_host"]):
                         self.clock.mark_synced()

@@ -33,23 +33,35 @@ class ReportFilter:
         band = [None] * len(fields)  # None = not analog: any change reports
         for i in analog:
             band[i] = default_deadband
+        self.band = band
         if deadbands:
             for name in deadbands:
-                if name not in fields:
-                    raise ValueError("deadband for unknown field %r of kind %s" % (name, codec.KIND))
+                self.check_deadband(name, deadbands[name])
                 band[fields.index(name)] = deadbands[name]
-        self.band = band
         # Fields that change in every frame by design (frame sequence numbers) are not news.
         self.counters = getattr(codec, "COUNTERS", ())
         self._last = {}  # sensor -> (fields, ticks of last report)
         self.suppressed = 0
 
-    def set_deadband(self, name, value):
-        """Remote command: change one field's deadband at run time."""
+    def check_deadband(self, name, value):
+        """Raise ValueError naming the field unless `value` can be its deadband.
+
+        Checked before anything is applied: a text or negative deadband would otherwise surface
+        as a TypeError in `check`, on the source's task, at the next reading of that sensor.
+        """
         fields = self.codec.FIELDS
         if name not in fields:
-            raise ValueError("unknown field %r" % name)
-        self.band[fields.index(name)] = value
+            raise ValueError("unknown field %r of kind %s" % (name, self.codec.KIND))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError("deadband of %r must be a number >= 0, not %r" % (name, value))
+        if self.band[fields.index(name)] is None:
+            raise ValueError("field %r of kind %s is not analog: any change is reported" % (
+                name, self.codec.KIND))
+
+    def set_deadband(self, name, value):
+        """Remote command: change one field's deadband at run time."""
+        self.check_deadband(name, value)
+        self.band[self.codec.FIELDS.index(name)] = value
 
     def check(self, sensor, fields, now_ticks, alarm=None):
         """Return the REPORT_* reason for reporting this reading, or SUPPRESSED (and count it)."""

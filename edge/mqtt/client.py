@@ -37,6 +37,10 @@ def backoff_delays(base=1.0, cap=60.0, rng=None):
         from devices.common.rng import Rng
 
         rng = Rng(_seed())
+    # xorshift's first outputs are nearly linear in a small seed (ticks_ms where os.urandom is
+    # missing): discard them, or a fleet booted together would reconnect together.
+    for _ in range(4):
+        rng.next32()
     hi = base
     while True:
         yield rng.uniform(0.0, min(cap, hi))

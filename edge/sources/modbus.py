@@ -43,9 +43,12 @@ class ModbusSource(Source):
             self.slaves.append(_Slave(s, codec.word_order_code(wo) if wo else codec.WORD_ABCD))
         self.master = None
 
-    def set_poll(self, poll_ms):
+    def check_poll(self, poll_ms):
         if poll_ms < 100:
             raise ValueError("poll_ms below 100 would saturate the bus")
+
+    def set_poll(self, poll_ms):
+        self.check_poll(poll_ms)
         for s in self.slaves:
             s.poll_ms = poll_ms
 

@@ -8,6 +8,7 @@ limits should prevent.
 """
 
 import asyncio
+from binascii import crc32
 
 from devices.common.errors import DecodeError
 from edge.compat import ticks_ms
@@ -29,14 +30,24 @@ class MqttSource(Source):
             ssl=agent.port.ssl_context(b), on_message=self._on_message, buffer_size=2048)
         self.queue = []
         self.overflow = 0
+        self.redelivered = 0  # duplicate deliveries skipped (see _on_message)
+        self._last = {}  # topic -> crc32 of its last payload
         self._ev = asyncio.Event()
 
     def _on_message(self, topic, payload, retain=False):
+        msg = bytes(payload)
+        h = crc32(msg)  # 32 bits: hash() of bytes is narrower on MicroPython
+        if self._last.get(topic) == h:
+            # A QoS 1 redelivery (our PUBACK was lost with the connection): the same bytes on the
+            # same topic again. A lid's report carries its own time, so a real repeat differs.
+            self.redelivered += 1
+            return
+        self._last[topic] = h
         if len(self.queue) >= _QUEUE:
             self.overflow += 1
             self.error(self.topic, QUEUE_OVERFLOW)
             return
-        self.queue.append(bytes(payload))
+        self.queue.append(msg)
         self._ev.set()
 
     async def run(self):

@@ -98,6 +98,7 @@ class Log:
         self.pending = 0  # records not yet acked
         self.flash_bytes = 0  # segment bytes on flash
         self.dropped_records = 0  # unacked records lost to budget eviction
+        self.evicted_in_flight = 0  # evicted after peek: delivered from RAM unless the board reboots
         self.dropped_bytes = 0
         self.torn_records = 0  # damaged records skipped (torn tail at boot, corruption at read)
         self.torn_bytes = 0
@@ -330,11 +331,27 @@ class Log:
         self._tainted = False
 
     def _evict(self):
-        """Drop the oldest segment to make room; what was not acked in it is counted as dropped."""
+        """Drop the oldest segment to make room; what was not acked in it is counted as dropped.
+
+        Records of it that peek already handed out (in a published batch awaiting PUBACK, or
+        about to be batched) are still delivered from RAM: they are counted as
+        `evicted_in_flight`, not as dropped, so delivered + dropped adds up to what was taken.
+        """
         off = self._cursor & self._mask
-        self.dropped_records += self._counts[0] - self._first_acked
-        self.dropped_bytes += self._sizes[0] - off
-        self.pending -= self._counts[0] - self._first_acked
+        unacked = self._counts[0] - self._first_acked
+        seg = self._segs[0]
+        inf = self._inflight
+        handed_out = 0
+        end = off  # end offset of the last handed-out record of this segment
+        for i in range(self._inf_head, len(inf)):
+            if self._seg_of(inf[i]) != seg:
+                break
+            handed_out += 1
+            end = inf[i] & self._mask
+        self.dropped_records += unacked - handed_out
+        self.evicted_in_flight += handed_out
+        self.dropped_bytes += self._sizes[0] - end
+        self.pending -= unacked
         self._delete_first()
         inf = self._inflight
         i = self._inf_head
@@ -484,6 +501,7 @@ class Log:
             "pending_bytes": self.pending_bytes,
             "appended": self.appended,
             "dropped_records": self.dropped_records,
+            "evicted_in_flight": self.evicted_in_flight,
             "dropped_bytes": self.dropped_bytes,
             "torn_records": self.torn_records,
             "torn_bytes": self.torn_bytes,

@@ -56,7 +56,8 @@ def test_sources_checked():
     assert _err(_with(sources=[src])) == "config.sources[0].port: required for transport serial"
     src = {"kind": "manhole", "transport": "mqtt", "topic": "lids/+"}
     assert "site_broker" in _err(_with(sources=[src]))
-    src = {"kind": "water", "transport": "modbus", "port": "/dev/x", "slaves": [{"address": 300, "sensor": "W"}]}
+    src = {"kind": "water", "transport": "modbus", "port": "/dev/x",
+           "slaves": [{"address": 300, "sensor": "W"}]}
     assert "1..247" in _err(_with(sources=[src]))
 
 

@@ -264,12 +264,16 @@ def run(segment_bytes: int, n_segments: int, sync_every_ms: int, sync_every_byte
                     continue
                 raise AssertionError("oversized record accepted")
             before, dropped, dbytes = log.flash_bytes, log.dropped_records, log.dropped_bytes
+            in_flight = log.evicted_in_flight
             syncs = log.syncs
             log.append(payload, urgent)
-            k = log.dropped_records - dropped
+            k = log.dropped_records - dropped + log.evicted_in_flight - in_flight
             if k or log.dropped_bytes != dbytes:
                 assert before + HEADER + len(payload) > budget, "evicted while within budget"
-                lost = m.recs[m.acked : m.acked + k]
+                # Records peek handed out are still delivered from RAM: evicted, not dropped.
+                handed_out = max(0, min(k, m.peeked - m.acked))
+                assert log.evicted_in_flight - in_flight == handed_out
+                lost = m.recs[m.acked + handed_out : m.acked + k]
                 assert log.dropped_bytes - dbytes == sum(HEADER + len(p) for p in lost)
                 m.acked += k
                 m.gone = m.acked

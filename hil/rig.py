@@ -1,0 +1,654 @@
+"""The gateway HIL rig: the real agent process between simulated sensors and a private broker.
+
+Pieces, each started here and stopped by PID at the end (`Rig.close`, or `with Rig(...)`):
+
+  broker      a private Mosquitto (hil.services) for the uplink and, under `site/...`, the
+              site broker the manhole lids publish to
+  serial      one pseudo-terminal per serial device; the rig writes a Simulator's frames to the
+              pty master at a configurable speed (simulated seconds per real second), or random
+              bytes for a garbage-spewing device; the agent opens the /dev/pts side
+  modbus      a `socat` null-modem (two linked ptys) with hil/water_slave.py (pymodbus RTU server)
+              on one end and the agent on the other; the agent's config may name a slave address
+              nobody serves (a dead station)
+  lids        manhole Simulators publishing JSON to the site broker with paho
+  agent       the gateway as a subprocess: CPython (`python -m citybrain.cli gateway run`) or the
+              real MicroPython unix port on .mpy files built by provisioning.firmware.build
+  subscriber  paho on `<prefix>/<gw>/#` (persistent session, so a broker restart loses nothing)
+              recording every payload with its arrival time
+
+Faults: `restart_broker()`, `kill_agent()` (SIGKILL: a power cut, possibly mid-append) and
+`start_agent()`, garbage devices and fault modes of the simulators, a dead Modbus slave.
+Every good frame the rig writes is recorded (hil.verify.Emission) so `verify()` can prove what
+arrived. Scenarios built from these live in hil/scenarios.py; `python -m hil.rig --help`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tty
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import paho.mqtt.client as mqtt
+
+from devices.common.rng import Rng
+from devices.manhole.sim import Simulator as LidSim
+from devices.parking.sim import Simulator as ParkingSim
+from devices.thermometer.sim import Simulator as ThermometerSim
+from hil.services import Mosquitto, ServiceError, find_binary
+from hil.verify import Emission, Outage, Report, verify
+from hil.water_slave import station
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+INTERPRETERS = ("cpython", "micropython")
+PREFIX = "hil"
+WATER_NOW_MS = 13 * 3600 * 1000  # the slaves' register snapshot: early afternoon
+# The unix port loads .mpy bytecode into its heap (a board freezes it into flash): the agent with
+# all four kinds needs 240K that way, parking alone 176K, so 128K fails at import (docs/hil.md).
+MICROPYTHON_HEAP = "256K"
+
+
+class RigError(RuntimeError):
+    """The rig could not bring a part up (binary missing, agent died, no answer in time)."""
+
+
+class SerialDevice:
+    """A pty whose /dev/pts side the agent reads; the rig writes a simulator's frames to the master.
+
+    `speed` simulated ms per real ms; `fault` a simulator fault mode (faulty frames are written but
+    recorded with fields None). With `noise` the device writes random bytes only (sim is None).
+    """
+
+    def __init__(self, kind: str, sensors: Sequence[str], sim: Any, *, speed: float = 1.0,
+                 noise: int = 0, seed: int = 1) -> None:
+        self.kind = kind
+        self.sensors = list(sensors)
+        self.sim = sim
+        self.speed = speed
+        self.noise = noise  # bytes per tick of garbage
+        self.rng = Rng(seed)
+        self.master, self._slave = os.openpty()
+        tty.setraw(self._slave)  # no echo, no line discipline before the agent sets it raw itself
+        os.set_blocking(self.master, False)
+        self.path = os.ttyname(self._slave)
+        self.t0_sim = 1_795_676_000_000
+        self.t0_real: float | None = None
+        self.dropped = 0  # frames not written: pty full
+
+    def step(self, now: float, live: bool, record: Callable[[Emission], None]) -> None:
+        if self.t0_real is None:
+            self.t0_real = now
+        if self.sim is None:
+            if live and self.noise:
+                self._write(bytes(self.rng.below(256) for _ in range(self.noise)))
+            return
+        t_sim = self.t0_sim + int((now - self.t0_real) * 1000 * self.speed)
+        while True:
+            frame = self.sim.next_frame(t_sim)
+            if frame is None:
+                return
+            reading = self.sim.last_reading
+            if not live:
+                continue  # the gateway is powered off: the frame goes nowhere
+            if self._write(frame) and reading is not None:
+                record(Emission(time.time(), reading[0], self.kind, tuple(reading[1])))
+
+    def _write(self, data: bytes) -> bool:
+        try:
+            n = os.write(self.master, data)
+        except BlockingIOError:
+            n = 0
+        if n != len(data):
+            self.dropped += 1  # a partial frame is garbage to the agent; a missing one is silence
+            return False
+        return True
+
+    def close(self) -> None:
+        for fd in (self.master, self._slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class LidPublisher:
+    """Manhole lids reporting over NB-IoT to the site broker: one JSON message per `interval_s`."""
+
+    def __init__(self, broker_port: int, topic_base: str, sensors: Sequence[str], *, seed: int = 5,
+                 interval_s: float = 0.1) -> None:
+        self.sim = LidSim(list(sensors), seed=seed, open_chance=0.02)
+        self.sensors = list(sensors)
+        self.topic_base = topic_base
+        self.interval_s = interval_s
+        self.next_t = 0.0
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hil-lids-{os.getpid()}",
+                                  clean_session=False)
+        self.client.reconnect_delay_set(1, 1)
+        self.client.connect("127.0.0.1", broker_port)
+        self.client.loop_start()
+        deadline = time.monotonic() + 10
+        while not self.client.is_connected() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.t_ms = 1_795_676_000_000
+
+    def step(self, now: float, live: bool, record: Callable[[Emission], None]) -> None:
+        if now < self.next_t:
+            return
+        self.next_t = now + self.interval_s
+        self.t_ms += int(self.interval_s * 1000)
+        frame = self.sim.next_frame(self.t_ms)
+        reading = self.sim.last_reading
+        if frame is None or reading is None or not self.client.is_connected():
+            return  # a lid's modem retries later in real life; here the frame is simply not sent
+        info = self.client.publish(f"{self.topic_base}/{reading[0]}", frame, qos=1)
+        if info.rc == mqtt.MQTT_ERR_SUCCESS:
+            record(Emission(time.time(), reading[0], "manhole", tuple(reading[1])))
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class ModbusBus:
+    """A socat null-modem with the pymodbus water slave on one end; the agent gets `path`."""
+
+    def __init__(self, workdir: Path, slaves: Sequence[tuple[int, str]], *, seed: int = 4) -> None:
+        self.slaves = list(slaves)  # (address, word order "ABCD"/"CDAB") the slave process serves
+        self.seed = seed
+        self.path = str(workdir / "bus-gw")
+        dev = str(workdir / "bus-dev")
+        self.socat = subprocess.Popen(
+            [find_binary("socat"), f"pty,raw,echo=0,link={self.path}", f"pty,raw,echo=0,link={dev}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while not (os.path.exists(self.path) and os.path.exists(dev)):
+            if time.monotonic() > deadline or self.socat.poll() is not None:
+                self.close()
+                raise RigError("socat did not create the Modbus pty pair")
+            time.sleep(0.02)
+        spec = ",".join(f"{a}:{wo}" for a, wo in self.slaves)
+        self.slave = subprocess.Popen(
+            [sys.executable, "-m", "hil.water_slave", "--port", dev, "--slaves", spec, "--seed", str(seed),
+             "--now-ms", str(WATER_NOW_MS)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        assert self.slave.stdout is not None
+        ready, _, _ = select.select([self.slave.stdout], [], [], 30)
+        line = self.slave.stdout.readline() if ready else b""
+        if line.strip() != b"READY":
+            self.close()
+            raise RigError(f"water slave did not come up: {line!r}")
+
+    def values(self, sensor_of: dict[int, str]) -> list[tuple[str, tuple[Any, ...]]]:
+        """The (sensor, fields) each served slave answers with (a fixed snapshot)."""
+        from devices.water import codec
+
+        out = []
+        for addr, wo in self.slaves:
+            if addr in sensor_of:
+                fields = station(addr, codec.word_order_code(wo), self.seed).reading(addr, WATER_NOW_MS)
+                out.append((sensor_of[addr], tuple(fields)))
+        return out
+
+    def close(self) -> None:
+        for proc in (getattr(self, "slave", None), self.socat):
+            if proc is None:
+                continue
+            _stop(proc)
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10) -> int | None:
+    """Stop a process group we started, by its PID; SIGKILL if it does not go."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+    return proc.returncode
+
+
+class Subscriber:
+    """paho on `<prefix>/<gw>/#` with a persistent session: every payload with its arrival time."""
+
+    def __init__(self, port: int, prefix: str, gw: str) -> None:
+        self.base = f"{prefix}/{gw}"
+        self.messages: list[tuple[float, str, bytes, bool]] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hil-sub-{os.getpid()}",
+                                  clean_session=False)
+        self.client.reconnect_delay_set(1, 1)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.subscribed = threading.Event()
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not self.subscribed.wait(10):
+            self.close()
+            raise RigError("subscriber did not subscribe")
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        client.subscribe(self.base + "/#", 1)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append((time.time(), msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def payloads(self, leaf: str) -> list[bytes]:
+        topic = f"{self.base}/{leaf}"
+        with self.lock:
+            return [p for _, t, p, _ in self.messages if t == topic]
+
+    def statuses(self) -> list[tuple[float, dict[str, Any]]]:
+        topic = f"{self.base}/status"
+        with self.lock:
+            msgs = [(t, p) for t, tp, p, _ in self.messages if tp == topic]
+        return [(t, cbor2.loads(p)) for t, p in msgs]
+
+    def publish(self, leaf: str, payload: bytes) -> None:
+        self.client.publish(f"{self.base}/{leaf}", payload, qos=1).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _open_session(port: int, client_id: str, topic: str) -> None:
+    """Create a persistent session subscribed to `topic` for `client_id`, then leave."""
+    done = threading.Event()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+    c.on_connect = lambda client, *a: client.subscribe(topic, 1)
+    c.on_subscribe = lambda *a: done.set()
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        if not done.wait(10):
+            raise RigError(f"could not open the session of {client_id}")
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def build_micropython_tree(config_path: Path, out: Path) -> Path:
+    """The .mpy image a board would get (provisioning.firmware.build), for MICROPYPATH."""
+    from provisioning.firmware import build
+
+    build(config_path, out, progress=lambda _msg: None)
+    return out
+
+
+class AgentProcess:
+    """The gateway agent as a subprocess under one interpreter; output goes to `log_path`."""
+
+    def __init__(
+        self, interpreter: str, config_path: Path, workdir: Path, *, heap: str = MICROPYTHON_HEAP
+    ) -> None:
+        if interpreter not in INTERPRETERS:
+            raise ValueError(f"interpreter must be one of {INTERPRETERS}")
+        self.interpreter = interpreter
+        self.config_path = config_path
+        self.workdir = workdir
+        self.log_path = workdir / f"agent-{interpreter}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env = dict(os.environ)
+        if interpreter == "micropython":
+            tree = build_micropython_tree(config_path, workdir / "mpy")
+            self.env["MICROPYPATH"] = f".frozen:{tree}"
+            exe = VENV_BIN / "micropython"
+            if not exe.exists():
+                raise RigError(f"{exe} not found")
+            self.cmd = [str(exe), "-X", f"heapsize={heap}", "-m", "edge.main", str(config_path)]
+            self.cwd = str(workdir)
+        else:
+            self.cmd = [sys.executable, "-m", "citybrain.cli", "gateway", "run", "--config", str(config_path)]
+            self.cwd = str(ROOT)
+        self.starts = 0
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- start {self.starts} at {time.time():.3f}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.starts += 1
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> float:
+        """SIGKILL now (a power cut); returns the wall time of the kill."""
+        assert self.proc is not None
+        t = time.time()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        return t
+
+    def stop(self) -> int | None:
+        """SIGTERM: a clean stop (log synced, offline status); the exit code."""
+        if self.proc is None:
+            return None
+        return _stop(self.proc)
+
+    def log_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+
+class Rig:
+    """Everything for one run. Options: interpreter, speeds, which devices, fault modes.
+
+    `run(seconds)` drives the simulators in this thread (a tick every `tick_s`); fault injection
+    happens between runs. `drain()` waits for the backlog, `verify()` judges the record.
+    """
+
+    def __init__(
+        self,
+        interpreter: str = "cpython",
+        *,
+        gw: str = "gw-hil-1",
+        parking: int = 4,
+        thermometers: int = 2,
+        lids: int = 2,
+        water: Sequence[tuple[int, str]] = ((1, "ABCD"), (2, "CDAB")),
+        dead_slave: int | None = None,
+        garbage_device: bool = False,
+        parking_fault: tuple[str, float] | None = None,
+        speed: float = 10.0,
+        sync_every_ms: int = 500,
+        batch_age_ms: int = 300,
+        status_every_s: int = 1,
+        poll_ms: int = 400,
+        seed: int = 1,
+        tick_s: float = 0.02,
+        heap: str = MICROPYTHON_HEAP,
+        workdir: str | None = None,
+    ) -> None:
+        self.interpreter = interpreter
+        self.gw = gw
+        self.sync_every_ms = sync_every_ms
+        self.tick_s = tick_s
+        self._own_dir = workdir is None
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="citybrain-hil-"))
+        self.emissions: list[Emission] = []
+        self.outages: list[Outage] = []
+        self._killed_at: float | None = None
+        self.devices: list[SerialDevice] = []
+        self.lids: LidPublisher | None = None
+        self.bus: ModbusBus | None = None
+        self.sub: Subscriber | None = None
+        self.agent: AgentProcess | None = None
+        self.broker = Mosquitto(workdir=str(self.dir / "mosquitto"))
+        self._closed = False
+        self._procs: list[subprocess.Popen[bytes]] = []  # everything started, to prove it is gone
+        try:
+            self._start_broker()
+            sources: list[dict[str, Any]] = []
+            if parking:
+                ids = [f"P-{100 + i:05d}" for i in range(parking)]
+                psim = ParkingSim(ids, seed=seed, heartbeat_s=5, mean_stay_s=20, mean_vacant_s=15,
+                                  link="rs485")
+                if parking_fault:
+                    psim.set_fault(parking_fault[0], parking_fault[1])
+                self.devices.append(SerialDevice("parking", ids, psim, speed=speed, seed=seed))
+            if thermometers:
+                ids = [f"T-gate-{i + 1}" for i in range(thermometers)]
+                tsim = ThermometerSim(ids, seed=seed + 1, mean_gap_s=4.0, fever_rate=0.05)
+                self.devices.append(SerialDevice("thermometer", ids, tsim, speed=speed, seed=seed))
+            if garbage_device:
+                self.devices.append(SerialDevice("parking", ["P-09999"], None, noise=16, seed=seed + 7))
+            for d in self.devices:
+                sources.append({"kind": d.kind, "transport": "serial", "port": d.path, "sensors": d.sensors,
+                                "max_silence_s": 0})
+            self.water_sensors: dict[int, str] = {}
+            if water:
+                self.bus = ModbusBus(self.dir, water, seed=seed + 3)
+                self._procs += [self.bus.socat, self.bus.slave]
+                slaves = []
+                for addr, _wo in water:
+                    self.water_sensors[addr] = f"W-{addr:02d}"
+                    slaves.append({"address": addr, "sensor": self.water_sensors[addr], "word_order": _wo})
+                if dead_slave is not None:
+                    slaves.append({"address": dead_slave, "sensor": f"W-dead-{dead_slave}"})
+                sources.append({"kind": "water", "transport": "modbus", "port": self.bus.path,
+                                "slaves": slaves, "poll_ms": poll_ms, "timeout_ms": 150, "max_silence_s": 0})
+            site_topic = f"site/{gw}/lids"
+            if lids:
+                ids = [f"MH-{i + 1:03d}" for i in range(lids)]
+                # The agent's site session exists before it first boots, as on a deployed site: the
+                # broker queues lid messages for it while it is down (clean_session=False, QoS 1).
+                _open_session(self.broker.port, gw + "-site", site_topic + "/#")
+                self.lids = LidPublisher(self.broker.port, site_topic, ids, seed=seed + 5,
+                                         interval_s=max(0.02, 1.0 / speed))
+                sources.append({"kind": "manhole", "transport": "mqtt", "topic": site_topic + "/#",
+                                "sensors": ids, "max_silence_s": 0})
+            broker = {"host": "127.0.0.1", "port": self.broker.port, "keepalive_s": 10}
+            self.config = {
+                "gateway_id": gw,
+                "prefix": PREFIX,
+                "broker": broker,
+                "site_broker": dict(broker),
+                "trust_os_clock": True,
+                "store": {"dir": str(self.dir / "spool"), "sync_every_ms": sync_every_ms,
+                          "segment_bytes": 16384},
+                "uplink": {"batch_age_ms": batch_age_ms, "status_every_s": status_every_s,
+                           "backoff_base_ms": 200, "backoff_cap_ms": 1000, "batch_max": 40},
+                "sources": sources,
+            }
+            self.config_path = self.dir / "gateway.json"
+            self.config_path.write_text(json.dumps(self.config, indent=2))
+            self.sub = Subscriber(self.broker.port, PREFIX, gw)
+            self.agent = AgentProcess(interpreter, self.config_path, self.dir, heap=heap)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- driving -----------------------------------------------------------------------------
+
+    def _record(self, e: Emission) -> None:
+        self.emissions.append(e)
+
+    def run(self, seconds: float) -> None:
+        """Let the sensors talk for `seconds` of real time (the agent may be up or down)."""
+        end = time.monotonic() + seconds
+        while True:
+            now = time.monotonic()
+            live = self.agent is not None and self.agent.alive()
+            for d in self.devices:
+                d.step(now, live, self._record)
+            if self.lids is not None:
+                self.lids.step(now, True, self._record)  # the site broker holds them for the agent
+            proc = self.agent.proc if self.agent is not None else None
+            if proc is not None and not live and self._killed_at is None:
+                assert self.agent is not None
+                raise RigError(f"agent exited with {proc.returncode}: {self.agent.log_tail()}")
+            if now >= end:
+                return
+            time.sleep(self.tick_s)
+
+    def start_agent(self, timeout: float = 30.0) -> None:
+        """(Re)start the agent and wait until its new boot says online (runs the sims meanwhile)."""
+        assert self.agent is not None and self.sub is not None
+        booted = {s.get("boot") for _, s in self.sub.statuses()}
+        if self._killed_at is None:
+            # A boot: frames sent before the agent opens its ports are not expected (a tty is
+            # flushed when it is set raw), so the time until it is online counts as down.
+            self._killed_at = time.time()
+        self.agent.start()
+        if self.agent.proc is not None:
+            self._procs.append(self.agent.proc)
+        deadline = time.monotonic() + timeout
+        while True:
+            for t, s in self.sub.statuses():
+                if s.get("state") == "online" and s.get("boot") not in booted:
+                    if self._killed_at is not None:
+                        self.outages.append(Outage(self._killed_at, t))
+                        self._killed_at = None
+                    return
+            if time.monotonic() > deadline or not self.agent.alive():
+                raise RigError(f"agent did not come online: {self.agent.log_tail()}")
+            self.run(0.05)
+
+    def kill_agent(self) -> float:
+        """A power cut: SIGKILL, whatever the agent is doing (maybe appending to its log)."""
+        assert self.agent is not None
+        self._killed_at = self.agent.kill()
+        return self._killed_at
+
+    def restart_broker(self) -> None:
+        """Mosquitto stops cleanly (sessions saved) and comes back on the same port and data dir."""
+        self.broker.stop()
+        self._start_broker()
+
+    def _start_broker(self) -> None:
+        self.broker.start()
+        if self.broker.proc is not None:
+            self._procs.append(self.broker.proc)
+
+    def drain(self, timeout: float = 20.0, quiet_s: float = 1.0) -> None:
+        """Stop the sensors; wait until every expected reading arrived (or `timeout`), then `quiet_s`
+        more so that late duplicates are seen too. The agent keeps polling Modbus meanwhile."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            report = self.verify()
+            if all(k.lost == 0 for k in report.kinds.values()):
+                break
+            time.sleep(0.2)
+        time.sleep(quiet_s)
+
+    def last_status(self) -> dict[str, Any] | None:
+        assert self.sub is not None
+        sts = [s for _, s in self.sub.statuses() if s.get("state") == "online"]
+        return sts[-1] if sts else None
+
+    def retained_status(self, timeout: float = 10.0) -> dict[str, Any] | None:
+        """The status a newcomer gets: a fresh clean-session subscriber reads the retained message."""
+        got: list[bytes] = []
+        done = threading.Event()
+        topic = f"{PREFIX}/{self.gw}/status"
+
+        def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+            if msg.retain:
+                got.append(bytes(msg.payload))
+                done.set()
+
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hil-probe-{os.getpid()}")
+        c.on_connect = lambda client, *a: client.subscribe(topic, 1)
+        c.on_message = on_message
+        c.connect("127.0.0.1", self.broker.port)
+        c.loop_start()
+        try:
+            done.wait(timeout)
+        finally:
+            c.disconnect()
+            c.loop_stop()
+        if not got:
+            return None
+        status: dict[str, Any] = cbor2.loads(got[0])
+        return status
+
+    def command(self, payload: bytes, cmd_id: str | None, timeout: float = 10.0) -> dict[str, Any]:
+        """Publish a raw command payload; the reply with `cmd_id` (None: the first reply after it)."""
+        assert self.sub is not None
+        before = len(self.sub.payloads("reply"))
+        self.sub.publish("cmd", payload)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for p in self.sub.payloads("reply")[before:]:
+                reply: dict[str, Any] = cbor2.loads(p)
+                if cmd_id is None or reply.get("id") == cmd_id:
+                    return reply
+            self.run(0.05)
+        raise RigError(f"no reply to command {cmd_id!r}")
+
+    # -- judging -----------------------------------------------------------------------------
+
+    def verify(self) -> Report:
+        assert self.sub is not None
+        polled = {}
+        if self.bus is not None:
+            polled["water"] = self.bus.values(self.water_sensors)
+        return verify(self.emissions, self.sub.payloads("up"), outages=self.outages,
+                      sync_every_ms=self.sync_every_ms, polled=polled)
+
+    def save(self, path: str) -> None:
+        """The run as JSON for `python -m hil.verify` (payloads hex)."""
+        assert self.sub is not None
+        polled = {"water": self.bus.values(self.water_sensors)} if self.bus is not None else {}
+        data = {
+            "emissions": [{"t": e.t, "sensor": e.sensor, "kind": e.kind, "fields": e.fields}
+                          for e in self.emissions],
+            "up": [p.hex() for p in self.sub.payloads("up")],
+            "outages": [{"killed": o.killed, "back": o.back} for o in self.outages],
+            "sync_every_ms": self.sync_every_ms,
+            "polled": polled,
+        }
+        Path(path).write_text(json.dumps(data))
+
+    # -- teardown ----------------------------------------------------------------------------
+
+    def stop_agent(self) -> int | None:
+        return self.agent.stop() if self.agent is not None else None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.agent is not None:
+            self.agent.stop()
+        if self.lids is not None:
+            self.lids.close()
+        if self.sub is not None:
+            self.sub.close()
+        if self.bus is not None:
+            self.bus.close()
+        for d in self.devices:
+            d.close()
+        self.broker.stop()
+        if self._own_dir:
+            import shutil
+
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def leftovers(self) -> list[int]:
+        """PIDs of processes this rig started that still exist (after close: must be none)."""
+        out = []
+        for proc in self._procs:
+            if proc.poll() is None:
+                out.append(proc.pid)
+        return out
+
+    def __enter__(self) -> Rig:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from hil import scenarios
+
+    return scenarios.main(argv)
+
+
+__all__ = ["Rig", "RigError", "ServiceError", "main"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The rig's scenarios: what the integration tests run and what `python -m hil.rig` runs by hand.
+
+Each returns an `Outcome` (the verifier's report, the last online status, command replies) and
+leaves nothing running. What each one proves is in docs/hil.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+
+from hil.rig import INTERPRETERS, Rig
+from hil.verify import Report
+
+
+@dataclass
+class Outcome:
+    report: Report
+    status: dict[str, Any] | None  # the agent's last online status
+    retained: dict[str, Any] | None = None  # what a newcomer got from the broker (retained)
+    replies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    exit_code: int | None = None  # of the agent's final SIGTERM stop
+    kills: int = 0
+    broker_restarts: int = 0
+    leftovers: list[int] = field(default_factory=list)  # PIDs still alive after the rig closed
+
+
+def _scenario(
+    interpreter: str, save: str | None, body: Callable[[Rig, Outcome], None], **rig_kw: Any
+) -> Outcome:
+    """Start a rig, run `body`, drain, verify, stop the agent cleanly, close, check for leftovers."""
+    rig = Rig(interpreter, **rig_kw)
+    try:
+        rig.start_agent()
+        out = Outcome(Report({}), None)
+        body(rig, out)
+        rig.drain()
+        out.status = rig.last_status()
+        out.retained = rig.retained_status()
+        out.report = rig.verify()
+        if save:
+            rig.save(save)
+        out.exit_code = rig.stop_agent()
+    finally:
+        rig.close()
+    out.leftovers = rig.leftovers()
+    return out
+
+
+def steady(interpreter: str, *, seconds: float = 6.0, save: str | None = None, seed: int = 1) -> Outcome:
+    """All four kinds, no faults: every reading exactly once."""
+    return _scenario(interpreter, save, lambda rig, out: rig.run(seconds), seed=seed)
+
+
+def broker_restart(
+    interpreter: str, *, seconds: float = 6.0, save: str | None = None, seed: int = 2
+) -> Outcome:
+    """Mosquitto restarted mid-stream (clean stop, same port and data dir): nothing lost."""
+
+    def body(rig: Rig, out: Outcome) -> None:
+        rig.run(seconds / 2)
+        rig.restart_broker()
+        out.broker_restarts += 1
+        rig.run(seconds / 2)
+
+    return _scenario(interpreter, save, body, seed=seed)
+
+
+def power_cut(interpreter: str, *, kills: int = 2, save: str | None = None, seed: int = 3) -> Outcome:
+    """SIGKILL of the agent at random moments, then a restart: the verifier's power-cut rules hold."""
+    rnd = random.Random(seed)
+
+    def body(rig: Rig, out: Outcome) -> None:
+        for _ in range(kills):
+            rig.run(rnd.uniform(1.0, 3.0))
+            rig.kill_agent()
+            out.kills += 1
+            rig.run(rnd.uniform(0.2, 0.8))
+            rig.start_agent()
+        rig.run(2.0)
+
+    return _scenario(interpreter, save, body, seed=seed)
+
+
+def faults(interpreter: str, *, seconds: float = 6.0, save: str | None = None, seed: int = 4) -> Outcome:
+    """A garbage-spewing device, corrupted parking frames and a Modbus slave that never answers."""
+    return _scenario(interpreter, save, lambda rig, out: rig.run(seconds), seed=seed, garbage_device=True,
+                     parking_fault=("garbage", 0.2), dead_slave=DEAD_SLAVE)
+
+
+DEAD_SLAVE = 9
+COMMANDS: list[tuple[str, bytes]] = [
+    ("hil-status", cbor2.dumps({"id": "hil-status", "op": "status"})),
+    ("hil-set", cbor2.dumps({"id": "hil-set", "op": "set",
+                             "args": {"kind": "parking", "deadband": {"mag_x": 5}}})),
+    ("hil-flush", cbor2.dumps({"id": "hil-flush", "op": "flush"})),
+    ("hil-unknown", cbor2.dumps({"id": "hil-unknown", "op": "self_destruct"})),
+    ("malformed", b"\xff\x00\x13"),
+]
+
+
+def commands(interpreter: str, *, save: str | None = None, seed: int = 5) -> Outcome:
+    """Operator commands on `<prefix>/<gw>/cmd` and their replies, with sensors running."""
+
+    def body(rig: Rig, out: Outcome) -> None:
+        rig.run(1.0)
+        for name, payload in COMMANDS:
+            out.replies[name] = rig.command(payload, None if name == "malformed" else name)
+        rig.run(1.0)
+
+    return _scenario(interpreter, save, body, seed=seed, water=(), lids=0)
+
+
+SCENARIOS: dict[str, Callable[..., Outcome]] = {
+    "steady": steady,
+    "broker-restart": broker_restart,
+    "power-cut": power_cut,
+    "faults": faults,
+    "commands": commands,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    lines = [f"  {name:15s} {fn.__doc__}" for name, fn in SCENARIOS.items()]
+    ap = argparse.ArgumentParser(
+        prog="python -m hil.rig",
+        description="Run the gateway agent between simulated sensors and a private broker, then verify.",
+        epilog="scenarios:\n" + "\n".join(lines),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("scenario", choices=sorted(SCENARIOS))
+    ap.add_argument("--interpreter", choices=INTERPRETERS, default="cpython")
+    ap.add_argument("--save", help="write the run (emissions, payloads, outages) as JSON for hil.verify")
+    ap.add_argument("--seed", type=int, default=None)
+    args = ap.parse_args(argv)
+    kw: dict[str, Any] = {"save": args.save}
+    if args.seed is not None:
+        kw["seed"] = args.seed
+    out = SCENARIOS[args.scenario](args.interpreter, **kw)
+    print(out.report.summary())
+    if out.status is not None:
+        print("status errors:", out.status.get("errors"))
+    for name, reply in out.replies.items():
+        print(f"reply {name}: {reply}")
+    print("agent exit code:", out.exit_code, "leftover processes:", out.leftovers)
+    return 0 if out.report.ok and not out.leftovers else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
