@@ -7,7 +7,8 @@
 The config is the JSON that `citybrain provision render` writes (reference: docs/gateway-config.md).
 SIGTERM and SIGINT stop the agent cleanly: the log is synced, the retained status set to offline
 and the broker connection closed with DISCONNECT.
-Exit codes: 0 stopped, 2 config error, 75 reboot requested by a command (systemd restarts it).
+Exit codes: 0 stopped, 2 config error, 70 a task crashed, 75 reboot requested by a command
+(systemd restarts it after 70 and 75).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(cfg: dict[str, object], *, quiet: bool) -> int:
-    from edge.agent import Agent
+    from edge.agent import Agent, AgentCrashed
     from edge.ports.posix import PosixPort
 
     try:
@@ -83,5 +84,9 @@ async def _run(cfg: dict[str, object], *, quiet: bool) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await agent.run(stop)
+    try:
+        await agent.run(stop)
+    except AgentCrashed as exc:
+        print(f"agent crashed: {exc}", file=sys.stderr)
+        return 70  # EX_SOFTWARE: systemd's Restart=always starts a fresh agent
     return 0

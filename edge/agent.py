@@ -26,6 +26,10 @@ _ANCHORS_KEPT = 16
 _NTP_RETRY_MS = 10000
 
 
+class AgentCrashed(Exception):
+    """A task of the agent died of an unexpected error; the runtime should restart the agent."""
+
+
 class Anchors:
     """Per-boot clock anchors (UTC minus uptime), persisted so a reboot can still stamp a backlog."""
 
@@ -87,6 +91,7 @@ class Agent:
         self.commands_dropped = 0
         self.wake = asyncio.Event()
         self.stopping = False
+        self.crashed = None
         self.flush_requested = False
         self.connects = 0
         self.started = ticks_ms()
@@ -384,16 +389,34 @@ class Agent:
             self.wake.set()
             await asyncio.sleep(1)
 
-    async def run(self, shutdown=None):
-        """Run until `shutdown` (an asyncio.Event) is set; then sync the log and disconnect."""
-        tasks = [asyncio.create_task(s.run()) for s in self.sources]
-        tasks.append(asyncio.create_task(self._uplink()))
-        tasks.append(asyncio.create_task(self._housekeeping()))
+    async def _guard(self, coro, name, stop):
+        """Run one task; if it dies of a bug, stop the whole agent instead of limping on without it.
+
+        A gateway whose uplink task is gone would keep logging readings and never send them; an
+        exit lets the supervisor (systemd, the board's main.py) restart a whole agent.
+        """
         try:
-            if shutdown is None:
-                await asyncio.gather(*tasks)
-            else:
-                await shutdown.wait()
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.crashed = "%s: %r" % (name, exc)
+            self.port.log("task %s died (%r): stopping for a restart" % (name, exc))
+            stop.set()
+
+    async def run(self, shutdown=None):
+        """Run until `shutdown` (an asyncio.Event) is set; then sync the log and disconnect.
+
+        If a task dies of an unexpected error, the agent stops and raises AgentCrashed, without
+        a clean MQTT disconnect, so the broker publishes the offline will.
+        """
+        stop = shutdown if shutdown is not None else asyncio.Event()
+        tasks = [asyncio.create_task(self._guard(s.run(), "source " + s.kind, stop))
+                 for s in self.sources]
+        tasks.append(asyncio.create_task(self._guard(self._uplink(), "uplink", stop)))
+        tasks.append(asyncio.create_task(self._guard(self._housekeeping(), "housekeeping", stop)))
+        try:
+            await stop.wait()
         finally:
             self.stopping = True
             for t in tasks:
@@ -404,6 +427,9 @@ class Agent:
                 except BaseException:  # cancelled, or the error that stopped it
                     pass
             self.log.close()
+            if self.crashed is not None:
+                self.client.close()  # no DISCONNECT: the broker publishes the will
+                raise AgentCrashed(self.crashed)
             try:
                 if self.client.connected:
                     # A planned stop: say so in the retained status (the will covers crashes).

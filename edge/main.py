@@ -19,15 +19,20 @@ def main(config_path, port=None):
     import asyncio
 
     from edge import config
-    from edge.agent import Agent
+    from edge.agent import Agent, AgentCrashed
 
     try:
         cfg = config.load(config_path)
     except config.ConfigError as exc:
         print("config error:", exc)
         sys.exit(2)
-    agent = Agent(cfg, port or make_port())
-    asyncio.run(agent.run())
+    port = port or make_port()
+    agent = Agent(cfg, port)
+    try:
+        asyncio.run(agent.run())
+    except AgentCrashed as exc:
+        port.log("agent crashed: %s" % exc)
+        port.reboot()
 
 
 if __name__ == "__main__":
