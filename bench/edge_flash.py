@@ -1,0 +1,165 @@
+"""Flash bytes the gateway agent writes per reading, end to end: sources -> log -> PUBACK -> ack.
+
+Why: bench/store_flash.py measures the log alone (a fixed payload, appends and acks by hand, and
+littlefs's own amplification under MicroPython). This one measures what the agent does with it:
+the real record encoding of simulator readings, the agent's batches and acks, the ack-cursor
+saves they cause and the clock anchors, all counted at the file layer (`Files.written`, the
+`bytes_written` of the log's stats) while a private Mosquitto acknowledges every batch. Frames
+arrive at a line rate (--rate readings/s) so syncs and cursor saves happen at their real pace.
+
+Reported per reading, against the encoded reading size (the record payload `edge.record.encode`
+hands the log) and, for reference, against the reading's size inside the published batch:
+
+- record bytes (payload + 7-byte header) and their ratio to the payload: goal <= 1.2x;
+- per-batch overhead: everything else written (ack-cursor state file, clock anchors) per batch;
+- total bytes written per reading.
+
+Exit status 1 above the goal, or (with --baseline) if bytes written per reading grew by more
+than 5 % against saved figures.
+
+    python bench/edge_flash.py [--readings 3000] [--rate 200] [--quick] [--save FILE] [--baseline FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.edge_throughput import Counter, agent_config, drive, frames  # noqa: E402
+from edge.store.log import HEADER  # noqa: E402
+from hil.services import Mosquitto  # noqa: E402
+
+GOAL = 1.2
+
+
+class WriteCounter:
+    """Splits what the log's Files object writes into records and small atomic files (state, anchors)."""
+
+    def __init__(self) -> None:
+        self.atomic_bytes = 0
+        self.atomic_writes = 0
+        self.start_written = 0
+        self.files: Any = None
+
+    def attach(self, agent: Any) -> None:
+        files = agent.log.files
+        self.files = files
+        self.start_written = files.written
+        inner = files.write_atomic
+
+        def write_atomic(path: str, data: Any) -> None:
+            self.atomic_writes += 1
+            self.atomic_bytes += len(data)
+            inner(path, data)
+
+        files.write_atomic = write_atomic
+
+
+def measure(n: int, rate: float, kinds: list[str]) -> dict[str, Any]:
+    per = [n // len(kinds) + (1 if i < n % len(kinds) else 0) for i in range(len(kinds))]
+    data = {k: frames(k, m) for k, m in zip(kinds, per, strict=True)}
+    # One line rate for every port: each carries its share of --rate readings/s.
+    mean_frame = sum(len(v) for v in data.values()) / max(1, n)
+    bytes_per_s = rate / len(kinds) * mean_frame
+    tmp = tempfile.mkdtemp(prefix="edge-flash-")
+    broker = Mosquitto(persistence=False)
+    broker.start()
+    counter = Counter(broker.port)
+    wc = WriteCounter()
+    try:
+        cfg = agent_config(broker.port, tmp + "/spool", kinds)
+        fig = asyncio.run(drive(cfg, data, 60 + 2 * n / rate, bytes_per_s, wc.attach))
+        counter.settle(fig["readings_acked"])
+    finally:
+        counter.close()
+        broker.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+    files = wc.files
+    written = files.written - wc.start_written
+    readings = fig["log"]["appended"]
+    record_bytes = written - wc.atomic_bytes
+    payload = record_bytes - HEADER * readings
+    batches = max(1, counter.batches)
+    return {
+        "kinds": dict(zip(kinds, per, strict=True)),
+        "rate": rate,
+        "readings": readings,
+        "readings_acked": fig["readings_acked"],
+        "seconds": round(fig["seconds"], 1),
+        "batches": counter.batches,
+        "bytes_written": written,
+        "payload_bytes_per_reading": round(payload / readings, 2),
+        "record_bytes_per_reading": round(record_bytes / readings, 2),
+        "record_ratio": round(record_bytes / payload, 4),
+        "atomic_writes": wc.atomic_writes,
+        "overhead_bytes_per_batch": round(wc.atomic_bytes / batches, 2),
+        "bytes_written_per_reading": round(written / readings, 2),
+        "total_ratio": round(written / payload, 4),
+        "wire_reading_bytes": round(counter.reading_bytes / max(1, counter.readings), 2),
+        "wire_ratio": round(written / max(1, counter.reading_bytes), 4),
+        "syncs": fig["log"]["syncs"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--readings", type=int, default=3000, help="readings (default 3000)")
+    parser.add_argument("--rate", type=float, default=200.0, help="readings/s arriving (default 200)")
+    parser.add_argument("--kinds", default="parking,thermometer", help="serial kinds, comma-separated")
+    parser.add_argument("--quick", action="store_true", help="a tiny run that proves the script works")
+    parser.add_argument("--save", metavar="FILE", help="write the figures as JSON")
+    parser.add_argument("--baseline", metavar="FILE", help="compare with figures saved by --save")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.readings, args.rate = 300, 300.0
+    kinds = [k for k in args.kinds.split(",") if k]
+    fig = measure(args.readings, args.rate, kinds)
+    print(f"workload        {fig['kinds']} at {fig['rate']:.0f} readings/s: {fig['readings']} logged, "
+          f"{fig['readings_acked']} acked in {fig['batches']} batches ({fig['seconds']} s, "
+          f"{fig['syncs']} syncs)")
+    print(f"encoded reading {fig['payload_bytes_per_reading']:7.2f} B (record payload; "
+          f"{fig['wire_reading_bytes']:.2f} B inside a batch)")
+    print(f"record on file  {fig['record_bytes_per_reading']:7.2f} B/reading = {fig['record_ratio']:.3f}x "
+          f"the encoded reading (goal <= {GOAL}x)")
+    print(f"per batch       {fig['overhead_bytes_per_batch']:7.2f} B ({fig['atomic_writes']} state/anchor "
+          f"files written for {fig['batches']} batches)")
+    print(f"bytes written   {fig['bytes_written_per_reading']:7.2f} B/reading = "
+          f"{fig['total_ratio']:.3f}x the encoded reading, {fig['wire_ratio']:.3f}x its size in a batch")
+    status = 0
+    if fig["record_ratio"] > GOAL:
+        print(f"FAIL: {fig['record_ratio']:.3f}x is above the goal {GOAL}x")
+        status = 1
+    if fig["readings_acked"] != fig["readings"]:
+        print("FAIL: not every reading was acknowledged")
+        status = 1
+    if args.baseline:
+        try:
+            base = json.loads(Path(args.baseline).read_text())
+            old = float(base["bytes_written_per_reading"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"bench: cannot read baseline {args.baseline}: {exc}", file=sys.stderr)
+            return 2
+        change = fig["bytes_written_per_reading"] / old - 1.0
+        new = fig["bytes_written_per_reading"]
+        print(f"baseline        {old:.2f} B/reading -> {new:.2f} ({change:+.1%})")
+        if change > 0.05:
+            print(f"FAIL: bytes written per reading grew {change:.1%} (> 5%)")
+            status = 1
+    if args.save:
+        Path(args.save).write_text(json.dumps(fig, indent=2, sort_keys=True) + "\n")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

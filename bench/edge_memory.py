@@ -1,0 +1,492 @@
+"""Heap of the gateway agent on a board-sized MicroPython heap, over a long run of readings.
+
+Why: an ESP32-class board gives the agent ~100 KB of heap; a leak of a few bytes per reading ends
+in a MemoryError after a few days. This runs what a board runs: the image that
+`provisioning.firmware.build` makes for a config (.mpy files for exactly the configured kinds),
+under `micropython -X heapsize=128K`, with two serial sources (parking bays and fever screening
+stations on ptys fed by their simulators) and one MQTT source (manhole lids publishing to a site
+broker), uplinked to a private Mosquitto. Every reading is reported (max_silence_s 0).
+
+The agent runs under a small driver (bench code, not part of the image) that samples the heap
+every --sample-ms on the agent's own loop: `gc.mem_free()` as the allocator sees it, then after a
+`gc.collect()` the live heap (`gc.mem_alloc()`) and free heap. It stops the agent with its
+shutdown event when the bench drops a stop file, and lists the `devices.*` modules it imported.
+
+Goals: >= 32 KB free (after collection) at every sample; no growth: the live heap's slope over
+the run (after the first 1,000 readings, which fill the per-sensor tables) stays under
+--max-growth bytes per 10,000 readings. Exit status 1 if a goal is missed, a reading is lost or
+a kind outside the config was imported; with --baseline, also if min free heap fell by more
+than 2 KB.
+
+    python bench/edge_memory.py [--readings 10000] [--quick] [--save FILE] [--baseline FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import cbor2  # noqa: E402
+import paho.mqtt.client as mqtt  # noqa: E402
+
+from hil.services import Mosquitto  # noqa: E402
+from provisioning.firmware import build  # noqa: E402
+
+MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
+HEAP = "128K"  # what the goal is stated for
+BOARD_HEAP = 128 * 1024
+GOAL_FREE = 32 * 1024  # so the live heap may peak at 96 KB
+T0 = 1795676000000
+SHARE = {"parking": 0.4, "thermometer": 0.4, "manhole": 0.2}
+SENSORS = {
+    "parking": [f"P-{i:05d}" for i in range(1, 21)],
+    "thermometer": [f"T-gate-{i:02d}" for i in range(1, 7)],
+    "manhole": [f"MH-{i:04d}" for i in range(1, 13)],
+}
+
+# Runs under micropython from the image: argv = config path, stop file, sample interval (ms)
+# [, "verbose": the agent's own log lines too].
+# Every stage is reported, and a MemoryError names the stage it hit, with the live heap there.
+DRIVER = r"""
+import gc, sys, os, json, time
+gc.collect()
+F0 = gc.mem_free()
+STAGE = ["imports"]
+LIVE = {}
+
+def mark(name):
+    gc.collect()
+    LIVE[name] = gc.mem_alloc()
+    STAGE[0] = name
+
+def counts(agent):
+    st = agent.log
+    return sum(s.reported for s in agent.sources), st.appended - st.pending
+
+def line(tag, agent, t0, raw):
+    import micropython
+    gc.collect()
+    rep, acked = counts(agent)
+    print(json.dumps({"tag": tag, "ms": time.ticks_diff(time.ticks_ms(), t0), "reported": rep,
+                      "acked": acked, "raw_free": raw, "free": gc.mem_free(), "alloc": gc.mem_alloc(),
+                      "block": 16 if sys.maxsize < 1 << 32 else 32}))
+    micropython.mem_info()  # its "max free sz" (blocks) is the largest allocation that can succeed
+
+async def sampler(agent, stop_file, every_ms, shutdown, t0):
+    import asyncio
+    while True:
+        await asyncio.sleep_ms(every_ms)
+        line("sample", agent, t0, gc.mem_free())
+        try:
+            os.stat(stop_file)
+            shutdown.set()
+            return
+        except OSError:
+            pass
+
+async def run(agent, stop_file, every_ms, t0):
+    import asyncio
+    shutdown = asyncio.Event()
+    task = asyncio.create_task(sampler(agent, stop_file, every_ms, shutdown, t0))
+    await agent.run(shutdown)
+    await task
+
+def main():
+    import asyncio
+    mark("asyncio")
+    from edge import config
+    cfg = config.load(sys.argv[1])
+    mark("config")
+    from edge.agent import Agent
+    from edge.ports.posix import PosixPort
+    mark("agent_modules")
+    t0 = time.ticks_ms()
+    agent = Agent(cfg, PosixPort(len(sys.argv) > 4))
+    mark("agent_built")
+    line("start", agent, t0, gc.mem_free())
+    STAGE[0] = "running"
+    asyncio.run(run(agent, sys.argv[2], int(sys.argv[3]), t0))
+    line("end", agent, t0, gc.mem_free())
+    errors = {}
+    for s in agent.sources:
+        rep = s.error_report()
+        for k in rep:
+            errors[k] = rep[k]
+    mods = sorted(m for m in sys.modules if m.startswith("devices"))
+    print(json.dumps({"tag": "done", "free_before_import": F0, "live": LIVE, "modules": mods,
+                      "errors": errors, "overflow": [getattr(s, "overflow", 0) for s in agent.sources]}))
+
+try:
+    main()
+except MemoryError:
+    gc.collect()
+    print(json.dumps({"tag": "oom", "stage": STAGE[0], "live": LIVE, "free_before_import": F0,
+                      "alloc": gc.mem_alloc(), "free": gc.mem_free()}))
+    sys.exit(3)
+"""
+
+
+class Uplink:
+    """Subscriber on the central broker: readings per batch, and heap_free from status messages."""
+
+    def __init__(self, port: int) -> None:
+        self.readings = 0
+        self.batches = 0
+        self.status_heap: list[int] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-uplink")
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe([("city/+/up", 1), ("city/+/status", 1)])
+        self.client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        doc = cbor2.loads(msg.payload)
+        if msg.topic.endswith("/up"):
+            self.batches += 1
+            self.readings += len(doc[4])
+        elif isinstance(doc, dict) and doc.get("heap_free") is not None:
+            self.status_heap.append(int(doc["heap_free"]))
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _serial_feed(kind: str, n: int, fd: int, rate: float, stop: threading.Event) -> None:
+    import devices
+
+    sim_mod = devices.load(kind, "sim")
+    if kind == "parking":
+        sim = sim_mod.Simulator(SENSORS[kind], seed=5, heartbeat_s=2)
+    else:
+        sim = sim_mod.Simulator(SENSORS[kind], seed=5, mean_gap_s=0.5)
+    _paced(lambda now: sim.next_frame(now), lambda f: os.write(fd, f), n, rate, stop)
+
+
+def _mqtt_feed(port: int, n: int, rate: float, stop: threading.Event) -> None:
+    from devices.manhole.sim import Simulator
+
+    sim = Simulator(SENSORS["manhole"], seed=5)
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-lids")
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+
+    def send(frame: bytes) -> None:
+        dev = sim.last_reading[0] if sim.last_reading else "unknown"
+        pub.publish(f"lids/{dev}/up", frame, qos=1).wait_for_publish(5)
+
+    try:
+        _paced(sim.next_frame, send, n, rate, stop)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+
+
+def _paced(next_frame: Any, send: Any, n: int, rate: float, stop: threading.Event) -> None:
+    """Send n valid frames at `rate` per second (simulated time runs 50 ms per attempt)."""
+    now = T0
+    sent = 0
+    start = time.monotonic()
+    while sent < n and not stop.is_set():
+        now += 50
+        frame = next_frame(now)
+        if not frame:
+            continue
+        send(frame)
+        sent += 1
+        lag = start + sent / rate - time.monotonic()
+        if lag > 0:
+            time.sleep(lag)
+
+
+def config_for(central: int, site: int, ttys: dict[str, str], spool: str, status_s: int) -> dict[str, Any]:
+    return {
+        "gateway_id": "gw-bench-mem",
+        "broker": {"host": "127.0.0.1", "port": central},
+        "site_broker": {"host": "127.0.0.1", "port": site},
+        "trust_os_clock": True,
+        "store": {"dir": spool},
+        "uplink": {"status_every_s": status_s},
+        "sources": [
+            {"kind": "parking", "transport": "serial", "port": ttys["parking"], "baud": 115200,
+             "sensors": SENSORS["parking"], "max_silence_s": 0},
+            {"kind": "thermometer", "transport": "serial", "port": ttys["thermometer"], "baud": 115200,
+             "sensors": SENSORS["thermometer"], "max_silence_s": 0},
+            {"kind": "manhole", "transport": "mqtt", "topic": "lids/+/up",
+             "sensors": SENSORS["manhole"], "max_silence_s": 0},
+        ],
+    }
+
+
+def _records(lines: list[str]) -> list[dict[str, Any]]:
+    """The driver's JSON lines; a sample gets `max_free_block` (bytes) from the mem_info after it."""
+    out: list[dict[str, Any]] = []
+    for ln in lines:
+        if ln.startswith("{"):
+            try:
+                out.append(json.loads(ln))
+            except ValueError:
+                pass
+        elif "max free sz:" in ln and out and "block" in out[-1]:
+            out[-1]["max_free_block"] = int(ln.rsplit(":", 1)[1]) * out[-1]["block"]
+    return out
+
+
+_MEM_INFO = ("stack:", "GC:", "No. of 1-blocks:", "mem: total")
+
+
+def measure(n: int, rate: float, sample_ms: int, timeout_s: float, heap: str, micropython: Path = MICROPYTHON,
+            frozen: bool = False, verbose: bool = False) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="edge-mem-"))
+    central, site = Mosquitto(persistence=False), Mosquitto(persistence=False)
+    ptys = {k: os.openpty() for k in ("parking", "thermometer")}
+    proc: subprocess.Popen[str] | None = None
+    stop = threading.Event()
+    feeders: list[threading.Thread] = []
+    uplink: Uplink | None = None
+    lines: list[str] = []
+    try:
+        central.start()
+        site.start()
+        uplink = Uplink(central.port)
+        ttys = {k: os.ttyname(s) for k, (_m, s) in ptys.items()}
+        cfg_path = tmp / "config.json"
+        cfg = config_for(central.port, site.port, ttys, str(tmp / "spool"), 1)
+        cfg_path.write_text(json.dumps(cfg))
+        image = tmp / "image"
+        image_bytes = build(cfg_path, image, progress=lambda _s: None)
+        image_kinds = sorted(p.name for p in (image / "devices").iterdir()
+                             if p.is_dir() and p.name != "common")
+        driver = tmp / "driver.py"
+        driver.write_text(DRIVER)
+        stop_file = tmp / "stop"
+        # ".frozen" first: MICROPYPATH replaces the default path, which is where asyncio lives.
+        env = dict(os.environ, MICROPYPATH=".frozen" if frozen else ".frozen:" + str(image))
+        proc = subprocess.Popen([str(micropython), "-X", "heapsize=" + heap, str(driver), str(cfg_path),
+                                 str(stop_file), str(sample_ms)] + (["verbose"] if verbose else []),
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                cwd=str(tmp))
+        out = proc.stdout
+        assert out is not None
+        reader = threading.Thread(target=lambda: lines.extend(iter(out.readline, "")), daemon=True)
+        reader.start()
+        end = time.monotonic() + 20
+        while not any('"start"' in ln for ln in lines):  # agent built; give it time to connect
+            if proc.poll() is not None or time.monotonic() > end:
+                reader.join(timeout=5)
+                oom = next((r for r in _records(lines) if r.get("tag") == "oom"), None)
+                if oom is not None:
+                    return dict(oom, heap=heap, image_bytes=image_bytes, image_kinds=image_kinds)
+                raise RuntimeError("agent did not start:\n" + "".join(lines[-30:]))
+            time.sleep(0.05)
+        time.sleep(1.0)
+        want = {k: round(n * s) for k, s in SHARE.items()}
+        want["parking"] += n - sum(want.values())
+        rates = {k: rate * s for k, s in SHARE.items()}
+        t_start = time.monotonic()
+        feeders = [threading.Thread(target=_serial_feed, args=(k, want[k], ptys[k][0], rates[k], stop))
+                   for k in ("parking", "thermometer")]
+        feeders.append(threading.Thread(target=_mqtt_feed, args=(site.port, want["manhole"],
+                                                                   rates["manhole"], stop)))
+        for t in feeders:
+            t.start()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and uplink.readings < n:
+            if proc.poll() is not None:
+                raise RuntimeError("agent exited:\n" + "".join(lines[-30:]))
+            time.sleep(0.1)
+        wall = time.monotonic() - t_start
+        time.sleep(sample_ms / 1000 * 2 + 0.2)  # one more sample at rest
+        stop_file.write_text("stop")
+        proc.wait(timeout=30)
+        reader.join(timeout=5)
+    finally:
+        stop.set()
+        for t in feeders:
+            t.join(timeout=10)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if uplink is not None:
+            uplink.close()
+        central.cleanup()
+        site.cleanup()
+        for m, s in ptys.values():
+            os.close(m)
+            os.close(s)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return analyse(lines, n, uplink, image_bytes, image_kinds, wall, heap)
+
+
+def _slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ys over xs (0 for fewer than two distinct xs)."""
+    if len(xs) < 2:
+        return 0.0
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
+
+
+def analyse(lines: list[str], n: int, uplink: Uplink | None, image_bytes: int, image_kinds: list[str],
+            wall: float, heap: str) -> dict[str, Any]:
+    recs = _records(lines)
+    samples = [r for r in recs if r.get("tag") in ("start", "sample", "end")]
+    done = next((r for r in recs if r.get("tag") == "done"), None)
+    if not samples or done is None:
+        raise RuntimeError("driver output incomplete:\n" + "".join(lines[-30:]))
+    start = samples[0]
+    running = [s for s in samples if s["tag"] == "sample"]
+    steady = [s for s in running if s["reported"] >= min(1000, n // 2)]
+    slope = _slope([s["reported"] for s in steady], [s["alloc"] for s in steady])
+    every = max(1, n // 10)
+    by_k: list[dict[str, int]] = []
+    for k in range(every, n + 1, every):
+        s = next((x for x in running if x["reported"] >= k), None)
+        if s is not None:
+            by_k.append({"readings": s["reported"], "alloc": s["alloc"], "free": s["free"]})
+    return {
+        "readings_target": n,
+        "readings_reported": samples[-1]["reported"],
+        "readings_uplinked": uplink.readings if uplink else 0,
+        "batches": uplink.batches if uplink else 0,
+        "wall_s": round(wall, 1),
+        "heap": heap,
+        "live_by_stage": done["live"],
+        "peak_alloc": max(s["alloc"] for s in samples),
+        "free_at_128k": BOARD_HEAP - max(s["alloc"] for s in samples),
+        "free_before_import": done["free_before_import"],
+        "free_after_start": start["free"],
+        "alloc_after_start": start["alloc"],
+        "min_free": min(s["free"] for s in running) if running else start["free"],
+        "min_max_free_block": min((s.get("max_free_block", 0) for s in samples), default=0),
+        "min_raw_free": min(s["raw_free"] for s in running) if running else start["raw_free"],
+        "min_status_heap_free": min(uplink.status_heap) if uplink and uplink.status_heap else None,
+        "alloc_by_readings": by_k,
+        "growth_bytes_per_10k": round(slope * 10000, 1),
+        "samples": len(running),
+        "modules": done["modules"],
+        "image_kinds": image_kinds,
+        "image_bytes": image_bytes,
+        "errors": done["errors"],
+        "overflow": done["overflow"],
+        "agent_log": [ln.rstrip() for ln in lines
+                      if not ln.startswith("{") and not ln.lstrip().startswith(_MEM_INFO)][-40:],
+    }
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:.1f} KB"
+
+
+def report(fig: dict[str, Any], args: argparse.Namespace) -> int:
+    configured = sorted(SHARE)
+    status = 0
+    if fig.get("tag") == "oom":
+        live = fig["live"]
+        print(f"micropython     heap {fig['heap']}, image {fig['image_bytes']} B, "
+              f"kinds in image {fig['image_kinds']}")
+        print(f"FAIL: MemoryError while {fig['stage']!r}: the agent does not start on a {fig['heap']} heap")
+        print(f"free heap       before imports {fig['free_before_import']} B; live heap by stage: "
+              + ", ".join(f"{k} {v}" for k, v in sorted(live.items(), key=lambda kv: kv[1])))
+        print("                (run with --heap 1M to measure what it needs and whether it grows)")
+        return 1
+    loaded = sorted({m.split(".")[1] for m in fig["modules"] if m.count(".") >= 1} - {"common"})
+    print(f"micropython     heap {fig['heap']}, image {fig['image_bytes']} B, kinds in image "
+          f"{fig['image_kinds']}, kinds imported {loaded}")
+    print(f"readings        target {fig['readings_target']}  reported {fig['readings_reported']}  "
+          f"uplinked {fig['readings_uplinked']} in {fig['batches']} batches  ({fig['wall_s']} s)")
+    print("live heap       " + ", ".join(f"{k} {v}" for k, v in sorted(fig["live_by_stage"].items(),
+                                                                        key=lambda kv: kv[1])))
+    print(f"free heap       before imports {fig['free_before_import']} B, after start "
+          f"{fig['free_after_start']} B (live {fig['alloc_after_start']} B)")
+    print(f"min free heap   {fig['min_free']} B after gc.collect, {fig['min_raw_free']} B before it, "
+          f"{fig['min_status_heap_free']} B in status messages (heap {fig['heap']})")
+    print(f"largest free    block {fig['min_max_free_block']} B at the worst sample "
+          f"(a batch copy needs ~2 KB in one piece)")
+    print(f"peak live heap  {fig['peak_alloc']} B -> free on a 128 KB heap {fig['free_at_128k']} B "
+          f"(goal >= {GOAL_FREE})")
+    print("gc.mem_alloc    " + "  ".join(f"{s['readings']}:{s['alloc']}" for s in fig["alloc_by_readings"]))
+    print(f"growth slope    {fig['growth_bytes_per_10k']:+.1f} B per 10,000 readings "
+          f"(goal <= {args.max_growth}; {fig['samples']} samples)")
+    if args.verbose:
+        print("\n".join(fig["agent_log"]))
+    if fig["errors"] or any(fig["overflow"]):
+        print(f"source errors   {fig['errors']} overflow {fig['overflow']}")
+    if fig["free_at_128k"] < GOAL_FREE:
+        print(f"FAIL: free heap on 128 KB would be {_kb(fig['free_at_128k'])}, below {_kb(GOAL_FREE)}")
+        status = 1
+    if fig["growth_bytes_per_10k"] > args.max_growth:
+        print(f"FAIL: the live heap grows {fig['growth_bytes_per_10k']:.0f} B per 10,000 readings")
+        status = 1
+    if fig["readings_uplinked"] < fig["readings_target"]:
+        print("FAIL: not every reading reached the broker")
+        status = 1
+    if loaded != configured or fig["image_kinds"] != configured:
+        print(f"FAIL: kinds imported {loaded} / in image {fig['image_kinds']}, configured {configured}")
+        status = 1
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--readings", type=int, default=10000, help="readings driven (default 10000)")
+    parser.add_argument("--rate", type=float, default=250.0, help="readings/s fed, all sources (default 250)")
+    parser.add_argument("--heap", default=HEAP, help="micropython -X heapsize (default 128K)")
+    parser.add_argument("--micropython", type=Path, default=MICROPYTHON,
+                        help="interpreter (default .venv/bin/micropython)")
+    parser.add_argument("--frozen", action="store_true",
+                        help="the interpreter has edge/ and the kinds frozen in (a board firmware built "
+                             "with a manifest): run from .frozen, not from the .mpy image")
+    parser.add_argument("--sample-ms", type=int, default=250, help="heap sample interval (default 250)")
+    parser.add_argument("--max-growth", type=int, default=1024,
+                        help="allowed live-heap growth, bytes per 10,000 readings (default 1024)")
+    parser.add_argument("--quick", action="store_true", help="1,000 readings: proves the script works")
+    parser.add_argument("--verbose", action="store_true", help="print the agent's own log lines")
+    parser.add_argument("--save", metavar="FILE", help="write the figures as JSON")
+    parser.add_argument("--baseline", metavar="FILE", help="compare with figures saved by --save")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.readings = 1000
+    if not args.micropython.exists():
+        print(f"bench: needs {args.micropython}", file=sys.stderr)
+        return 2
+    fig = measure(args.readings, args.rate, args.sample_ms, 60 + 3 * args.readings / args.rate, args.heap,
+                  args.micropython, args.frozen, args.verbose)
+    fig["frozen"] = args.frozen
+    status = report(fig, args)
+    if args.baseline:
+        try:
+            base = json.loads(Path(args.baseline).read_text())
+            old = int(base["peak_alloc"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"bench: cannot read baseline {args.baseline}: {exc}", file=sys.stderr)
+            return 2
+        new = fig.get("peak_alloc")
+        if new is None:
+            print(f"baseline        peak live heap {old} B -> did not start")
+        else:
+            print(f"baseline        peak live heap {old} B -> {new} B ({new - old:+d} B)")
+            if new > old + 2048:
+                print("FAIL: the peak live heap grew by more than 2 KB")
+                status = 1
+    if args.save:
+        Path(args.save).write_text(json.dumps(fig, indent=2, sort_keys=True) + "\n")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

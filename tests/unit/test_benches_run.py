@@ -1,0 +1,77 @@
+"""The gateway benches (bench/edge_*.py) run in their --quick mode and print and save their figures.
+
+Only that: the speed and size goals are the benches' own business (a loaded CI machine must not
+fail a test), so no figure is compared with a goal here. Each bench starts a private Mosquitto.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+pytestmark = pytest.mark.integration
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick", *args],
+                          capture_output=True, text=True, timeout=240, cwd=str(ROOT))
+
+
+def _figure(out: str, label: str) -> float:
+    """The first number on the line that starts with `label`."""
+    m = re.search(r"^" + re.escape(label) + r"\s+(-?[\d.]+)", out, re.M)
+    assert m, f"no {label!r} line in:\n{out}"
+    return float(m.group(1))
+
+
+def test_throughput_bench_prints_and_saves(tmp_path: Path) -> None:
+    saved = tmp_path / "tp.json"
+    r = _run("edge_throughput.py", "--save", str(saved))
+    assert r.returncode in (0, 1), r.stdout + r.stderr  # 1 = a goal missed, still a run
+    rate = _figure(r.stdout, "throughput")
+    fig = json.loads(saved.read_text())
+    assert fig["readings_per_s"] == pytest.approx(rate, abs=1)
+    assert fig["readings_acked"] == fig["readings_decoded"] == fig["subscriber_readings"] == 1000
+    same = _run("edge_throughput.py", "--baseline", str(saved))
+    assert re.search(r"^baseline\s+\d+ readings/s -> \d+ \([+-][\d.]+%\)", same.stdout, re.M), same.stdout
+
+
+def test_flash_bench_prints_and_saves(tmp_path: Path) -> None:
+    saved = tmp_path / "flash.json"
+    r = _run("edge_flash.py", "--save", str(saved))
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    fig = json.loads(saved.read_text())
+    assert _figure(r.stdout, "bytes written") == pytest.approx(fig["bytes_written_per_reading"], abs=0.01)
+    assert fig["readings"] == fig["readings_acked"] == 300
+    # The split adds up: records (payload + 7-byte header) plus the small atomic files.
+    assert fig["record_bytes_per_reading"] == pytest.approx(fig["payload_bytes_per_reading"] + 7, abs=0.01)
+
+
+@pytest.mark.micropython
+def test_memory_bench_prints_and_saves(tmp_path: Path) -> None:
+    saved = tmp_path / "mem.json"
+    r = _run("edge_memory.py", "--heap", "1M", "--save", str(saved))
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    fig = json.loads(saved.read_text())
+    assert _figure(r.stdout, "peak live heap") == fig["peak_alloc"]
+    assert "growth slope" in r.stdout and "gc.mem_alloc" in r.stdout
+    assert fig["readings_uplinked"] >= 1000
+    assert len(fig["alloc_by_readings"]) >= 5
+    assert fig["image_kinds"] == ["manhole", "parking", "thermometer"]
+    kinds = {m.split(".")[1] for m in fig["modules"] if m.count(".") >= 1} - {"common"}
+    assert sorted(kinds) == fig["image_kinds"]  # only the configured kinds were imported
+
+
+@pytest.mark.micropython
+def test_memory_bench_names_the_stage_of_a_memory_error(tmp_path: Path) -> None:
+    r = _run("edge_memory.py", "--heap", "48K")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert re.search(r"MemoryError while '\w+'", r.stdout), r.stdout
+    assert "live heap by stage" in r.stdout
