@@ -17,7 +17,8 @@ Pieces, each started here and stopped by PID at the end (`Rig.close`, or `with R
               recording every payload with its arrival time
 
 Faults: `restart_broker()`, `kill_agent()` (SIGKILL: a power cut, possibly mid-append) and
-`start_agent()`, garbage devices and fault modes of the simulators, a dead Modbus slave.
+`start_agent()`, `tear_log_tail()` (after a kill: what a power cut does to the record being
+written, which SIGKILL cannot do), garbage devices and fault modes of the simulators, a dead Modbus slave.
 Every good frame the rig writes is recorded (hil.verify.Emission) so `verify()` can prove what
 arrived. Scenarios built from these live in hil/scenarios.py; `python -m hil.rig --help`.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import select
 import signal
 import subprocess
@@ -35,7 +37,9 @@ import tempfile
 import threading
 import time
 import tty
+import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,7 @@ from devices.common.rng import Rng
 from devices.manhole.sim import Simulator as LidSim
 from devices.parking.sim import Simulator as ParkingSim
 from devices.thermometer.sim import Simulator as ThermometerSim
+from edge.store.log import HEADER, MAGIC
 from hil.services import Mosquitto, ServiceError, find_binary
 from hil.verify import Emission, Outage, Report, verify
 from hil.water_slave import station
@@ -62,6 +67,49 @@ MICROPYTHON_HEAP = "256K"
 
 class RigError(RuntimeError):
     """The rig could not bring a part up (binary missing, agent died, no answer in time)."""
+
+
+@dataclass(frozen=True)
+class TornWrite:
+    """What `Rig.tear_log_tail` did to the newest record of the active segment (edge/store/log.py).
+
+    `age_s`: kill time minus the segment's mtime, i.e. how long before the kill that record's
+    bytes were written. `record` is its payload (a CBOR reading, edge/record.py) as it was.
+    """
+
+    mode: str  # "truncate" or "garbage"
+    segment: str
+    start: int  # offset of the record's magic byte: every byte before it must survive
+    end: int  # offset after the record (the segment's size before the tear, without a torn tail)
+    cut_at: int  # truncate: the new size; garbage: -1
+    garbled: tuple[int, ...]  # garbage: offsets overwritten (each byte changed); truncate: ()
+    age_s: float
+    record: bytes
+    prefix: bytes  # the segment's bytes before `start`
+
+
+TEAR_MODES = ("truncate", "garbage")
+
+
+def last_record(data: bytes) -> tuple[int, int, int] | None:
+    """(start, end, good end) of the last good record of a segment's bytes, or None if it has none.
+
+    Uses the store's framing (magic, u16 length, crc32 over length and payload); the good end is
+    where the store's boot recovery would cut, so end == len(data) unless the tail is already torn.
+    """
+    pos = 0
+    last = None
+    while pos + HEADER <= len(data) and data[pos] == MAGIC:
+        n = data[pos + 1] | (data[pos + 2] << 8)
+        end = pos + HEADER + n
+        if end > len(data):
+            break
+        crc = zlib.crc32(data[pos + 3 + 4 : end], zlib.crc32(data[pos + 1 : pos + 3]))
+        if crc != int.from_bytes(data[pos + 3 : pos + 7], "little"):
+            break
+        last = (pos, end)
+        pos = end
+    return None if last is None else (last[0], last[1], pos)
 
 
 class SerialDevice:
@@ -446,7 +494,7 @@ class Rig:
                 "broker": broker,
                 "site_broker": dict(broker),
                 "trust_os_clock": True,
-                "store": {"dir": str(self.dir / "spool"), "sync_every_ms": sync_every_ms,
+                "store": {"dir": str(self.spool()), "sync_every_ms": sync_every_ms,
                           "segment_bytes": 16384},
                 "uplink": {"batch_age_ms": batch_age_ms, "status_every_s": status_every_s,
                            "backoff_base_ms": 200, "backoff_cap_ms": 1000, "batch_max": 40},
@@ -511,6 +559,54 @@ class Rig:
         assert self.agent is not None
         self._killed_at = self.agent.kill()
         return self._killed_at
+
+    def spool(self) -> Path:
+        """The agent's store directory (its log segments and state file)."""
+        return self.dir / "spool"
+
+    def tear_log_tail(
+        self, rng: random.Random, mode: str = "truncate", *, max_age_s: float | None = None
+    ) -> TornWrite | None:
+        """After a kill: damage the newest record of the active segment as a power cut mid-append
+        would, so that the next boot's recovery must cut it (docs/hil.md, "Torn writes").
+
+        truncate: the segment ends at a random byte strictly inside the record (its first bytes
+        reached flash, the rest did not). garbage: 1-4 random bytes of the record are overwritten
+        with other values (a page programmed half-way). None, and nothing touched, if the active
+        segment holds no complete record (just rolled, or already torn by the kill) or if its
+        newest record was written more than `max_age_s` before the kill (not the one being
+        written when the power failed).
+        """
+        if mode not in TEAR_MODES:
+            raise ValueError(f"mode must be one of {TEAR_MODES}")
+        assert self.agent is not None and not self.agent.alive() and self._killed_at is not None
+        segs = sorted(p for p in self.spool().glob("seg-*.log"))
+        if not segs:
+            return None
+        path = segs[-1]
+        data = path.read_bytes()
+        found = last_record(data)
+        if found is None or found[2] != len(data):
+            return None
+        start, end, _ = found
+        age = self._killed_at - path.stat().st_mtime
+        if max_age_s is not None and age > max_age_s:
+            return None
+        garbled: tuple[int, ...] = ()
+        cut_at = -1
+        if mode == "truncate":
+            cut_at = rng.randint(start + 1, end - 1)
+            os.truncate(path, cut_at)
+        else:
+            garbled = tuple(sorted(rng.sample(range(start, end), rng.randint(1, min(4, end - start)))))
+            buf = bytearray(data)
+            for off in garbled:
+                buf[off] ^= rng.randint(1, 255)  # never 0: every chosen byte really changes
+            with open(path, "r+b") as f:
+                f.seek(start)
+                f.write(buf[start:end])
+        return TornWrite(mode, path.name, start, end, cut_at, garbled, age,
+                         bytes(data[start + HEADER : end]), bytes(data[:start]))
 
     def restart_broker(self) -> None:
         """Mosquitto stops cleanly (sessions saved) and comes back on the same port and data dir."""
@@ -648,7 +744,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return scenarios.main(argv)
 
 
-__all__ = ["Rig", "RigError", "ServiceError", "main"]
+__all__ = ["Rig", "RigError", "ServiceError", "TornWrite", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

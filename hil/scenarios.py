@@ -15,8 +15,9 @@ from typing import Any
 
 import cbor2
 
-from hil.rig import INTERPRETERS, Rig
-from hil.verify import Report
+from devices import KINDS, load
+from hil.rig import INTERPRETERS, Rig, RigError, TornWrite
+from hil.verify import Report, readings_of
 
 
 @dataclass
@@ -29,6 +30,19 @@ class Outcome:
     kills: int = 0
     broker_restarts: int = 0
     leftovers: list[int] = field(default_factory=list)  # PIDs still alive after the rig closed
+    tears: list[TornCheck] = field(default_factory=list)  # torn-power-cut: one per torn record
+
+
+@dataclass
+class TornCheck:
+    """One torn write and what the next boot made of it."""
+
+    write: TornWrite
+    log: dict[str, Any]  # the `log` map of the status command reply of the boot after the tear
+    prefix_kept: bool  # the segment's bytes before the torn record were intact after recovery
+    reading: tuple[str, str, int, tuple[Any, ...]]  # the torn record's (sensor, kind, ts, fields)
+    emitted_age_s: float | None  # kill time minus the last emission of that reading before the kill
+    delivered: bool = False  # it had been published before the kill (else the tear lost it)
 
 
 def _scenario(
@@ -88,6 +102,58 @@ def power_cut(interpreter: str, *, kills: int = 2, save: str | None = None, seed
     return _scenario(interpreter, save, body, seed=seed)
 
 
+# The newest record counts as "being written when the power failed" only if its bytes reached the
+# file this shortly before the kill; otherwise that kill stays a plain SIGKILL and the next one tries.
+TEAR_MAX_AGE_S = 0.1
+CODECS = {c.KIND_CODE: c for c in (load(name) for name in KINDS)}
+_TEAR_ATTEMPTS = 5  # kills per tear before giving up (the streams append every ~35 ms)
+
+
+def torn_power_cut(
+    interpreter: str, *, modes: Sequence[str] = ("truncate", "garbage", "truncate"), save: str | None = None,
+    seed: int = 6,
+) -> Outcome:
+    """SIGKILL at random moments, then the record being written is torn (cut or garbled): recovery cuts it."""
+    rnd = random.Random(seed)
+
+    def body(rig: Rig, out: Outcome) -> None:
+        for i, mode in enumerate(modes):
+            for _ in range(_TEAR_ATTEMPTS):
+                rig.run(rnd.uniform(1.0, 2.5))
+                killed = rig.kill_agent()
+                out.kills += 1
+                torn = rig.tear_log_tail(rnd, mode, max_age_s=TEAR_MAX_AGE_S)
+                rig.run(rnd.uniform(0.2, 0.6))
+                rig.start_agent()
+                if torn is not None:
+                    break
+            else:
+                raise RigError(f"no fresh record to tear after {_TEAR_ATTEMPTS} kills")
+            reply = rig.command(cbor2.dumps({"id": f"torn-{i}", "op": "status"}), f"torn-{i}")
+            seg = rig.spool() / torn.segment
+            prefix_kept = seg.exists() and seg.read_bytes()[: torn.start] == torn.prefix
+            sensor, kind_code, ts, fmap = cbor2.loads(torn.record)[:4]
+            # A record is a batch's reading with ts absolute: decode it as a one-reading batch.
+            reading = readings_of({3: 0, 4: [[sensor, kind_code, ts, fmap]]}, CODECS)[0]
+            times = [e.t for e in rig.emissions
+                     if (e.sensor, e.kind, e.fields) == (sensor, reading[1], reading[3]) and e.t <= killed]
+            age = killed - max(times) if times else None
+            log = (reply.get("result") or {}).get("log", {})
+            out.tears.append(TornCheck(torn, log, prefix_kept, reading, age))
+        rig.run(2.0)
+        assert rig.sub is not None
+        got = set()
+        for p in rig.sub.payloads("up"):
+            try:
+                got.update(readings_of(cbor2.loads(p), CODECS))
+            except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError, IndexError):
+                continue  # the verifier counts it as undecodable and fails the run
+        for t in out.tears:
+            t.delivered = t.reading in got
+
+    return _scenario(interpreter, save, body, seed=seed)
+
+
 def faults(interpreter: str, *, seconds: float = 6.0, save: str | None = None, seed: int = 4) -> Outcome:
     """A garbage-spewing device, corrupted parking frames and a Modbus slave that never answers."""
     return _scenario(interpreter, save, lambda rig, out: rig.run(seconds), seed=seed, garbage_device=True,
@@ -121,6 +187,7 @@ SCENARIOS: dict[str, Callable[..., Outcome]] = {
     "steady": steady,
     "broker-restart": broker_restart,
     "power-cut": power_cut,
+    "torn-power-cut": torn_power_cut,
     "faults": faults,
     "commands": commands,
 }
@@ -148,6 +215,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("status errors:", out.status.get("errors"))
     for name, reply in out.replies.items():
         print(f"reply {name}: {reply}")
+    for t in out.tears:
+        w = t.write
+        log = t.log
+        print(f"torn {w.mode} {w.segment} [{w.start}, {w.end}) cut_at {w.cut_at} garbled {list(w.garbled)} "
+              f"written {w.age_s * 1000:.0f} ms before the kill; next boot: torn_records "
+              f"{log.get('torn_records')} torn_bytes {log.get('torn_bytes')}, prefix kept {t.prefix_kept}; "
+              f"reading {t.reading[:2]} emitted {t.emitted_age_s} s before the kill, delivered {t.delivered}")
     print("agent exit code:", out.exit_code, "leftover processes:", out.leftovers)
     return 0 if out.report.ok and not out.leftovers else 1
 
