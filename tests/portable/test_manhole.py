@@ -8,19 +8,7 @@ decoding through start/end offsets in a larger buffer gives the same answer as t
 from devices.common.errors import BAD_SYNTAX, DecodeError
 from devices.manhole import codec, vectors
 from devices.manhole.sim import Simulator
-
-
-def _same(a, b):
-    """Equal with the same types (False is not 0.0, an int battery is not a float)."""
-    if isinstance(a, tuple):
-        return isinstance(b, tuple) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return type(a) is type(b) and a == b
-
-
-def _matches(result, expected):
-    if isinstance(expected, int):
-        return isinstance(result, DecodeError) and result.code == expected
-    return _same(result, expected)
+from tests.portable import codec_check
 
 
 def test_metadata():
@@ -32,7 +20,7 @@ def test_metadata():
 def test_vectors_whole():
     for name, hx, consumed, expected in vectors.VECTORS:
         n, r = codec.decode(bytes.fromhex(hx))
-        assert n == consumed and _matches(r, expected), (name, n, r)
+        assert n == consumed and codec_check.matches(r, expected), (name, n, r)
 
 
 def test_vectors_prefixes_never_read():
@@ -45,7 +33,7 @@ def test_vectors_prefixes_never_read():
             if isinstance(expected, int) or expected is None:
                 continue  # a prefix of a bad payload may be anything but an exception
             if k >= len(whole):
-                assert _matches(r, expected), (name, k)  # only trailing whitespace missing
+                assert codec_check.matches(r, expected), (name, k)  # only trailing whitespace missing
             else:
                 assert isinstance(r, DecodeError), (name, k, r)
 
@@ -55,7 +43,7 @@ def test_vectors_at_offsets():
         b = bytes.fromhex(hx)
         big = b"{{garbage" + b + b"}}"
         n, r = codec.decode(memoryview(big), 9, 9 + len(b))
-        assert n == consumed and _matches(r, expected), (name, n, r)
+        assert n == consumed and codec_check.matches(r, expected), (name, n, r)
 
 
 def test_sensor_id_must_match():
@@ -71,7 +59,7 @@ def test_encode_round_trip():
         ("雨水井-7", (180.0, True, True, 1000.0, 1000000.0, 2000.0, 5000, 0)),
         ('q"uo\\te', (12.3, False, True, None, None, 0.07, 3300, None)),
     ):
-        assert _same(codec.decode(codec.encode(dev, fields, ts=1764140000))[1], (dev, fields))
+        assert codec_check.same(codec.decode(codec.encode(dev, fields, ts=1764140000))[1], (dev, fields))
 
 
 def test_encode_matches_vector():
@@ -85,7 +73,7 @@ def test_simulator_round_trip():
     for t in range(400):
         frame = sim.next_frame(1764140000000 + t * 60000)
         n, r = codec.decode(frame)
-        assert n == len(frame) and _same(r, sim.last_reading), (t, frame)
+        assert n == len(frame) and codec_check.same(r, sim.last_reading), (t, frame)
         a = codec.alarm(r[1], {"overflow_cm": 60.0})
         seen[a] = 1
     assert "lid_open" in seen and "overflow" in seen and None in seen

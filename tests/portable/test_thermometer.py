@@ -2,95 +2,22 @@
 
 from binascii import unhexlify
 
-from devices.common.errors import BAD_HEADER, DecodeError
+from devices.common.errors import DecodeError
 from devices.thermometer import codec, vectors
 from devices.thermometer.sim import Simulator
-
-
-def _same(a, b):
-    """Equal with the same types (True is not 1 on the wire); floats to 1e-9 (MicroPython literals)."""
-    if isinstance(a, tuple):
-        return isinstance(b, tuple) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float):
-        return abs(a - b) <= 1e-9 * max(1.0, abs(a))
-    return a == b
-
-
-def _matches(result, expected):
-    if isinstance(expected, int):
-        return isinstance(result, DecodeError) and result.code == expected
-    return _same(result, expected)
-
-
-def _stream(data, cuts):
-    """Decode `data` arriving in reads that end at `cuts` into events (consumed, result), merging
-    runs of BAD_HEADER, whose count depends on where a read happened to end."""
-    buf = bytearray()
-    pos = 0
-    events = []
-    for cut in cuts:
-        buf.extend(data[len(buf):cut])
-        while True:
-            n, r = codec.decode(buf, pos, len(buf))
-            assert 0 <= n <= len(buf) - pos
-            if n == 0:
-                assert r is None
-                break
-            pos += n
-            if events and isinstance(r, DecodeError) and r.code == BAD_HEADER:
-                last = events[-1][1]
-                if isinstance(last, DecodeError) and last.code == BAD_HEADER:
-                    events[-1] = (events[-1][0] + n, last)
-                    continue
-            events.append((n, r))
-    return events
-
-
-def _same_events(a, b):
-    if len(a) != len(b):
-        return False
-    for (n1, r1), (n2, r2) in zip(a, b):
-        if n1 != n2:
-            return False
-        if isinstance(r1, DecodeError):
-            if not (isinstance(r2, DecodeError) and r1.code == r2.code):
-                return False
-        elif not _same(r1, r2):
-            return False
-    return True
+from tests.portable import codec_check
 
 
 def test_vectors_whole():
-    for name, hx, consumed, expected in vectors.VECTORS:
-        data = unhexlify(hx)
-        n, r = codec.decode(data)
-        assert n == consumed, name
-        if consumed == 0:
-            assert r is None, name
-        else:
-            assert _matches(r, expected), name
-        # the same frame at an offset inside a bigger buffer, with an explicit end
-        padded = b"\x00\x00" + data + b"\xaa"
-        n2, r2 = codec.decode(padded, 2, 2 + len(data))
-        assert n2 == n and (r2 is None) == (r is None), name
-        if r is not None:
-            assert _matches(r2, expected), name
+    codec_check.check_vectors_whole(codec, vectors.VECTORS)
 
 
 def test_vectors_split_at_every_position():
-    for name, hx, consumed, expected in vectors.VECTORS:
-        data = unhexlify(hx)
-        whole = _stream(data, [len(data)])
-        for k in range(1, len(data)):
-            assert _same_events(_stream(data, [k, len(data)]), whole), (name, k)
+    codec_check.check_vectors_split(codec, vectors.VECTORS)
 
 
 def test_vectors_byte_by_byte():
-    for name, hx, consumed, expected in vectors.VECTORS:
-        data = unhexlify(hx)
-        assert _same_events(_stream(data, range(1, len(data) + 1)), _stream(data, [len(data)])), name
+    codec_check.check_vectors_byte_by_byte(codec, vectors.VECTORS)
 
 
 def test_good_vectors_encode_back():
@@ -136,7 +63,7 @@ def test_simulator_round_trip():
         count += 1
         assert reading is not None
         n, r = codec.decode(f)
-        assert n == len(f) and _same(r, reading)
+        assert n == len(f) and codec_check.same(r, reading)
         assert codec.encode(reading[0], reading[1]) == f
         sid, fields = reading
         ids.add(sid)
@@ -191,7 +118,7 @@ class _Receiver:
                 self.errors += 1
             else:
                 assert expected, "a reading nobody sent: %r" % (r,)
-                assert _same(r, expected.pop(0))
+                assert codec_check.same(r, expected.pop(0))
                 self.readings += 1
         if pos:
             self.buf = bytearray(self.buf[pos:])

@@ -1,41 +1,30 @@
 """Water codec: register-data vectors (whole, split, byte by byte), both word orders, simulator."""
 
-from devices.common.errors import BAD_VALUE, DecodeError
+from devices.common.errors import BAD_VALUE
 from devices.water import codec, vectors
 from devices.water.sim import Simulator
-
-
-def _same(a, b):
-    """Equal with the same types (True is not 1.0 on the wire)."""
-    if isinstance(a, tuple):
-        return isinstance(b, tuple) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return type(a) is type(b) and a == b
-
-
-def _matches(result, expected):
-    if isinstance(expected, int):
-        return isinstance(result, DecodeError) and result.code == expected
-    return _same(result, expected)
+from tests.portable import codec_check
 
 
 def _check_vector(name, hx, consumed, expected, wo):
     b = bytes.fromhex(hx)
     n, r = codec.decode(b, word_order=wo)
-    assert n == consumed and _matches(r, expected), (name, n, r)
+    assert n == consumed and codec_check.matches(r, expected), (name, n, r)
     # split in two: the first part is "need more" until it holds a whole block
     for k in range(len(b) + 1):
         n1, r1 = codec.decode(b, 0, k, word_order=wo)
         if k < codec.DATA_LEN:
             assert (n1, r1) == (0, None), (name, k)
         else:
-            assert n1 == consumed and _matches(r1, expected), (name, k)
+            assert n1 == consumed and codec_check.matches(r1, expected), (name, k)
     # byte by byte into a growing buffer: the answer comes exactly when the block is complete
     buf = bytearray()
     for i in range(len(b)):
         buf.append(b[i])
         n2, r2 = codec.decode(buf, word_order=wo)
         if n2:
-            assert len(buf) == codec.DATA_LEN and n2 == consumed and _matches(r2, expected), (name, i)
+            assert len(buf) == codec.DATA_LEN and n2 == consumed, (name, i)
+            assert codec_check.matches(r2, expected), (name, i)
             break
     else:
         assert consumed == 0, name
@@ -61,7 +50,7 @@ def test_vectors_cdab():
 def test_offsets_and_sensor_id():
     b = b"\xaa" * 3 + bytes.fromhex(vectors.VECTORS[0][1]) + b"\xbb"
     n, r = codec.decode(b, 3, len(b) - 1, sensor_id=7)
-    assert n == 36 and r[0] == 7 and _same(r[1], vectors.VECTORS[0][3][1])
+    assert n == 36 and r[0] == 7 and codec_check.same(r[1], vectors.VECTORS[0][3][1])
 
 
 def test_encode_round_trip_both_orders():
@@ -69,7 +58,7 @@ def test_encode_round_trip_both_orders():
     for wo in (codec.WORD_ABCD, codec.WORD_CDAB):
         data = codec.encode(5, fields, wo)
         assert len(data) == 36
-        assert _same(codec.decode(data, sensor_id=5, word_order=wo), (36, (5, fields)))
+        assert codec_check.same(codec.decode(data, sensor_id=5, word_order=wo), (36, (5, fields)))
     assert codec.encode(5, fields).hex() == vectors.VECTORS[0][1]
     assert codec.encode(5, fields, codec.WORD_CDAB).hex() == vectors.VECTORS_CDAB[0][1]
 
@@ -96,7 +85,7 @@ def test_simulator_round_trip():
         for t in range(300):
             frame = sim.next_frame(t * 60000)
             n, r = codec.decode(frame, sensor_id=sim.last_reading[0], word_order=wo)
-            assert n == 36 and _same(r, sim.last_reading), (t, r)
+            assert n == 36 and codec_check.same(r, sim.last_reading), (t, r)
 
 
 def test_simulator_faults():
