@@ -51,7 +51,7 @@ from devices.manhole.sim import Simulator as LidSim
 from devices.parking.sim import Simulator as ParkingSim
 from devices.thermometer.sim import Simulator as ThermometerSim
 from edge.store.log import HEADER, MAGIC
-from hil.services import Mosquitto, ServiceError, find_binary
+from hil.services import Mosquitto, ServiceError, find_binary, stop_process
 from hil.verify import Emission, Outage, Report, verify
 from hil.water_slave import station
 
@@ -251,23 +251,9 @@ class ModbusBus:
         for proc in (getattr(self, "slave", None), self.socat):
             if proc is None:
                 continue
-            _stop(proc)
+            stop_process(proc)
             if proc.stdout is not None:
                 proc.stdout.close()
-
-
-def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10) -> int | None:
-    """Stop a process group we started, by its PID; SIGKILL if it does not go."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout)
-    return proc.returncode
 
 
 class Subscriber:
@@ -391,7 +377,7 @@ class AgentProcess:
         """SIGTERM: a clean stop (log synced, offline status); the exit code."""
         if self.proc is None:
             return None
-        return _stop(self.proc)
+        return stop_process(self.proc)
 
     def log_tail(self, n: int = 3000) -> str:
         try:

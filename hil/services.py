@@ -46,6 +46,25 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | Non
     raise ServiceError(f"nothing listening on 127.0.0.1:{port} after {timeout:.0f}s")
 
 
+def stop_process(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10.0
+) -> int | None:
+    """Stop a process group we started (start_new_session=True), by its PID; SIGKILL if it lingers.
+
+    Returns its exit code. The one way everything in hil/ stops what it started.
+    """
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+    return proc.returncode
+
+
 def find_binary(name: str, *extra_dirs: str) -> str:
     path = shutil.which(name)
     if path:
@@ -99,15 +118,7 @@ class Service:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout)
+        stop_process(proc, timeout=timeout)
         self._log.close()
 
     def kill(self) -> None:

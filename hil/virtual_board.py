@@ -22,7 +22,6 @@ From a shell (`python -m hil.virtual_board --help`):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import select
 import shutil
@@ -37,7 +36,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Self
 
-from hil.services import ServiceError
+from hil.services import ServiceError, stop_process
 
 VENV_BIN = Path(sys.executable).parent
 _PROMPT = b">>> "
@@ -52,20 +51,6 @@ def micropython_binary() -> str:
     if not found:
         raise ServiceError("micropython (the unix port) not found: scripts/setup installs it into .venv")
     return found
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
-    """SIGTERM the process group we started, SIGKILL if it lingers; its exit code."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout)
-    return proc.returncode
 
 
 class VirtualBoard:
@@ -150,7 +135,7 @@ class VirtualBoard:
     def stop(self) -> int | None:
         """Power off: stop the running process by PID; its exit code (None if nothing ran)."""
         proc, self.proc = self.proc, None
-        code = _stop(proc) if proc is not None else None
+        code = stop_process(proc) if proc is not None else None
         for fd in (self._slave, self._console):
             if fd is not None:
                 os.close(fd)
