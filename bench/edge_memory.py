@@ -107,8 +107,8 @@ async def run(agent, stop_file, every_ms, t0):
 def main():
     import asyncio
     mark("asyncio")
-    from edge import config
-    cfg = config.load(sys.argv[1])
+    from edge.main import load_config
+    cfg = load_config(sys.argv[1])
     mark("config")
     from edge.agent import Agent
     from edge.ports.posix import PosixPort

@@ -15,15 +15,26 @@ import asyncio
 from edge import VERSION, cbor, protocol, record
 from edge.batcher import Batcher
 from edge.clock import Clock
-from edge.compat import ticks_diff, ticks_ms
+from edge.compat import const, ticks_diff, ticks_ms
 from edge.mqtt.client import MQTTClient, backoff_delays
 from edge.mqtt.errors import MQTTError
 from edge.mqtt.packets import Will
 from edge.store import Log
 
 _ALARM_QUEUE = 16
+_SENSORS_TRACKED = 512
 _ANCHORS_KEPT = 16
 _NTP_RETRY_MS = 10000
+_RECORD_BYTES = const(512)  # one log record: a sensor id and a kind's fields
+_BATCH_CAP = const(8192)
+_BATCH_ROOM = const(64)
+_READING_BYTES = const(48)
+_CMD_BYTES = const(1024)  # the largest command (and its topic) the uplink receives
+_TX_ROOM = const(96)  # MQTT headers beside the CONNECT's strings
+
+
+def _blen(s):
+    return len(s.encode()) if s else 0
 
 
 class AgentCrashed(Exception):
@@ -73,12 +84,16 @@ class Agent:
         self.boot = self.log.boot
         self.anchors = Anchors(self.log.files, st["dir"] + "/anchors")
         self.clock = Clock(port.utc_ms, trust_os=cfg["trust_os_clock"])
-        self._rec = cbor.Writer(1024)
+        self._rec = cbor.Writer(_RECORD_BYTES)
         self.sources = []
         self._n_fields = {}
         self._make_sources()
+        # A batch closes when full or at batch_max readings; a typical reading takes ~45 bytes.
+        # Batches are encoded into a pool of buffers allocated now, one per batch that can be
+        # unacknowledged (+1 being built), so publishing never needs a large block at run time.
+        cap = min(_BATCH_CAP, _BATCH_ROOM + _READING_BYTES * up["batch_max"])
         self.batcher = Batcher(self.boot, self._n_fields.get, self.anchors.get, up["batch_max"],
-                               capacity=4096)
+                               capacity=cap, pool=up["max_inflight"] + 1)
         self._carry = []
         self._unsent = None  # a built batch the client refused (connection lost): sent first
         self._sent = []  # (pid, seq) of batches published and not yet acked
@@ -92,6 +107,7 @@ class Agent:
         self.wake = asyncio.Event()
         self.stopping = False
         self.crashed = None
+        self._last_up = {}  # sensor -> uptime ms of its last reading
         self.flush_requested = False
         self.connects = 0
         self.started = ticks_ms()
@@ -99,12 +115,15 @@ class Agent:
         self._last_batch = 0
         self.topics = {leaf: protocol.topic(self.gw, leaf, self.prefix) for leaf in protocol.LEAVES}
         b = cfg["broker"]
+        will = protocol.will_payload(VERSION, self.boot)
         self.client = MQTTClient(
             b["client_id"] or self.gw, b["host"], b["port"], username=b["username"],
             password=b["password"], keepalive=b["keepalive_s"], clean_session=False,
-            will=Will(self.topics[protocol.STATUS], protocol.will_payload(VERSION, self.boot), 1, True),
+            will=Will(self.topics[protocol.STATUS], will, 1, True),
             ssl=port.ssl_context(b), max_inflight=up["max_inflight"] + _ALARM_QUEUE + 4,
-            on_message=self._on_message, buffer_size=4096 + 64)
+            on_message=self._on_message, buffer_size=_CMD_BYTES,
+            tx_size=_TX_ROOM + len(self.topics[protocol.STATUS]) + len(will)
+            + _blen(b["client_id"] or self.gw) + _blen(b["username"]) + _blen(b["password"]))
         self._status_w = bytearray()
 
     # -- sources ---------------------------------------------------------------------------
@@ -126,12 +145,25 @@ class Agent:
             self._n_fields[src.kind_code] = len(src.codec.FIELDS)
 
     def accept(self, sensor, kind, fields, urgent, alarm):
-        """Log one reported reading (durable at once if urgent); queue its alarm if any."""
-        ts = self.clock.now_ms()
+        """Log one reported reading (durable at once if urgent); queue its alarm if any.
+
+        A point is identified downstream by (sensor, timestamp): two readings of one sensor in
+        the same millisecond (an arrival and a heartbeat read in one go) would overwrite each
+        other in the database. So each sensor's times strictly increase, by 1 ms if need be.
+        """
+        up = self.clock.uptime_ms()
+        last = self._last_up.get(sensor)
+        if last is not None and up <= last:
+            up = last + 1
+        elif last is None and len(self._last_up) >= _SENSORS_TRACKED:
+            self._last_up = {}  # a flood of unknown ids: forget, rather than grow the heap
+        self._last_up[sensor] = up
+        offset = self.clock.offset_ms()
+        ts = None if offset is None else offset + up
         w = self._rec
         w.reset()
         if ts is None:
-            record.encode(w, sensor, kind, None, fields, self.boot, self.clock.uptime_ms())
+            record.encode(w, sensor, kind, None, fields, self.boot, up)
         else:
             record.encode(w, sensor, kind, ts, fields)
         self.log.append(w.view(), urgent)
@@ -198,7 +230,9 @@ class Agent:
                 await self._publish_alarm(self.alarms[0])
                 self.alarms.pop(0)
             while self.commands:
-                await self._handle_command(self.commands.pop(0))
+                from edge import command  # on the first command: a board does not carry it from boot
+
+                await command.handle(self, self.commands.pop(0))
             if self._unsent is not None:
                 await self._publish_batch(self._unsent)
             if len(self._sent) < up["max_inflight"] and self._batch_due():
@@ -292,75 +326,6 @@ class Agent:
         else:
             self.commands_dropped += 1  # an operator sends a handful; a flood is refused, counted
         self.wake.set()
-
-    async def _handle_command(self, payload):
-        cmd = protocol.decode_command(payload)
-        w = bytearray()
-        if isinstance(cmd, protocol.CommandError):
-            protocol.encode_reply(w, cmd.id, False, cmd.code + ": " + cmd.detail)
-        else:
-            try:
-                result = self._run_command(cmd)
-                protocol.encode_reply(w, cmd.id, True, None, result)
-            except (ValueError, KeyError, TypeError) as exc:
-                protocol.encode_reply(w, cmd.id, False, "bad_args: %s" % exc)
-        pid = await self.client.publish(self.topics[protocol.REPLY], bytes(w), 1, False, False)
-        if not isinstance(cmd, protocol.CommandError) and cmd.op == "status":
-            await self._publish_status()
-        if not isinstance(cmd, protocol.CommandError) and cmd.op == "reboot":
-            # The reply must reach the broker first: a board's reset does not flush its socket.
-            try:
-                await asyncio.wait_for(self.client.wait_ack(pid), 5)
-            except (MQTTError, asyncio.TimeoutError):
-                pass  # reboot anyway: the operator asked, and sees the new boot in the status
-            self.log.close()
-            self.port.reboot()
-
-    def _run_command(self, cmd):
-        op = cmd.op
-        args = cmd.args
-        if op == "status":
-            log = self.log.stats()
-            log["unstampable"] = self.batcher.unstampable
-            return {"errors": self.status(), "log": log, "alarms_sent": self.alarms_sent,
-                    "alarms_dropped": self.alarms_dropped, "alarms_unstamped": self.alarms_unstamped,
-                    "connects": self.connects}
-        if op == "set":
-            targets = self._targets(args)
-            rest = {}
-            for k in args:
-                if k not in ("kind", "source"):
-                    rest[k] = args[k]
-            if not rest:
-                raise ValueError("nothing to set (deadband, max_silence_s, poll_ms)")
-            for k in rest:
-                if k not in ("deadband", "max_silence_s", "poll_ms"):
-                    raise ValueError("unknown setting %r" % k)
-            for src in targets:
-                src.check_settings(rest)  # all of them first: a refusal changes nothing
-            for src in targets:
-                src.apply(rest)
-            return {"sources": len(targets)}
-        if op == "flush":
-            self.log.sync()
-            self.flush_requested = True
-            return {"pending": self.log.pending}
-        if op == "reboot":
-            return {"boot": self.boot}
-        raise ValueError("unhandled op %r" % op)
-
-    def _targets(self, args):
-        if "source" in args:
-            i = args["source"]
-            if not isinstance(i, int) or not 0 <= i < len(self.sources):
-                raise ValueError("source must be an index 0..%d" % (len(self.sources) - 1))
-            return [self.sources[i]]
-        if "kind" in args:
-            found = [s for s in self.sources if s.kind == args["kind"]]
-            if not found:
-                raise ValueError("no source of kind %r" % (args["kind"],))
-            return found
-        raise ValueError("say which sources: 'kind' or 'source'")
 
     # -- housekeeping ----------------------------------------------------------------------
 

@@ -39,3 +39,22 @@ try:
     IS_MICROPYTHON = _sys.implementation.name == "micropython"
 except AttributeError:
     pass
+
+
+def unload(name):
+    """Forget module `name` so the GC can take back its code: for code a board runs once (config
+    checks, log recovery at boot) and should not keep in its heap for the whole run.
+
+    MicroPython only: CPython has the memory, and a re-import there would make new classes (a
+    second ConfigError) for code that kept the first module.
+    """
+    if not IS_MICROPYTHON:
+        return
+    import gc
+
+    _sys.modules.pop(name, None)
+    parent, _, leaf = name.rpartition(".")
+    pkg = _sys.modules.get(parent)
+    if pkg is not None and leaf in pkg.__dict__:
+        delattr(pkg, leaf)
+    gc.collect()

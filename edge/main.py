@@ -15,17 +15,32 @@ def make_port(verbose=True):
     return BoardPort(verbose)
 
 
+def load_config(path):
+    """The validated config; `config.ConfigError` (a ValueError) if it is wrong.
+
+    edge.config (schema, help texts, checks) is needed once, at boot: it is dropped again before
+    the agent starts, which leaves a board's heap ~14 KB larger for the run.
+    """
+    from edge import config
+    from edge.compat import unload
+
+    try:
+        return config.load(path)
+    finally:
+        del config
+        unload("edge.config")
+
+
 def main(config_path, port=None):
     import asyncio
 
-    from edge import config
-    from edge.agent import Agent, AgentCrashed
-
     try:
-        cfg = config.load(config_path)
-    except config.ConfigError as exc:
+        cfg = load_config(config_path)
+    except ValueError as exc:
         print("config error:", exc)
         sys.exit(2)
+    from edge.agent import Agent, AgentCrashed
+
     port = port or make_port()
     agent = Agent(cfg, port)
     try:

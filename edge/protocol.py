@@ -6,8 +6,8 @@ header is reserved at its longest (3 bytes) and patched at `finish()` to the sho
 moving the short map prefix in front of it, so the output is preferred CBOR, identical to what
 cbor2 writes for the same map.
 
-Commands are the only payloads the gateway reads; `decode_command` returns a `Command` or a
-`CommandError` (never raises), so the agent can always answer with a reply naming the error.
+Commands, the only payloads the gateway reads, are in edge/command.py: a board loads that module
+when the first command arrives, not at boot.
 """
 
 from edge import cbor
@@ -30,15 +30,6 @@ K_SEQ = const(2)
 K_T0 = const(3)
 K_READINGS = const(4)
 K_ALARM = const(5)
-
-OPS = ("status", "set", "reboot", "flush")
-MAX_ID_LEN = const(64)
-
-# Reply error codes for commands the gateway could not parse.
-E_BAD_CBOR = "bad_cbor"
-E_BAD_COMMAND = "bad_command"
-E_UNKNOWN_OP = "unknown_op"
-E_VERSION = "unsupported_version"
 
 _HEAD_RESERVE = const(3)  # 0x99 + uint16 count: the longest array header a batch can need
 _MAX_READINGS = const(0xFFFF)
@@ -140,6 +131,27 @@ class BatchEncoder:
         self.count += 1
         return True
 
+    def add_record(self, rec, ts_pos, ts_ms, f0, f1):
+        """Append a log record's reading (edge/record.py `parse`) as `[sensor, kind, dt, {fields}]`,
+        copying its sensor, kind and fields bytes as they are; False if it does not fit."""
+        if self._head < 0:
+            raise cbor.CBORError("add() outside begin()/finish()")
+        if self.count >= _MAX_READINGS:
+            return False
+        w = self.w
+        mark = w.pos
+        mv = memoryview(rec)
+        try:
+            w.append(0x84)
+            w.extend(mv[1:ts_pos])
+            cbor.enc_int(w, ts_ms - self.t0)
+            w.extend(mv[f0:f1])
+        except cbor.BufferFull:
+            w.pos = mark
+            return False
+        self.count += 1
+        return True
+
     def finish(self):
         """Patch the readings count (and append the alarm code); return a view of the payload."""
         head = self._head
@@ -235,76 +247,3 @@ def will_payload(fw, boot):
     cbor.enc_text(w, "boot")
     cbor.enc_int(w, boot)
     return bytes(w)
-
-
-class Command:
-    __slots__ = ("id", "op", "args")
-
-    def __init__(self, id, op, args):
-        self.id = id
-        self.op = op
-        self.args = args
-
-    def __repr__(self):
-        return "Command(%r, %r, %r)" % (self.id, self.op, self.args)
-
-
-class CommandError:
-    """Why a command was rejected: `code` is the reply's error text, `id` the command id if known."""
-
-    __slots__ = ("code", "detail", "id")
-
-    def __init__(self, code, detail, id=None):
-        self.code = code
-        self.detail = detail
-        self.id = id
-
-    def __repr__(self):
-        return "CommandError(%r, %r, %r)" % (self.code, self.detail, self.id)
-
-
-_CMD_KEYS = ("v", "id", "op", "args")
-
-
-def decode_command(data):
-    """`Command` or `CommandError` for a `/cmd` payload; never raises on any bytes."""
-    try:
-        m = cbor.loads(data, 8, 256)
-    except cbor.CBORError as e:
-        return CommandError(E_BAD_CBOR, str(e))
-    if not isinstance(m, dict):
-        return CommandError(E_BAD_COMMAND, "not a map")
-    cid = m.get("id")
-    if not isinstance(cid, str) or not 0 < len(cid) <= MAX_ID_LEN:
-        return CommandError(E_BAD_COMMAND, "id must be text of 1..%d chars" % MAX_ID_LEN)
-    for k in m:
-        if k not in _CMD_KEYS:
-            return CommandError(E_BAD_COMMAND, "unknown key %r" % (k,), cid)
-    v = m.get("v", VERSION)
-    if v != VERSION or type(v) is not int:
-        return CommandError(E_VERSION, "version %r" % (v,), cid)
-    op = m.get("op")
-    if not isinstance(op, str):
-        return CommandError(E_BAD_COMMAND, "op must be text", cid)
-    if op not in OPS:
-        return CommandError(E_UNKNOWN_OP, "unknown op %r" % (op,), cid)
-    args = m.get("args", {})
-    if not isinstance(args, dict):
-        return CommandError(E_BAD_COMMAND, "args must be a map", cid)
-    for k in args:
-        if not isinstance(k, str):
-            return CommandError(E_BAD_COMMAND, "args keys must be text", cid)
-    return Command(cid, op, args)
-
-
-def encode_reply(w, cmd_id, ok, error=None, result=None):
-    """`{id, ok, error, result}` into `w`; id is None when the command's id was unreadable."""
-    cbor.enc_head(w, 5, 4)
-    cbor.enc_text(w, "id")
-    cbor.enc(w, cmd_id)
-    cbor.enc_text(w, "ok")
-    cbor.enc(w, bool(ok))
-    cbor.enc_text(w, "error")
-    cbor.enc(w, error)
-    cbor.enc_text(w, "result")
-    cbor.enc(w, result)

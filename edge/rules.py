@@ -58,11 +58,6 @@ class ReportFilter:
             raise ValueError("field %r of kind %s is not analog: any change is reported" % (
                 name, self.codec.KIND))
 
-    def set_deadband(self, name, value):
-        """Remote command: change one field's deadband at run time."""
-        self.check_deadband(name, value)
-        self.band[self.codec.FIELDS.index(name)] = value
-
     def check(self, sensor, fields, now_ticks, alarm=None):
         """Return the REPORT_* reason for reporting this reading, or SUPPRESSED (and count it)."""
         last = self._last.get(sensor)

@@ -6,9 +6,10 @@ caller's topic and payload, no copies) and sends them again, with the same packe
 `connect()` of the same object. Reconnecting is the caller's job (see `backoff_delays`): the client
 reports a lost connection as `ConnectionLost` and never retries on its own.
 
-Memory: one receive buffer (the largest accepted packet) and one transmit buffer for headers,
-both allocated in the constructor; incoming payloads are handed to `on_message` as a memoryview of
-the receive buffer. Packet bytes are made and parsed in edge.mqtt.packets; this module moves them.
+Memory: one receive buffer (`buffer_size`: the largest accepted packet) and one transmit buffer
+for headers (`tx_size`, default the same), both allocated in the constructor; incoming payloads
+are handed to `on_message` as a memoryview of the receive buffer. Packet bytes are made and
+parsed in edge.mqtt.packets; this module moves them.
 """
 
 import asyncio
@@ -67,7 +68,7 @@ class MQTTClient:
 
     def __init__(self, client_id, host, port=1883, *, username=None, password=None, keepalive=60,
                  will=None, clean_session=True, ssl=None, server_hostname=None, max_inflight=16,
-                 on_message=None, buffer_size=1024, ping_timeout=None):
+                 on_message=None, buffer_size=1024, ping_timeout=None, tx_size=None):
         if max_inflight < 1:
             raise ValueError("max_inflight must be >= 1")
         self.client_id = client_id
@@ -84,7 +85,9 @@ class MQTTClient:
         self.on_message = on_message
         self._rx = bytearray(buffer_size)
         self._rxv = memoryview(self._rx)
-        self._tx = bytearray(buffer_size)
+        # Headers only (payloads are written after them): `tx_size` lets a board that publishes
+        # large batches but receives small messages keep a small one.
+        self._tx = bytearray(tx_size or buffer_size)
         self._txv = memoryview(self._tx)
         self._rpos = 0  # first unparsed byte in _rx
         self._rlen = 0  # end of received bytes in _rx

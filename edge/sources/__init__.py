@@ -74,41 +74,8 @@ class Source:
             out[who] = named
         return out
 
-    def check_settings(self, args):
-        """Raise ValueError (naming the key) unless `apply(args)` would take every setting.
-
-        The agent checks every targeted source before it changes any, so a refused `set` leaves
-        no half of itself behind; a text deadband would otherwise crash the source's task later.
-        """
-        db = args.get("deadband")
-        if db is not None:
-            if not isinstance(db, dict):
-                raise ValueError("deadband must be a map of field -> number")
-            for name in db:
-                self.filter.check_deadband(name, db[name])
-        silence = args.get("max_silence_s")
-        if silence is not None and (isinstance(silence, bool) or not isinstance(silence, int)
-                                    or silence < 0):
-            raise ValueError("max_silence_s must be an integer >= 0, not %r" % (silence,))
-        poll = args.get("poll_ms")
-        if poll is not None:
-            if isinstance(poll, bool) or not isinstance(poll, int):
-                raise ValueError("poll_ms must be an integer, not %r" % (poll,))
-            self.check_poll(poll)
-
-    def apply(self, args):
-        """The `set` command for this source: deadbands, max silence, poll interval."""
-        self.check_settings(args)
-        db = args.get("deadband")
-        silence = args.get("max_silence_s")
-        poll = args.get("poll_ms")
-        if db is not None:
-            for name in db:
-                self.filter.set_deadband(name, db[name])
-        if silence is not None:
-            self.filter.max_silence_ms = silence * 1000
-        if poll is not None:
-            self.set_poll(poll)
+    # The `set` command's checks and changes are in edge/command.py (loaded on a first command);
+    # a transport that polls overrides these two.
 
     def check_poll(self, poll_ms):
         raise ValueError("source %s does not poll" % self.kind)

@@ -11,12 +11,18 @@ import asyncio
 from binascii import crc32
 
 from devices.common.errors import DecodeError
-from edge.compat import ticks_ms
+from edge.compat import const, ticks_ms
 from edge.mqtt.client import MQTTClient, backoff_delays
 from edge.mqtt.errors import MQTTError
 from edge.sources import QUEUE_OVERFLOW, Source
 
-_QUEUE = 32
+_QUEUE = const(32)
+_TOPIC_ROOM = const(256)
+_TX_ROOM = const(64)
+
+
+def _blen(s):
+    return len(s.encode()) if s else 0
 
 
 class MqttSource(Source):
@@ -24,10 +30,14 @@ class MqttSource(Source):
         Source.__init__(self, agent, cfg)
         b = agent.cfg["site_broker"]
         self.topic = cfg["topic"]
+        cid = (b["client_id"] or agent.gw) + "-site"
+        # Receive: the kind's largest message and its topic; transmit: CONNECT is the largest.
         self.client = MQTTClient(
-            (b["client_id"] or agent.gw) + "-site", b["host"], b["port"], username=b["username"],
-            password=b["password"], keepalive=b["keepalive_s"], clean_session=False,
-            ssl=agent.port.ssl_context(b), on_message=self._on_message, buffer_size=2048)
+            cid, b["host"], b["port"], username=b["username"], password=b["password"],
+            keepalive=b["keepalive_s"], clean_session=False, ssl=agent.port.ssl_context(b),
+            on_message=self._on_message,
+            buffer_size=getattr(self.codec, "MAX_PAYLOAD", 1024) + _TOPIC_ROOM,
+            tx_size=_TX_ROOM + len(cid) + len(self.topic) + _blen(b["username"]) + _blen(b["password"]))
         self.queue = []
         self.overflow = 0
         self.redelivered = 0  # duplicate deliveries skipped (see _on_message)

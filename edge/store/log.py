@@ -24,16 +24,15 @@ table to ack.
 import struct
 from binascii import crc32
 
-from edge.compat import const, ticks_diff, ticks_ms
+from edge.compat import const, ticks_diff, ticks_ms, unload
 from edge.store.fs import Files
 
-_MAGIC = const(0xA5)
+MAGIC = const(0xA5)
 HEADER = const(7)  # magic, u16 length, u32 crc
 MAX_PAYLOAD = const(0xFFFF)
 _MAX_SEGMENT = const(1048576)
-_SCRATCH = const(128)
-_STATE_MAGIC = b"cbL1"
-_STATE_LEN = const(20)  # magic, boot u32, cursor seg u32, cursor offset u32, crc32
+STATE_MAGIC = b"cbL1"
+STATE_LEN = const(20)  # magic, boot u32, cursor seg u32, cursor offset u32, crc32
 
 
 class StoreError(Exception):
@@ -42,16 +41,6 @@ class StoreError(Exception):
 
 def seg_name(seg):
     return "seg-%06d.log" % seg
-
-
-def _seg_id(name):
-    """The segment id of a file name, or -1 for anything that is not a segment."""
-    if len(name) < 9 or not name.startswith("seg-") or not name.endswith(".log"):
-        return -1
-    digits = name[4:-4]
-    if not digits.isdigit():
-        return -1
-    return int(digits)
 
 
 class Log:
@@ -91,7 +80,6 @@ class Log:
         self._hdr = bytearray(HEADER)
         self._hmv = memoryview(self._hdr)
         self._lenmv = self._hmv[1:3]  # the CRC's first bytes, sliced once (a slice allocates)
-        self._scratch = memoryview(bytearray(_SCRATCH))
         # Counters reported in status (this boot).
         self.boot = 0
         self.appended = 0
@@ -119,7 +107,11 @@ class Log:
         self._cursor_dirty = False
         self._cursor_saved_at = 0
         self._tainted = False
-        self._open()
+        # Boot recovery runs once: its code is a module of its own that a board drops again.
+        from edge.store import boot
+
+        boot.recover(self)
+        unload("edge.store.boot")
 
     # ---- boot -------------------------------------------------------------------------------
 
@@ -132,110 +124,9 @@ class Log:
     def _path(self, seg):
         return self.dir + "/" + seg_name(seg)
 
-    def _open(self):
-        fs = self.files
-        fs.mkdir(self.dir)
-        boot, cseg, coff = self._load_state()
-        ids = []
-        for name in fs.listdir(self.dir):
-            if name.endswith(".tmp"):
-                fs.remove(self.dir + "/" + name)  # a copy or state write cut short
-                continue
-            seg = _seg_id(name)
-            if seg >= 0:
-                ids.append(seg)
-        ids.sort()
-        for seg in ids:
-            if seg < cseg:
-                fs.remove(self._path(seg))  # wholly acked: a power cut came before its delete
-                continue
-            cur = coff if seg == cseg else -1
-            end, count, before = self._scan(seg, cur)
-            if end == 0 and seg != ids[-1]:
-                fs.remove(self._path(seg))
-                continue
-            if not self._segs:
-                self._base = seg
-                self._first_acked = before if seg == cseg else 0
-                self._cursor = self._rid(seg, min(coff, end) if seg == cseg else 0)
-            self._segs.append(seg)
-            self._sizes.append(end)
-            self._counts.append(count)
-            self.flash_bytes += end
-        if not self._segs:
-            seg = cseg + 1
-            self._segs.append(seg)
-            self._sizes.append(0)
-            self._counts.append(0)
-            self._base = seg
-            self._cursor = self._rid(seg, 0)
-        self.pending = sum(self._counts) - self._first_acked
-        self._read = self._cursor
-        self._normalize_cursor()
-        self._active = fs.open_append(self._path(self._segs[-1]))
-        self._synced = self._sizes[-1]
-        self.boot = boot + 1
-        self._save_state()
-        self._cursor_saved_at = self._clock()
-
-    def _scan(self, seg, cursor_off):
-        """Check one segment, cutting it after its last good record.
-
-        Returns (end offset, records, records ending at or before cursor_off).
-        """
-        fs = self.files
-        path = self._path(seg)
-        size = fs.size(path)
-        hdr = self._hmv
-        buf = self._scratch
-        pos = 0
-        count = 0
-        before = 0
-        f = fs.open_read(path)
-        try:
-            while pos + HEADER <= size:
-                if f.readinto(hdr) != HEADER or hdr[0] != _MAGIC:
-                    break
-                n = hdr[1] | (hdr[2] << 8)
-                if pos + HEADER + n > size:
-                    break
-                crc = crc32(self._lenmv)
-                left = n
-                while left > 0:
-                    k = f.readinto(buf[0 : min(left, _SCRATCH)])
-                    if not k:
-                        break
-                    crc = crc32(buf[0:k], crc)
-                    left -= k
-                if left or (crc & 0xFFFFFFFF) != struct.unpack_from("<I", hdr, 3)[0]:
-                    break
-                pos += HEADER + n
-                count += 1
-                if pos <= cursor_off:
-                    before += 1
-        finally:
-            fs.close(f)
-        if pos < size:
-            self.torn_records += 1
-            self.torn_bytes += size - pos
-            fs.truncate(path, pos)
-        return pos, count, before
-
-    def _load_state(self):
-        """(boot, cursor segment, cursor offset) from `state` (or its .tmp twin), zeros if none is valid."""
-        for name in ("/state", "/state.tmp"):
-            data = self.files.read_small(self.dir + name)
-            if data is None or len(data) != _STATE_LEN or data[0:4] != _STATE_MAGIC:
-                continue
-            if crc32(data[0:16]) & 0xFFFFFFFF != struct.unpack_from("<I", data, 16)[0]:
-                continue
-            boot, cseg, coff = struct.unpack_from("<III", data, 4)
-            return boot, cseg, coff
-        return 0, 0, 0
-
     def _save_state(self):
-        data = bytearray(_STATE_LEN)
-        data[0:4] = _STATE_MAGIC
+        data = bytearray(STATE_LEN)
+        data[0:4] = STATE_MAGIC
         struct.pack_into("<III", data, 4, self.boot, self._seg_of(self._cursor),
                          self._cursor & self._mask)
         struct.pack_into("<I", data, 16, crc32(data[0:16]) & 0xFFFFFFFF)
@@ -255,7 +146,7 @@ class Log:
         while self.flash_bytes + need > self.budget_bytes and len(self._segs) > 1:
             self._evict()
         hdr = self._hdr
-        hdr[0] = _MAGIC
+        hdr[0] = MAGIC
         hdr[1] = n & 0xFF
         hdr[2] = n >> 8
         struct.pack_into("<I", hdr, 3, crc32(payload, crc32(self._lenmv)) & 0xFFFFFFFF)
@@ -415,7 +306,7 @@ class Log:
                     fseg = seg
                 f.seek(off)
                 n = -1
-                if f.readinto(hdr) == HEADER and hdr[0] == _MAGIC:
+                if f.readinto(hdr) == HEADER and hdr[0] == MAGIC:
                     n = hdr[1] | (hdr[2] << 8)
                 if n >= 0 and out and total + n > max_bytes:
                     break

@@ -37,7 +37,7 @@ def test_steady_state_every_reading_once(interpreter: str) -> None:
 
 
 @pytest.mark.xfail(strict=True, raises=RigError,
-                   reason="the agent needs >= 176K of heap on the unix port (docs/hil.md)")
+                   reason="the parking-only agent needs >= 136K of heap on the unix port (docs/hil.md)")
 def test_micropython_agent_starts_in_128k_heap() -> None:
     with Rig("micropython", thermometers=0, water=(), lids=0, heap="128K") as rig:
         rig.start_agent(timeout=15)

@@ -67,3 +67,28 @@ def test_unstamped_waits_for_own_boot_clock_and_old_boot_is_counted():
     doc = cbor.loads(batch.payload)
     assert doc[protocol.K_T0] == 1795676642000  # anchor + uptime
     assert doc[protocol.K_READINGS][1][2] == 8000
+
+
+def test_pooled_buffers_bound_batches_and_come_back_on_release():
+    b = batcher.Batcher(1, _n, lambda boot: None, batch_max=2, capacity=256, pool=2)
+    recs = _records(8)
+    first, used = b.build(recs)
+    second, _ = b.build(recs[2:])
+    assert used == 2 and first.seq == 0 and second.seq == 1
+    kept = bytes(first.payload)
+    assert b.build(recs[4:]) == (None, 0)  # both buffers hold unreleased batches
+    assert bytes(first.payload) == kept  # a refused build wrote nothing into them
+    assert cbor.loads(first.payload)[protocol.K_READINGS][1][0] == "S-1"
+    assert b.acked(1) is None  # acked out of order: still held until batch 0 is delivered
+    assert b.build(recs[4:]) == (None, 0)
+    assert b.acked(0) == 3
+    third, used = b.build(recs[4:])
+    assert used == 2 and third.seq == 2
+    assert cbor.loads(third.payload)[protocol.K_READINGS][0][0] == "S-4"
+
+
+def test_pooled_batch_bytes_match_copied_batch_bytes():
+    recs = _records(5)
+    copied = batcher.Batcher(3, _n, lambda boot: None, batch_max=5)
+    pooled = batcher.Batcher(3, _n, lambda boot: None, batch_max=5, capacity=512, pool=1)
+    assert bytes(pooled.build(recs)[0].payload) == copied.build(recs)[0].payload

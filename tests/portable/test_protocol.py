@@ -7,7 +7,7 @@ generated batches in tests/unit/test_cbor_vs_cbor2.py.
 import binascii
 import gc
 
-from edge import cbor, protocol
+from edge import cbor, command, protocol
 
 T0 = 1767225600000  # 2026-01-01T00:00:00Z
 
@@ -130,42 +130,42 @@ def test_will_and_status():
 def _cmd(m):
     buf = bytearray()
     cbor.enc_map_pairs(buf, m, len(m))
-    return protocol.decode_command(buf)
+    return command.decode_command(buf)
 
 
 def test_command_ok():
     c = _cmd((("id", "c-1"), ("op", "set"), ("args", {"deadband": 0.5})))
-    assert isinstance(c, protocol.Command)
+    assert isinstance(c, command.Command)
     assert (c.id, c.op, c.args) == ("c-1", "set", {"deadband": 0.5})
     c = _cmd((("v", 1), ("id", "c-2"), ("op", "flush")))
-    assert isinstance(c, protocol.Command) and c.args == {}
+    assert isinstance(c, command.Command) and c.args == {}
 
 
 def test_command_errors():
     cases = (
-        (b"\xff", protocol.E_BAD_CBOR, None),
-        (b"\x83\x01\x02\x03", protocol.E_BAD_COMMAND, None),
-        (cbor.dumps({"op": "status"}), protocol.E_BAD_COMMAND, None),
-        (cbor.dumps({"id": 7, "op": "status"}), protocol.E_BAD_COMMAND, None),
-        (cbor.dumps({"id": "x" * 65, "op": "status"}), protocol.E_BAD_COMMAND, None),
-        (cbor.dumps({"id": "c", "op": "dance"}), protocol.E_UNKNOWN_OP, "c"),
-        (cbor.dumps({"id": "c", "op": 1}), protocol.E_BAD_COMMAND, "c"),
-        (cbor.dumps({"id": "c", "op": "set", "args": [1]}), protocol.E_BAD_COMMAND, "c"),
-        (cbor.dumps({"id": "c", "op": "set", "args": {1: 2}}), protocol.E_BAD_COMMAND, "c"),
-        (cbor.dumps({"id": "c", "op": "set", "extra": 1}), protocol.E_BAD_COMMAND, "c"),
-        (cbor.dumps({"id": "c", "op": "set", "v": 2}), protocol.E_VERSION, "c"),
-        (b"\xa1\x62id" + b"\x81" * 40 + b"\x00", protocol.E_BAD_CBOR, None),
+        (b"\xff", command.E_BAD_CBOR, None),
+        (b"\x83\x01\x02\x03", command.E_BAD_COMMAND, None),
+        (cbor.dumps({"op": "status"}), command.E_BAD_COMMAND, None),
+        (cbor.dumps({"id": 7, "op": "status"}), command.E_BAD_COMMAND, None),
+        (cbor.dumps({"id": "x" * 65, "op": "status"}), command.E_BAD_COMMAND, None),
+        (cbor.dumps({"id": "c", "op": "dance"}), command.E_UNKNOWN_OP, "c"),
+        (cbor.dumps({"id": "c", "op": 1}), command.E_BAD_COMMAND, "c"),
+        (cbor.dumps({"id": "c", "op": "set", "args": [1]}), command.E_BAD_COMMAND, "c"),
+        (cbor.dumps({"id": "c", "op": "set", "args": {1: 2}}), command.E_BAD_COMMAND, "c"),
+        (cbor.dumps({"id": "c", "op": "set", "extra": 1}), command.E_BAD_COMMAND, "c"),
+        (cbor.dumps({"id": "c", "op": "set", "v": 2}), command.E_VERSION, "c"),
+        (b"\xa1\x62id" + b"\x81" * 40 + b"\x00", command.E_BAD_CBOR, None),
     )
     for data, code, cid in cases:
-        r = protocol.decode_command(data)
-        assert isinstance(r, protocol.CommandError), (data, r)
+        r = command.decode_command(data)
+        assert isinstance(r, command.CommandError), (data, r)
         assert r.code == code and r.id == cid, (data, r)
 
 
 def test_reply():
     w = bytearray()
-    protocol.encode_reply(w, "c-1", True)
+    command.encode_reply(w, "c-1", True)
     assert _hex(w) == REPLY_HEX
     w = bytearray()
-    protocol.encode_reply(w, None, False, protocol.E_BAD_CBOR)
+    command.encode_reply(w, None, False, command.E_BAD_CBOR)
     assert cbor.loads(w) == {"id": None, "ok": False, "error": "bad_cbor", "result": None}

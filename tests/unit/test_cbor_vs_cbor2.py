@@ -170,6 +170,40 @@ def test_batch_matches_cbor2(boot: int, seq: int, t0: int, rs: list[tuple[Any, .
     assert bytes(enc.finish()) == cbor2.dumps(expected, canonical=True)
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2**32),
+    st.integers(min_value=1_577_836_800_000, max_value=4_102_444_800_000),
+    st.lists(st.tuples(readings, st.booleans(), st.integers(0, 2**40)), min_size=1, max_size=30),
+)
+def test_batch_from_log_records_matches_cbor2(boot: int, t0: int, rs: list[tuple[Any, ...]]) -> None:
+    """The uplink copies record bytes into a batch (no decode): still exactly cbor2's encoding,
+    for stamped records and for unstamped ones stamped with their boot's anchor."""
+    from edge import batcher, protocol, record
+
+    recs = []
+    expected = []
+    for i, ((sensor, kind, dt, fields), unstamped, uptime) in enumerate(rs):
+        ts = t0 + dt
+        w = cbor.Writer(1024)
+        if unstamped:
+            record.encode(w, sensor, kind, None, fields, boot, uptime)
+            ts = t0 - 10**9 + uptime
+        else:
+            record.encode(w, sensor, kind, ts, fields)
+        recs.append((i, bytes(w.view())))
+        expected.append((sensor, kind, ts, {j: v for j, v in enumerate(fields) if v is not None}))
+    b = batcher.Batcher(boot, lambda kind: 6, {boot: t0 - 10**9}.get, batch_max=len(recs), capacity=65536)
+    batch, used = b.build(recs)
+    assert batch is not None and used == len(recs) and b.corrupt == 0
+    first = expected[0][2]
+    doc = {
+        protocol.K_V: 1, protocol.K_BOOT: boot, protocol.K_SEQ: 0, protocol.K_T0: first,
+        protocol.K_READINGS: [[s, k, ts - first, f] for s, k, ts, f in expected],
+    }
+    assert batch.payload == cbor2.dumps(doc, canonical=True)
+
+
 command_maps = st.dictionaries(
     st.sampled_from(["id", "op", "args", "v", "x"]),
     st.one_of(values, st.sampled_from(["status", "set", "reboot", "flush", "c-1"])),
@@ -180,12 +214,12 @@ command_maps = st.dictionaries(
 @SETTINGS
 @given(st.one_of(st.binary(max_size=64), command_maps.map(cbor2.dumps)))
 def test_decode_command_never_raises(data: bytes) -> None:
-    from edge import protocol
+    from edge import command
 
-    r = protocol.decode_command(data)
-    if isinstance(r, protocol.Command):
-        assert r.op in protocol.OPS and isinstance(r.id, str) and isinstance(r.args, dict)
+    r = command.decode_command(data)
+    if isinstance(r, command.Command):
+        assert r.op in command.OPS and isinstance(r.id, str) and isinstance(r.args, dict)
     else:
-        assert isinstance(r, protocol.CommandError)
-        codes = (protocol.E_BAD_CBOR, protocol.E_BAD_COMMAND, protocol.E_UNKNOWN_OP, protocol.E_VERSION)
+        assert isinstance(r, command.CommandError)
+        codes = (command.E_BAD_CBOR, command.E_BAD_COMMAND, command.E_UNKNOWN_OP, command.E_VERSION)
         assert r.code in codes
