@@ -11,6 +11,7 @@ one point per reading the broker delivered.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -63,6 +64,16 @@ def count_points(influx: InfluxDB, measurement: str) -> int:
     return max(int(v) for v in values if v is not None)
 
 
+def dead_letters(path: Path) -> dict[str, int]:
+    """What the collector refused, by reason (its dead-letter store)."""
+    import sqlite3
+
+    if not path.exists():
+        return {}
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return dict(db.execute("SELECT reason, COUNT(*) FROM dead_letters GROUP BY reason").fetchall())
+
+
 def run(interpreter: str, seconds: float, seed: int) -> int:
     print(f"starting: Mosquitto, InfluxDB 1.x, simulated sensors, a {interpreter} gateway agent,"
           " the collector")
@@ -82,6 +93,13 @@ def run(interpreter: str, seconds: float, seed: int) -> int:
             [sys.executable, "-m", "collector.cli", "run", "--config", str(conf)],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
             env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        # The collector's session must exist before the first batch: a broker queues messages only
+        # for subscriptions it already knows (in production the collector runs first, always).
+        deadline = time.monotonic() + 30
+        while b"MQTT subscribed" not in (workdir / "collector.log").read_bytes():
+            if time.monotonic() > deadline or collector.poll() is not None:
+                raise RuntimeError("the collector did not subscribe: see " + str(workdir / "collector.log"))
+            time.sleep(0.1)
         rig.start_agent()
         print(f"sensors talking for {seconds:.0f} s ...")
         rig.run(seconds)
@@ -117,6 +135,8 @@ def run(interpreter: str, seconds: float, seed: int) -> int:
             cols = rows["columns"]
             for values in rows["values"]:
                 print("  " + json.dumps(dict(zip(cols, values, strict=True)), ensure_ascii=False))
+        dead = dead_letters(workdir / "dead_letters.sqlite")
+        print(f"  {'dead letters':12s} {sum(dead.values()):6d} {dict(dead) if dead else ''}")
         if not ok:
             print(f"agent log:\n{rig.agent.log_tail() if rig.agent else ''}")
             print(f"collector log:\n{(workdir / 'collector.log').read_text(errors='replace')[-3000:]}")
