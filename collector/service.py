@@ -115,6 +115,10 @@ class Pipeline:
         self.dedup = Dedup(config.dedup.window, config.dedup.max_gateways)
         self.liveness = Liveness(config, metrics, clock())
         self.not_durable = not_durable or NotDurable
+        # Writers that take line protocol directly (collector/writer.py) get the hot path.
+        self._submit_lines: Callable[[bytes, int], Awaitable[None]] | None = getattr(
+            writer, "submit_lines", None
+        )
         self.clock = clock
         self._order: deque[Message] = deque()
         self._done: set[int] = set()
@@ -122,6 +126,7 @@ class Pipeline:
         self._waiting: deque[Message] = deque()  # arrived beyond the in-flight cap, not started
         self.accepting = True
         self.stopping = False
+        self._refusing = False  # inside a NotDurable episode (logged once)
 
     # --- intake and acknowledgement ----------------------------------------------------------------
 
@@ -208,6 +213,8 @@ class Pipeline:
 
     async def process(self, msg: Message) -> None:
         cfg = self.config
+        points: list[Point] = []
+        lines: list[str] = []
         try:
             gw, channel = decode.parse_topic(cfg.mqtt.topic_prefix, msg.topic)
         except decode.Refused as r:
@@ -235,7 +242,13 @@ class Pipeline:
                     self.metrics.dedup_hits.inc()
                     self.metrics.messages.inc(channel=channel, outcome="duplicate")
                     return
-                points, bad_readings = self.validator.batch(gw, batch, now_ms)
+                if self._submit_lines is not None and channel == decode.UP:
+                    # The hot path: readings straight to line protocol, no Point per reading.
+                    lines, bad_readings = self.validator.batch_lines(gw, batch, now_ms)
+                    written = len(lines)
+                else:
+                    points, bad_readings = self.validator.batch(gw, batch, now_ms)
+                    written = len(points)
                 for index, rej in bad_readings:
                     self._dead(
                         rej.reason, f"reading {index}: {rej.detail}", msg, _reading_bytes(batch, index)
@@ -245,25 +258,38 @@ class Pipeline:
             self._dead(r.reason, r.detail, msg)
             self.metrics.messages.inc(channel=channel, outcome="refused")
             return
-        if points:
-            await self._submit(points)
+        submit_lines = self._submit_lines
+        if lines and submit_lines is not None:
+            body = "\n".join(lines).encode()
+            await self._durable(lambda: submit_lines(body, written))
+            self.metrics.write_seconds.observe(time.monotonic() - msg.received)
+        elif points:
+            await self._durable(lambda: self.writer.submit(points))
             self.metrics.write_seconds.observe(time.monotonic() - msg.received)
         if channel != decode.STATUS:
             self.dedup.add(gw, channel, batch.boot, batch.seq)
-            self.metrics.readings.inc(len(points), channel=channel, outcome="written")
+            self.metrics.readings.inc(written, channel=channel, outcome="written")
         self.metrics.messages.inc(channel=channel, outcome="ok")
 
-    async def _submit(self, points: list[Point]) -> None:
+    async def _durable(self, submit: Callable[[], Awaitable[None]]) -> None:
+        """`submit()` until it returns (the readings are durable), backing off after NotDurable."""
         delay = 0.2
         while True:
             try:
-                await self.writer.submit(points)
+                await submit()
+                if self._refusing:
+                    self._refusing = False
+                    log.warning("readings durable again; acknowledging resumes")
                 return
             except self.not_durable as exc:
                 self.metrics.not_durable.inc()
                 if self.stopping:
                     raise _GiveUp from exc
-                log.warning("readings not durable (%s); retrying in %.1f s", exc, delay)
+                # Every in-flight message is refused at once (up to receive_maximum of them, each
+                # retried): say it once per episode; `not_durable_total` counts every refusal.
+                if not self._refusing:
+                    self._refusing = True
+                    log.warning("readings not durable (%s); holding acknowledgements and retrying", exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 

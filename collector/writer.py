@@ -1,9 +1,10 @@
 """The buffer -> sink stage: turns points into durable writes, and says when it cannot.
 
-`await writer.submit(points)` returns only when every point is durable: stored by the database,
-committed to the spool, or (if no database could ever take it) in the dead-letter store. If none of
-that is possible it raises `NotDurable`, and the caller must not acknowledge the MQTT message: the
-broker then keeps it. That is the whole contract with ingest.
+`await writer.submit(points)` (or `submit_lines(body, n)` with line protocol made upstream) returns
+only when every point is durable: stored by the database, committed to the spool, or (if no
+database could ever take it) in the dead-letter store. If none of that is possible it raises
+`NotDurable`, and the caller must not acknowledge the MQTT message: the broker then keeps it. That
+is the whole contract with ingest.
 
 Two paths, one at a time:
 
@@ -165,6 +166,11 @@ class Writer:
             self._dead_letter("unserializable", str(exc), repr(p).encode())
         if n == 0:
             return
+        await self.submit_lines(body, n)
+
+    async def submit_lines(self, body: bytes, n: int) -> None:
+        """`submit` for line protocol made elsewhere (the collector's hot path,
+        `Validator.batch_lines`): `n` lines, newline-separated, no trailing newline."""
         if self._closing or self._sem is None:
             self.counts["not_durable"] += n
             raise NotDurable("writer is not running")
