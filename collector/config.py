@@ -146,7 +146,7 @@ class DecodeConfig:
 
 @dataclass(frozen=True)
 class DedupConfig:
-    window: int = 4096  # (boot, seq) pairs remembered per gateway
+    window: int = 256  # batch keys remembered per gateway (~180 B each; docs/scaling.md)
     max_gateways: int = 100_000  # gateways remembered; the least recently seen is forgotten first
 
 

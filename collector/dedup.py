@@ -1,4 +1,8 @@
-"""Dedup stage: recognise a redelivered batch by (gateway, channel, boot, seq) and skip it.
+"""Dedup stage: recognise a redelivered batch by (gateway, channel, boot, seq, t0) and skip it.
+
+The batch's base timestamp t0 is part of the key because (boot, seq) alone is only as good as the
+gateway's flash: a gateway whose state file is lost restarts at boot 1, seq 0, and its new batches
+must not be taken for old ones still in the window. A true redelivery repeats t0 byte for byte.
 
 QoS 1 is at-least-once: a batch comes again when the gateway resends after a lost PUBACK, or when the
 broker redelivers what we had not acknowledged. The window is an exact set (no Bloom filter, so no
@@ -19,22 +23,22 @@ from collections import OrderedDict
 
 
 class Dedup:
-    def __init__(self, window: int = 4096, max_gateways: int = 100_000) -> None:
+    def __init__(self, window: int = 256, max_gateways: int = 100_000) -> None:
         if window < 1 or max_gateways < 1:
             raise ValueError("window and max_gateways must be at least 1")
         self.window = window
         self.max_gateways = max_gateways
-        self._seen: OrderedDict[str, OrderedDict[tuple[str, int, int], None]] = OrderedDict()
+        self._seen: OrderedDict[str, OrderedDict[tuple[str, int, int, int], None]] = OrderedDict()
         self.hits = 0
         self.evicted_keys = 0
         self.evicted_gateways = 0
 
-    def seen(self, gw: str, channel: str, boot: int, seq: int) -> bool:
+    def seen(self, gw: str, channel: str, boot: int, seq: int, t0: int = 0) -> bool:
         """True (and counted as a hit) when this batch was already written."""
         keys = self._seen.get(gw)
         if keys is None:
             return False
-        key = (channel, boot, seq)
+        key = (channel, boot, seq, t0)
         if key in keys:
             keys.move_to_end(key)
             self._seen.move_to_end(gw)
@@ -42,7 +46,7 @@ class Dedup:
             return True
         return False
 
-    def add(self, gw: str, channel: str, boot: int, seq: int) -> None:
+    def add(self, gw: str, channel: str, boot: int, seq: int, t0: int = 0) -> None:
         keys = self._seen.get(gw)
         if keys is None:
             keys = self._seen[gw] = OrderedDict()
@@ -51,8 +55,9 @@ class Dedup:
                 self.evicted_gateways += 1
         else:
             self._seen.move_to_end(gw)
-        keys[(channel, boot, seq)] = None
-        keys.move_to_end((channel, boot, seq))
+        key = (channel, boot, seq, t0)
+        keys[key] = None
+        keys.move_to_end(key)
         if len(keys) > self.window:
             keys.popitem(last=False)
             self.evicted_keys += 1

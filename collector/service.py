@@ -238,7 +238,7 @@ class Pipeline:
                 batch = decode.decode_batch(
                     msg.payload, max_bytes=cfg.decode.max_payload, alarm=channel == decode.ALARM
                 )
-                if self.dedup.seen(gw, channel, batch.boot, batch.seq):
+                if self.dedup.seen(gw, channel, batch.boot, batch.seq, batch.t0):
                     self.metrics.dedup_hits.inc()
                     self.metrics.messages.inc(channel=channel, outcome="duplicate")
                     return
@@ -267,7 +267,7 @@ class Pipeline:
             await self._durable(lambda: self.writer.submit(points))
             self.metrics.write_seconds.observe(time.monotonic() - msg.received)
         if channel != decode.STATUS:
-            self.dedup.add(gw, channel, batch.boot, batch.seq)
+            self.dedup.add(gw, channel, batch.boot, batch.seq, batch.t0)
             self.metrics.readings.inc(written, channel=channel, outcome="written")
         self.metrics.messages.inc(channel=channel, outcome="ok")
 

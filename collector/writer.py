@@ -67,7 +67,7 @@ class Writer:
         max_concurrent: int = 4,
         max_queued_batches: int | None = None,
         backoff_base_s: float = 0.5,
-        backoff_max_s: float = 30.0,
+        backoff_max_s: float = 5.0,  # a database back from an outage is found within seconds
         config_error_retry_s: float = 30.0,
         rng: random.Random | None = None,
     ) -> None:

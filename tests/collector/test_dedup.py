@@ -69,3 +69,11 @@ def test_matches_an_exact_model_and_stays_bounded(ops: list[tuple[str, int, int]
         added.add((gw, boot, seq))
         assert d.seen(gw, "up", boot, seq)  # the newest key is always remembered
         assert len(d) <= 8 * 2
+
+
+def test_a_gateway_that_lost_its_state_file_is_not_taken_for_a_redelivery() -> None:
+    """boot/seq restart at 1/0 after a flash wipe; the batch time tells the new batch apart."""
+    d = Dedup(window=8)
+    d.add("gw-1", "up", 1, 0, 1_700_000_000_000)
+    assert d.seen("gw-1", "up", 1, 0, 1_700_000_000_000)  # the same batch again: a redelivery
+    assert not d.seen("gw-1", "up", 1, 0, 1_800_000_000_000)  # same key, later batch: new data
