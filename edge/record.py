@@ -11,6 +11,7 @@ decodes a record: `parse` finds its parts and the batch copies them (see `BatchE
 
 from edge import cbor
 from edge.cbor import CBORError
+from edge.protocol import enc_fields
 
 
 def encode(w, sensor, kind, ts_ms, fields, boot=0, uptime_ms=0):
@@ -25,17 +26,7 @@ def encode(w, sensor, kind, ts_ms, fields, boot=0, uptime_ms=0):
         w.append(0xF6)
     else:
         cbor.enc_int(w, ts_ms)
-    n = 0
-    for v in fields:
-        if v is not None:
-            n += 1
-    cbor.enc_head(w, 5, n)
-    i = 0
-    for v in fields:
-        if v is not None:
-            cbor.enc_head(w, 0, i)
-            cbor.enc(w, v)
-        i += 1
+    enc_fields(w, fields)
     if ts_ms is None:
         cbor.enc_head(w, 0, boot)
         cbor.enc_head(w, 0, uptime_ms)
