@@ -96,3 +96,32 @@ def check_vectors_byte_by_byte(codec, vectors):
         data = unhexlify(hx)
         assert same_events(stream(codec, data, range(1, len(data) + 1)),
                            stream(codec, data, [len(data)])), name
+
+
+class Receiver:
+    """A gateway's serial reader in miniature: bytes in as they come, readings and errors out."""
+
+    def __init__(self, codec):
+        self.codec = codec
+        self.buf = bytearray()
+        self.readings = 0
+        self.errors = 0
+
+    def feed(self, data, expected):
+        """Decode what `data` completes; each reading must be the next of `expected` (popped)."""
+        self.buf.extend(data)
+        pos = 0
+        while True:
+            n, r = self.codec.decode(self.buf, pos, len(self.buf))
+            assert 0 <= n <= len(self.buf) - pos
+            if n == 0:
+                break
+            pos += n
+            if isinstance(r, DecodeError):
+                self.errors += 1
+            else:
+                assert expected, "a reading nobody sent: %r" % (r,)
+                assert same(r, expected.pop(0))
+                self.readings += 1
+        if pos:
+            self.buf = bytearray(self.buf[pos:])

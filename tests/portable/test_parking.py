@@ -2,7 +2,6 @@
 
 from binascii import unhexlify
 
-from devices.common.errors import DecodeError
 from devices.parking import codec, vectors
 from devices.parking.sim import Simulator
 from tests.portable import codec_check
@@ -98,38 +97,11 @@ def test_occupied_shifts_the_field():
     assert abs(sums[1] / counts[1] - sums[0] / counts[0]) > 80
 
 
-class _Receiver:
-    """A gateway's serial reader in miniature: bytes in as they come, readings and errors out."""
-
-    def __init__(self):
-        self.buf = bytearray()
-        self.readings = 0
-        self.errors = 0
-
-    def feed(self, data, expected):
-        self.buf.extend(data)
-        pos = 0
-        while True:
-            n, r = codec.decode(self.buf, pos, len(self.buf))
-            assert 0 <= n <= len(self.buf) - pos
-            if n == 0:
-                break
-            pos += n
-            if isinstance(r, DecodeError):
-                self.errors += 1
-            else:
-                assert expected, "a reading nobody sent: %r" % (r,)
-                assert codec_check.same(r, expected.pop(0))
-                self.readings += 1
-        if pos:
-            self.buf = bytearray(self.buf[pos:])
-
-
 def test_fault_modes_never_give_a_wrong_reading():
     for mode in ("garbage", "truncate", "bad_crc", "silence", "stuck"):
         sim = Simulator(["P-00012", "P-00013", "P-00014"], seed=5, heartbeat_s=60, mean_stay_s=300)
         sim.set_fault(mode, 0.5)
-        rx = _Receiver()
+        rx = codec_check.Receiver(codec)
         expected = []  # sent and not yet decoded: a stub may hold back the frame after it
         sent = 0
         faulty = 0

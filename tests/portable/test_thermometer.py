@@ -2,7 +2,6 @@
 
 from binascii import unhexlify
 
-from devices.common.errors import DecodeError
 from devices.thermometer import codec, vectors
 from devices.thermometer.sim import Simulator
 from tests.portable import codec_check
@@ -97,38 +96,11 @@ def test_simulator_is_deterministic_and_realistic():
     assert 36.2 < total / n < 36.9 and hi - lo > 0.8
 
 
-class _Receiver:
-    """A gateway's serial reader in miniature: bytes in as they come, readings and errors out."""
-
-    def __init__(self):
-        self.buf = bytearray()
-        self.readings = 0
-        self.errors = 0
-
-    def feed(self, data, expected):
-        self.buf.extend(data)
-        pos = 0
-        while True:
-            n, r = codec.decode(self.buf, pos, len(self.buf))
-            assert 0 <= n <= len(self.buf) - pos
-            if n == 0:
-                break
-            pos += n
-            if isinstance(r, DecodeError):
-                self.errors += 1
-            else:
-                assert expected, "a reading nobody sent: %r" % (r,)
-                assert codec_check.same(r, expected.pop(0))
-                self.readings += 1
-        if pos:
-            self.buf = bytearray(self.buf[pos:])
-
-
 def test_fault_modes_never_give_a_wrong_reading():
     for mode in ("garbage", "truncate", "bad_crc", "silence", "stuck"):
         sim = Simulator(["杭州东站-3", "GATE-01"], seed=5)
         sim.set_fault(mode, 0.5)
-        rx = _Receiver()
+        rx = codec_check.Receiver(codec)
         expected = []  # sent and not yet decoded: a stub may hold back the line after it
         sent = 0
         faulty = 0
@@ -157,7 +129,7 @@ def test_fault_modes_never_give_a_wrong_reading():
 
 
 def test_garbage_spewing_station_cannot_stall_the_parser():
-    rx = _Receiver()
+    rx = codec_check.Receiver(codec)
     noise = b"$" + b"\x01\x02noise" * 40
     rx.feed(noise, [])
     assert rx.errors >= 2 and len(rx.buf) < codec.MAX_LINE  # consumed, not hoarded
