@@ -98,16 +98,3 @@ def test_encode_decode_round_trip(dev: str, fields: tuple[object, ...]) -> None:
     assert n > 0
     assert r == (dev, fields)
     assert [type(x) for x in r[1]] == [type(x) for x in fields]
-
-
-def test_sample_config_is_valid() -> None:
-    """sample.json is a source block the gateway accepts, naming only real fields and limits."""
-    from pathlib import Path
-
-    from edge import config
-
-    src = json.loads((Path(codec.__file__).parent / "sample.json").read_text(encoding="utf-8"))
-    raw = {"gateway_id": "gw1", "broker": {"host": "b"}, "site_broker": {"host": "s"}, "sources": [src]}
-    assert config.validate(raw)["sources"][0]["kind"] == codec.KIND
-    assert set(src["deadband"]) <= set(codec.FIELDS)
-    assert set(src["alarm_limits"]) == set(codec.ALARM_LIMITS)

@@ -7,7 +7,6 @@ random bytes, valid frames with bits flipped, bytes cut or inserted, and noise b
 from __future__ import annotations
 
 import ast
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from hypothesis import strategies as st
 
 from devices.common.errors import DecodeError
 from devices.parking import codec
-from edge import config, rules
 
 SETTINGS = settings(max_examples=300, deadline=None)
 
@@ -166,13 +164,3 @@ def test_readme_examples_decode_as_shown() -> None:
         reading = ast.literal_eval(shown)
         assert codec.decode(data) == (len(data), reading)
         assert codec.encode(*reading) == data
-
-
-def test_sample_config_is_valid_and_embedded_in_readme() -> None:
-    raw = (KIND_DIR / "sample.json").read_text(encoding="utf-8")
-    sample = json.loads(raw)
-    assert sample["kind"] == codec.KIND
-    config.validate({"gateway_id": "gw-1", "broker": {"host": "broker"}, "sources": [sample]})
-    rules.ReportFilter(codec, deadbands=sample.get("deadband"))  # raises on an unknown field
-    assert set(sample.get("alarm_limits", {})) <= set(codec.ALARM_LIMITS)
-    assert raw.strip() in (KIND_DIR / "README.md").read_text(encoding="utf-8")

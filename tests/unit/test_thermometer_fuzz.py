@@ -6,7 +6,6 @@ Random bytes, lines with bytes flipped, cut or inserted, noise between lines, an
 from __future__ import annotations
 
 import ast
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from hypothesis import strategies as st
 
 from devices.common.errors import BAD_LENGTH, DecodeError
 from devices.thermometer import codec
-from edge import config, rules
 
 SETTINGS = settings(max_examples=300, deadline=None)
 
@@ -176,13 +174,3 @@ def test_readme_examples_decode_as_shown() -> None:
         reading = ast.literal_eval(shown)
         assert codec.decode(data) == (len(data), reading)
         assert codec.encode(*reading) == data
-
-
-def test_sample_config_is_valid_and_embedded_in_readme() -> None:
-    raw = (KIND_DIR / "sample.json").read_text(encoding="utf-8")
-    sample = json.loads(raw)
-    assert sample["kind"] == codec.KIND
-    config.validate({"gateway_id": "gw-1", "broker": {"host": "broker"}, "sources": [sample]})
-    rules.ReportFilter(codec, deadbands=sample.get("deadband"))  # raises on an unknown field
-    assert set(sample.get("alarm_limits", {})) <= set(codec.ALARM_LIMITS)
-    assert raw.strip() in (KIND_DIR / "README.md").read_text(encoding="utf-8")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 
@@ -103,16 +102,3 @@ def test_rtu_parser_mutated(data: st.DataObject) -> None:
     if isinstance(r, int):
         # CRC-16 detects every error of up to 3 flipped bits in a frame this short
         assert bytes(buf) == FRAME or flips > 3
-
-
-def test_sample_config_is_valid() -> None:
-    """sample.json is a source block the gateway accepts, naming only real fields and limits."""
-    from pathlib import Path
-
-    from edge import config
-
-    src = json.loads((Path(codec.__file__).parent / "sample.json").read_text(encoding="utf-8"))
-    raw = {"gateway_id": "gw1", "broker": {"host": "b"}, "site_broker": {"host": "s"}, "sources": [src]}
-    assert config.validate(raw)["sources"][0]["kind"] == codec.KIND
-    assert set(src["deadband"]) <= set(codec.FIELDS)
-    assert set(src["alarm_limits"]) == set(codec.ALARM_LIMITS)
