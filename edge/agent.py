@@ -110,7 +110,6 @@ class Agent:
         self._last_up = {}  # sensor -> uptime ms of its last reading
         self.flush_requested = False
         self.connects = 0
-        self.started = ticks_ms()
         self.ntp_retry_ms = _NTP_RETRY_MS  # while the clock is unknown (tests shorten it)
         self._last_batch = 0
         self.topics = {leaf: protocol.topic(self.gw, leaf, self.prefix) for leaf in protocol.LEAVES}
@@ -124,7 +123,6 @@ class Agent:
             on_message=self._on_message, buffer_size=_CMD_BYTES,
             tx_size=_TX_ROOM + len(self.topics[protocol.STATUS]) + len(will)
             + _blen(b["client_id"] or self.gw) + _blen(b["username"]) + _blen(b["password"]))
-        self._status_w = bytearray()
 
     # -- sources ---------------------------------------------------------------------------
 
