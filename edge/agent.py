@@ -123,6 +123,10 @@ class Agent:
             on_message=self._on_message, buffer_size=_CMD_BYTES,
             tx_size=_TX_ROOM + len(self.topics[protocol.STATUS]) + len(will)
             + _blen(b["client_id"] or self.gw) + _blen(b["username"]) + _blen(b["password"]))
+        # The sources have taken what they need: the rest of the config (~1 KB of dicts on a
+        # board) is not kept for the run. edge.main drops its own reference too.
+        self.ntp_host = cfg["ntp_host"]
+        self.cfg = None
 
     # -- sources ---------------------------------------------------------------------------
 
@@ -240,13 +244,21 @@ class Agent:
             if len(self._sent) >= up["max_inflight"]:
                 await client.wait_ack(self._sent[0][0])
             else:
-                try:
-                    await asyncio.wait_for(self.wake.wait(), self._wait_s())
-                except asyncio.TimeoutError:
-                    pass
+                await self.wake.wait()  # set by new work, or by _ticker at least every _wait_s
 
     def _wait_s(self):
         return max(0.01, self.up_cfg["batch_age_ms"] / 4000)
+
+    async def _ticker(self):
+        """Wake the uplink every _wait_s, so batch age and replay pacing are rechecked.
+
+        One long-lived task instead of `asyncio.wait_for` around each idle wait: on MicroPython
+        every wait_for creates two tasks and a closure, which churns a board's small heap.
+        """
+        t = self._wait_s()
+        while True:
+            await asyncio.sleep(t)
+            self.wake.set()
 
     async def _send_batch(self):
         """Publish the next batch; True if something was sent (or skipped)."""
@@ -337,7 +349,7 @@ class Agent:
                 now = ticks_ms()
                 if last_ntp is None or ticks_diff(now, last_ntp) >= self.ntp_retry_ms:
                     last_ntp = now
-                    if self.port.sync_clock(self.cfg["ntp_host"]):
+                    if self.port.sync_clock(self.ntp_host):
                         self.clock.mark_synced()
             if self.clock.synced() and self.anchors.get(self.boot) is None:
                 self.anchors.set(self.boot, self.clock.offset_ms())
@@ -378,6 +390,7 @@ class Agent:
                  for s in self.sources]
         tasks.append(asyncio.create_task(self._guard(self._uplink(), "uplink", stop)))
         tasks.append(asyncio.create_task(self._guard(self._housekeeping(), "housekeeping", stop)))
+        tasks.append(asyncio.create_task(self._ticker()))
         try:
             await stop.wait()
         finally:

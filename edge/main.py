@@ -43,6 +43,7 @@ def main(config_path, port=None):
 
     port = port or make_port()
     agent = Agent(cfg, port)
+    del cfg  # the agent keeps only what it runs with
     try:
         asyncio.run(agent.run())
     except AgentCrashed as exc:

@@ -42,39 +42,22 @@ class ConnectRefused(MQTTError):
         self.code = code
 
 
-class UnacceptableProtocol(ConnectRefused):
-    code = 1
+_REFUSED_NAMES = ("UnacceptableProtocol", "IdentifierRejected", "ServerUnavailable", "BadCredentials",
+                  "NotAuthorised")
 
 
-class IdentifierRejected(ConnectRefused):
-    code = 2
+def __getattr__(name):
+    """The ConnectRefused subclasses live in edge.mqtt.refused, loaded on the first refusal: a
+    gateway that is never refused does not carry them on its heap."""
+    if name in _REFUSED_NAMES:
+        from edge.mqtt import refused as r
 
-
-class ServerUnavailable(ConnectRefused):
-    code = 3
-
-
-class BadCredentials(ConnectRefused):
-    code = 4
-
-
-class NotAuthorised(ConnectRefused):
-    code = 5
-
-
-_REFUSED = (
-    None,
-    (UnacceptableProtocol, "unacceptable protocol version"),
-    (IdentifierRejected, "client identifier rejected"),
-    (ServerUnavailable, "server unavailable"),
-    (BadCredentials, "bad user name or password"),
-    (NotAuthorised, "not authorised"),
-)
+        return getattr(r, name)
+    raise AttributeError(name)
 
 
 def refused(code):
     """The typed error for a CONNACK return code (a plain ConnectRefused for codes 6..255)."""
-    if 0 < code < len(_REFUSED):
-        cls, text = _REFUSED[code]
-        return cls("connection refused: " + text, code)
-    return ConnectRefused("connection refused: return code %d" % code, code)
+    from edge.mqtt.refused import refused as make
+
+    return make(code)

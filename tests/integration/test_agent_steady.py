@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from hil import scenarios
-from hil.rig import INTERPRETERS, Rig, RigError
+from hil.rig import INTERPRETERS, Rig
 
 pytestmark = pytest.mark.integration
 
@@ -36,9 +36,15 @@ def test_steady_state_every_reading_once(interpreter: str) -> None:
     assert out.leftovers == []
 
 
-@pytest.mark.xfail(strict=True, raises=RigError,
-                   reason="the parking-only agent needs >= 136K of heap on the unix port (docs/hil.md)")
-def test_micropython_agent_starts_in_128k_heap() -> None:
-    with Rig("micropython", thermometers=0, water=(), lids=0, heap="128K") as rig:
+def test_micropython_parking_agent_runs_in_a_board_sized_heap() -> None:
+    """A regression guard for the agent's heap on the 64-bit unix port, loaded as .mpy.
+
+    The parking-only agent runs at 128K (measured: docs/benchmarks.md, "Memory"), but with a
+    margin of a few hundred bytes; CI asserts 136K so that a heap regression fails here while
+    allocation-order noise cannot. Lower it as the agent shrinks.
+    """
+    with Rig("micropython", thermometers=0, water=(), lids=0, heap="136K") as rig:
         rig.start_agent(timeout=15)
         rig.run(1.0)
+        assert rig.agent is not None
+        assert rig.agent.alive(), rig.agent.log_tail()  # no MemoryError once running
