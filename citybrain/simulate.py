@@ -34,9 +34,10 @@ import devices
 from citybrain import decode as show
 from collector.decode import Refused, decode_batch
 from devices.common.errors import DecodeError
+from devices.common.faults import FAULTS as _SIM_FAULTS
 from edge import protocol
 
-FAULTS = ("garbage", "truncate", "bad_crc", "stuck", "silence")
+FAULTS = tuple(m for m in _SIM_FAULTS if m)  # the simulators' modes, None (healthy) aside
 MAX_PAYLOAD = 1 << 20  # the decode stage's size cap; batches here are a few kB
 Stamped = tuple[str, int, int, tuple[Any, ...]]  # (sensor, kind code, ts_ms, fields)
 

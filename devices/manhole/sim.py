@@ -10,10 +10,9 @@ Faults: "garbage" non-JSON bytes, "truncate" the JSON cut short, "bad_crc" (JSON
 CRC) the tilt sent as a string, "stuck" the previous frame again, "silence" None.
 """
 
+from devices.common.faults import check_fault
 from devices.common.rng import Rng
 from devices.manhole import codec
-
-_FAULTS = (None, "garbage", "truncate", "bad_crc", "stuck", "silence")
 
 
 def _q(v, d):
@@ -51,8 +50,7 @@ class Simulator:
         self._last_frame = None
 
     def set_fault(self, mode, rate=1.0):
-        if mode not in _FAULTS:
-            raise ValueError("unknown fault mode %r" % (mode,))
+        check_fault(mode, rate)
         self.fault = mode
         self.fault_rate = rate
 

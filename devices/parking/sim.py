@@ -13,10 +13,9 @@ a test can step time as fast as it likes. Same seed, same frames, on CPython and
 
 import math
 
+from devices.common.faults import check_fault
 from devices.common.rng import Rng
 from devices.parking import codec
-
-FAULTS = (None, "garbage", "truncate", "bad_crc", "stuck", "silence")
 
 
 class _Bay:
@@ -94,8 +93,7 @@ class Simulator:
         """Per frame with probability `rate`: garbage / truncate / bad_crc / silence. "stuck" is a
         condition of a sensor, so it picks each bay with probability `rate`; a stuck bay misses
         cars and repeats its last values in heartbeats (which still decode: it is not a wire fault)."""
-        if mode not in FAULTS:
-            raise ValueError("unknown fault mode %r" % (mode,))
+        check_fault(mode, rate)
         self.fault = mode
         self.rate = rate
         for b in self.bays:

@@ -12,10 +12,9 @@ oldest first) or None when nobody is due. Same seed, same lines, on CPython and 
 
 import math
 
+from devices.common.faults import check_fault
 from devices.common.rng import Rng
 from devices.thermometer import codec
-
-FAULTS = (None, "garbage", "truncate", "bad_crc", "stuck", "silence")
 
 
 class _Station:
@@ -65,8 +64,7 @@ class Simulator:
         """Per line with probability `rate`: garbage / truncate / bad_crc / silence. "stuck" picks
         each station with probability `rate`; a stuck station repeats its last temperatures and
         distance for everyone (still valid lines: the fault is in the sensor, not on the wire)."""
-        if mode not in FAULTS:
-            raise ValueError("unknown fault mode %r" % (mode,))
+        check_fault(mode, rate)
         self.fault = mode
         self.rate = rate
         for st in self.stations:

@@ -13,11 +13,11 @@ data carries no CRC) a NaN in one register pair, as a probe with a broken ADC re
 
 import math
 
+from devices.common.faults import check_fault
 from devices.common.rng import Rng
 from devices.water import codec
 
 _DAY_MS = 86400000.0
-_FAULTS = (None, "garbage", "truncate", "bad_crc", "stuck", "silence")
 
 
 class _Station:
@@ -46,8 +46,7 @@ class Simulator:
         self._last_frame = None
 
     def set_fault(self, mode, rate=1.0):
-        if mode not in _FAULTS:
-            raise ValueError("unknown fault mode %r" % (mode,))
+        check_fault(mode, rate)
         self.fault = mode
         self.fault_rate = rate
 
