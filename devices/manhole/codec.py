@@ -10,11 +10,17 @@ Numbers are never coerced from strings and booleans never from 0/1: a lid that s
 has a firmware problem the operator must see. Unknown keys are ignored (lid firmware adds keys).
 "ts" (the lid's own clock, Unix seconds) is checked but not kept: NB-IoT lids' clocks drift, so
 the gateway stamps the time of arrival.
+
+This module is what a gateway runs: decode and what the agent reads (KIND, FIELDS, ANALOG,
+ALARM_LIMITS, MAX_PAYLOAD, alarm, is_event). Making payloads (encode), UNITS and the other public
+limits (MAX_DEPTH, MAX_ID_CHARS) live in sim_encode.py, reached as attributes of this module
+(`codec.encode`, `codec.MAX_ID_CHARS`) through `__getattr__` below: a board image leaves sim_*
+modules out, and every module global costs a board heap for the whole run.
 """
 
 import json
 
-from devices.common.errors import BAD_LENGTH, BAD_SYNTAX, BAD_VALUE, DecodeError
+from devices.common.errors import DecodeError
 from edge.compat import const
 
 KIND = "manhole"
@@ -30,28 +36,39 @@ FIELDS = (
     "battery_mv",
     "rssi_dbm",
 )
-UNITS = ("deg", "", "", "cm", "ppm", "ppm", "mV", "dBm")
 
-MAX_PAYLOAD = const(1024)
-MAX_DEPTH = const(3)  # the message is flat; a little room for vendor extras, never a parser bomb
-MAX_ID_CHARS = const(32)
+MAX_PAYLOAD = const(1024)  # edge.sources.mqtt sizes its receive buffer from it
+
+# Folded at compile time, so they cost a board nothing; sim_encode.py has the public copies.
+_MAX_DEPTH = const(3)  # the message is flat; a little room for vendor extras, never a parser bomb
+_MAX_ID_CHARS = const(32)
+
+# The devices.common.errors codes this codec returns.
+_BAD_LENGTH = const(2)
+_BAD_VALUE = const(4)
+_BAD_SYNTAX = const(5)
 
 _F = const(0)  # float on the wire (a JSON int is accepted and becomes a float)
 _B = const(1)  # JSON true/false only
 _I = const(2)  # JSON integer only
+_OPTIONAL = const(4)  # added to the type: the key may be missing (or null)
 
-# JSON key, type, min, max, required; aligned with FIELDS. Floats keep `_DECIMALS` places in encode.
+# Per field, aligned with FIELDS: JSON key, type, min, max. One flat tuple, four entries a field:
+# on a board each tuple is a heap object, so a table of rows would cost eight more. The bounds
+# are ints, which compare with a float exactly as the float would and, unlike a float constant,
+# are not heap objects either.
+# fmt: off
 _SPEC = (
-    ("tilt", _F, 0.0, 180.0, True),
-    ("open", _B, 0, 0, True),
-    ("displaced", _B, 0, 0, True),
-    ("water_cm", _F, 0.0, 1000.0, False),
-    ("ch4_ppm", _F, 0.0, 1000000.0, False),
-    ("h2s_ppm", _F, 0.0, 2000.0, False),
-    ("bat_mv", _I, 0, 5000, True),
-    ("rssi", _I, -150, 0, False),
+    "tilt", _F, 0, 180,
+    "open", _B, 0, 0,
+    "displaced", _B, 0, 0,
+    "water_cm", _F + _OPTIONAL, 0, 1000,
+    "ch4_ppm", _F + _OPTIONAL, 0, 1000000,
+    "h2s_ppm", _F + _OPTIONAL, 0, 2000,
+    "bat_mv", _I, 0, 5000,
+    "rssi", _I + _OPTIONAL, -150, 0,
 )
-_DECIMALS = (1, 0, 0, 1, 1, 2, 0, 0)
+# fmt: on
 
 ANALOG = (0, 3, 4, 5, 6, 7)
 
@@ -63,8 +80,16 @@ ALARM_LIMITS = {
 }
 
 
-def _depth_ok(buf, start, end):
-    """Reject nesting deeper than MAX_DEPTH before json.loads can recurse on it."""
+def decode(buf, start=0, end=-1, sensor_id=None):
+    """Decode one whole MQTT payload; `sensor_id`, if given, must match the message's devId."""
+    if end < 0:
+        end = len(buf)
+    n = end - start
+    if n <= 0:
+        return 0, None
+    if n > MAX_PAYLOAD:
+        return n, DecodeError(_BAD_LENGTH, "over 1 KB")
+    # Reject nesting deeper than _MAX_DEPTH before json.loads can recurse on it.
     depth = 0
     in_str = False
     esc = False
@@ -81,141 +106,84 @@ def _depth_ok(buf, start, end):
             in_str = True
         elif c == 0x7B or c == 0x5B:  # { [
             depth += 1
-            if depth > MAX_DEPTH:
-                return False
+            if depth > _MAX_DEPTH:
+                return n, DecodeError(_BAD_SYNTAX, "nesting")
         elif c == 0x7D or c == 0x5D:
             depth -= 1
-    return True
-
-
-def decode(buf, start=0, end=-1, sensor_id=None):
-    """Decode one whole MQTT payload; `sensor_id`, if given, must match the message's devId."""
-    if end < 0:
-        end = len(buf)
-    n = end - start
-    if n <= 0:
-        return 0, None
-    if n > MAX_PAYLOAD:
-        return n, DecodeError(BAD_LENGTH, "payload over 1 KB")
-    if not _depth_ok(buf, start, end):
-        return n, DecodeError(BAD_SYNTAX, "nested too deep")
     try:
         obj = json.loads(str(bytes(buf[start:end]), "utf-8"))
     except Exception:  # ValueError, UnicodeError, MemoryError on a board: all mean "not JSON"
-        return n, DecodeError(BAD_SYNTAX, "not JSON")
+        return n, DecodeError(_BAD_SYNTAX, "not JSON")
     if type(obj) is not dict:
-        return n, DecodeError(BAD_SYNTAX, "not an object")
+        return n, DecodeError(_BAD_SYNTAX, "not JSON")  # not a JSON object, that is
     dev = obj.get("devId")
     if type(dev) is not str:
-        return n, DecodeError(BAD_SYNTAX, "devId")
-    if not 0 < len(dev) <= MAX_ID_CHARS:
-        return n, DecodeError(BAD_VALUE, "devId length")
+        return n, DecodeError(_BAD_SYNTAX, "devId")
+    if not 0 < len(dev) <= _MAX_ID_CHARS:
+        return n, DecodeError(_BAD_VALUE, "devId")
     if sensor_id is not None and dev != sensor_id:
-        return n, DecodeError(BAD_VALUE, "devId mismatch")
+        return n, DecodeError(_BAD_VALUE, "sensor_id")  # not the lid the topic names
     ts = obj.get("ts")
     if ts is not None and (type(ts) is not int or not 0 <= ts < 0x100000000):
-        return n, DecodeError(BAD_VALUE, "ts")
-    vals = [None] * len(_SPEC)
-    for i in range(len(_SPEC)):
-        key, typ, lo, hi, required = _SPEC[i]
+        return n, DecodeError(_BAD_VALUE, "ts")
+    vals = [None] * len(FIELDS)
+    for i in range(len(FIELDS)):
+        s = 4 * i
+        key = _SPEC[s]
+        typ = _SPEC[s + 1]
         v = obj.get(key)
         if v is None:
-            if required:
-                return n, DecodeError(BAD_SYNTAX, "missing " + key)
+            if not typ & _OPTIONAL:
+                return n, DecodeError(_BAD_SYNTAX, "missing " + key)
             continue
+        typ &= ~_OPTIONAL
         t = type(v)
         if typ == _B:
             if t is not bool:
-                return n, DecodeError(BAD_SYNTAX, key)
+                return n, DecodeError(_BAD_SYNTAX, key)
         elif typ == _I:
             if t is not int:
-                return n, DecodeError(BAD_SYNTAX, key)
-            if not lo <= v <= hi:
-                return n, DecodeError(BAD_VALUE, key)
+                return n, DecodeError(_BAD_SYNTAX, key)
+            if not _SPEC[s + 2] <= v <= _SPEC[s + 3]:
+                return n, DecodeError(_BAD_VALUE, key)
         else:
             if t is not float and t is not int:
-                return n, DecodeError(BAD_SYNTAX, key)
+                return n, DecodeError(_BAD_SYNTAX, key)
             if t is int and not -1000000000 < v < 1000000000:
-                return n, DecodeError(BAD_VALUE, key)  # before float(): huge ints overflow it
+                return n, DecodeError(_BAD_VALUE, key)  # before float(): huge ints overflow it
             v = float(v)
-            if not (lo <= v <= hi):  # also false for NaN
-                return n, DecodeError(BAD_VALUE, key)
+            if not (_SPEC[s + 2] <= v <= _SPEC[s + 3]):  # also false for NaN
+                return n, DecodeError(_BAD_VALUE, key)
         vals[i] = v
     return n, (dev, tuple(vals))
 
 
-def _quote(s):
-    """A JSON string, non-ASCII kept as UTF-8 so both interpreters emit the same bytes."""
-    out = ['"']
-    for ch in s:
-        o = ord(ch)
-        if ch == '"' or ch == "\\":
-            out.append("\\" + ch)
-        elif o < 0x20:
-            out.append("\\u%04x" % o)
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-def _fixed(v, d):
-    """`v` with `d` decimals by integer arithmetic: identical text on CPython and MicroPython."""
-    scale = 10**d
-    q = int(v * scale + (0.5 if v >= 0 else -0.5))
-    sign = "-" if q < 0 else ""
-    q = -q if q < 0 else q
-    if d == 0:
-        return sign + str(q)
-    frac = str(q % scale)
-    return sign + str(q // scale) + "." + "0" * (d - len(frac)) + frac
-
-
-def encode(sensor_id, fields, ts=None, corrupt=None):
-    """The JSON payload for `fields` (None fields left out).
-
-    `corrupt` names a FIELDS entry to send as a JSON string (the simulator's "bad_crc" fault:
-    JSON has no CRC, so a type-corrupted field stands in for a damaged frame).
-    """
-    parts = ['{"devId":', _quote(sensor_id)]
-    if ts is not None:
-        parts.append(',"ts":' + str(ts))
-    for i in range(len(_SPEC)):
-        v = fields[i]
-        if v is None:
-            continue
-        key, typ = _SPEC[i][0], _SPEC[i][1]
-        if typ == _B:
-            text = "true" if v else "false"
-        elif typ == _I:
-            text = str(v)
-        else:
-            text = _fixed(v, _DECIMALS[i])
-        if corrupt == FIELDS[i]:
-            text = '"' + text + '"'
-        parts.append(',"' + key + '":' + text)
-    parts.append("}")
-    return "".join(parts).encode("utf-8")
+def __getattr__(name):
+    """Anything else (encode, UNITS, MAX_DEPTH, MAX_ID_CHARS) is sim_encode's. A board image leaves
+    sim_encode out: there the name is simply not an attribute (edge.rules asks for COUNTERS)."""
+    try:
+        from devices.manhole import sim_encode
+    except ImportError:
+        raise AttributeError(name) from None
+    return getattr(sim_encode, name)
 
 
 def alarm(fields, limits=None):
-    """lid_displaced, lid_open, gas, overflow, low_battery in that priority; None if all is well."""
+    """lid_displaced, lid_open, gas, overflow, low_battery in that priority; None if all is well.
+
+    `limits` may hold only some keys: ALARM_LIMITS gives the rest."""
     lim = ALARM_LIMITS if limits is None else limits
-
-    def get(key):
-        return lim[key] if key in lim else ALARM_LIMITS[key]
-
     if fields[2]:
         return "lid_displaced"
     if fields[1]:
         return "lid_open"
-    if (fields[4] is not None and fields[4] >= get("ch4_ppm")) or (
-        fields[5] is not None and fields[5] >= get("h2s_ppm")
+    if (fields[4] is not None and fields[4] >= lim.get("ch4_ppm", ALARM_LIMITS["ch4_ppm"])) or (
+        fields[5] is not None and fields[5] >= lim.get("h2s_ppm", ALARM_LIMITS["h2s_ppm"])
     ):
         return "gas"
-    if fields[3] is not None and fields[3] > get("overflow_cm"):
+    if fields[3] is not None and fields[3] > lim.get("overflow_cm", ALARM_LIMITS["overflow_cm"]):
         return "overflow"
-    if fields[6] is not None and fields[6] < get("battery_mv"):
+    if fields[6] is not None and fields[6] < lim.get("battery_mv", ALARM_LIMITS["battery_mv"]):
         return "low_battery"
     return None
 

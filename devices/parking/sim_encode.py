@@ -1,26 +1,39 @@
-"""Frames from readings, for the simulator and tests; reached as `codec.encode` etc.
+"""The host-side half of the parking codec: frames from readings, sensor ids, units and the frame
+constants, for simulators, tests and host tools; reached as `codec.encode`, `codec.MAG_LIMIT` etc.
 
 Named sim_* so that `provisioning.firmware.modules_for` leaves it off a board image: a gateway only
-decodes, and loaded code costs heap on MicroPython.
+decodes, and loaded code (every function, every module global) costs heap on MicroPython. The
+codec keeps private, compile-time copies of the constants its decoder checks; the wire vectors
+(extremes, each range's edges) pin them to the public ones here.
 """
 
 from devices.common.crc import crc16_modbus
-from devices.parking.codec import (
-    ADDR_MAX,
-    ADDR_MIN,
-    ARRIVAL,
-    BATT_MAX,
-    BATT_MIN,
-    BODY_LEN,
-    DEPARTURE,
-    FRAME_LEN,
-    HEARTBEAT,
-    MAG_LIMIT,
-    RSSI_MIN,
-    RSSI_NONE,
-    SYNC0,
-    SYNC1,
-)
+
+UNITS = ("", "", "", "mG", "mG", "mG", "mV", "dBm")  # aligned with codec.FIELDS
+
+HEARTBEAT = 0  # TYPE, and a reading's "event" field
+ARRIVAL = 1
+DEPARTURE = 2
+
+SYNC0 = 0xAA
+SYNC1 = 0x55
+BODY_LEN = 15  # LEN of the three v1 frame types
+FRAME_LEN = 20  # sync(2) + LEN(1) + body(15) + CRC(2)
+MIN_LEN = 3  # ADDR + TYPE: the least a frame of any type carries
+MAX_LEN = 64  # longer is not a frame of this family (LEN is a garbage byte)
+
+MAG_LIMIT = 8000  # mG: the magnetometer's +-8 G full scale
+BATT_MIN = 2000
+BATT_MAX = 3800
+RSSI_MIN = -128  # the i8 floor; concentrators clamp weaker packets to it
+RSSI_NONE = 0x7F  # no radio link (RS-485): the field is absent
+ADDR_MIN = 1
+ADDR_MAX = 0xFFFE  # 0 and 0xFFFF are bus broadcast addresses, never a sensor
+
+
+def sensor_name(addr):
+    """The sensor id a bus address is reported under: "P-" and five digits (as codec.decode names it)."""
+    return "P-%05d" % addr
 
 
 def sensor_addr(sensor_id):

@@ -14,7 +14,7 @@ import math
 
 from devices.common.faults import check_fault
 from devices.common.rng import Rng
-from devices.thermometer import codec
+from devices.thermometer import codec, sim_encode
 
 
 class _Station:
@@ -23,7 +23,7 @@ class _Station:
     def __init__(self, sid):
         self.sid = sid
         self.raw = sid.encode("utf-8")
-        codec._check_id(self.raw)
+        sim_encode.check_id(self.raw)
         self.t_next = 0
         self.seq = 0
         self.ambient = 0.0
@@ -122,7 +122,7 @@ class Simulator:
             return None
         if fault == "truncate":
             # Cut before the LF: the stub is only recognised when the next line's $ arrives.
-            return line[:1 + rng.below(len(line) - 2)]
+            return line[: 1 + rng.below(len(line) - 2)]
         if fault == "bad_crc":
             f = bytearray(line)
             star = len(f) - 5

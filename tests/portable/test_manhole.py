@@ -5,7 +5,7 @@ prefix of a payload (what a cut-off upload delivers) is a typed error, never a r
 decoding through start/end offsets in a larger buffer gives the same answer as the payload alone.
 """
 
-from devices.common.errors import BAD_SYNTAX, DecodeError
+from devices.common.errors import BAD_SYNTAX, BAD_VALUE, DecodeError
 from devices.manhole import codec, vectors
 from devices.manhole.sim import Simulator
 from tests.portable import codec_check
@@ -51,6 +51,40 @@ def test_sensor_id_must_match():
     assert codec.decode(b, sensor_id="MH-0123")[1][0] == "MH-0123"
     n, r = codec.decode(b, sensor_id="MH-9999")
     assert n == len(b) and isinstance(r, DecodeError)
+
+
+def test_limits_are_the_decoders():
+    """codec.MAX_ID_CHARS and MAX_DEPTH (sim_encode's public copies) are the edges decode enforces,
+    and each field's range is exactly the documented one: the decoder checks its own copies."""
+
+    def decode(dev="MH-1", extra="", **values):
+        keys = {"tilt": "1.0", "bat_mv": "3600"}
+        keys.update(values)
+        text = '{"devId":"%s","open":false,"displaced":false%s' % (dev, extra)
+        for k in keys:
+            text += ',"%s":%s' % (k, keys[k])
+        return codec.decode((text + "}").encode())[1]
+
+    assert decode("M" * codec.MAX_ID_CHARS)[0] == "M" * codec.MAX_ID_CHARS
+    r = decode("M" * (codec.MAX_ID_CHARS + 1))
+    assert isinstance(r, DecodeError) and r.code == BAD_VALUE
+    k = codec.MAX_DEPTH - 1  # the message itself is one level
+    assert decode(extra=',"x":' + "[" * k + "]" * k)[0] == "MH-1"
+    r = decode(extra=',"x":' + "[" * (k + 1) + "]" * (k + 1))
+    assert isinstance(r, DecodeError) and r.code == BAD_SYNTAX
+    for key, good, bad in (
+        ("tilt", ("0", "180", "180.0"), ("-0.01", "180.01")),
+        ("water_cm", ("0", "1000.0"), ("-0.1", "1000.01")),
+        ("ch4_ppm", ("0.0", "1000000"), ("-1", "1000000.5")),
+        ("h2s_ppm", ("0", "2000.00"), ("-0.01", "2000.01")),
+        ("bat_mv", ("0", "5000"), ("-1", "5001")),
+        ("rssi", ("-150", "0"), ("-151", "1")),
+    ):
+        for v in good:
+            assert not isinstance(decode(**{key: v}), DecodeError), (key, v)
+        for v in bad:
+            r = decode(**{key: v})
+            assert isinstance(r, DecodeError) and r.code == BAD_VALUE, (key, v, r)
 
 
 def test_encode_round_trip():

@@ -2,6 +2,8 @@
 
 from binascii import unhexlify
 
+from devices.common.crc import crc16_modbus
+from devices.common.errors import BAD_LENGTH, UNSUPPORTED
 from devices.parking import codec, vectors
 from devices.parking.sim import Simulator
 from tests.portable import codec_check
@@ -152,6 +154,22 @@ def test_alarm_and_event_rules():
     assert len(codec.FIELDS) == len(codec.UNITS) == 8 and codec.KIND_CODE == 1
     for i in codec.ANALOG + codec.COUNTERS:
         assert 0 <= i < len(codec.FIELDS)
+
+
+def test_len_limits_are_the_decoders():
+    """codec.MIN_LEN/MAX_LEN (sim_encode's public copies) are the LEN edges decode enforces, as the
+    vectors' extremes pin the field ranges: the decoder checks its own compile-time copies."""
+    for ln, code in (
+        (codec.MIN_LEN - 1, BAD_LENGTH),
+        (codec.MIN_LEN, UNSUPPORTED),
+        (codec.MAX_LEN, UNSUPPORTED),
+        (codec.MAX_LEN + 1, BAD_LENGTH),
+    ):
+        f = bytearray([codec.SYNC0, codec.SYNC1, ln, 1, 0, 9]) + bytearray(max(0, ln - 3))  # type 9
+        crc = crc16_modbus(f)
+        f += bytearray([crc & 0xFF, crc >> 8])
+        n, r = codec.decode(f)
+        assert r.code == code and n == (2 if code == BAD_LENGTH else len(f)), (ln, n, r)
 
 
 def test_rules_never_suppress_an_event():

@@ -2,6 +2,7 @@
 
 from binascii import unhexlify
 
+from devices.common.errors import BAD_SYNTAX, BAD_VALUE, DecodeError
 from devices.thermometer import codec, vectors
 from devices.thermometer.sim import Simulator
 from tests.portable import codec_check
@@ -136,6 +137,42 @@ def test_garbage_spewing_station_cannot_stall_the_parser():
     good = codec.encode("GATE-01", (36.5, 20.0, 1, 50, True))
     rx.feed(good, [("GATE-01", (36.5, 20.0, 1, 50, True))])
     assert rx.readings == 1
+
+
+def test_limits_are_the_decoders():
+    """codec.MAX_ID and the ranges (sim_encode's public copies) are the edges decode enforces: the
+    decoder checks its own compile-time copies, so each edge is tried and one step past it."""
+
+    def line(station, body, amb, dist):
+        sign = "-" if amb < 0 else ""
+        amb = abs(amb)
+        tail = ",1,%d.%02d,%s%d.%d,%d,00" % (body // 100, body % 100, sign, amb // 10, amb % 10, dist)
+        return codec.decode(codec.frame(station, tail.encode()))[1]
+
+    body, amb, dist = 3650, 200, 50
+    assert line(b"S" * codec.MAX_ID, body, amb, dist)[0] == "S" * codec.MAX_ID
+    r = line(b"S" * (codec.MAX_ID + 1), body, amb, dist)
+    assert isinstance(r, DecodeError) and r.code == BAD_SYNTAX
+    for b, a, d in (
+        (codec.BODY_MIN, amb, dist),
+        (codec.BODY_MAX, amb, dist),
+        (body, codec.AMBIENT_MIN, dist),
+        (body, codec.AMBIENT_MAX, dist),
+        (body, amb, codec.DIST_MIN),
+        (body, amb, codec.DIST_MAX),
+    ):
+        sid, fields = line(b"G", b, a, d)
+        assert fields[0] == b / 100.0 and fields[1] == a / 10.0 and fields[3] == d, (b, a, d)
+    for b, a, d in (
+        (codec.BODY_MIN - 1, amb, dist),
+        (codec.BODY_MAX + 1, amb, dist),
+        (body, codec.AMBIENT_MIN - 1, dist),
+        (body, codec.AMBIENT_MAX + 1, dist),
+        (body, amb, codec.DIST_MIN - 1),
+        (body, amb, codec.DIST_MAX + 1),
+    ):
+        r = line(b"G", b, a, d)
+        assert isinstance(r, DecodeError) and r.code == BAD_VALUE, (b, a, d, r)
 
 
 def test_stuck_station_repeats_values():
