@@ -17,44 +17,25 @@ only the part before the payload, and the client sends the payload after it. Dec
 of one packet's body (the bytes after the fixed header) and return ints or offsets into it, so
 decoding allocates at most one small tuple. Bad wire data raises ProtocolError; the spec's answer
 to a malformed packet is to close the connection, which is what the client does.
+
+PINGREQ and DISCONNECT have no encoder: they are the constant bytes c0 00 and e0 00, which the
+client writes as they are. The packet types are private `const`s: on MicroPython a public
+module constant costs a global slot and a name on the heap, and nothing outside reads them.
 """
 
 from edge.compat import const
-from edge.mqtt.errors import PacketTooLarge, ProtocolError, refused
+from edge.mqtt import errors
 
-CONNECT = const(1)
-CONNACK = const(2)
-PUBLISH = const(3)
-PUBACK = const(4)
-PUBREC = const(5)
-PUBREL = const(6)
-PUBCOMP = const(7)
-SUBSCRIBE = const(8)
-SUBACK = const(9)
-UNSUBSCRIBE = const(10)
-UNSUBACK = const(11)
-PINGREQ = const(12)
-PINGRESP = const(13)
-DISCONNECT = const(14)
-
-MAX_REMAINING = const(268435455)  # the largest length four varint bytes can say
-SUBACK_FAILURE = const(0x80)
-
-PINGREQ_PACKET = b"\xc0\x00"
-DISCONNECT_PACKET = b"\xe0\x00"
-
-# Fixed-header flags every type except PUBLISH must carry (3.1.1 table 2.2); None = reserved type.
-_FLAGS = (None, 0, 0, None, 0, 0, 2, 0, 2, 0, 2, 0, 0, 0, 0, None)
+_PUBLISH = const(3)
+_MAX_REMAINING = const(268435455)  # the largest length four varint bytes can say
 
 
 class Will:
     """The message the broker publishes for us if we vanish without DISCONNECT (the offline status)."""
 
-    __slots__ = ("topic", "payload", "qos", "retain")
-
     def __init__(self, topic, payload, qos=0, retain=False):
-        if qos not in (0, 1, 2):
-            raise ValueError("will qos must be 0, 1 or 2")
+        if not 0 <= qos <= 2:
+            raise ValueError("bad QoS")
         self.topic = _utf8(topic)
         self.payload = _utf8(payload)
         self.qos = qos
@@ -65,88 +46,67 @@ def _utf8(s):
     return s.encode() if isinstance(s, str) else s
 
 
-def varint_size(n):
-    if n < 128:
-        return 1
-    if n < 16384:
-        return 2
-    if n < 2097152:
-        return 3
-    return 4
+def put_header(buf, b0, n, count):
+    """Write the fixed header (byte 0, then the remaining length `n` as a varint) at buf[0];
+    return its length.
 
-
-def put_varint(buf, off, n):
-    """Write the remaining length `n` at `off`; return the offset after it."""
-    if n < 0 or n > MAX_REMAINING:
-        raise PacketTooLarge("remaining length %d" % n)
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            buf[off] = b | 0x80
-            off += 1
-        else:
-            buf[off] = b
-            return off + 1
-
-
-def _start(buf, b0, remaining, in_buf):
-    """Write the fixed header; check that it and the next `in_buf` body bytes fit `buf`."""
-    if remaining > MAX_REMAINING:
-        raise PacketTooLarge("remaining length %d" % remaining)
-    need = 1 + varint_size(remaining) + in_buf
-    if need > len(buf):
-        raise PacketTooLarge("packet needs %d bytes, buffer has %d" % (need, len(buf)))
+    Checks first that the header and the `count` bytes the caller writes after it fit `buf`, and
+    that `n` fits the four varint bytes MQTT allows.
+    """
+    need = count + (2 if n < 128 else 3 if n < 16384 else 4 if n < 2097152 else 5)
+    if n > _MAX_REMAINING or need > len(buf):
+        raise errors.PacketTooLarge("packet > %d-byte buffer" % len(buf))  # or > MQTT's limit
     buf[0] = b0
-    return put_varint(buf, 1, remaining)
+    off = 1
+    while n > 127:
+        buf[off] = (n & 0x7F) | 0x80
+        n >>= 7
+        off += 1
+    buf[off] = n
+    return off + 1
 
 
-def _put_u16(buf, off, n):
+def _uint(buf, off, n):
+    """A two-byte big-endian integer (a length, a packet id, the keepalive)."""
     buf[off] = n >> 8
     buf[off + 1] = n & 0xFF
     return off + 2
 
 
 def _put_str(buf, off, s):
+    """A length-prefixed string (the caller has counted its 2 + len(s) bytes)."""
     n = len(s)
-    buf[off] = n >> 8
-    buf[off + 1] = n & 0xFF
-    buf[off + 2 : off + 2 + n] = s
-    return off + 2 + n
+    if n > 0xFFFF:
+        raise errors.PacketTooLarge("string longer than 65535 bytes")
+    off = _uint(buf, off, n)
+    buf[off : off + n] = s
+    return off + n
 
 
-def _check_str(s, what):
-    if len(s) > 0xFFFF:
-        raise PacketTooLarge(what + " longer than 65535 bytes")
-    return 2 + len(s)
-
-
-def encode_connect(buf, client_id, clean_session=True, keepalive=60, username=None, password=None,
-                   will=None):
+def encode_connect(buf, client_id, clean_session=True, keepalive=60, username=None, password=None, will=None):
     """CONNECT (3.1.1 section 3.1); returns its length in `buf`."""
     if not 0 <= keepalive <= 0xFFFF:
-        raise ValueError("keepalive must be 0..65535 s")
+        raise ValueError("bad keepalive")
     if password is not None and username is None:
-        raise ValueError("MQTT 3.1.1 needs a username with a password")
+        raise ValueError("password needs a username")  # in MQTT 3.1.1
     client_id = _utf8(client_id)
     flags = 0x02 if clean_session else 0
-    body = 10 + _check_str(client_id, "client id")
+    body = 12 + len(client_id)  # protocol name, level, flags, keepalive, client id
     if will is not None:
         flags |= 0x04 | (will.qos << 3) | (0x20 if will.retain else 0)
-        body += _check_str(will.topic, "will topic") + _check_str(will.payload, "will payload")
+        body += 4 + len(will.topic) + len(will.payload)
     if username is not None:
         username = _utf8(username)
         flags |= 0x80
-        body += _check_str(username, "username")
+        body += 2 + len(username)
     if password is not None:
         password = _utf8(password)
         flags |= 0x40
-        body += _check_str(password, "password")
-    off = _start(buf, 0x10, body, body)
-    off = _put_str(buf, off, b"MQTT")
-    buf[off] = 4  # protocol level 4 = 3.1.1
-    buf[off + 1] = flags
-    off = _put_u16(buf, off + 2, keepalive)
+        body += 2 + len(password)
+    off = put_header(buf, 0x10, body, body)
+    buf[off : off + 7] = b"\x00\x04MQTT\x04"  # protocol name, then level 4 = 3.1.1
+    buf[off + 7] = flags
+    off = _uint(buf, off + 8, keepalive)
     off = _put_str(buf, off, client_id)
     if will is not None:
         off = _put_str(buf, off, will.topic)
@@ -158,47 +118,38 @@ def encode_connect(buf, client_id, clean_session=True, keepalive=60, username=No
     return off
 
 
-def encode_publish(buf, topic, payload_len, qos=0, retain=False, dup=False, pid=0):
-    """PUBLISH up to (not including) the payload; the caller sends `payload_len` bytes after it."""
-    if qos not in (0, 1):
-        raise ValueError("publish qos must be 0 or 1")
+def encode_publish(buf, topic, n, qos=0, retain=False, dup=False, pid=0):
+    """PUBLISH up to (not including) the payload; the caller sends the `n` payload bytes after it."""
+    if not 0 <= qos <= 1:
+        raise ValueError("bad QoS")
     if qos and not 0 < pid <= 0xFFFF:
-        raise ValueError("qos 1 needs a packet id 1..65535")
+        raise ValueError("bad packet id")
     topic = _utf8(topic)
-    head = _check_str(topic, "topic") + (2 if qos else 0)
+    head = 2 + len(topic) + 2 * qos
     b0 = 0x30 | (qos << 1) | (0x08 if dup else 0) | (0x01 if retain else 0)
-    off = _start(buf, b0, head + payload_len, head)
-    off = _put_str(buf, off, topic)
-    if qos:
-        off = _put_u16(buf, off, pid)
-    return off
+    off = _put_str(buf, put_header(buf, b0, head + n, head), topic)
+    return _uint(buf, off, pid) if qos else off
 
 
 def encode_puback(buf, pid):
     buf[0] = 0x40
     buf[1] = 2
-    return _put_u16(buf, 2, pid)
+    return _uint(buf, 2, pid)
 
 
 def encode_subscribe(buf, pid, topic, qos=1):
-    """SUBSCRIBE for one topic filter (the agent subscribes to one command topic)."""
-    if qos not in (0, 1, 2):
-        raise ValueError("subscribe qos must be 0, 1 or 2")
+    """SUBSCRIBE to one topic filter at `qos` 0 or 1 (3.1.1 section 3.8), or with qos=None
+    UNSUBSCRIBE from it (3.10): the same packet but for byte 0 and the requested QoS byte."""
+    if qos is not None and not 0 <= qos <= 1:
+        raise ValueError("bad QoS")
     topic = _utf8(topic)
-    body = 2 + _check_str(topic, "topic filter") + 1
-    off = _start(buf, 0x82, body, body)
-    off = _put_u16(buf, off, pid)
+    body = 4 + len(topic) + (qos is not None)
+    off = _uint(buf, put_header(buf, 0xA2 if qos is None else 0x82, body, body), pid)
     off = _put_str(buf, off, topic)
+    if qos is None:
+        return off
     buf[off] = qos
     return off + 1
-
-
-def encode_unsubscribe(buf, pid, topic):
-    topic = _utf8(topic)
-    body = 2 + _check_str(topic, "topic filter")
-    off = _start(buf, 0xA2, body, body)
-    off = _put_u16(buf, off, pid)
-    return _put_str(buf, off, topic)
 
 
 def decode_header(buf, start, end):
@@ -210,9 +161,11 @@ def decode_header(buf, start, end):
     if end - start < 2:
         return 0, 0, 0
     b0 = buf[start]
-    expected = _FLAGS[b0 >> 4]
-    if b0 >> 4 != PUBLISH and expected != b0 & 0x0F:
-        raise ProtocolError("bad fixed header 0x%02x" % b0)
+    # Fixed-header flags by packet type (3.1.1 table 2.2): 2 for PUBREL, SUBSCRIBE and
+    # UNSUBSCRIBE, 0 for the others; 0xff (never matches) for the reserved types 0 and 15.
+    # PUBLISH (3) carries its own flags.
+    if b0 >> 4 != _PUBLISH and b0 & 0x0F != b"\xff\0\0\0\0\0\x02\0\x02\0\x02\0\0\0\0\xff"[b0 >> 4]:
+        raise errors.ProtocolError("malformed header")
     n = 0
     shift = 0
     i = start + 1
@@ -226,60 +179,44 @@ def decode_header(buf, start, end):
             return i - start, b0, n
         shift += 7
         if shift == 28:
-            raise ProtocolError("remaining length longer than 4 bytes")
-
-
-def _u16(body, off):
-    return (body[off] << 8) | body[off + 1]
+            raise errors.ProtocolError("malformed header")
 
 
 def decode_connack(body):
     """Session-present flag of a CONNACK; a refusal raises its typed ConnectRefused subclass."""
     if len(body) != 2 or body[0] & 0xFE:
-        raise ProtocolError("malformed CONNACK")
+        raise errors.ProtocolError("malformed CONNACK")
     if body[1]:
-        raise refused(body[1])
+        raise errors.refused(body[1])
     return bool(body[0])
 
 
-def decode_ack(body):
-    """Packet id of a PUBACK or UNSUBACK."""
-    if len(body) != 2:
-        raise ProtocolError("malformed ack")
-    pid = _u16(body, 0)
-    if not pid:
-        raise ProtocolError("ack for packet id 0")
-    return pid
+def decode_ack(b0, body):
+    """Packet id of a PUBACK, UNSUBACK or SUBACK (byte 0 says which).
 
-
-def decode_suback(body):
-    """(packet id, return code) of a SUBACK for one topic; 0x80 is SUBACK_FAILURE, not an error here."""
-    if len(body) != 3:
-        raise ProtocolError("malformed SUBACK")
-    rc = body[2]
-    if rc > 2 and rc != SUBACK_FAILURE:
-        raise ProtocolError("bad SUBACK return code 0x%02x" % rc)
-    return _u16(body, 0), rc
+    A SUBACK here answers one topic filter: its return code, body[2], is checked (0, 1, 2, or
+    0x80 for refused, which is an answer, not an error here) and left to the caller to read.
+    """
+    suback = b0 == 0x90
+    if len(body) != 2 + suback or not (body[0] or body[1]) or (suback and 2 < body[2] != 0x80):
+        raise errors.ProtocolError("malformed ack")
+    return (body[0] << 8) | body[1]
 
 
 def decode_publish(b0, body):
     """(topic end, packet id, payload start) of an incoming PUBLISH; the topic is body[2:topic end].
 
-    The packet id is 0 for QoS 0. QoS 3 (reserved) or a topic running past the body raise.
+    The packet id is 0 for QoS 0. QoS 2 (this client never subscribes with it), the reserved QoS 3
+    or a topic running past the body raise ProtocolError.
     """
     qos = (b0 >> 1) & 3
-    if qos == 3:
-        raise ProtocolError("PUBLISH with QoS 3")
-    n = len(body)
-    if n < 2:
-        raise ProtocolError("PUBLISH too short")
-    topic_end = 2 + _u16(body, 0)
-    payload = topic_end + (2 if qos else 0)
-    if payload > n:
-        raise ProtocolError("PUBLISH topic past the end")
-    pid = 0
-    if qos:
-        pid = _u16(body, topic_end)
-        if not pid:
-            raise ProtocolError("PUBLISH QoS %d with packet id 0" % qos)
+    if qos > 1 or len(body) < 2:
+        raise errors.ProtocolError("malformed PUBLISH")
+    topic_end = 2 + ((body[0] << 8) | body[1])
+    payload = topic_end + 2 * qos
+    if payload > len(body):
+        raise errors.ProtocolError("malformed PUBLISH")
+    pid = (body[topic_end] << 8) | body[topic_end + 1] if qos else 0
+    if qos and not pid:
+        raise errors.ProtocolError("malformed PUBLISH")
     return topic_end, pid, payload

@@ -53,16 +53,17 @@ VARINTS = [
 
 def test_varint_vectors():
     for value, wire in VARINTS:
-        buf = bytearray(4)
-        n = P.put_varint(buf, 0, value)
-        assert bytes(buf[:n]) == h(wire), value
-        assert P.varint_size(value) == n
-        hl, b0, rem = P.decode_header(b"\x30" + h(wire), 0, 1 + n)
-        assert (hl, b0, rem) == (1 + n, 0x30, value)
+        buf = bytearray(5)
+        n = P.put_header(buf, 0x30, value, 0)
+        assert bytes(buf[:n]) == b"\x30" + h(wire), value
+        hl, b0, rem = P.decode_header(buf, 0, n)
+        assert (hl, b0, rem) == (n, 0x30, value)
 
 
 def test_varint_too_big_and_malformed():
-    raises(PacketTooLarge, P.put_varint, bytearray(5), 0, 268435456)
+    raises(PacketTooLarge, P.put_header, bytearray(5), 0x30, 268435456, 0)
+    raises(PacketTooLarge, P.put_header, bytearray(4), 0x30, 2097152, 0)  # 5 header bytes
+    raises(PacketTooLarge, P.put_header, bytearray(4), 0x30, 2, 3)  # 2 header + 3 body bytes
     raises(ProtocolError, P.decode_header, h("30 80 80 80 80 01"), 0, 6)
     # Four continuation bytes so far is not yet malformed: need more.
     assert P.decode_header(h("30 ff ff ff"), 0, 4)[0] == 0
@@ -130,9 +131,11 @@ def test_publish_limits():
 def test_acks_subscribe_unsubscribe():
     assert enc(P.encode_puback, 0x1234) == h("40 02 1234")
     assert enc(P.encode_subscribe, 1, "c/#", 1) == h("82 08 0001 0003 632f23 01")
-    assert enc(P.encode_unsubscribe, 2, "c/#") == h("a2 07 0002 0003 632f23")
-    assert P.PINGREQ_PACKET == h("c0 00")
-    assert P.DISCONNECT_PACKET == h("e0 00")
+    assert enc(P.encode_subscribe, 2, "c/#", None) == h("a2 07 0002 0003 632f23")  # UNSUBSCRIBE
+    raises(ValueError, enc, P.encode_subscribe, 1, "c/#", 2)  # the client never asks for QoS 2
+    # PINGREQ and DISCONNECT have no body, so nothing but a header (the client writes them as constants).
+    assert enc(P.put_header, 0xC0, 0, 0) == h("c0 00")
+    assert enc(P.put_header, 0xE0, 0, 0) == h("e0 00")
 
 
 def test_connack():
@@ -149,13 +152,17 @@ def test_connack():
 
 
 def test_suback_unsuback_puback():
-    assert P.decode_suback(h("0001 01")) == (1, 1)
-    assert P.decode_suback(h("ffff 80")) == (0xFFFF, P.SUBACK_FAILURE)
-    raises(ProtocolError, P.decode_suback, h("0001 03"))
-    raises(ProtocolError, P.decode_suback, h("0001"))
-    assert P.decode_ack(h("1234")) == 0x1234
-    raises(ProtocolError, P.decode_ack, h("0000"))
-    raises(ProtocolError, P.decode_ack, h("12"))
+    # SUBACK (0x90): the packet id; the return code stays in body[2], checked.
+    assert P.decode_ack(0x90, h("0001 01")) == 1
+    assert P.decode_ack(0x90, h("ffff 80")) == 0xFFFF  # 0x80 refused: an answer, not an error
+    raises(ProtocolError, P.decode_ack, 0x90, h("0001 03"))
+    raises(ProtocolError, P.decode_ack, 0x90, h("0001"))
+    raises(ProtocolError, P.decode_ack, 0x90, h("0000 01"))
+    for b0 in (0x40, 0xB0):  # PUBACK, UNSUBACK
+        assert P.decode_ack(b0, h("1234")) == 0x1234
+        raises(ProtocolError, P.decode_ack, b0, h("0000"))
+        raises(ProtocolError, P.decode_ack, b0, h("12"))
+        raises(ProtocolError, P.decode_ack, b0, h("0001 01"))
 
 
 def test_incoming_publish():
@@ -166,6 +173,7 @@ def test_incoming_publish():
     assert (bytes(body[2:topic_end]), pid, bytes(body[start:])) == (b"a/b", 10, b"hi")
     raises(ProtocolError, P.decode_publish, 0x32, h("0003 612f62 0000"))  # QoS 1, packet id 0
     raises(ProtocolError, P.decode_publish, 0x36, body)  # QoS 3
+    raises(ProtocolError, P.decode_publish, 0x34, body)  # QoS 2: the client never subscribes with it
     raises(ProtocolError, P.decode_publish, 0x30, h("0009 61"))  # topic past the end
     raises(ProtocolError, P.decode_publish, 0x32, h("0003 612f62 00"))  # packet id cut
     raises(ProtocolError, P.decode_publish, 0x30, h("00"))
