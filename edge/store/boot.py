@@ -1,6 +1,6 @@
-"""Boot recovery of the on-flash log (edge/store/log.py, format in docs/store.md): read the state
-file, drop wholly acked and empty segments, cut each segment after its last good record, and
-count the boot.
+"""Opening the on-flash log (edge/store/log.py, format in docs/store.md): check the sizes, set up
+the log's state, read the state file, drop wholly acked and empty segments, cut each segment
+after its last good record, and count the boot.
 
 A module of its own because it runs once per boot: `Log` imports it, calls `recover`, and a board
 drops it again (edge.compat.unload), so its code does not sit in the heap for the whole run.
@@ -10,121 +10,159 @@ import struct
 from binascii import crc32
 
 from edge.compat import const
-from edge.store.log import HEADER, MAGIC, STATE_LEN, STATE_MAGIC
+from edge.store.log import HEADER, MAGIC
 
+_MAX_SEGMENT = const(1048576)
 _SCRATCH = const(128)
 
 
-def _seg_id(name):
-    """The segment id of a file name, or -1 for anything that is not a segment."""
-    if len(name) < 9 or not name.startswith("seg-") or not name.endswith(".log"):
-        return -1
-    digits = name[4:-4]
-    if not digits.isdigit():
-        return -1
-    return int(digits)
+def recover(log, dirpath, budget_bytes, segment_bytes, sync_every_ms, sync_every_bytes, clock, files):
+    """Open `log` (arguments as Log's) after a reboot or power cut: its settings and counters,
+    segments, cursor, pending count and boot."""
+    if segment_bytes <= HEADER or segment_bytes >= _MAX_SEGMENT:
+        raise ValueError("segment_bytes must be in (7, 1 MiB)")
+    if budget_bytes < 2 * segment_bytes:
+        raise ValueError("budget_bytes must hold at least two segments")
+    if files is None:
+        from edge.store import Files  # the package, loaded by now
 
-
-def recover(log):
-    """Open `log` after a reboot or power cut: its segments, cursor, pending count and boot."""
-    fs = log.files
-    fs.mkdir(log.dir)
-    boot, cseg, coff = _load_state(log)
+        files = Files()
+    # Settings, counters and run-time state (documented in Log).
+    log.dir = dirpath
+    log.budget_bytes = budget_bytes
+    log.segment_bytes = segment_bytes
+    log.sync_every_ms = sync_every_ms
+    log.sync_every_bytes = sync_every_bytes
+    log.clock = clock
+    log.files = files
+    log._seg_path = dirpath + "/seg-%06d.log"
+    log._hdr = bytearray(HEADER)
+    log._lenmv = memoryview(log._hdr)[1:3]
+    log.appended = 0
+    log.dropped_records = 0
+    log.evicted_in_flight = 0
+    log.dropped_bytes = 0
+    log.torn_records = 0
+    log.torn_bytes = 0
+    log.syncs = 0
+    log._read = 0
+    log._inflight = []
+    log._unsynced = 0
+    log._unsynced_since = 0
+    log._tainted = False
+    log._moved_at = None
+    # Record ids: (segment - first segment of this boot) * span + offset, span the smallest power
+    # of two above segment_bytes, so ids stay small ints (no heap) for as long as possible.
+    span = 2
+    while span <= segment_bytes:
+        span <<= 1
+    log._span = span
+    # The state file as Log._save_state writes it (b"cbL1", boot, cursor segment and offset,
+    # crc32), or its .tmp twin if a power cut came in the middle of replacing it.
+    boot = cseg = coff = 0
+    for name in ("/state", "/state.tmp"):
+        data = files.read_small(dirpath + name)
+        if (
+            data
+            and len(data) == 20
+            and data[0:4] == b"cbL1"
+            and crc32(data[0:16]) == struct.unpack_from("<I", data, 16)[0]
+        ):
+            boot, cseg, coff = struct.unpack_from("<III", data, 4)
+            break
     ids = []
-    for name in fs.listdir(log.dir):
+    for name in files.listdir(dirpath):
         if name.endswith(".tmp"):
-            fs.remove(log.dir + "/" + name)  # a copy or state write cut short
-            continue
-        seg = _seg_id(name)
-        if seg >= 0:
-            ids.append(seg)
+            files.remove(dirpath + "/" + name)  # a copy or state write cut short
+        elif name.startswith("seg-") and name.endswith(".log") and name[4:-4].isdigit():
+            ids.append(int(name[4:-4]))
     ids.sort()
+    segs = log._segs = []
+    sizes = log._sizes = []
+    counts = log._counts = []
     for seg in ids:
         if seg < cseg:
-            fs.remove(log._path(seg))  # wholly acked: a power cut came before its delete
+            files.remove(log._seg_path % seg)  # wholly acked: a power cut came before its delete
             continue
-        cur = coff if seg == cseg else -1
-        end, count, before = _scan(log, seg, cur)
+        end, count, before = _scan(log, log._seg_path % seg, coff if seg == cseg else -1)
         if end == 0 and seg != ids[-1]:
-            fs.remove(log._path(seg))
+            files.remove(log._seg_path % seg)
             continue
-        if not log._segs:
-            log._base = seg
-            log._first_acked = before if seg == cseg else 0
-            log._cursor = log._rid(seg, min(coff, end) if seg == cseg else 0)
-        log._segs.append(seg)
-        log._sizes.append(end)
-        log._counts.append(count)
-        log.flash_bytes += end
-    if not log._segs:
-        seg = cseg + 1
-        log._segs.append(seg)
-        log._sizes.append(0)
-        log._counts.append(0)
-        log._base = seg
-        log._cursor = log._rid(seg, 0)
-    log.pending = sum(log._counts) - log._first_acked
-    log._read = log._cursor
-    log._normalize_cursor()
-    log._active = fs.open_append(log._path(log._segs[-1]))
-    log._synced = log._sizes[-1]
+        segs.append(seg)
+        sizes.append(end)
+        counts.append(count - before)
+    if not segs:
+        segs.append(cseg + 1)
+        sizes.append(0)
+        counts.append(0)
+    log._base = segs[0]
+    log._cursor = min(coff, sizes[0]) if segs[0] == cseg else 0  # rid of (_base, offset)
+    log.flash_bytes = sum(sizes)
+    log.pending = sum(counts)
+    log._drop_passed()
+    log._active = files.open(log._seg_path % segs[-1], "ab")
     log.boot = boot + 1
     log._save_state()
-    log._cursor_saved_at = log._clock()
 
 
-def _scan(log, seg, cursor_off):
-    """Check one segment, cutting it after its last good record.
+def _scan(log, path, off):
+    """Check the segment at `path`, cutting it after its last good record. `off` is the cursor's
+    offset if the cursor is in this segment, else -1.
 
-    Returns (end offset, records, records ending at or before cursor_off).
+    Returns (end offset, records, records ending at or before `off`).
     """
     fs = log.files
-    path = log._path(seg)
-    size = fs.size(path)
-    hdr = log._hmv
+    hdr = log._hdr
     buf = memoryview(bytearray(_SCRATCH))
-    pos = 0
-    count = 0
-    before = 0
-    f = fs.open_read(path)
+    pos = count = before = 0
+    f = fs.open(path, "rb")
     try:
-        while pos + HEADER <= size:
-            if f.readinto(hdr) != HEADER or hdr[0] != MAGIC:
-                break
+        while f.readinto(hdr) == HEADER and hdr[0] == MAGIC:
             n = hdr[1] | (hdr[2] << 8)
-            if pos + HEADER + n > size:
-                break
             crc = crc32(log._lenmv)
             left = n
             while left > 0:
                 k = f.readinto(buf[0 : min(left, _SCRATCH)])
                 if not k:
-                    break
+                    break  # the file ends inside the payload
                 crc = crc32(buf[0:k], crc)
                 left -= k
-            if left or (crc & 0xFFFFFFFF) != struct.unpack_from("<I", hdr, 3)[0]:
+            if left or crc != struct.unpack_from("<I", hdr, 3)[0]:
                 break
             pos += HEADER + n
             count += 1
-            if pos <= cursor_off:
+            if pos <= off:
                 before += 1
+        size = f.seek(0, 2)
     finally:
-        fs.close(f)
+        f.close()
     if pos < size:
         log.torn_records += 1
         log.torn_bytes += size - pos
-        fs.truncate(path, pos)
+        _truncate(fs, path, pos, buf)
     return pos, count, before
 
 
-def _load_state(log):
-    """(boot, cursor segment, cursor offset) from `state` (or its .tmp twin), zeros if none is valid."""
-    for name in ("/state", "/state.tmp"):
-        data = log.files.read_small(log.dir + name)
-        if data is None or len(data) != STATE_LEN or data[0:4] != STATE_MAGIC:
-            continue
-        if crc32(data[0:16]) & 0xFFFFFFFF != struct.unpack_from("<I", data, 16)[0]:
-            continue
-        boot, cseg, coff = struct.unpack_from("<III", data, 4)
-        return boot, cseg, coff
-    return 0, 0, 0
+def _truncate(files, path, length, buf):
+    """Cut a file to `length` bytes (rare: a torn tail found at boot), through `files` like every write.
+
+    MicroPython files have no truncate, so the kept prefix is copied (through `buf`) to a temp
+    file that then replaces the original: a power cut during the copy leaves the original (still
+    torn, found again next boot) plus a stale `.tmp` that recovery deletes.
+    """
+    tmp = path + ".tmp"
+    src = files.open(path, "rb")
+    dst = files.open(tmp, "ab")
+    left = length
+    try:
+        while left > 0:
+            n = src.readinto(buf[0 : min(left, _SCRATCH)])
+            if not n:
+                break
+            files.write(dst, buf[0:n])
+            left -= n
+        files.sync(dst)
+    finally:
+        dst.close()
+        src.close()
+    files.rename(tmp, path)

@@ -7,8 +7,8 @@ properties (power cuts at every byte) are in tests/unit/test_store_properties.py
 import os
 from binascii import hexlify
 
-from edge.store import HEADER, Files, Log, StoreError
-from edge.store.log import seg_name
+from edge.store import Files, Log, StoreError
+from edge.store.log import HEADER
 
 # One record on flash: magic, length 3 (LE), crc32 of b"\x03\x00abc" (LE), payload.
 RECORD_ABC = b"\xa5\x03\x00\x1d\x15\xe7Kabc"
@@ -20,6 +20,11 @@ class Clock:
 
     def __call__(self):
         return self.now
+
+
+def seg_name(seg):
+    """A segment's file name (docs/store.md)."""
+    return "seg-%06d.log" % seg
 
 
 def _tmpdir():
@@ -100,6 +105,15 @@ def test_ack_of_unpeeked_record_is_an_error():
             raise AssertionError("oversized record accepted")
         except StoreError:
             pass
+        log.append(b"z", urgent=True)
+        got = log.peek(10)
+        try:
+            log.ack(got[1][0] - 1)  # inside the second record: no id peek handed out
+            raise AssertionError("ack of an id peek did not hand out accepted")
+        except StoreError:
+            pass
+        assert log.pending == 2  # the refused ack changed nothing
+        assert log.ack(got[1][0]) == 2 and log.pending == 0
         log.close()
     finally:
         _rmtree(d)
@@ -176,8 +190,9 @@ def test_group_sync_by_time_and_bytes():
     d = _tmpdir()
     try:
         clock = Clock()
-        log = Log(d, budget_bytes=8192, segment_bytes=4096, sync_every_ms=10000,
-                  sync_every_bytes=100, clock=clock)
+        log = Log(
+            d, budget_bytes=8192, segment_bytes=4096, sync_every_ms=10000, sync_every_bytes=100, clock=clock
+        )
         log.append(b"p" * 10)
         assert log.syncs == 0 and log.peek(10) == []  # not durable yet: not published
         clock.now = 9999

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.store import HEADER, Log, StoreError
+from edge.store import Log, StoreError
+from edge.store.log import HEADER
 
 DIR = "/flash/log"
 
@@ -54,9 +55,9 @@ class _Read:
         self.node = node
         self.pos = 0
 
-    def seek(self, pos: int) -> int:
-        self.pos = pos
-        return pos
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = pos + (len(self.node.data) if whence == 2 else 0)
+        return self.pos
 
     def readinto(self, buf: memoryview) -> int:
         chunk = self.node.data[self.pos : self.pos + len(buf)]
@@ -74,7 +75,7 @@ class _Read:
 
 
 class FlakyFiles:
-    """An in-memory flash with the `edge.store.fs.Files` interface and a `power_cut`."""
+    """An in-memory flash with the `edge.store.Files` interface and a `power_cut`."""
 
     def __init__(self) -> None:
         self.nodes: dict[str, _Node] = {}
@@ -86,27 +87,16 @@ class FlakyFiles:
         prefix = path + "/"
         return [p[len(prefix) :] for p in self.nodes if p.startswith(prefix)]
 
-    def mkdir(self, path: str) -> None:
-        pass
-
-    def size(self, path: str) -> int:
-        return len(self.nodes[path].data)
-
-    def exists(self, path: str) -> bool:
-        return path in self.nodes
-
     def remove(self, path: str) -> None:
         del self.nodes[path]
 
     def rename(self, old: str, new: str) -> None:
         self.nodes[new] = self.nodes.pop(old)
 
-    def open_append(self, path: str) -> _Append:
-        node = self.nodes.setdefault(path, _Node())
-        return _Append(node)
-
-    def open_read(self, path: str) -> _Read:
-        return _Read(self.nodes[path])
+    def open(self, path: str, mode: str) -> _Append | _Read:
+        if mode == "rb":
+            return _Read(self.nodes[path])
+        return _Append(self.nodes.setdefault(path, _Node()))
 
     def write(self, f: _Append, buf: bytes) -> int:
         n = f.write(bytes(buf))
@@ -117,9 +107,6 @@ class FlakyFiles:
         f.node.durable = len(f.node.data)
         self.syncs += 1
 
-    def close(self, f: object) -> None:
-        pass
-
     def write_atomic(self, path: str, data: bytes) -> None:
         self.nodes[path] = _Node(bytes(data), len(data))
         self.written += len(data)
@@ -128,11 +115,6 @@ class FlakyFiles:
     def read_small(self, path: str) -> bytes | None:
         node = self.nodes.get(path)
         return None if node is None else bytes(node.data)
-
-    def truncate(self, path: str, size: int) -> None:
-        data = bytes(self.nodes[path].data[:size])
-        self.nodes[path] = _Node(data, len(data))
-        self.written += size
 
     def power_cut(self, rng: random.Random) -> None:
         """Each file keeps its durable prefix plus a random prefix of the rest, maybe then garbage."""
@@ -192,7 +174,12 @@ def _drain(log: Log) -> list[bytes]:
 _APPEND = st.tuples(st.just("append"), st.binary(max_size=48), st.booleans())
 _PERIODIC = st.tuples(st.just("append"), st.binary(max_size=48), st.just(False))
 OPS = st.one_of(
-    _APPEND, _APPEND, _PERIODIC, _PERIODIC, _PERIODIC, _PERIODIC,
+    _APPEND,
+    _APPEND,
+    _PERIODIC,
+    _PERIODIC,
+    _PERIODIC,
+    _PERIODIC,
     st.tuples(st.just("sync")),
     st.tuples(st.just("tick"), st.integers(0, 60)),
     st.tuples(st.just("peek"), st.integers(1, 8), st.integers(0, 120)),
@@ -219,7 +206,10 @@ def test_log_survives_power_cuts(
 
 # Mostly appends, so that the budget fills and eviction (with partly acked segments) is common.
 FILL_OPS = st.one_of(
-    _PERIODIC, _PERIODIC, _PERIODIC, _APPEND,
+    _PERIODIC,
+    _PERIODIC,
+    _PERIODIC,
+    _APPEND,
     st.tuples(st.just("peek"), st.integers(1, 8), st.integers(0, 120)),
     st.tuples(st.just("ack"), st.integers(0, 10**6)),
     st.tuples(st.just("crash"), st.integers(0, 2**32)),
@@ -233,20 +223,29 @@ FILL_OPS = st.one_of(
     sync_every_bytes=st.integers(0, 100),
     ops=st.lists(FILL_OPS, min_size=60, max_size=200),
 )
-def test_eviction_is_counted_exactly(segment_bytes: int, n_segments: int, sync_every_bytes: int,
-                                     ops: list[tuple]) -> None:
+def test_eviction_is_counted_exactly(
+    segment_bytes: int, n_segments: int, sync_every_bytes: int, ops: list[tuple]
+) -> None:
     run(segment_bytes, n_segments, 10, sync_every_bytes, ops)
 
 
-def run(segment_bytes: int, n_segments: int, sync_every_ms: int, sync_every_bytes: int,
-        ops: list[tuple]) -> None:
+def run(
+    segment_bytes: int, n_segments: int, sync_every_ms: int, sync_every_bytes: int, ops: list[tuple]
+) -> None:
     fs = FlakyFiles()
     clock = Clock()
     budget = segment_bytes * n_segments
 
     def open_log() -> Log:
-        return Log(DIR, budget_bytes=budget, segment_bytes=segment_bytes, sync_every_ms=sync_every_ms,
-                   sync_every_bytes=sync_every_bytes, clock=clock, files=fs)
+        return Log(
+            DIR,
+            budget_bytes=budget,
+            segment_bytes=segment_bytes,
+            sync_every_ms=sync_every_ms,
+            sync_every_bytes=sync_every_bytes,
+            clock=clock,
+            files=fs,
+        )
 
     log = open_log()
     m = Model()
@@ -324,7 +323,8 @@ def run(segment_bytes: int, n_segments: int, sync_every_ms: int, sync_every_byte
             starts = [a for a in range(m.gone, m.acked + 1) if m.recs[a : a + len(got)] == got]
             assert any(a + len(got) >= m.synced for a in starts), (
                 f"after power cut got {len(got)} records, none of the allowed windows match: "
-                f"gone={m.gone} acked={m.acked} synced={m.synced} of {len(m.recs)}")
+                f"gone={m.gone} acked={m.acked} synced={m.synced} of {len(m.recs)}"
+            )
             assert log.pending == len(got)
             m.reset(got)
         elif kind == "reboot":
