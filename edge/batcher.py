@@ -16,16 +16,14 @@ from edge import cbor, protocol, record
 
 
 class Batch:
-    __slots__ = ("seq", "payload", "last_rid", "count", "used", "acked", "buf")
-
     def __init__(self, seq, payload, last_rid, count, used, buf=None):
         self.seq = seq
-        self.payload = payload
+        self.payload = payload  # None: an entry for skipped records only, delivered already
         self.buf = buf  # the pool buffer `payload` views, back to the pool on release
         self.last_rid = last_rid
         self.count = count  # readings in the payload
         self.used = used  # log records it accounts for (readings + skipped ones)
-        self.acked = False
+        self.acked = payload is None
 
 
 class Batcher:
@@ -44,17 +42,16 @@ class Batcher:
         self.n_fields_of = n_fields_of
         self.anchor = anchor
         self.batch_max = batch_max
-        self.encoder = protocol.BatchEncoder(0 if pool else capacity)
-        # The first buffer now, while the heap is whole: the rest only if the uplink needs them.
-        self._free = [bytearray(capacity)] if pool else []
-        self._room = pool - 1 if pool else 0  # buffers the pool may still allocate
-        self._capacity = capacity
-        self._pooled = pool > 0
-        self.next_seq = 0
+        self.enc = protocol.BatchEncoder(0 if pool else capacity)
+        # The pool's free buffers, last out first, or None without a pool (each batch is then
+        # copied out of the encoder's own buffer). The first buffer now, while the heap is whole;
+        # the rest only if the uplink needs them, so they start as their size (allocated when
+        # taken).
+        self.pool = [capacity] * (pool - 1) + [bytearray(capacity)] if pool else None
+        self.seq = 0  # of the next batch
         self.inflight = []  # Batch, oldest first
         self.unstampable = 0
         self.corrupt = 0
-        self.sent_readings = 0
         self.records_in_flight = 0  # log records covered by batches not yet released
 
     def build(self, records):
@@ -63,7 +60,8 @@ class Batcher:
         Returns (batch or None, used): `used` is how many records it consumed (including skipped
         unstampable ones). None with used > 0 means only skips: call `release()` for the ack.
         """
-        enc = self.encoder
+        enc = self.enc
+        free = self.pool
         started = False
         used = 0
         count = 0
@@ -90,47 +88,48 @@ class Batcher:
                     continue
                 ts = offset + uptime
             if not started:
-                if self._pooled:
-                    if not self._free:
-                        if not self._room or not self._grow():
-                            break  # every buffer holds an unreleased batch: wait for an ack
-                    enc.w.buf = self._free.pop()
-                enc.begin(self.boot, self.next_seq, ts)
+                if free is not None:
+                    if not free:
+                        break  # every buffer holds an unreleased batch: wait for an ack
+                    buf = free[-1]
+                    if type(buf) is int:
+                        try:
+                            buf = bytearray(buf)
+                        except MemoryError:
+                            break  # a fragmented heap: make do with the buffers there are
+                    free.pop()
+                    enc.w.buf = buf
+                enc.begin(self.boot, self.seq, ts)
                 started = True
-            if not enc.add_record(payload, ts_pos, ts, f0, f1):
+            # The batch reading is the record's, with dt for ts: its sensor id and kind
+            # (payload[1:ts_pos]) and fields map (payload[f0:f1]) are copied as they are.
+            mv = memoryview(payload)
+            if not enc.add_record(mv[1:ts_pos], ts, mv[f0:f1]):
                 if count == 0:
-                    if self._pooled:
-                        self._free.append(enc.w.buf)
-                    raise ValueError("record %r does not fit an empty batch" % (rid,))
+                    if free is not None:
+                        free.append(enc.w.buf)
+                    raise cbor.BufferFull(rid)  # this record does not fit an empty batch
                 break
             count += 1
             used += 1
             last_rid = rid
-        if count == 0:
-            if used:
-                # Only unstampable records: nothing to publish, but the log may forget them
-                # once every batch before them is delivered.
-                skip = Batch(None, None, last_rid, 0, used)
-                skip.acked = True
-                self.inflight.append(skip)
-                self.records_in_flight += used
-            return None, used
-        if self._pooled:
-            batch = Batch(self.next_seq, enc.finish(), last_rid, count, used, enc.w.buf)
+        if count:
+            payload = enc.finish()
+            if free is None:
+                batch = Batch(self.seq, bytes(payload), last_rid, count, used)
+            else:
+                batch = Batch(self.seq, payload, last_rid, count, used, enc.w.buf)
+            self.seq += 1
+            self.inflight.append(batch)
+        elif used:
+            # Only unstampable records: nothing to publish, but the log may forget them once
+            # every batch before them is delivered.
+            self.inflight.append(Batch(None, None, last_rid, 0, used))
+            batch = None
         else:
-            batch = Batch(self.next_seq, bytes(enc.finish()), last_rid, count, used)
+            return None, 0
         self.records_in_flight += used
-        self.next_seq += 1
-        self.inflight.append(batch)
         return batch, used
-
-    def _grow(self):
-        try:
-            self._free.append(bytearray(self._capacity))
-        except MemoryError:
-            return False  # a fragmented heap: make do with the buffers there are
-        self._room -= 1
-        return True
 
     def acked(self, seq):
         """Mark batch `seq` delivered; returns the record id the log may ack up to, or None."""
@@ -141,21 +140,18 @@ class Batcher:
         return self.release()
 
     def release(self):
-        """Pop the delivered batches at the head; the record id the log may ack up to, or None."""
+        """Pop the delivered batches at the head; the record id the log may ack up to, or None.
+
+        `inflight` holds what is left: the batches to re-send after a reconnect are those not
+        acked, oldest first, with their original seq.
+        """
         upto = None
-        while self.inflight and self.inflight[0].acked:
-            b = self.inflight.pop(0)
+        inflight = self.inflight
+        while inflight and inflight[0].acked:
+            b = inflight.pop(0)
             if b.buf is not None:
-                self._free.append(b.buf)
+                self.pool.append(b.buf)
                 b.buf = b.payload = None
             upto = b.last_rid
-            self.sent_readings += b.count
             self.records_in_flight -= b.used
         return upto
-
-    def unacked(self):
-        """Batches to re-send after a reconnect, oldest first, with their original seq."""
-        return [b for b in self.inflight if not b.acked]
-
-    def pending(self):
-        return len(self.inflight)

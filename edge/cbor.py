@@ -9,19 +9,14 @@ Output is byte-for-byte what `cbor2.dumps(value)` writes, except floats: they us
 half/single/double that holds the value exactly (cbor2's `canonical=True` float rule; plain cbor2
 always writes 8-byte doubles). NaN is always f97e00 and infinities are half, as cbor2 does. Ints
 beyond 64 bits are bignums (tags 2/3), as cbor2 does. Map keys are written in the dict's iteration
-order; MicroPython dicts do not keep insertion order, so use `enc_map_pairs` (or headers and
-items, as edge/protocol does) where the byte order matters.
+order; MicroPython dicts do not keep insertion order, so use `enc_map_pairs` (or a header and
+the items, as edge/protocol does) where the byte order matters.
 
 The decoder (edge/cbor_decode.py, behind `loads`) is for commands from the network only, so a
 board loads it on the first command, not at boot.
 """
 
 import struct
-
-from edge.compat import const
-
-_MAX_DEPTH = const(16)
-_MAX_ITEMS = const(4096)
 
 
 class CBORError(ValueError):
@@ -35,15 +30,14 @@ class BufferFull(CBORError):
 class Writer:
     """Appends into a preallocated buffer; `CBORError` when full, so the heap never grows.
 
-    `view()` returns a memoryview into the shared buffer: it is valid until the next `reset()`.
+    `Writer(n)` allocates its n-byte buffer once. `view()` returns a memoryview into the shared
+    buffer: it is valid until the next `reset()`. No `__slots__` (nor on the classes of
+    edge/protocol.py and edge/batcher.py): MicroPython ignores them, and their tuple of names
+    would only cost the board's heap.
     """
 
-    __slots__ = ("buf", "pos")
-
-    def __init__(self, size_or_buf):
-        if isinstance(size_or_buf, int):
-            size_or_buf = bytearray(size_or_buf)
-        self.buf = size_or_buf
+    def __init__(self, n):
+        self.buf = bytearray(n)
         self.pos = 0
 
     def reset(self):
@@ -52,7 +46,7 @@ class Writer:
     def append(self, b):
         p = self.pos
         if p >= len(self.buf):
-            raise BufferFull("buffer full")
+            raise BufferFull
         self.buf[p] = b
         self.pos = p + 1
 
@@ -60,47 +54,39 @@ class Writer:
         p = self.pos
         n = len(data)
         if p + n > len(self.buf):
-            raise BufferFull("buffer full")
-        self.buf[p:p + n] = data
+            raise BufferFull
+        self.buf[p : p + n] = data
         self.pos = p + n
 
     def view(self):
-        return memoryview(self.buf)[:self.pos]
+        return memoryview(self.buf)[: self.pos]
 
 
 # ---------------------------------------------------------------- encoder
 
 
 def enc_head(w, major, n):
-    """Write a header: major type 0..7 and argument n (0 <= n < 2**64), shortest form."""
+    """Write a header: major type 0..7 and argument n (0 <= n < 2**64), shortest form: n in the
+    header byte below 24, else in the next 1, 2, 4 or 8 bytes (additional info 24..27)."""
     mt = major << 5
     if n < 24:
         w.append(mt | n)
         return
     if n < 0x100:
         w.append(mt | 24)
-        nb = 1
-    elif n < 0x10000:
+        w.append(n)
+        return
+    if n < 0x10000:
         w.append(mt | 25)
-        nb = 2
+        top = 8
     elif n < 0x100000000:
         w.append(mt | 26)
-        nb = 4
+        top = 24
     else:
         w.append(mt | 27)
-        nb = 8
-    shift = (nb - 1) * 8
-    while shift >= 0:
+        top = 56
+    for shift in range(top, -1, -8):  # n's bytes, big-endian
         w.append((n >> shift) & 0xFF)
-        shift -= 8
-
-
-def enc_array_head(w, n):
-    enc_head(w, 4, n)
-
-
-def enc_map_head(w, n):
-    enc_head(w, 5, n)
 
 
 def enc_int(w, n):
@@ -109,38 +95,41 @@ def enc_int(w, n):
     else:
         major = 1
         n = -1 - n
-    if n < 0x10000000000000000:
+    if not n >> 64:
         enc_head(w, major, n)
         return
     # Bignum: tag 2 (positive) or 3 (negative), then the magnitude as a big-endian byte string.
-    nb = 0
-    m = n
-    while m:
-        m >>= 8
+    nb = 9
+    while n >> (nb << 3):
         nb += 1
     enc_head(w, 6, 2 + major)
-    enc_head(w, 2, nb)
-    w.extend(n.to_bytes(nb, "big"))
+    enc(w, n.to_bytes(nb, "big"))
 
 
 def enc_text(w, s):
     """A text string; `s` may be pre-encoded UTF-8 bytes (lets a caller cache sensor ids)."""
     if isinstance(s, str):
-        s = s.encode("utf-8")
+        s = s.encode()
     enc_head(w, 3, len(s))
     w.extend(s)
-
-
-def enc_bytes(w, b):
-    enc_head(w, 2, len(b))
-    w.extend(b)
 
 
 _scratch = bytearray(8)  # float bits; module-level so encoding a float allocates nothing
 
 
-def _tz_mant(b):
-    """Trailing zero bits of the 52-bit mantissa of the big-endian double in b (52 if zero)."""
+def enc_float(w, value):
+    """Shortest of half/single/double holding the value exactly, decided on the double's bits.
+
+    Bit tests instead of pack/unpack round trips: no bytes or tuple objects per float on a board.
+    A format holds the value when its exponent e is in the format's range (subnormals included)
+    and no set mantissa bit is one the format lacks: the low 42 of the double's 52 for half, 29
+    for single, and one more per step of e below the format's normal range (-14, -126).
+    """
+    b = _scratch
+    struct.pack_into(">d", b, 0, value)
+    sign = b[0] & 0x80
+    exp = ((b[0] & 0x7F) << 4) | (b[1] >> 4)
+    # Trailing zero bits of the 52-bit mantissa (52 if it is zero).
     tz = 0
     for i in range(7, 0, -1):
         v = b[i] if i > 1 else b[1] & 0x0F
@@ -148,55 +137,31 @@ def _tz_mant(b):
             while not v & 1:
                 v >>= 1
                 tz += 1
-            return tz
+            break
         tz += 8
-    return 52
-
-
-def enc_float(w, x):
-    """Shortest of half/single/double holding x exactly, decided on the double's bits.
-
-    Bit tests instead of pack/unpack round trips: no bytes or tuple objects per float on a board.
-    """
-    b = _scratch
-    struct.pack_into(">d", b, 0, x)
-    sign = b[0] & 0x80
-    exp = ((b[0] & 0x7F) << 4) | (b[1] >> 4)
-    if exp == 0x7FF:
-        if (b[1] & 0x0F) or b[2] or b[3] or b[4] or b[5] or b[6] or b[7]:
-            w.append(0xF9)  # NaN, any payload: f97e00 like cbor2
-            w.append(0x7E)
-        else:
-            w.append(0xF9)
-            w.append(0xFC if sign else 0x7C)
-        w.append(0)
-        return
-    tz = _tz_mant(b)
-    if exp == 0:
-        if tz == 52:  # +-0.0
-            w.append(0xF9)
-            w.append(sign)
-            w.append(0)
-            return
-        e = -2000  # double subnormal: far below single range
     else:
-        e = exp - 1023
-    top10 = ((b[1] & 0x0F) << 6) | (b[2] >> 2)  # mantissa >> 42
-    h = -1
-    if -14 <= e <= 15:
-        if tz >= 42:
-            h = ((e + 15) << 10) | top10
-    elif -24 <= e < -14:
-        shift = 28 - e  # half subnormal m * 2**-24 == (2**52 + mant) * 2**(e - 52)
-        if tz >= shift:
-            h = (1 << (52 - shift)) | (top10 >> (shift - 42))
+        tz = 52
+    e = exp - 1023  # a double subnormal (exp 0) is far below the single range too
+    if exp == 0x7FF:
+        if tz < 52:
+            sign = 0  # NaN, any sign and payload: f97e00 like cbor2
+            h = 0x7E00
+        else:
+            h = 0x7C00  # infinity
+    elif exp == 0 and tz == 52:
+        h = 0  # +-0.0
+    elif -24 <= e <= 15 and tz >= 42 and tz >= 28 - e:
+        top = 0x400 | ((b[1] & 0x0F) << 6) | (b[2] >> 2)  # the implicit 1, then the top 10 mantissa bits
+        h = ((e + 14) << 10) + top if e >= -14 else top >> (-14 - e)  # normal, else subnormal
+    else:
+        h = -1
     if h >= 0:
         w.append(0xF9)
         w.append(sign | (h >> 8))
         w.append(h & 0xFF)
         return
-    if (-126 <= e <= 127 and tz >= 29) or (-149 <= e < -126 and tz >= -97 - e):
-        struct.pack_into(">f", b, 0, x)
+    if -149 <= e <= 127 and tz >= 29 and tz >= -97 - e:
+        struct.pack_into(">f", b, 0, value)
         w.append(0xFA)
         n = 4
     else:
@@ -206,10 +171,10 @@ def enc_float(w, x):
         w.append(b[i])
 
 
-def enc_map_pairs(w, pairs, n):
+def enc_map_pairs(w, items, n):
     """A map from an iterable of n (key, value) pairs, without building a dict."""
     enc_head(w, 5, n)
-    for k, v in pairs:
+    for k, v in items:
         enc(w, k)
         enc(w, v)
 
@@ -228,27 +193,19 @@ def enc(w, value):
     elif value is None:
         w.append(0xF6)
     elif t is dict:
-        enc_head(w, 5, len(value))
-        for k in value:
-            enc(w, k)
-            enc(w, value[k])
+        enc_map_pairs(w, value.items(), len(value))
     elif t is list or t is tuple:
         enc_head(w, 4, len(value))
         for v in value:
             enc(w, v)
     elif t is bytes or t is bytearray or t is memoryview:
-        enc_bytes(w, value)
-    elif isinstance(value, bool):
-        w.append(0xF5 if value else 0xF4)
-    elif isinstance(value, int):
-        enc_int(w, int(value))
-    elif isinstance(value, float):
-        enc_float(w, float(value))
-    elif isinstance(value, str):
-        enc_text(w, str(value))
-    elif isinstance(value, dict):
-        enc(w, dict(value))
+        enc_head(w, 2, len(value))
+        w.extend(value)
     else:
+        for base in (int, float, str, dict):  # a subclass (IntEnum, OrderedDict...) as its base
+            if isinstance(value, base):
+                enc(w, base(value))
+                return
         raise CBORError("cannot encode %s" % t.__name__)
 
 
@@ -259,11 +216,12 @@ def dumps(value):
     return bytes(buf)
 
 
-def loads(data, max_depth=_MAX_DEPTH, max_items=_MAX_ITEMS):
+def loads(data, *limits):
     """Decode exactly one CBOR item filling `data`; anything wrong is a CBORError.
 
-    The decoder lives in edge.cbor_decode, loaded on first use: a gateway decodes only commands.
+    `limits`: optional max_depth (default 16) and max_items (default 4096), passed on to the
+    decoder. It lives in edge.cbor_decode, loaded on first use: a gateway decodes only commands.
     """
     from edge.cbor_decode import loads
 
-    return loads(data, max_depth, max_items)
+    return loads(data, *limits)

@@ -23,24 +23,22 @@ CMD = "cmd"
 REPLY = "reply"
 LEAVES = (UP, ALARM, STATUS, CMD, REPLY)
 
-# Batch map keys.
-K_V = const(0)
-K_BOOT = const(1)
-K_SEQ = const(2)
-K_T0 = const(3)
-K_READINGS = const(4)
-K_ALARM = const(5)
+# Batch map keys (docs/protocol.md; collector/decode.py has the same table).
+_K_V = const(0)
+_K_BOOT = const(1)
+_K_SEQ = const(2)
+_K_T0 = const(3)
+_K_READINGS = const(4)
+_K_ALARM = const(5)
 
-_HEAD_RESERVE = const(3)  # 0x99 + uint16 count: the longest array header a batch can need
-_MAX_READINGS = const(0xFFFF)
+_MAX_READINGS = const(0xFFFF)  # a uint16 count: the longest readings header, reserved by begin
 
 
 def topic(gw, leaf, prefix=PREFIX):
-    """`<prefix>/<gw>/<leaf>`; a gateway id that would escape its subtree is a ValueError."""
-    if leaf not in LEAVES:
-        raise ValueError("unknown topic leaf %r" % (leaf,))
-    if not gw or "/" in gw or "+" in gw or "#" in gw:
-        raise ValueError("bad gateway id %r" % (gw,))
+    """`<prefix>/<gw>/<leaf>`; an unknown leaf, or a gateway id that would escape its subtree,
+    is a ValueError (edge/config.py has already refused such an id with a full message)."""
+    if leaf not in LEAVES or not gw or "/" in gw or "+" in gw or "#" in gw:
+        raise ValueError("bad topic", gw, leaf)
     return prefix + "/" + gw + "/" + leaf
 
 
@@ -55,12 +53,8 @@ def parse_topic(name, prefix=PREFIX):
 
 
 def enc_fields(w, fields):
-    """A reading's fields as {index: value}, skipping None: no dict is built."""
-    n = 0
-    for v in fields:
-        if v is not None:
-            n += 1
-    cbor.enc_head(w, 5, n)
+    """A reading's fields (a tuple or list) as {index: value}, skipping None: no dict is built."""
+    cbor.enc_head(w, 5, len(fields) - fields.count(None))
     i = 0
     for v in fields:
         if v is not None:
@@ -77,8 +71,6 @@ class BatchEncoder:
     memoryview `finish()` returns points into the shared buffer: publish it before `begin` again.
     """
 
-    __slots__ = ("w", "count", "t0", "alarm", "_head")
-
     def __init__(self, capacity=2048):
         self.w = cbor.Writer(capacity)
         self.count = 0
@@ -93,25 +85,26 @@ class BatchEncoder:
         self.t0 = t0
         self.alarm = alarm
         w.append(0xA6 if alarm is not None else 0xA5)
-        w.append(K_V)
+        w.append(_K_V)
         cbor.enc_head(w, 0, VERSION)
-        w.append(K_BOOT)
+        w.append(_K_BOOT)
         cbor.enc_head(w, 0, boot)
-        w.append(K_SEQ)
+        w.append(_K_SEQ)
         cbor.enc_head(w, 0, seq)
-        w.append(K_T0)
+        w.append(_K_T0)
         cbor.enc_head(w, 0, t0)
-        w.append(K_READINGS)
+        w.append(_K_READINGS)
         self._head = w.pos
-        w.extend(b"\x99\x00\x00")
+        cbor.enc_head(w, 4, _MAX_READINGS)  # the longest array header (3 bytes), patched at finish
 
-    def add(self, sensor, kind, ts_ms, fields):
-        """Append `[sensor, kind, dt, {index: value}]`; False if it does not fit (nothing added).
+    def add(self, sensor, kind, ts, fields):
+        """Append `[sensor, kind, dt, {index: value}]`, dt = ts - t0 (UTC ms); False if it does
+        not fit (nothing added).
 
         `sensor` may be str or its UTF-8 bytes (cache them to avoid an encode per reading).
         """
         if self._head < 0:
-            raise cbor.CBORError("add() outside begin()/finish()")
+            raise cbor.CBORError  # add() outside begin()..finish()
         if self.count >= _MAX_READINGS:
             return False
         w = self.w
@@ -120,7 +113,7 @@ class BatchEncoder:
             w.append(0x84)
             cbor.enc_text(w, sensor)
             cbor.enc_head(w, 0, kind)
-            cbor.enc_int(w, ts_ms - self.t0)
+            cbor.enc_int(w, ts - self.t0)
             enc_fields(w, fields)
         except cbor.BufferFull:
             w.pos = mark
@@ -131,21 +124,21 @@ class BatchEncoder:
         self.count += 1
         return True
 
-    def add_record(self, rec, ts_pos, ts_ms, f0, f1):
-        """Append a log record's reading (edge/record.py `parse`) as `[sensor, kind, dt, {fields}]`,
-        copying its sensor, kind and fields bytes as they are; False if it does not fit."""
+    def add_record(self, head, ts, fields):
+        """Append a log record's reading as `[sensor, kind, dt, {fields}]` from its encoded parts
+        (edge/record.py `parse` finds them): `head` the sensor id and kind, `fields` the fields
+        map, both copied as they are; False if it does not fit (nothing added)."""
         if self._head < 0:
-            raise cbor.CBORError("add() outside begin()/finish()")
+            raise cbor.CBORError  # add() outside begin()..finish()
         if self.count >= _MAX_READINGS:
             return False
         w = self.w
         mark = w.pos
-        mv = memoryview(rec)
         try:
             w.append(0x84)
-            w.extend(mv[1:ts_pos])
-            cbor.enc_int(w, ts_ms - self.t0)
-            w.extend(mv[f0:f1])
+            w.extend(head)
+            cbor.enc_int(w, ts - self.t0)
+            w.extend(fields)
         except cbor.BufferFull:
             w.pos = mark
             return False
@@ -156,79 +149,69 @@ class BatchEncoder:
         """Patch the readings count (and append the alarm code); return a view of the payload."""
         head = self._head
         if head < 0:
-            raise cbor.CBORError("finish() without begin()")
+            raise cbor.CBORError  # finish() without begin()
         n = self.count
         w = self.w
         if self.alarm is not None:
             if n != 1:
-                raise cbor.CBORError("an alarm carries exactly one reading")
-            w.append(K_ALARM)
+                raise cbor.CBORError  # an alarm carries exactly one reading
+            w.append(_K_ALARM)
             cbor.enc_text(w, self.alarm)
+        # The shortest count header goes at the end of the 3 bytes reserved at `head`; the map
+        # prefix before it moves up by `shift` bytes to meet it, and the payload starts there.
+        end = w.pos
+        shift = 2 if n < 24 else 1 if n < 0x100 else 0
+        w.pos = head + shift
+        cbor.enc_head(w, 4, n)
+        w.pos = end
         buf = w.buf
-        if n < 24:
-            size = 1
-        elif n < 0x100:
-            size = 2
-        else:
-            size = 3
-        shift = _HEAD_RESERVE - size
-        # Shortest header at the end of the reserved gap, then the map prefix moved up to meet it.
-        if size == 1:
-            buf[head + 2] = 0x80 | n
-        elif size == 2:
-            buf[head + 1] = 0x98
-            buf[head + 2] = n
-        else:
-            buf[head + 1] = n >> 8
-            buf[head + 2] = n & 0xFF
-        i = head - 1 if shift else -1
-        while i >= 0:
-            buf[i + shift] = buf[i]
-            i -= 1
+        buf[shift : head + shift] = buf[:head]
         self._head = -1
-        return memoryview(buf)[shift:w.pos]
+        return memoryview(buf)[shift:end]
 
 
-def encode_alarm(encoder, boot, seq, code, sensor, kind, ts_ms, fields):
+def encode_alarm(enc, boot, seq, code, sensor, kind, ts, fields):
     """An alarm: a batch of exactly this reading (t0 = its ts, dt = 0) plus key 5 = code.
 
-    Returns a view into the encoder's buffer, like `BatchEncoder.finish`.
+    Returns a view into the `BatchEncoder`'s buffer, like `BatchEncoder.finish`.
     """
-    encoder.begin(boot, seq, ts_ms, code)
-    if not encoder.add(sensor, kind, ts_ms, fields):
-        raise cbor.CBORError("alarm does not fit the buffer")
-    return encoder.finish()
+    enc.begin(boot, seq, ts, code)
+    if not enc.add(sensor, kind, ts, fields):
+        raise cbor.BufferFull  # the alarm does not fit the encoder's buffer
+    return enc.finish()
 
 
-def encode_status(w, state, fw, boot, uptime_s, heap_free, spool_bytes, spool_records,
-                  spool_dropped, clock_synced, ts, errors):
+def encode_status(
+    w,
+    state,
+    fw,
+    boot,
+    uptime_s,
+    heap_free,
+    spool_bytes,
+    spool_records,
+    spool_dropped,
+    clock_synced,
+    ts,
+    errors,
+):
     """The retained status map. `ts` is UTC ms, or None while the clock is unsynced;
     `errors` is {sensor: {code_name: count}}. Writes into `w` (bytearray or cbor.Writer)."""
-    cbor.enc_head(w, 5, 12)
-    cbor.enc_text(w, "v")
-    cbor.enc_int(w, VERSION)
-    cbor.enc_text(w, "state")
-    cbor.enc_text(w, state)
-    cbor.enc_text(w, "fw")
-    cbor.enc_text(w, fw)
-    cbor.enc_text(w, "boot")
-    cbor.enc_int(w, boot)
-    cbor.enc_text(w, "uptime_s")
-    cbor.enc_int(w, uptime_s)
-    cbor.enc_text(w, "heap_free")
-    cbor.enc(w, heap_free)
-    cbor.enc_text(w, "spool_bytes")
-    cbor.enc_int(w, spool_bytes)
-    cbor.enc_text(w, "spool_records")
-    cbor.enc_int(w, spool_records)
-    cbor.enc_text(w, "spool_dropped")
-    cbor.enc_int(w, spool_dropped)
-    cbor.enc_text(w, "clock_synced")
-    cbor.enc(w, bool(clock_synced))
-    cbor.enc_text(w, "ts")
-    cbor.enc(w, ts)
-    cbor.enc_text(w, "errors")
-    cbor.enc(w, errors)
+    pairs = (
+        ("v", VERSION),
+        ("state", state),
+        ("fw", fw),
+        ("boot", boot),
+        ("uptime_s", uptime_s),
+        ("heap_free", heap_free),
+        ("spool_bytes", spool_bytes),
+        ("spool_records", spool_records),
+        ("spool_dropped", spool_dropped),
+        ("clock_synced", bool(clock_synced)),
+        ("ts", ts),
+        ("errors", errors),
+    )
+    cbor.enc_map_pairs(w, pairs, len(pairs))
 
 
 def will_payload(fw, boot):
@@ -237,13 +220,5 @@ def will_payload(fw, boot):
     Registered at connect time, so it carries only what cannot go stale.
     """
     w = bytearray()
-    cbor.enc_head(w, 5, 4)
-    cbor.enc_text(w, "v")
-    cbor.enc_int(w, VERSION)
-    cbor.enc_text(w, "state")
-    cbor.enc_text(w, "offline")
-    cbor.enc_text(w, "fw")
-    cbor.enc_text(w, fw)
-    cbor.enc_text(w, "boot")
-    cbor.enc_int(w, boot)
+    cbor.enc_map_pairs(w, (("v", VERSION), ("state", "offline"), ("fw", fw), ("boot", boot)), 4)
     return bytes(w)

@@ -14,56 +14,40 @@ from edge.cbor import CBORError
 from edge.protocol import enc_fields
 
 
-def encode(w, sensor, kind, ts_ms, fields, boot=0, uptime_ms=0):
-    """Write one record into `w` (a reset `cbor.Writer` or bytearray); ts_ms None = unstamped."""
-    if ts_ms is None:
-        w.append(0x86)
-    else:
-        w.append(0x84)
+def encode(w, sensor, kind, ts, fields, boot=0, uptime_ms=0):
+    """Write one record into `w` (a reset `cbor.Writer` or bytearray); `ts` is UTC ms, or None
+    for unstamped (then boot and uptime_ms say when it was taken)."""
+    w.append(0x86 if ts is None else 0x84)
     cbor.enc_text(w, sensor)
     cbor.enc_head(w, 0, kind)
-    if ts_ms is None:
+    if ts is None:
         w.append(0xF6)
     else:
-        cbor.enc_int(w, ts_ms)
+        cbor.enc_int(w, ts)
     enc_fields(w, fields)
-    if ts_ms is None:
+    if ts is None:
         cbor.enc_head(w, 0, boot)
         cbor.enc_head(w, 0, uptime_ms)
 
 
-def _head(b, p, end):
-    """(major type, argument, next position) of the item head at p; floats' bits are the argument."""
-    if p >= end:
-        raise CBORError("truncated record")
-    ib = b[p]
+def _head(b, pos, end):
+    """(major type, argument, next position) of the item head at pos; floats' bits are the argument."""
+    if pos >= end:
+        raise CBORError("bad record")  # truncated
+    ib = b[pos]
     ai = ib & 31
-    p += 1
+    pos += 1
     if ai < 24:
-        return ib >> 5, ai, p
+        return ib >> 5, ai, pos
     if ai > 27:
-        raise CBORError("not a definite-length item")
+        raise CBORError("bad record")  # not a definite-length item
     nb = 1 << (ai - 24)
-    if p + nb > end:
-        raise CBORError("truncated record")
+    if pos + nb > end:
+        raise CBORError("bad record")  # truncated
     n = 0
-    for i in range(p, p + nb):
+    for i in range(pos, pos + nb):
         n = (n << 8) | b[i]
-    return ib >> 5, n, p + nb
-
-
-def _skip(b, p, end):
-    """Position after the item at p (field values: numbers, bools, null, text, bignums)."""
-    major, n, p = _head(b, p, end)
-    if major == 2 or major == 3:
-        p += n
-        if p > end:
-            raise CBORError("truncated record")
-    elif major == 6:
-        p = _skip(b, p, end)
-    elif major == 4 or major == 5:
-        raise CBORError("nested field value")
-    return p
+    return ib >> 5, n, pos + nb
 
 
 def parse(payload, n_fields_of):
@@ -74,18 +58,18 @@ def parse(payload, n_fields_of):
     (the fields map) into the batch as they are: the batch reading differs from the record only
     in carrying dt instead of ts (docs/protocol.md). `n_fields_of(kind)` (None for a kind this
     firmware does not run) bounds the field indexes. A record that does not parse raises
-    CBORError: the log's CRC makes that a bug, not wire noise.
+    CBORError("bad record"), whatever the fault (each check says which): the log's CRC makes it
+    a bug, not wire noise, and the uplink only counts it, so one message keeps the board's heap
+    free of a string per case.
     """
     b = payload
     end = len(b)
     if end < 1 or (b[0] != 0x84 and b[0] != 0x86):
-        raise CBORError("not a reading record")
+        raise CBORError("bad record")  # not a reading record
     major, n, p = _head(b, 1, end)
-    if major != 3 or p + n > end:
-        raise CBORError("bad sensor id")
-    major, kind, p = _head(b, p + n, end)
-    if major != 0:
-        raise CBORError("bad kind")
+    m2, kind, p = _head(b, p + n, end)  # past `end` (a bad record) if the sensor id is truncated
+    if major != 3 or m2 != 0:
+        raise CBORError("bad record")  # the sensor id is not text, or the kind not a uint
     ts_pos = p
     if p < end and b[p] == 0xF6:
         ts = None
@@ -93,17 +77,24 @@ def parse(payload, n_fields_of):
     else:
         major, ts, p = _head(b, p, end)
         if major != 0:
-            raise CBORError("bad timestamp")
+            raise CBORError("bad record")  # the timestamp is neither null nor a uint
     f0 = p
     major, n, p = _head(b, p, end)
     nf = n_fields_of(kind)
     if major != 5 or nf is None:
-        raise CBORError("bad fields for kind %d" % kind)
+        raise CBORError("bad record")  # no fields map, or a kind this firmware does not run
     for _ in range(n):
         major, i, p = _head(b, p, end)
         if major != 0 or i >= nf:
-            raise CBORError("field index out of range for kind %d" % kind)
-        p = _skip(b, p, end)
+            raise CBORError("bad record")  # field index out of range for the kind
+        # Skip the value: a number, bool, null, text or bytes, possibly tagged (bignums).
+        major, i, p = _head(b, p, end)
+        while major == 6:
+            major, i, p = _head(b, p, end)
+        if major == 2 or major == 3:
+            p += i  # past the end if truncated: the next head or the final check says so
+        elif major == 4 or major == 5:
+            raise CBORError("bad record")  # a nested field value
     f1 = p
     boot = 0
     uptime = 0
@@ -111,7 +102,7 @@ def parse(payload, n_fields_of):
         major, boot, p = _head(b, p, end)
         m2, uptime, p = _head(b, p, end)
         if major != 0 or m2 != 0:
-            raise CBORError("bad boot or uptime")
+            raise CBORError("bad record")  # boot or uptime is not a uint
     if p != end:
-        raise CBORError("trailing bytes in record")
+        raise CBORError("bad record")  # trailing bytes
     return kind, ts, boot, uptime, ts_pos, f0, f1

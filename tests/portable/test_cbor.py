@@ -200,9 +200,9 @@ def test_writer_is_bounded():
 
 def test_headers_and_pairs():
     buf = bytearray()
-    cbor.enc_array_head(buf, 2)
+    cbor.enc_head(buf, 4, 2)  # array(2)
     cbor.enc_map_pairs(buf, ((0, 1), (2, "x")), 2)
-    cbor.enc_map_head(buf, 0)
+    cbor.enc_head(buf, 5, 0)  # map(0)
     assert cbor.loads(buf) == [{0: 1, 2: "x"}, {}]
 
 

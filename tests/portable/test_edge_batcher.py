@@ -1,6 +1,12 @@
 """Batcher: numbering, ack ordering, re-send with the same seq, and clock stamping rules."""
 
-from edge import batcher, cbor, protocol, record
+from edge import batcher, cbor, record
+
+# Batch map keys (docs/protocol.md, "Batch").
+K_BOOT = 1
+K_SEQ = 2
+K_T0 = 3
+K_READINGS = 4
 
 
 def _n(kind):
@@ -23,9 +29,9 @@ def test_batches_numbered_and_sized():
     first, used = b.build(recs)
     assert used == 3 and first.seq == 0 and first.count == 3 and first.last_rid == 2
     doc = cbor.loads(first.payload)
-    assert doc[protocol.K_BOOT] == 7 and doc[protocol.K_SEQ] == 0
-    assert doc[protocol.K_T0] == 1795676640000
-    assert [r[2] for r in doc[protocol.K_READINGS]] == [0, 1, 2]
+    assert doc[K_BOOT] == 7 and doc[K_SEQ] == 0
+    assert doc[K_T0] == 1795676640000
+    assert [r[2] for r in doc[K_READINGS]] == [0, 1, 2]
     second, used = b.build(recs[3:])
     assert second.seq == 1 and second.last_rid == 5
 
@@ -38,24 +44,27 @@ def test_log_acked_only_up_to_oldest_in_flight():
     b.build(recs[4:])
     assert b.acked(1) is None  # batch 0 still in flight
     assert b.acked(0) == 3  # 0 and 1 delivered: records up to 3
-    assert [x.seq for x in b.unacked()] == [2]
+    assert [x.seq for x in b.inflight if not x.acked] == [2]
+    assert b.records_in_flight == 2
     assert b.acked(2) == 5
-    assert b.sent_readings == 6 and b.pending() == 0
+    assert b.records_in_flight == 0 and b.inflight == []
 
 
 def test_resend_keeps_seq_and_bytes():
     b = batcher.Batcher(1, _n, lambda boot: None, batch_max=2)
     batch, _ = b.build(_records(2))
-    again = b.unacked()
+    again = [x for x in b.inflight if not x.acked]  # what a reconnect re-sends
     assert len(again) == 1 and again[0].seq == batch.seq and again[0].payload == batch.payload
 
 
 def test_unstamped_waits_for_own_boot_clock_and_old_boot_is_counted():
     anchors = {}
     b = batcher.Batcher(5, _n, anchors.get, batch_max=10)
-    recs = [(0, _rec("old", None, boot=4, uptime=10)),
-            (1, _rec("new", None, boot=5, uptime=2000)),
-            (2, _rec("later", 1795676650000))]
+    recs = [
+        (0, _rec("old", None, boot=4, uptime=10)),
+        (1, _rec("new", None, boot=5, uptime=2000)),
+        (2, _rec("later", 1795676650000)),
+    ]
     batch, used = b.build(recs)
     assert batch is None and used == 1 and b.unstampable == 1  # boot 4 never got a clock
     assert b.release() == 0  # the skipped record may leave the log
@@ -65,8 +74,8 @@ def test_unstamped_waits_for_own_boot_clock_and_old_boot_is_counted():
     batch, used = b.build(recs[1:])
     assert used == 2
     doc = cbor.loads(batch.payload)
-    assert doc[protocol.K_T0] == 1795676642000  # anchor + uptime
-    assert doc[protocol.K_READINGS][1][2] == 8000
+    assert doc[K_T0] == 1795676642000  # anchor + uptime
+    assert doc[K_READINGS][1][2] == 8000
 
 
 def test_pooled_buffers_bound_batches_and_come_back_on_release():
@@ -78,13 +87,13 @@ def test_pooled_buffers_bound_batches_and_come_back_on_release():
     kept = bytes(first.payload)
     assert b.build(recs[4:]) == (None, 0)  # both buffers hold unreleased batches
     assert bytes(first.payload) == kept  # a refused build wrote nothing into them
-    assert cbor.loads(first.payload)[protocol.K_READINGS][1][0] == "S-1"
+    assert cbor.loads(first.payload)[K_READINGS][1][0] == "S-1"
     assert b.acked(1) is None  # acked out of order: still held until batch 0 is delivered
     assert b.build(recs[4:]) == (None, 0)
     assert b.acked(0) == 3
     third, used = b.build(recs[4:])
     assert used == 2 and third.seq == 2
-    assert cbor.loads(third.payload)[protocol.K_READINGS][0][0] == "S-4"
+    assert cbor.loads(third.payload)[K_READINGS][0][0] == "S-4"
 
 
 def test_pooled_batch_bytes_match_copied_batch_bytes():

@@ -11,8 +11,8 @@ def _n_fields(kind):
 def _decode(payload):
     """The reading a record holds, through `parse` and a CBOR decode of the parts it points at."""
     kind, ts, boot, uptime, ts_pos, f0, f1 = record.parse(payload, _n_fields)
-    sensor = cbor.loads(payload[1:ts_pos - 1])
-    assert cbor.loads(payload[ts_pos - 1:ts_pos]) == kind
+    sensor = cbor.loads(payload[1 : ts_pos - 1])
+    assert cbor.loads(payload[ts_pos - 1 : ts_pos]) == kind
     fmap = cbor.loads(payload[f0:f1])
     fields = tuple(fmap.get(i) for i in range(_n_fields(kind)))
     return sensor, kind, ts, fields, boot, uptime
@@ -34,17 +34,20 @@ def test_unstamped_keeps_boot_and_uptime():
 
 def test_parse_points_at_the_fields_map():
     w = cbor.Writer(256)
-    record.encode(w, "T-1", 4, None, (36.6, "x", 2 ** 70, -1), boot=3, uptime_ms=70000)
+    record.encode(w, "T-1", 4, None, (36.6, "x", 2**70, -1), boot=3, uptime_ms=70000)
     payload = bytes(w.view())
     kind, ts, boot, uptime, ts_pos, f0, f1 = record.parse(payload, _n_fields)
     assert (kind, ts, boot, uptime) == (4, None, 3, 70000)
     assert payload[ts_pos] == 0xF6 and f0 == ts_pos + 1
-    assert cbor.loads(payload[f0:f1]) == {0: 36.6, 1: "x", 2: 2 ** 70, 3: -1}
+    assert cbor.loads(payload[f0:f1]) == {0: 36.6, 1: "x", 2: 2**70, 3: -1}
 
 
 def test_wrong_shape_is_a_cbor_error():
     bad_records = (
-        b"", b"\x80", b"\xa0", b"\x84\x61a\x01\x00\xa1\x09\x01",  # field index 9 of 4
+        b"",
+        b"\x80",
+        b"\xa0",
+        b"\x84\x61a\x01\x00\xa1\x09\x01",  # field index 9 of 4
         b"\x84\x61a\x01\x00\xa1\x00",  # truncated value
         b"\x84\x61a\x01\x00\xa1\x00\x01\x00",  # trailing byte
         b"\x84\x61a\x07\x00\xa0",  # a kind this firmware does not run

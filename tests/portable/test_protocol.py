@@ -114,8 +114,9 @@ def test_alarm_needs_one_reading():
 def test_will_and_status():
     assert _hex(protocol.will_payload("1.0.0", 3)) == WILL_HEX
     w = bytearray()
-    protocol.encode_status(w, "online", "1.0.0", 3, 3600, 81234, 10, 2, 0, True, T0,
-                           {"P-0001": {"bad_crc": 2}})
+    protocol.encode_status(
+        w, "online", "1.0.0", 3, 3600, 81234, 10, 2, 0, True, T0, {"P-0001": {"bad_crc": 2}}
+    )
     d = cbor.loads(w)
     assert d["v"] == 1 and d["state"] == "online" and d["boot"] == 3 and d["uptime_s"] == 3600
     assert d["spool_bytes"] == 10 and d["spool_records"] == 2 and d["spool_dropped"] == 0

@@ -179,7 +179,8 @@ def test_batch_matches_cbor2(boot: int, seq: int, t0: int, rs: list[tuple[Any, .
 def test_batch_from_log_records_matches_cbor2(boot: int, t0: int, rs: list[tuple[Any, ...]]) -> None:
     """The uplink copies record bytes into a batch (no decode): still exactly cbor2's encoding,
     for stamped records and for unstamped ones stamped with their boot's anchor."""
-    from edge import batcher, protocol, record
+    from collector.decode import K_BOOT, K_READINGS, K_SEQ, K_T0, K_VERSION
+    from edge import batcher, record
 
     recs = []
     expected = []
@@ -198,8 +199,11 @@ def test_batch_from_log_records_matches_cbor2(boot: int, t0: int, rs: list[tuple
     assert batch is not None and used == len(recs) and b.corrupt == 0
     first = expected[0][2]
     doc = {
-        protocol.K_V: 1, protocol.K_BOOT: boot, protocol.K_SEQ: 0, protocol.K_T0: first,
-        protocol.K_READINGS: [[s, k, ts - first, f] for s, k, ts, f in expected],
+        K_VERSION: 1,
+        K_BOOT: boot,
+        K_SEQ: 0,
+        K_T0: first,
+        K_READINGS: [[s, k, ts - first, f] for s, k, ts, f in expected],
     }
     assert batch.payload == cbor2.dumps(doc, canonical=True)
 
