@@ -106,13 +106,14 @@ class MemoryPort:
             n = min(n, max(0, due - self.pos))
         return n
 
-    async def readinto(self, buf: Any, timeout_ms: int) -> int:
-        """The port contract: wait up to timeout_ms for a first byte, 0 only if none came."""
+    async def readinto(self, buf: Any, timeout_ms: int | None) -> int:
+        """The port contract: wait up to timeout_ms (None: as long as it takes) for a first byte,
+        0 only if none came."""
         await asyncio.sleep(0)
         n = self._available(len(buf))
-        end = time.perf_counter() + timeout_ms / 1000
+        end = None if timeout_ms is None else time.perf_counter() + timeout_ms / 1000
         while n <= 0:
-            if time.perf_counter() >= end:
+            if end is not None and time.perf_counter() >= end:
                 return 0
             await asyncio.sleep(0.001)
             n = self._available(len(buf))

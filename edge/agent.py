@@ -244,21 +244,7 @@ class Agent:
             if len(self._sent) >= up["max_inflight"]:
                 await client.wait_ack(self._sent[0][0])
             else:
-                await self.wake.wait()  # set by new work, or by _ticker at least every _wait_s
-
-    def _wait_s(self):
-        return max(0.01, self.up_cfg["batch_age_ms"] / 4000)
-
-    async def _ticker(self):
-        """Wake the uplink every _wait_s, so batch age and replay pacing are rechecked.
-
-        One long-lived task instead of `asyncio.wait_for` around each idle wait: on MicroPython
-        every wait_for creates two tasks and a closure, which churns a board's small heap.
-        """
-        t = self._wait_s()
-        while True:
-            await asyncio.sleep(t)
-            self.wake.set()
+                await self.wake.wait()  # set by new work, or by _housekeeping's tick
 
     async def _send_batch(self):
         """Publish the next batch; True if something was sent (or skipped)."""
@@ -340,20 +326,32 @@ class Agent:
     # -- housekeeping ----------------------------------------------------------------------
 
     async def _housekeeping(self):
+        """Every second: log group-sync, sources' time checks, clock, status, watchdog. And every
+        tick (a quarter of batch_age_ms, at most 1 s) wake the uplink, so batch age and replay
+        pacing are rechecked: one long-lived task instead of a `wait_for` around each of the
+        uplink's idle waits, which on MicroPython creates two tasks and a closure every time.
+        """
         status_ms = self.up_cfg["status_every_s"] * 1000
+        tick_s = min(1000, max(10, self.up_cfg["batch_age_ms"] // 4)) / 1000
         last_status = ticks_ms()
-        last_ntp = None
+        last_second = last_ntp = None
         while not self.stopping:
+            self.wake.set()
+            now = ticks_ms()
+            if last_second is not None and ticks_diff(now, last_second) < 1000:
+                await asyncio.sleep(tick_s)
+                continue
+            last_second = now
             self.log.poll()
+            for src in self.sources:
+                src.housekeep(now)
             if not self.clock.synced():
-                now = ticks_ms()
                 if last_ntp is None or ticks_diff(now, last_ntp) >= self.ntp_retry_ms:
                     last_ntp = now
                     if self.port.sync_clock(self.ntp_host):
                         self.clock.mark_synced()
             if self.clock.synced() and self.anchors.get(self.boot) is None:
                 self.anchors.set(self.boot, self.clock.offset_ms())
-                self.wake.set()  # records held for the clock can go now
             if ticks_diff(ticks_ms(), last_status) >= status_ms and self.client.connected:
                 last_status = ticks_ms()
                 try:
@@ -361,8 +359,7 @@ class Agent:
                 except MQTTError:
                     pass
             self.port.feed_watchdog()
-            self.wake.set()
-            await asyncio.sleep(1)
+            await asyncio.sleep(tick_s)
 
     async def _guard(self, coro, name, stop):
         """Run one task; if it dies of a bug, stop the whole agent instead of limping on without it.
@@ -390,7 +387,6 @@ class Agent:
                  for s in self.sources]
         tasks.append(asyncio.create_task(self._guard(self._uplink(), "uplink", stop)))
         tasks.append(asyncio.create_task(self._guard(self._housekeeping(), "housekeeping", stop)))
-        tasks.append(asyncio.create_task(self._ticker()))
         try:
             await stop.wait()
         finally:

@@ -37,7 +37,8 @@ STORE = {
 UPLINK = {
     "batch_max": (int, 50, "readings per batch"),
     "batch_age_ms": (int, 2000, "send a partial batch after this long"),
-    "max_inflight": (int, 4, "batches published and not yet acknowledged"),
+    "max_inflight": (int, None, "batches published and not yet acknowledged (default 4 on CPython; 2 on "
+                     "MicroPython boards, where each holds a batch buffer of ~2.5 KB)"),
     "replay_batches_per_s": (int, 20, "pace of backlog replay after an outage (live alarms go first)"),
     "backoff_base_ms": (int, 1000, "first reconnect delay; doubles up to the cap, full jitter"),
     "backoff_cap_ms": (int, 120000, "longest reconnect delay"),
@@ -143,7 +144,13 @@ def validate(raw):
     if cfg["site_broker"] is not None:
         cfg["site_broker"] = _check(cfg["site_broker"], BROKER, "config.site_broker")
     cfg["store"] = _check(cfg["store"] or {}, STORE, "config.store")
-    cfg["uplink"] = _check(cfg["uplink"] or {}, UPLINK, "config.uplink")
+    cfg["uplink"] = up = _check(cfg["uplink"] or {}, UPLINK, "config.uplink")
+    if up["max_inflight"] is None:
+        from edge.compat import IS_MICROPYTHON
+
+        up["max_inflight"] = 2 if IS_MICROPYTHON else 4
+    elif up["max_inflight"] < 1:
+        raise ConfigError("config.uplink.max_inflight: must be at least 1")
     sources = []
     for i, src in enumerate(cfg["sources"]):
         path = "config.sources[%d]" % i

@@ -7,7 +7,12 @@ when the sensor has been quiet for `max_silence_ms` (a heartbeat proves it alive
 else is counted as suppressed, never silently dropped from the books.
 """
 
-from edge.compat import ticks_diff
+from array import array
+
+from edge.compat import const, ticks_diff
+
+_SENSORS_MAX = const(512)  # per source; past it (a flood of unknown ids) the memory starts afresh
+_NAN = float("nan")  # a field that was missing (None) in the last reported reading
 
 REPORT_FIRST = 1
 REPORT_EVENT = 2
@@ -23,6 +28,11 @@ class ReportFilter:
 
     `deadbands` maps field name -> absolute deadband (same unit as the field); analog fields with no
     entry use `default_deadband` (0 = report every change).
+
+    The memory is one flat array of doubles, `len(FIELDS) + 1` per sensor (the fields, then the
+    ticks of the last report), and a dict sensor -> slot: ~80 bytes a sensor on a 64-bit
+    MicroPython, where a dict of (fields tuple, ticks) tuples with boxed floats took ~250. Every
+    field value is a number, a bool or None (a double holds them exactly; None is NaN).
     """
 
     def __init__(self, codec, deadbands=None, default_deadband=0, max_silence_ms=300000):
@@ -40,7 +50,8 @@ class ReportFilter:
                 band[fields.index(name)] = deadbands[name]
         # Fields that change in every frame by design (frame sequence numbers) are not news.
         self.counters = getattr(codec, "COUNTERS", ())
-        self._last = {}  # sensor -> (fields, ticks of last report)
+        self._slot = {}  # sensor -> index of its first value in _last
+        self._last = array("d")
         self.suppressed = 0
 
     def check_deadband(self, name, value):
@@ -60,26 +71,32 @@ class ReportFilter:
 
     def check(self, sensor, fields, now_ticks, alarm=None):
         """Return the REPORT_* reason for reporting this reading, or SUPPRESSED (and count it)."""
-        last = self._last.get(sensor)
+        at = self._slot.get(sensor)
+        last = self._last
+        n = len(fields)
         reason = SUPPRESSED
-        if last is None:
+        if at is None:
             reason = REPORT_FIRST
         elif self.codec.is_event(fields):
             reason = REPORT_EVENT
         elif alarm is not None:
             reason = REPORT_ALARM
-        elif ticks_diff(now_ticks, last[1]) >= self.max_silence_ms:
+        elif ticks_diff(now_ticks, int(last[at + n])) >= self.max_silence_ms:
             reason = REPORT_SILENCE
         else:
-            prev = last[0]
             band = self.band
-            for i in range(len(fields)):
+            for i in range(n):
                 new = fields[i]
-                old = prev[i]
+                old = last[at + i]
+                if new is None:
+                    if old != old:  # NaN: it was missing last time too
+                        continue
+                    reason = REPORT_CHANGE
+                    break
                 if new == old or i in self.counters:
                     continue
                 b = band[i]
-                if b is None or new is None or old is None or isinstance(new, bool):
+                if b is None or old != old or isinstance(new, bool):
                     reason = REPORT_CHANGE
                     break
                 if abs(new - old) > b:
@@ -87,6 +104,16 @@ class ReportFilter:
                     break
         if reason == SUPPRESSED:
             self.suppressed += 1
-        else:
-            self._last[sensor] = (fields, now_ticks)
+            return reason
+        if at is None:
+            if len(self._slot) >= _SENSORS_MAX:
+                self._slot = {}
+                self._last = last = array("d")
+            at = self._slot[sensor] = len(last)
+            for _ in range(n + 1):
+                last.append(0.0)
+        for i in range(n):
+            v = fields[i]
+            last[at + i] = _NAN if v is None else v
+        last[at + n] = now_ticks
         return reason

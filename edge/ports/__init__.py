@@ -6,6 +6,7 @@ A port object has:
 * `async write(buf)` — queue all of `buf` for transmission;
 * `async readinto(buf, timeout_ms) -> int` — wait up to `timeout_ms` for the first byte, then
   return at once with what has arrived (at most len(buf)); 0 means nothing came in time;
+  `timeout_ms=None` waits for as long as it takes, with no timer (no task per read on MicroPython);
 * `discard() -> int` — drop whatever is waiting in the receive buffer, without waiting, and say
   how many bytes went;
 * `close()`.

@@ -31,6 +31,8 @@ class UartPort:
         await self._writer.drain()
 
     async def readinto(self, buf, timeout_ms):
+        if timeout_ms is None:
+            return await self._reader.readinto(buf) or 0
         try:
             return await asyncio.wait_for_ms(self._reader.readinto(buf), timeout_ms) or 0
         except asyncio.TimeoutError:

@@ -83,11 +83,13 @@ class Tty:
         """Wait for one byte into self._one; False on timeout."""
         if self._ready():
             return self._f.readinto(self._one) == 1
-        if timeout_ms <= 0:
+        if timeout_ms is not None and timeout_ms <= 0:
             return False
         import asyncio
 
         if self._reader is not None:
+            if timeout_ms is None:
+                return await self._reader.readinto(self._one) == 1
             try:
                 return await asyncio.wait_for_ms(self._reader.readinto(self._one), timeout_ms) == 1
             except asyncio.TimeoutError:
@@ -96,7 +98,7 @@ class Tty:
         fut = loop.create_future()
         loop.add_reader(self._fd, _wake, fut)
         try:
-            await asyncio.wait_for(fut, timeout_ms / 1000)
+            await (fut if timeout_ms is None else asyncio.wait_for(fut, timeout_ms / 1000))
         except asyncio.TimeoutError:
             return False
         finally:

@@ -21,7 +21,6 @@ class Source:
 
     def __init__(self, agent, cfg):
         self.agent = agent
-        self.cfg = cfg
         self.kind = cfg["kind"]
         self.codec = load(self.kind)
         self.kind_code = self.codec.KIND_CODE
@@ -82,6 +81,9 @@ class Source:
 
     def set_poll(self, poll_ms):
         self.check_poll(poll_ms)
+
+    def housekeep(self, now_ticks):
+        """Called by the agent every second: time-based checks that need no timer of their own."""
 
     async def run(self):
         raise NotImplementedError

@@ -60,6 +60,10 @@ class MqttSource(Source):
         self.queue.append(msg)
         self._ev.set()
 
+    def housekeep(self, now_ticks):
+        if not self.client.connected:
+            self._ev.set()
+
     async def run(self):
         delays = None
         while True:
@@ -78,10 +82,7 @@ class MqttSource(Source):
                     self._ev.clear()
                     if not self.client.connected:
                         raise self.client.error
-                    try:
-                        await asyncio.wait_for(self._ev.wait(), 1)
-                    except asyncio.TimeoutError:
-                        pass
+                    await self._ev.wait()  # set by a message, or by housekeep on a lost link
             except MQTTError as exc:
                 self.agent.port.log("site broker: %s" % exc)
             if delays is None:

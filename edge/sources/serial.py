@@ -1,18 +1,21 @@
 """A serial port carrying one device kind's frames (parking bays, screening stations).
 
 One owner per port: this task reads into one preallocated buffer and lets the kind's codec find
-frames in it. Garbage, bad CRCs and truncated frames are the codec's typed errors, counted per
-sensor (or per port when no sensor can be named); a port that disappears (USB adapter pulled) is
-reopened with backoff and counted, never a crash.
+frames in it. A frame that starts and never ends (the line went quiet mid-frame) is dropped and
+counted by `housekeep`, which the agent calls every second: waiting for bytes then needs no timer,
+which on MicroPython would be two tasks and a closure per read. Garbage, bad CRCs and truncated
+frames are the codec's typed errors, counted per sensor (or per port when no sensor can be named);
+a port that disappears (USB adapter pulled) is reopened with backoff and counted, never a crash.
 """
 
 import asyncio
 
 from devices.common.errors import TIMEOUT, DecodeError
-from edge.compat import const, ticks_ms
+from edge.compat import const, ticks_diff, ticks_ms
 from edge.sources import Source
 
 _BUF = const(512)
+_QUIET_MS = const(1000)  # a partial frame older than this will never be completed
 
 
 class SerialSource(Source):
@@ -22,6 +25,8 @@ class SerialSource(Source):
         self.baud = cfg["baud"]
         self._buf = bytearray(_BUF)
         self._mv = memoryview(self._buf)
+        self._fill = 0  # bytes in _buf not yet decoded (a partial frame)
+        self._rx_at = 0  # ticks of the last bytes received
         self.reopens = 0
 
     async def run(self):
@@ -46,19 +51,25 @@ class SerialSource(Source):
                 port.close()
             await asyncio.sleep(delay)
 
+    def housekeep(self, now):
+        if self._fill and ticks_diff(now, self._rx_at) >= _QUIET_MS:
+            self.error(self.path, TIMEOUT)
+            self._fill = 0  # pump sees it when bytes arrive next
+
     async def pump(self, port):
         buf = self._buf
         mv = self._mv
         decode = self.codec.decode
-        fill = 0
+        self._fill = 0
         while True:
-            n = await port.readinto(mv[fill:], 1000)
+            start = self._fill
+            n = await port.readinto(mv[start:], None)
             if n == 0:
-                if fill:
-                    # A frame started and the line went quiet for a second: it will never end.
-                    self.error(self.path, TIMEOUT)
-                    fill = 0
                 continue
+            self._rx_at = ticks_ms()
+            fill = self._fill
+            if fill != start:  # housekeep dropped a stale partial frame meanwhile
+                buf[fill:fill + n] = mv[start:start + n]
             fill += n
             pos = 0
             while pos < fill:
@@ -69,7 +80,7 @@ class SerialSource(Source):
                 if isinstance(result, DecodeError):
                     self.error(self.path, result.code)
                 else:
-                    self.take(result[0], result[1], ticks_ms())
+                    self.take(result[0], result[1], self._rx_at)
             if pos:
                 buf[0:fill - pos] = mv[pos:fill]
                 fill -= pos
@@ -77,3 +88,4 @@ class SerialSource(Source):
                 # The codec wants more than the buffer holds: its own length cap failed. Drop all.
                 self.error(self.path, TIMEOUT)
                 fill = 0
+            self._fill = fill

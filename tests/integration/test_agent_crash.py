@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 class BrokenPort:
     baud = 9600
 
-    async def readinto(self, buf: memoryview, timeout_ms: int) -> int:
+    async def readinto(self, buf: memoryview, timeout_ms: int | None) -> int:
         await asyncio.sleep(1.5)  # let the uplink connect (and register its will) first
         raise RuntimeError("a bug in a port driver")
 

@@ -58,3 +58,17 @@ def test_frame_counters_are_not_news():
     assert f.check("s", (1, 10, 20.0), 0) == rules.REPORT_FIRST
     assert f.check("s", (2, 10, 20.0), 10) == rules.SUPPRESSED
     assert f.check("s", (3, 12, 20.0), 20) == rules.REPORT_DEADBAND
+
+
+def test_missing_fields_and_many_sensors():
+    f = rules.ReportFilter(FakeCodec, default_deadband=1, max_silence_ms=60000)
+    assert f.check("s", (False, None, 20.0), 0) == rules.REPORT_FIRST
+    assert f.check("s", (False, None, 20.5), 10) == rules.SUPPRESSED  # still missing: no news
+    assert f.check("s", (False, 3, 20.5), 20) == rules.REPORT_CHANGE  # it came back
+    assert f.check("s", (True, 3, 20.5), 30) == rules.REPORT_EVENT
+    assert f.check("s", (False, 3, 20.5), 40) == rules.REPORT_CHANGE  # a bool went back
+    # A flood of unknown ids past the per-source memory starts it afresh: more reports, no error.
+    for i in range(600):
+        assert f.check("x%d" % i, (False, 1, 1.0), 50) == rules.REPORT_FIRST
+    assert f.check("x599", (False, 1, 1.0), 60) == rules.SUPPRESSED
+    assert f.check("s", (False, 3, 20.5), 70) == rules.REPORT_FIRST  # forgotten in the flood
