@@ -42,6 +42,7 @@ from provisioning.firmware import build  # noqa: E402
 # Builds what edge.main builds, then lists what stays imported (argv: config path).
 RESIDENT = r"""
 import sys
+sys.path[0] = ""
 from edge.main import load_config
 cfg = load_config(sys.argv[1])
 from edge.agent import Agent
@@ -55,6 +56,7 @@ print(" ".join(sorted(m for m in sys.modules if m.split(".")[0] in ("edge", "dev
 # "qstr pool: n_pool=.., n_qstr=.., n_str_data_bytes=.., n_total_bytes=..", parsed by `_rows`.
 MEASURE = r"""
 import gc, sys, micropython
+sys.path[0] = ""  # as on a board: modules found relative to the image's root, "edge/agent.mpy"
 import asyncio
 
 SEEN = set(sys.modules)
@@ -143,7 +145,8 @@ def import_order(image: Path, resident: list[str]) -> list[str]:
 def _run(micropython: Path, heap: str, image: Path, script: str, args: list[str]) -> list[str]:
     path = image / "_bench_driver.py"
     path.write_text(script)
-    env = dict(os.environ, MICROPYPATH=".frozen:" + str(image))
+    # As on a board: the image is the current folder, so modules are found as "edge/agent.mpy".
+    env = dict(os.environ, MICROPYPATH=".frozen:.")
     out = subprocess.run([str(micropython), "-X", "heapsize=" + heap, str(path), *args], env=env,
                          capture_output=True, text=True, cwd=str(image), timeout=60)
     path.unlink()

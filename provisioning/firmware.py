@@ -7,6 +7,7 @@ board should not carry codecs it never runs. The image is a folder mirroring the
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import subprocess
@@ -37,6 +38,13 @@ def mpy_cross() -> str:
     return found
 
 
+def _only_docstring(path: Path) -> bool:
+    """True for a package `__init__.py` with nothing but a docstring: MicroPython imports a folder
+    without one as a namespace package, and a loaded empty module still costs ~400 B of heap."""
+    body = ast.parse(path.read_text()).body
+    return all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)
+
+
 def modules_for(config: dict[str, Any]) -> list[Path]:
     """Source files (relative to the repo) the board needs for this config: edge, common, its kinds."""
     kinds = sorted({str(s["kind"]) for s in config["sources"]})
@@ -44,7 +52,7 @@ def modules_for(config: dict[str, Any]) -> list[Path]:
     files = [ROOT / "devices" / "__init__.py"]
     for r in roots:
         files += sorted(p for p in r.rglob("*.py") if "sim" not in p.stem and "vectors" not in p.stem)
-    return [f.relative_to(ROOT) for f in files]
+    return [f.relative_to(ROOT) for f in files if not (f.name == "__init__.py" and _only_docstring(f))]
 
 
 def build(config_path: Path, out: Path, *, progress: Callable[[str], None] = print, optimise: int = 0) -> int:
@@ -69,7 +77,10 @@ def build(config_path: Path, out: Path, *, progress: Callable[[str], None] = pri
         target = out / rel.with_suffix(".mpy")
         target.parent.mkdir(parents=True, exist_ok=True)
         opts = [f"-O{optimise}"] if optimise else []
-        result = subprocess.run([compiler, *opts, "-o", str(target), "-s", str(rel), str(ROOT / rel)],
+        # The source name tracebacks show is the file's path on the board, the string the importer
+        # interns as __file__ anyway: one name per module in the board's heap instead of two.
+        board_name = str(rel.with_suffix(".mpy"))
+        result = subprocess.run([compiler, *opts, "-o", str(target), "-s", board_name, str(ROOT / rel)],
                                 capture_output=True, text=True)
         if result.returncode != 0:
             raise FleetError(f"mpy-cross failed on {rel}: {result.stderr.strip()}")
