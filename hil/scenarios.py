@@ -183,8 +183,16 @@ def commands(interpreter: str, *, save: str | None = None, seed: int = 5) -> Out
     return _scenario(interpreter, save, body, seed=seed, water=(), lids=0)
 
 
+def board_heap(
+    interpreter: str, *, heap: str = "128K", seconds: float = 4.0, save: str | None = None, seed: int = 1
+) -> Outcome:
+    """Serial parking and thermometers, MQTT lids (the issue's source mix) on a 128K MicroPython heap."""
+    return _scenario(interpreter, save, lambda rig, out: rig.run(seconds), seed=seed, water=(), heap=heap)
+
+
 SCENARIOS: dict[str, Callable[..., Outcome]] = {
     "steady": steady,
+    "board-heap": board_heap,
     "broker-restart": broker_restart,
     "power-cut": power_cut,
     "torn-power-cut": torn_power_cut,
