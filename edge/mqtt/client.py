@@ -187,6 +187,9 @@ class MQTTClient:
         except MQTTError as exc:
             self.close(exc)
             raise
+        except BaseException:  # cancelled mid-connect (the agent is stopping): closed, not connected
+            self.close(ConnectionLost("connect interrupted"))
+            raise
         finally:
             self._connecting = False
 
