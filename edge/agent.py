@@ -21,10 +21,11 @@ from edge.mqtt.errors import MQTTError
 from edge.mqtt.packets import Will
 from edge.store import Log
 
-_ALARM_QUEUE = 16
-_SENSORS_TRACKED = 512
-_ANCHORS_KEPT = 16
-_NTP_RETRY_MS = 10000
+_ALARM_QUEUE = const(16)
+_SENSORS_TRACKED = const(512)
+_ANCHORS_KEPT = const(16)
+_NTP_RETRY_MS = const(10000)
+_ALARM_BYTES = const(256)
 _RECORD_BYTES = const(512)  # one log record: a sensor id and a kind's fields
 _BATCH_CAP = const(8192)
 _BATCH_ROOM = const(64)
@@ -33,67 +34,56 @@ _CMD_BYTES = const(1024)  # the largest command (and its topic) the uplink recei
 _TX_ROOM = const(96)  # MQTT headers beside the CONNECT's strings
 
 
-def _blen(s):
-    return len(s.encode()) if s else 0
-
-
 class AgentCrashed(Exception):
     """A task of the agent died of an unexpected error; the runtime should restart the agent."""
 
 
-class Anchors:
-    """Per-boot clock anchors (UTC minus uptime), persisted so a reboot can still stamp a backlog."""
-
-    def __init__(self, files, path):
-        self.files = files
-        self.path = path
-        self.map = {}
-        try:
-            text = files.read_small(path)
-        except OSError:
-            text = None
-        if text:
-            for line in bytes(text).decode().split("\n"):
-                parts = line.split()
-                if len(parts) == 2:
-                    self.map[int(parts[0])] = int(parts[1])
-
-    def get(self, boot):
-        return self.map.get(boot)
-
-    def set(self, boot, offset):
-        self.map[boot] = offset
-        keep = sorted(self.map)[-_ANCHORS_KEPT:]
-        self.map = {b: self.map[b] for b in keep}
-        lines = ["%d %d" % (b, self.map[b]) for b in keep]
-        self.files.write_atomic(self.path, ("\n".join(lines) + "\n").encode())
-
-
 class Agent:
     def __init__(self, cfg, port):
-        self.cfg = cfg
+        self.cfg = cfg  # for the sources' constructors only: dropped at the end
         self.port = port
-        self.gw = cfg["gateway_id"]
-        self.prefix = cfg["prefix"]
+        gw = cfg["gateway_id"]
         up = cfg["uplink"]
         self.up_cfg = up
         st = cfg["store"]
         port.makedirs(st["dir"])
-        self.log = Log(st["dir"], st["budget_bytes"], st["segment_bytes"], st["sync_every_ms"],
-                       st["sync_every_bytes"])
-        self.boot = self.log.boot
-        self.anchors = Anchors(self.log.files, st["dir"] + "/anchors")
-        self.clock = Clock(port.utc_ms, trust_os=cfg["trust_os_clock"])
+        log = self.log = Log(st["dir"], st["budget_bytes"], st["segment_bytes"],
+                             st["sync_every_ms"], st["sync_every_bytes"])
+        self.boot = log.boot
+        # Per-boot clock anchors (boot -> UTC minus uptime), persisted so a reboot can still stamp
+        # a backlog: a plain dict, whose `get` the batcher calls; housekeeping adds this boot's.
+        self.anchors = {}
+        text = log.files.read_small(log.dir + "/anchors")  # None if there is none (or unreadable)
+        if text:
+            for line in bytes(text).decode().split("\n"):
+                parts = line.split()
+                if len(parts) == 2:
+                    self.anchors[int(parts[0])] = int(parts[1])
+        self.clock = Clock(port.utc_ms, cfg["trust_os_clock"])
         self._rec = cbor.Writer(_RECORD_BYTES)
+        self._alarm_enc = None  # one BatchEncoder for every alarm, made at the first
         self.sources = []
-        self._n_fields = {}
-        self._make_sources()
+        n_fields = {}
+        from edge import sources as base
+
+        for scfg in cfg["sources"]:
+            t = scfg["transport"]
+            if t == "serial":
+                from edge.sources.serial import SerialSource as cls
+            elif t == "modbus":
+                from edge.sources.modbus import ModbusSource as cls
+            else:
+                from edge.sources.mqtt import MqttSource as cls
+            src = cls(self, scfg)
+            assert isinstance(src, base.Source)
+            self.sources.append(src)
+            n_fields[src.kind_code] = len(src.codec.FIELDS)
         # A batch closes when full or at batch_max readings; a typical reading takes ~45 bytes.
         # Batches are encoded into a pool of buffers allocated now, one per batch that can be
         # unacknowledged (+1 being built), so publishing never needs a large block at run time.
         cap = min(_BATCH_CAP, _BATCH_ROOM + _READING_BYTES * up["batch_max"])
-        self.batcher = Batcher(self.boot, self._n_fields.get, self.anchors.get, up["batch_max"],
-                               capacity=cap, pool=up["max_inflight"] + 1)
+        self.batcher = Batcher(self.boot, n_fields.get, self.anchors.get, up["batch_max"], cap,
+                               up["max_inflight"] + 1)
         self._carry = []
         self._unsent = None  # a built batch the client refused (connection lost): sent first
         self._sent = []  # (pid, seq) of batches published and not yet acked
@@ -112,39 +102,28 @@ class Agent:
         self.connects = 0
         self.ntp_retry_ms = _NTP_RETRY_MS  # while the clock is unknown (tests shorten it)
         self._last_batch = 0
-        self.topics = {leaf: protocol.topic(self.gw, leaf, self.prefix) for leaf in protocol.LEAVES}
+        prefix = cfg["prefix"]
+        self.topics = {leaf: protocol.topic(gw, leaf, prefix) for leaf in protocol.LEAVES}
         b = cfg["broker"]
+        cid = b["client_id"] or gw
         will = protocol.will_payload(VERSION, self.boot)
+        # Transmit buffer: CONNECT is the largest packet sent besides batches (sent from the pool).
+        tx = _TX_ROOM + len(self.topics[protocol.STATUS]) + len(will)
+        for s in (cid, b["username"], b["password"]):
+            if s:
+                tx += len(s.encode())
         self.client = MQTTClient(
-            b["client_id"] or self.gw, b["host"], b["port"], username=b["username"],
-            password=b["password"], keepalive=b["keepalive_s"], clean_session=False,
+            cid, b["host"], b["port"], username=b["username"], password=b["password"],
+            keepalive=b["keepalive_s"], clean_session=False,
             will=Will(self.topics[protocol.STATUS], will, 1, True),
             ssl=port.ssl_context(b), max_inflight=up["max_inflight"] + _ALARM_QUEUE + 4,
-            on_message=self._on_message, buffer_size=_CMD_BYTES,
-            tx_size=_TX_ROOM + len(self.topics[protocol.STATUS]) + len(will)
-            + _blen(b["client_id"] or self.gw) + _blen(b["username"]) + _blen(b["password"]))
+            on_message=self._on_message, buffer_size=_CMD_BYTES, tx_size=tx)
         # The sources have taken what they need: the rest of the config (~1 KB of dicts on a
         # board) is not kept for the run. edge.main drops its own reference too.
         self.ntp_host = cfg["ntp_host"]
         self.cfg = None
 
     # -- sources ---------------------------------------------------------------------------
-
-    def _make_sources(self):
-        from edge import sources as base
-
-        for scfg in self.cfg["sources"]:
-            t = scfg["transport"]
-            if t == "serial":
-                from edge.sources.serial import SerialSource as cls
-            elif t == "modbus":
-                from edge.sources.modbus import ModbusSource as cls
-            else:
-                from edge.sources.mqtt import MqttSource as cls
-            src = cls(self, scfg)
-            assert isinstance(src, base.Source)
-            self.sources.append(src)
-            self._n_fields[src.kind_code] = len(src.codec.FIELDS)
 
     def accept(self, sensor, kind, fields, urgent, alarm):
         """Log one reported reading (durable at once if urgent); queue its alarm if any.
@@ -191,9 +170,7 @@ class Agent:
                 await self.client.subscribe(self.topics[protocol.CMD], 1)
                 await self._publish_status()
                 await self._pump()
-            except MQTTError as exc:
-                self.port.log("uplink: %s" % exc)
-            except OSError as exc:
+            except (MQTTError, OSError) as exc:
                 self.port.log("uplink: %s" % exc)
             if self.stopping:
                 break
@@ -205,31 +182,28 @@ class Agent:
                 delays = backoff_delays(up["backoff_base_ms"] / 1000, up["backoff_cap_ms"] / 1000)
             await asyncio.sleep(next(delays))
 
-    def _collect_acks(self):
-        sent = self._sent
-        while sent and self.client.acked(sent[0][0]):
-            seq = sent.pop(0)[1]
-            upto = self.batcher.acked(seq)
-            if upto is not None:
-                self.log.ack(upto)
-
-    def _batch_due(self):
-        if self.flush_requested or self._carry:
-            return True
-        pending = self.log.pending - self.batcher.records_in_flight
-        if pending >= self.up_cfg["batch_max"]:
-            return True
-        return pending > 0 and ticks_diff(ticks_ms(), self._last_batch) >= self.up_cfg["batch_age_ms"]
-
     async def _pump(self):
         client = self.client
         up = self.up_cfg
+        sent = self._sent
         while not self.stopping:
             if not client.connected:
                 raise client.error
-            self._collect_acks()
+            # Acks, in publish order: each acked batch may move the log's ack cursor.
+            while sent and client.acked(sent[0][0]):
+                upto = self.batcher.acked(sent.pop(0)[1])
+                if upto is not None:
+                    self.log.ack(upto)
             while self.alarms:
-                await self._publish_alarm(self.alarms[0])
+                code, sensor, kind, ts, fields = self.alarms[0]
+                enc = self._alarm_enc
+                if enc is None:
+                    enc = self._alarm_enc = protocol.BatchEncoder(_ALARM_BYTES)
+                payload = bytes(protocol.encode_alarm(enc, self.boot, self.alarm_seq, code, sensor,
+                                                      kind, ts, fields))
+                self.alarm_seq += 1
+                await client.publish(self.topics[protocol.ALARM], payload, 1, False, False)
+                self.alarms_sent += 1
                 self.alarms.pop(0)
             while self.commands:
                 from edge import command  # on the first command: a board does not carry it from boot
@@ -237,12 +211,18 @@ class Agent:
                 await command.handle(self, self.commands.pop(0))
             if self._unsent is not None:
                 await self._publish_batch(self._unsent)
-            if len(self._sent) < up["max_inflight"] and self._batch_due():
-                if await self._send_batch():
-                    continue
+            if len(sent) < up["max_inflight"]:
+                # A batch is due when asked for, when records are carried over, when a full batch
+                # is pending, or when the oldest pending record is batch_age_ms old.
+                pending = self.log.pending - self.batcher.records_in_flight
+                if (self.flush_requested or self._carry or pending >= up["batch_max"]
+                        or (pending > 0
+                            and ticks_diff(ticks_ms(), self._last_batch) >= up["batch_age_ms"])):
+                    if await self._send_batch():
+                        continue
             self.wake.clear()
-            if len(self._sent) >= up["max_inflight"]:
-                await client.wait_ack(self._sent[0][0])
+            if len(sent) >= up["max_inflight"]:
+                await client.wait_ack(sent[0][0])
             else:
                 await self.wake.wait()  # set by new work, or by _housekeeping's tick
 
@@ -284,15 +264,6 @@ class Agent:
         self._unsent = None
         self._sent.append((pid, batch.seq))
         return True
-
-    async def _publish_alarm(self, alarm):
-        code, sensor, kind, ts, fields = alarm
-        enc = protocol.BatchEncoder(256)
-        payload = bytes(protocol.encode_alarm(enc, self.boot, self.alarm_seq, code, sensor, kind, ts,
-                                              fields))
-        self.alarm_seq += 1
-        await self.client.publish(self.topics[protocol.ALARM], payload, 1, False, False)
-        self.alarms_sent += 1
 
     # -- status and commands ---------------------------------------------------------------
 
@@ -350,8 +321,16 @@ class Agent:
                     last_ntp = now
                     if self.port.sync_clock(self.ntp_host):
                         self.clock.mark_synced()
-            if self.clock.synced() and self.anchors.get(self.boot) is None:
-                self.anchors.set(self.boot, self.clock.offset_ms())
+            anchors = self.anchors
+            if self.clock.synced() and self.boot not in anchors:
+                # This boot's anchor, persisted with the newest others (the oldest are dropped).
+                # In place: the batcher holds this dict's `get`.
+                anchors[self.boot] = self.clock.offset_ms()
+                boots = sorted(anchors)
+                for b in boots[:-_ANCHORS_KEPT]:
+                    del anchors[b]
+                lines = ["%d %d" % (b, anchors[b]) for b in boots[-_ANCHORS_KEPT:]]
+                self.log.files.write_atomic(self.log.dir + "/anchors", ("\n".join(lines) + "\n").encode())
             if ticks_diff(ticks_ms(), last_status) >= status_ms and self.client.connected:
                 last_status = ticks_ms()
                 try:
@@ -373,7 +352,7 @@ class Agent:
             raise
         except Exception as exc:
             self.crashed = "%s: %r" % (name, exc)
-            self.port.log("task %s died (%r): stopping for a restart" % (name, exc))
+            self.port.log("task died: " + self.crashed)  # stopping for a restart
             stop.set()
 
     async def run(self, shutdown=None):

@@ -9,10 +9,10 @@ that ended before any anchor was known can never be stamped honestly: the uplink
 them (`unstampable` in status), it never guesses.
 """
 
-from edge.compat import ticks_diff, ticks_ms
+from edge.compat import const, ticks_diff, ticks_ms
 
 # Anything before this is an unset clock (boards boot at 2000-01-01, Linux without RTC at 1970).
-MIN_VALID_UTC_MS = 1577836800000  # 2020-01-01T00:00:00Z
+_MIN_VALID_UTC_MS = const(1577836800000)  # 2020-01-01T00:00:00Z
 
 
 class Clock:
@@ -20,12 +20,13 @@ class Clock:
 
     `utc_source()` returns the platform's idea of UTC in ms (time.time() on CPython, the RTC on a
     board); it is trusted only when `mark_synced()` was called (after NTP) or, with
-    `trust_os=True` (CPython gateways whose OS runs NTP), when it is past MIN_VALID_UTC_MS.
+    `trust_os=True` (CPython gateways whose OS runs NTP), when it is past 2020-01-01.
     """
 
     def __init__(self, utc_source, trust_os=False, ticks=ticks_ms):
-        self._utc_source = utc_source
-        self._ticks = ticks
+        # Stored under their argument names: an attribute name is one more qstr on a board.
+        self.utc_source = utc_source
+        self.ticks = ticks
         self._last_ticks = ticks()
         self._uptime = 0
         self._offset = None  # utc_ms - uptime_ms, once known
@@ -33,15 +34,15 @@ class Clock:
 
     def uptime_ms(self):
         """Milliseconds since boot; never wraps (ticks wrap every ~12 days on a board)."""
-        now = self._ticks()
+        now = self.ticks()
         self._uptime += ticks_diff(now, self._last_ticks)
         self._last_ticks = now
         return self._uptime
 
     def mark_synced(self):
         """Call after NTP (or any trusted source) set the platform clock. Returns True if accepted."""
-        utc = self._utc_source()
-        if utc < MIN_VALID_UTC_MS:
+        utc = self.utc_source()
+        if utc < _MIN_VALID_UTC_MS:
             return False
         self._offset = utc - self.uptime_ms()
         return True

@@ -14,13 +14,16 @@ from edge.compat import const, ticks_diff
 _SENSORS_MAX = const(512)  # per source; past it (a flood of unknown ids) the memory starts afresh
 _NAN = float("nan")  # a field that was missing (None) in the last reported reading
 
-REPORT_FIRST = 1
-REPORT_EVENT = 2
-REPORT_ALARM = 3
-REPORT_CHANGE = 4
-REPORT_DEADBAND = 5
-REPORT_SILENCE = 6
+# Why `check` reports a reading. Only SUPPRESSED is public (the sources test for it); the reasons
+# are private constants, folded at build time, so a board carries no global for each. Tests spell
+# the numbers out: 1 first, 2 event, 3 alarm, 4 change, 5 deadband, 6 silence.
 SUPPRESSED = 0
+_FIRST = const(1)
+_EVENT = const(2)
+_ALARM = const(3)
+_CHANGE = const(4)
+_DEADBAND = const(5)
+_SILENCE = const(6)
 
 
 class ReportFilter:
@@ -62,27 +65,26 @@ class ReportFilter:
         """
         fields = self.codec.FIELDS
         if name not in fields:
-            raise ValueError("unknown field %r of kind %s" % (name, self.codec.KIND))
+            raise ValueError("no field %r in %s" % (name, self.codec.KIND))
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError("deadband of %r must be a number >= 0, not %r" % (name, value))
+            raise ValueError("deadband %r: %r is not a number >= 0" % (name, value))
         if self.band[fields.index(name)] is None:
-            raise ValueError("field %r of kind %s is not analog: any change is reported" % (
-                name, self.codec.KIND))
+            raise ValueError("%r is not analog: any change reports" % name)
 
     def check(self, sensor, fields, now_ticks, alarm=None):
-        """Return the REPORT_* reason for reporting this reading, or SUPPRESSED (and count it)."""
+        """Return the reason (1..6, see above) for reporting this reading, or SUPPRESSED (and count it)."""
         at = self._slot.get(sensor)
         last = self._last
         n = len(fields)
         reason = SUPPRESSED
         if at is None:
-            reason = REPORT_FIRST
+            reason = _FIRST
         elif self.codec.is_event(fields):
-            reason = REPORT_EVENT
+            reason = _EVENT
         elif alarm is not None:
-            reason = REPORT_ALARM
+            reason = _ALARM
         elif ticks_diff(now_ticks, int(last[at + n])) >= self.max_silence_ms:
-            reason = REPORT_SILENCE
+            reason = _SILENCE
         else:
             band = self.band
             for i in range(n):
@@ -91,16 +93,16 @@ class ReportFilter:
                 if new is None:
                     if old != old:  # NaN: it was missing last time too
                         continue
-                    reason = REPORT_CHANGE
+                    reason = _CHANGE
                     break
                 if new == old or i in self.counters:
                     continue
                 b = band[i]
                 if b is None or old != old or isinstance(new, bool):
-                    reason = REPORT_CHANGE
+                    reason = _CHANGE
                     break
                 if abs(new - old) > b:
-                    reason = REPORT_DEADBAND
+                    reason = _DEADBAND
                     break
         if reason == SUPPRESSED:
             self.suppressed += 1

@@ -9,14 +9,12 @@ import os
 import sys
 import time
 
-from edge.compat import IS_MICROPYTHON
+from edge.compat import IS_MICROPYTHON, const
 
-REBOOT_EXIT_CODE = 75  # EX_TEMPFAIL: "restart me", for systemd's RestartForceExitStatus
+_REBOOT_EXIT_CODE = const(75)  # EX_TEMPFAIL: "restart me", for systemd's RestartForceExitStatus
 
 
 class PosixPort:
-    name = "posix"
-
     def __init__(self, verbose=True):
         self.verbose = verbose
 
@@ -68,7 +66,7 @@ class PosixPort:
         pass
 
     def reboot(self):
-        sys.exit(REBOOT_EXIT_CODE)
+        sys.exit(_REBOOT_EXIT_CODE)
 
     def log(self, msg):
         if self.verbose:

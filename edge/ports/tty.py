@@ -10,20 +10,9 @@ on a partial frame; at RS-485 speeds a byte per call costs nothing that matters.
 import select
 import termios
 
-from edge.compat import IS_MICROPYTHON
+from edge.compat import IS_MICROPYTHON, const
 
-# Linux values for the speeds MicroPython's termios does not name.
-_LINUX_BAUD = {1200: 9, 2400: 11, 4800: 12, 9600: 13, 19200: 14, 38400: 15, 57600: 4097, 115200: 4098}
-_DISCARD_MAX = 4096  # a line that never goes quiet must not keep discard() spinning
-
-
-def _baud_const(baud):
-    c = getattr(termios, "B%d" % baud, None)
-    if c is None:
-        c = _LINUX_BAUD.get(baud)
-    if c is None:
-        raise ValueError("unsupported baud rate %d" % baud)
-    return c
+_DISCARD_MAX = const(4096)  # a line that never goes quiet must not keep discard() spinning
 
 
 class Tty:
@@ -42,8 +31,27 @@ class Tty:
                 fd = os.open(fd, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
                 os.set_blocking(fd, True)
             self._f = open(fd, "r+b", buffering=0)
-        self._fd = self._f.fileno()
-        self._raw(baud)
+        fd = self._fd = self._f.fileno()
+        if IS_MICROPYTHON:
+            termios.setraw(fd)
+        else:
+            import tty
+
+            tty.setraw(fd)
+        attrs = termios.tcgetattr(fd)
+        # CLOCAL: an RS-485 adapter has no carrier line to wait for; CREAD: enable the receiver.
+        attrs[2] |= getattr(termios, "CLOCAL", 0o4000) | getattr(termios, "CREAD", 0o200)
+        b = getattr(termios, "B%d" % baud, None)
+        if b is None:
+            # Linux values for the speeds MicroPython's termios does not name (built here, once
+            # per open, rather than kept as a module global).
+            linux = {1200: 9, 2400: 11, 4800: 12, 9600: 13, 19200: 14, 38400: 15, 57600: 4097, 115200: 4098}
+            b = linux.get(baud)
+            if b is None:
+                raise ValueError("unsupported baud %d" % baud)
+        attrs[4] = b
+        attrs[5] = b
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
         self._poll = select.poll()
         self._poll.register(self._f, select.POLLIN)
         self._one = bytearray(1)
@@ -52,21 +60,6 @@ class Tty:
             import asyncio
 
             self._reader = asyncio.StreamReader(self._f)
-
-    def _raw(self, baud):
-        if IS_MICROPYTHON:
-            termios.setraw(self._fd)
-        else:
-            import tty
-
-            tty.setraw(self._fd)
-        attrs = termios.tcgetattr(self._fd)
-        # CLOCAL: an RS-485 adapter has no carrier line to wait for; CREAD: enable the receiver.
-        attrs[2] |= getattr(termios, "CLOCAL", 0o4000) | getattr(termios, "CREAD", 0o200)
-        b = _baud_const(baud)
-        attrs[4] = b
-        attrs[5] = b
-        termios.tcsetattr(self._fd, termios.TCSANOW, attrs)
 
     def _ready(self):
         for _obj, ev in self._poll.poll(0):

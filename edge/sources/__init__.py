@@ -12,8 +12,6 @@ from edge.rules import SUPPRESSED, ReportFilter
 # Source-level error codes beyond the codecs' (index into the same counter row).
 UNKNOWN_SENSOR = N_CODES  # a well-formed reading from a sensor the config does not list
 QUEUE_OVERFLOW = N_CODES + 1  # a message arrived faster than it could be decoded
-ERROR_NAMES = NAMES + ("unknown_sensor", "queue_overflow")
-_ROW = N_CODES + 2
 
 
 class Source:
@@ -28,7 +26,7 @@ class Source:
         if cfg.get("alarm_limits"):
             for k in cfg["alarm_limits"]:
                 if k not in limits:
-                    raise ValueError("alarm limit %r is not one of %s's: %s" % (
+                    raise ValueError("no alarm limit %r in %s: %s" % (
                         k, self.kind, ", ".join(sorted(limits))))
                 limits[k] = cfg["alarm_limits"][k]
         self.limits = limits
@@ -43,7 +41,7 @@ class Source:
     def error(self, who, code):
         row = self.errors.get(who)
         if row is None:
-            row = self.errors[who] = [0] * _ROW
+            row = self.errors[who] = [0] * (QUEUE_OVERFLOW + 1)
         row[code] += 1
 
     def take(self, sensor, fields, now_ticks):
@@ -63,13 +61,14 @@ class Source:
 
     def error_report(self):
         """{who: {code_name: n}} for the status message (allocates: status time only)."""
+        names = NAMES + ("unknown_sensor", "queue_overflow")
         out = {}
         for who in self.errors:
             row = self.errors[who]
             named = {}
-            for i in range(_ROW):
+            for i in range(len(row)):
                 if row[i]:
-                    named[ERROR_NAMES[i]] = row[i]
+                    named[names[i]] = row[i]
             out[who] = named
         return out
 

@@ -21,23 +21,22 @@ _TOPIC_ROOM = const(256)
 _TX_ROOM = const(64)
 
 
-def _blen(s):
-    return len(s.encode()) if s else 0
-
-
 class MqttSource(Source):
     def __init__(self, agent, cfg):
         Source.__init__(self, agent, cfg)
-        b = agent.cfg["site_broker"]
+        b = agent.cfg["site_broker"]  # the agent drops its config once the sources are made
         self.topic = cfg["topic"]
-        cid = (b["client_id"] or agent.gw) + "-site"
+        cid = (b["client_id"] or agent.cfg["gateway_id"]) + "-site"
         # Receive: the kind's largest message and its topic; transmit: CONNECT is the largest.
+        tx = _TX_ROOM + len(cid) + len(self.topic)
+        for s in (b["username"], b["password"]):
+            if s:
+                tx += len(s.encode())
         self.client = MQTTClient(
             cid, b["host"], b["port"], username=b["username"], password=b["password"],
             keepalive=b["keepalive_s"], clean_session=False, ssl=agent.port.ssl_context(b),
             on_message=self._on_message,
-            buffer_size=getattr(self.codec, "MAX_PAYLOAD", 1024) + _TOPIC_ROOM,
-            tx_size=_TX_ROOM + len(cid) + len(self.topic) + _blen(b["username"]) + _blen(b["password"]))
+            buffer_size=getattr(self.codec, "MAX_PAYLOAD", 1024) + _TOPIC_ROOM, tx_size=tx)
         self.queue = []
         self.overflow = 0
         self.redelivered = 0  # duplicate deliveries skipped (see _on_message)

@@ -24,7 +24,6 @@ class SerialSource(Source):
         self.path = cfg["port"]
         self.baud = cfg["baud"]
         self._buf = bytearray(_BUF)
-        self._mv = memoryview(self._buf)
         self._fill = 0  # bytes in _buf not yet decoded (a partial frame)
         self._rx_at = 0  # ticks of the last bytes received
         self.reopens = 0
@@ -58,7 +57,7 @@ class SerialSource(Source):
 
     async def pump(self, port):
         buf = self._buf
-        mv = self._mv
+        mv = memoryview(buf)  # one per (re)open: slices of it allocate nothing
         decode = self.codec.decode
         self._fill = 0
         while True:

@@ -28,7 +28,6 @@ import pytest
 
 from edge import config
 from edge.agent import Agent
-from edge.clock import MIN_VALID_UTC_MS
 from edge.compat import ticks_ms
 from edge.ports.posix import PosixPort
 from hil.services import Mosquitto
@@ -37,6 +36,7 @@ pytestmark = pytest.mark.integration
 
 GW = "gw-behave"
 Y2000_MS = 946684800000  # what an unset board RTC says at boot
+MIN_VALID_UTC_MS = 1577836800000  # 2020-01-01: edge/clock.py's threshold for a set clock
 HANG_GUARD = 30.0  # a bound so a bug fails the test instead of hanging it, not a speed goal
 FAST = {"batch_age_ms": 200, "status_every_s": 1, "backoff_base_ms": 100, "backoff_cap_ms": 400}
 

@@ -1,7 +1,9 @@
 """The clock never hands out a pre-2020 time and stamps with uptime + anchor."""
 
-from edge.clock import MIN_VALID_UTC_MS, Clock
+from edge.clock import Clock
 from edge.compat import ticks_add
+
+MIN_VALID_UTC_MS = 1577836800000  # 2020-01-01: edge/clock.py's threshold for a set clock
 
 
 class FakeTicks:

@@ -2,6 +2,9 @@
 
 from edge import rules
 
+# `ReportFilter.check`'s reasons: private constants in edge/rules.py (no globals on a board).
+FIRST, EVENT, ALARM, CHANGE, DEADBAND, SILENCE = 1, 2, 3, 4, 5, 6
+
 
 class FakeCodec:
     KIND = "fake"
@@ -15,24 +18,24 @@ class FakeCodec:
 
 def test_first_then_suppressed_then_deadband():
     f = rules.ReportFilter(FakeCodec, deadbands={"level": 5}, default_deadband=0.5, max_silence_ms=60000)
-    assert f.check("s1", (False, 10, 20.0), 0) == rules.REPORT_FIRST
+    assert f.check("s1", (False, 10, 20.0), 0) == FIRST
     assert f.check("s1", (False, 14, 20.4), 1000) == rules.SUPPRESSED
-    assert f.check("s1", (False, 16, 20.4), 2000) == rules.REPORT_DEADBAND  # 16-10 > 5
+    assert f.check("s1", (False, 16, 20.4), 2000) == DEADBAND  # 16-10 > 5
     assert f.check("s1", (False, 16, 20.8), 3000) == rules.SUPPRESSED  # vs last reported 20.4
-    assert f.check("s1", (False, 16, 21.0), 3000) == rules.REPORT_DEADBAND
+    assert f.check("s1", (False, 16, 21.0), 3000) == DEADBAND
     assert f.suppressed == 2
 
 
 def test_non_analog_change_event_alarm_silence():
     f = rules.ReportFilter(FakeCodec, default_deadband=100, max_silence_ms=60000)
-    assert f.check("s1", (False, 10, 20.0), 0) == rules.REPORT_FIRST
-    assert f.check("s1", (True, 10, 20.0), 10) == rules.REPORT_EVENT
-    assert f.check("s1", (True, 10, 20.0), 20) == rules.REPORT_EVENT  # every event counts
-    assert f.check("s2", (False, 1, 1.0), 20) == rules.REPORT_FIRST  # sensors are independent
-    assert f.check("s2", (False, 1, 1.0), 30, alarm="overflow") == rules.REPORT_ALARM
+    assert f.check("s1", (False, 10, 20.0), 0) == FIRST
+    assert f.check("s1", (True, 10, 20.0), 10) == EVENT
+    assert f.check("s1", (True, 10, 20.0), 20) == EVENT  # every event counts
+    assert f.check("s2", (False, 1, 1.0), 20) == FIRST  # sensors are independent
+    assert f.check("s2", (False, 1, 1.0), 30, alarm="overflow") == ALARM
     assert f.check("s2", (False, 1, 1.0), 59000) == rules.SUPPRESSED
-    assert f.check("s2", (False, 1, 1.0), 60030) == rules.REPORT_SILENCE
-    assert f.check("s2", (False, 1, None), 60040) == rules.REPORT_CHANGE  # a field went missing
+    assert f.check("s2", (False, 1, 1.0), 60030) == SILENCE
+    assert f.check("s2", (False, 1, None), 60040) == CHANGE  # a field went missing
 
 
 def test_unknown_deadband_field_is_an_error():
@@ -55,20 +58,20 @@ class CountingCodec(FakeCodec):
 
 def test_frame_counters_are_not_news():
     f = rules.ReportFilter(CountingCodec, default_deadband=1, max_silence_ms=60000)
-    assert f.check("s", (1, 10, 20.0), 0) == rules.REPORT_FIRST
+    assert f.check("s", (1, 10, 20.0), 0) == FIRST
     assert f.check("s", (2, 10, 20.0), 10) == rules.SUPPRESSED
-    assert f.check("s", (3, 12, 20.0), 20) == rules.REPORT_DEADBAND
+    assert f.check("s", (3, 12, 20.0), 20) == DEADBAND
 
 
 def test_missing_fields_and_many_sensors():
     f = rules.ReportFilter(FakeCodec, default_deadband=1, max_silence_ms=60000)
-    assert f.check("s", (False, None, 20.0), 0) == rules.REPORT_FIRST
+    assert f.check("s", (False, None, 20.0), 0) == FIRST
     assert f.check("s", (False, None, 20.5), 10) == rules.SUPPRESSED  # still missing: no news
-    assert f.check("s", (False, 3, 20.5), 20) == rules.REPORT_CHANGE  # it came back
-    assert f.check("s", (True, 3, 20.5), 30) == rules.REPORT_EVENT
-    assert f.check("s", (False, 3, 20.5), 40) == rules.REPORT_CHANGE  # a bool went back
+    assert f.check("s", (False, 3, 20.5), 20) == CHANGE  # it came back
+    assert f.check("s", (True, 3, 20.5), 30) == EVENT
+    assert f.check("s", (False, 3, 20.5), 40) == CHANGE  # a bool went back
     # A flood of unknown ids past the per-source memory starts it afresh: more reports, no error.
     for i in range(600):
-        assert f.check("x%d" % i, (False, 1, 1.0), 50) == rules.REPORT_FIRST
+        assert f.check("x%d" % i, (False, 1, 1.0), 50) == FIRST
     assert f.check("x599", (False, 1, 1.0), 60) == rules.SUPPRESSED
-    assert f.check("s", (False, 3, 20.5), 70) == rules.REPORT_FIRST  # forgotten in the flood
+    assert f.check("s", (False, 3, 20.5), 70) == FIRST  # forgotten in the flood
