@@ -75,3 +75,22 @@ def test_memory_bench_names_the_stage_of_a_memory_error(tmp_path: Path) -> None:
     assert r.returncode == 1, r.stdout + r.stderr
     assert re.search(r"MemoryError while '\w+'", r.stdout), r.stdout
     assert "live heap by stage" in r.stdout
+
+
+@pytest.mark.micropython
+def test_code_size_bench_lists_what_a_running_agent_keeps(tmp_path: Path) -> None:
+    saved = tmp_path / "code.json"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "edge_code_size.py"), "--save", str(saved)],
+                       capture_output=True, text=True, timeout=240, cwd=str(ROOT))
+    assert r.returncode == 0, r.stdout + r.stderr
+    fig = json.loads(saved.read_text())
+    rows = {m["module"].split(" ")[0]: m for m in fig["modules"]}
+    total = re.search(r"^total \((\d+) rows\)\s+(\d+)", r.stdout, re.M)
+    assert total, r.stdout
+    assert int(total.group(1)) == len(fig["modules"])
+    assert int(total.group(2)) == fig["total_live"] == sum(m["live"] for m in fig["modules"])
+    for name in ("edge.agent", "edge.mqtt.client", "devices.parking.codec", "devices.manhole.codec"):
+        assert rows[name]["live"] > 0
+    # Code a board needs only at boot or on demand is not resident for the run.
+    for lazy in ("edge.config", "edge.command", "edge.cbor_decode", "edge.store.boot", "edge.mqtt.refused"):
+        assert not any(m["module"].startswith(lazy) or lazy in m["module"] for m in fig["modules"]), lazy
