@@ -53,9 +53,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import payload_size  # noqa: E402
+from bench import baseline, payload_size  # noqa: E402
 from edge import protocol  # noqa: E402
-from hil.services import InfluxDB, Mosquitto, VictoriaMetrics, free_port, http_request  # noqa: E402
+from hil.services import Collector, InfluxDB, Mosquitto, ServiceError, VictoriaMetrics  # noqa: E402
 
 GOAL_RATE = 100_000  # readings/s, end to end
 GOAL_RATIO = 0.8  # collector / ceiling
@@ -263,8 +263,9 @@ class Store:
     ) -> None:
         self.server.cleanup()
 
-    def collector_config(self) -> str:
-        return f'[influx]\nurl = "{self.server.url}"\ndb = "{DB}"\n'
+    def collector_influx(self) -> dict[str, object]:
+        """The collector's [influx] table for this database."""
+        return {"url": self.server.url, "db": DB}
 
     def write_url(self) -> str:
         assert isinstance(self.server, InfluxDB)
@@ -305,8 +306,8 @@ class VmStore(Store):
     def __init__(self, workdir: Path) -> None:
         self.server = VictoriaMetrics(workdir=str(workdir))
 
-    def collector_config(self) -> str:
-        return f'[influx]\nversion = 2\nurl = "{self.server.url}"\norg = "citybrain"\nbucket = "{DB}"\n'
+    def collector_influx(self) -> dict[str, object]:
+        return {"version": 2, "url": self.server.url, "org": "citybrain", "bucket": DB}
 
     def write_url(self) -> str:
         query = urllib.parse.urlencode({"org": "citybrain", "bucket": DB, "precision": "ms"})
@@ -348,7 +349,9 @@ class VmStore(Store):
 # --- the collector (a separate process) ---------------------------------------------------------
 
 
-class CollectorProc:
+class CollectorProc(Collector):
+    """The collector under test (hil.services.Collector) with the bench's settings, started at once."""
+
     def __init__(
         self,
         tmp: Path,
@@ -359,64 +362,21 @@ class CollectorProc:
         name: str = "bench-collector",
         dedup_window: int = 0,
     ) -> None:
-        self.metrics_port = free_port()
-        self.config = tmp / f"{name}.toml"
-        self.config.write_text(
-            f"""
-[mqtt]
-port = {broker.port}
-client_id = "{name}"
-receive_maximum = {RECEIVE_MAXIMUM}
-{store.collector_config()}
-[storage]
-spool_path = "{tmp}/{name}-spool.sqlite"
-spool_max_bytes = "{spool_max}"
-dead_letter_path = "{tmp}/{name}-dead.sqlite"
-[writer]
-batch_size = {BATCH_SIZE}
-flush_interval = "{FLUSH}"
-[metrics]
-port = {self.metrics_port}
-[service]
-log_level = "WARNING"
-"""
-            + (f"[dedup]\nwindow = {dedup_window}\n" if dedup_window else "")
+        settings: dict[str, dict[str, object]] = {
+            "mqtt": {"receive_maximum": RECEIVE_MAXIMUM},
+            "storage": {"spool_max_bytes": spool_max},
+            "writer": {"batch_size": BATCH_SIZE, "flush_interval": FLUSH},
+            "service": {"log_level": "WARNING"},
+        }
+        if dedup_window:
+            settings["dedup"] = {"window": dedup_window}
+        super().__init__(
+            broker.port, store.collector_influx(), client_id=name, settings=settings, workdir=str(tmp / name)
         )
-        self.log_path = tmp / f"{name}.log"
-        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "collector.cli", "run", "--config", str(self.config)],
-            cwd=ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=self.log,
-        )
-        deadline = time.monotonic() + 30
-        while not self.healthy():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                raise SystemExit(f"bench: collector did not come up: {self.log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
-
-    def healthy(self) -> bool:
         try:
-            status, _ = http_request(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=2)
-        except OSError:
-            return False
-        return status == 200
-
-    def metric(self, name: str, **labels: str) -> float:
-        """One series from /metrics (0 if absent)."""
-        _, body = http_request(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5)
-        want = "citybrain_collector_" + name
-        if labels:
-            want += "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
-        for line in body.decode().splitlines():
-            key, _, value = line.rpartition(" ")
-            if key == want:
-                return float(value)
-        return 0.0
+            self.start()
+        except ServiceError as exc:
+            raise SystemExit(f"bench: collector did not come up: {exc}") from None
 
     def rss_mb(self) -> float:
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -429,17 +389,6 @@ log_level = "WARNING"
         with open(f"/proc/{self.proc.pid}/stat") as f:
             parts = f.read().rsplit(")", 1)[1].split()
         return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
-        return self.proc.returncode
 
 
 # --- checks -----------------------------------------------------------------------------------
@@ -901,8 +850,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dedup-window", type=int, default=0, help="collector dedup.window (default: its own)")
     ap.add_argument("--profile", metavar="FILE", help="py-spy the collector into FILE (collapsed stacks)")
     ap.add_argument("--workdir", metavar="DIR", help="keep configs, logs and data here (default: a temp dir)")
-    ap.add_argument("--save", metavar="FILE", help="write the figures as JSON")
-    ap.add_argument("--baseline", metavar="FILE", help="compare with figures saved by --save")
+    baseline.add_arguments(ap)
     ap.add_argument("--tolerance", type=float, default=0.15, help="allowed drop in readings/s vs --baseline")
     args = ap.parse_args(argv)
     if args.quick:
@@ -926,11 +874,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     old: float | None = None
     if args.baseline:  # read first: a bad baseline should not cost a whole run
-        try:
-            old = float(json.loads(Path(args.baseline).read_text())["rate"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            print(f"bench: cannot read baseline {args.baseline}: {exc}", file=sys.stderr)
+        base = baseline.read(args.baseline, "rate")
+        if base is None:
             return 2
+        old = float(base["rate"])
     status = 0
     with contextlib.ExitStack() as stack:
         if args.workdir:
@@ -955,7 +902,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAIL: readings/s fell {-change:.1%} (> {args.tolerance:.0%})")
             status = 1
     if args.save:
-        Path(args.save).write_text(json.dumps(fig, indent=2) + "\n")
+        baseline.save(args.save, fig)
     return status
 
 

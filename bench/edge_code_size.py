@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import baseline  # noqa: E402
 from bench.edge_memory import MICROPYTHON, config_for  # noqa: E402
 from provisioning.firmware import build  # noqa: E402
 
@@ -190,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micropython", type=Path, default=MICROPYTHON,
                         help="interpreter (default .venv/bin/micropython)")
     parser.add_argument("--o3", action="store_true", help="build the image with mpy-cross -O3")
-    parser.add_argument("--save", metavar="FILE", help="write the figures as JSON")
-    parser.add_argument("--baseline", metavar="FILE", help="compare with figures saved by --save")
+    baseline.add_arguments(parser)
     args = parser.parse_args(argv)
     if not args.micropython.exists():
         print(f"bench: needs {args.micropython}", file=sys.stderr)
@@ -200,12 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     report(fig)
     status = 0
     if args.baseline:
-        try:
-            base = json.loads(Path(args.baseline).read_text())
-            old = int(base["total_live"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            print(f"bench: cannot read baseline {args.baseline}: {exc}", file=sys.stderr)
+        base = baseline.read(args.baseline, "total_live")
+        if base is None:
             return 2
+        old = int(base["total_live"])
         was = {r["module"]: r["live"] for r in base.get("modules", [])}
         for r in fig["modules"]:
             d = r["live"] - was.get(r["module"], 0)
@@ -217,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             print("FAIL: the resident code grew by more than 1 KB")
             status = 1
     if args.save:
-        Path(args.save).write_text(json.dumps(fig, indent=2, sort_keys=True) + "\n")
+        baseline.save(args.save, fig)
     return status
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import sys
 import tempfile
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import baseline  # noqa: E402
 from bench.edge_throughput import Counter, agent_config, drive, frames  # noqa: E402
 from edge.store.log import HEADER  # noqa: E402
 from hil.services import Mosquitto  # noqa: E402
@@ -118,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="readings/s arriving (default 200)")
     parser.add_argument("--kinds", default="parking,thermometer", help="serial kinds, comma-separated")
     parser.add_argument("--quick", action="store_true", help="a tiny run that proves the script works")
-    parser.add_argument("--save", metavar="FILE", help="write the figures as JSON")
-    parser.add_argument("--baseline", metavar="FILE", help="compare with figures saved by --save")
+    baseline.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.readings, args.rate = 300, 300.0
@@ -144,12 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         print("FAIL: not every reading was acknowledged")
         status = 1
     if args.baseline:
-        try:
-            base = json.loads(Path(args.baseline).read_text())
-            old = float(base["bytes_written_per_reading"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            print(f"bench: cannot read baseline {args.baseline}: {exc}", file=sys.stderr)
+        base = baseline.read(args.baseline, "bytes_written_per_reading")
+        if base is None:
             return 2
+        old = float(base["bytes_written_per_reading"])
         change = fig["bytes_written_per_reading"] / old - 1.0
         new = fig["bytes_written_per_reading"]
         print(f"baseline        {old:.2f} B/reading -> {new:.2f} ({change:+.1%})")
@@ -157,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAIL: bytes written per reading grew {change:.1%} (> 5%)")
             status = 1
     if args.save:
-        Path(args.save).write_text(json.dumps(fig, indent=2, sort_keys=True) + "\n")
+        baseline.save(args.save, fig)
     return status
 
 

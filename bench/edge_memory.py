@@ -42,6 +42,7 @@ if str(ROOT) not in sys.path:
 import cbor2  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 
+from bench import baseline  # noqa: E402
 from hil.services import Mosquitto  # noqa: E402
 from provisioning.firmware import build, mpy_cross  # noqa: E402
 
@@ -466,8 +467,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="allowed live-heap growth, bytes per 10,000 readings (default 1024)")
     parser.add_argument("--quick", action="store_true", help="1,000 readings: proves the script works")
     parser.add_argument("--verbose", action="store_true", help="print the agent's own log lines")
-    parser.add_argument("--save", metavar="FILE", help="write the figures as JSON")
-    parser.add_argument("--baseline", metavar="FILE", help="compare with figures saved by --save")
+    baseline.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.readings = 1000
@@ -479,12 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     fig["frozen"] = args.frozen
     status = report(fig, args)
     if args.baseline:
-        try:
-            base = json.loads(Path(args.baseline).read_text())
-            old = int(base["peak_alloc"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            print(f"bench: cannot read baseline {args.baseline}: {exc}", file=sys.stderr)
+        base = baseline.read(args.baseline, "peak_alloc")
+        if base is None:
             return 2
+        old = int(base["peak_alloc"])
         new = fig.get("peak_alloc")
         if new is None:
             print(f"baseline        peak live heap {old} B -> did not start")
@@ -494,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("FAIL: the peak live heap grew by more than 2 KB")
                 status = 1
     if args.save:
-        Path(args.save).write_text(json.dumps(fig, indent=2, sort_keys=True) + "\n")
+        baseline.save(args.save, fig)
     return status
 
 

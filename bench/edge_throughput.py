@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import cProfile
 import io
-import json
 import os
 import pstats
 import shutil
@@ -41,6 +40,7 @@ if str(ROOT) not in sys.path:
 import cbor2  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 
+from bench import baseline  # noqa: E402
 from edge import config as edge_config  # noqa: E402
 from edge.agent import Agent  # noqa: E402
 from edge.ports.posix import PosixPort  # noqa: E402
@@ -287,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs; the best is reported (default 3)")
     parser.add_argument("--profile", action="store_true", help="print the top costs even above the goal")
     parser.add_argument("--quick", action="store_true", help="a tiny run that proves the script works")
-    parser.add_argument("--save", metavar="FILE", help="write the figures as JSON")
-    parser.add_argument("--baseline", metavar="FILE", help="compare with figures saved by --save")
+    baseline.add_arguments(parser)
     parser.add_argument("--tolerance", type=float, default=0.15,
                         help="allowed drop of readings/s against --baseline (default 0.15)")
     args = parser.parse_args(argv)
@@ -325,12 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         print("top costs (cProfile, by own time):")
         print(fig["profile"])
     if args.baseline:
-        try:
-            base = json.loads(Path(args.baseline).read_text())
-            old = float(base["readings_per_s"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            print(f"bench: cannot read baseline {args.baseline}: {exc}", file=sys.stderr)
+        base = baseline.read(args.baseline, "readings_per_s")
+        if base is None:
             return 2
+        old = float(base["readings_per_s"])
         change = fig["readings_per_s"] / old - 1.0
         print(f"baseline        {old:.0f} readings/s -> {fig['readings_per_s']:.0f} ({change:+.1%})")
         if change < -args.tolerance:
@@ -339,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.save:
         keep = {k: v for k, v in fig.items() if k != "profile"}
         keep["python"] = sys.version.split()[0]
-        Path(args.save).write_text(json.dumps(keep, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        baseline.save(args.save, keep)
     return status
 
 

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import baseline  # noqa: E402
 from edge import protocol  # noqa: E402
 
 GOAL = 0.35
@@ -177,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--readings", type=int, default=50, help="readings in the batch (default 50)")
-    parser.add_argument("--save", metavar="FILE", help="write the figures as JSON")
-    parser.add_argument("--baseline", metavar="FILE", help="compare with figures saved by --save")
+    baseline.add_arguments(parser)
     parser.add_argument("--tolerance", type=float, default=0.05,
                         help="allowed growth of CBOR bytes per reading against --baseline (default 0.05)")
     args = parser.parse_args(argv)
@@ -196,12 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL: ratio {fig['ratio']:.1%} is above the goal {GOAL:.0%}")
         status = 1
     if args.baseline:
-        try:
-            base = json.loads(Path(args.baseline).read_text())
-            old = float(base["cbor_per_reading"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            print(f"bench: cannot read baseline {args.baseline}: {exc}", file=sys.stderr)
+        base = baseline.read(args.baseline, "cbor_per_reading")
+        if base is None:
             return 2
+        old = float(base["cbor_per_reading"])
         growth = fig["cbor_per_reading"] / old - 1.0
         print(f"baseline        {old:7.2f} B/reading -> {fig['cbor_per_reading']:.2f} ({growth:+.1%}), "
               f"ratio {base.get('ratio')} -> {fig['ratio']}")
@@ -209,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAIL: CBOR bytes per reading grew {growth:.1%} (> {args.tolerance:.0%})")
             status = 1
     if args.save:
-        Path(args.save).write_text(json.dumps(fig, indent=2) + "\n")
+        baseline.save(args.save, fig)
     return status
 
 

@@ -31,6 +31,11 @@ from typing import Any
 import cbor2
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import baseline  # noqa: E402
+
 MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
 REGRESSION = 1.10  # a cost more than 10% above the baseline fails the comparison
 HOURS_PER_YEAR = 24 * 365.25
@@ -137,8 +142,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--partition-bytes", type=int, default=4 << 20)
     p.add_argument("--block-bytes", type=int, default=4096)
     p.add_argument("--erase-cycles", type=int, default=100_000)
-    p.add_argument("--save", type=Path, help="write the figures to this JSON file")
-    p.add_argument("--baseline", type=Path, help="compare with figures saved by --save")
+    baseline.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -229,13 +233,16 @@ def main(argv: list[str] | None = None) -> int:
     if not MICROPYTHON.exists():
         print(f"needs {MICROPYTHON} (the micropython unix port with VfsLfs2)", file=sys.stderr)
         return 2
+    base = None
+    if args.baseline:  # read first: a bad baseline should not cost a run
+        base = baseline.read(args.baseline, *_COSTS)
+        if base is None:
+            return 2
     fig = measure(args)
     report(fig)
     if args.save:
-        args.save.write_text(json.dumps(fig, indent=2, sort_keys=True) + "\n")
-    if args.baseline:
-        return compare(fig, json.loads(args.baseline.read_text()))
-    return 0
+        baseline.save(args.save, fig)
+    return 0 if base is None else compare(fig, base)
 
 
 if __name__ == "__main__":

@@ -13,45 +13,32 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from hil.rig import INTERPRETERS, PREFIX, Rig
-from hil.services import InfluxDB
+from hil.services import Collector, InfluxDB
 
-ROOT = Path(__file__).resolve().parent.parent
 DB = "citybrain"
 MEASUREMENTS = ("parking", "manhole", "water", "thermometer")
 
 
-def collector_toml(rig: Rig, influx: InfluxDB, workdir: Path) -> str:
-    return "\n".join([
-        "[mqtt]",
-        'host = "127.0.0.1"',
-        f"port = {rig.broker.port}",
-        'client_id = "demo-collector"',
-        f'topic_prefix = "{PREFIX}"',
-        "[influx]",
-        "version = 1",
-        f'url = "http://127.0.0.1:{influx.port}"',
-        f'db = "{DB}"',
-        "[storage]",
-        f'spool_path = "{workdir / "spool.sqlite"}"',
-        f'dead_letter_path = "{workdir / "dead_letters.sqlite"}"',
-        "[writer]",
-        'flush_interval = "200ms"',
-        "[metrics]",
-        "port = 0",
-        f'[gateways."{rig.gw}"]',
-        'site = "文三路-wensan-rd"',
-        'district = "西湖区-xihu"',
-        "",
-    ])
+def collector(rig: Rig, influx: InfluxDB) -> Collector:
+    """The collector on the rig's broker, writing to `influx`; no metrics port (ready by its log)."""
+    return Collector(
+        rig.broker.port,
+        {"version": 1, "url": influx.url, "db": DB},
+        client_id="demo-collector",
+        metrics=False,
+        workdir=str(rig.dir / "collector"),
+        settings={
+            "mqtt": {"topic_prefix": PREFIX},
+            "writer": {"flush_interval": "200ms"},
+            "gateways": {rig.gw: {"site": "文三路-wensan-rd", "district": "西湖区-xihu"}},
+        },
+    )
 
 
 def count_points(influx: InfluxDB, measurement: str) -> int:
@@ -79,27 +66,15 @@ def run(interpreter: str, seconds: float, seed: int) -> int:
           " the collector")
     influx = InfluxDB()
     rig: Rig | None = None
-    collector: subprocess.Popen[bytes] | None = None
+    coll: Collector | None = None
     try:
         influx.start()
         influx.create_database(DB)
         rig = Rig(interpreter, seed=seed)
-        workdir = rig.dir / "collector"
-        workdir.mkdir()
-        conf = workdir / "collector.toml"
-        conf.write_text(collector_toml(rig, influx, workdir))
-        log = open(workdir / "collector.log", "wb")  # noqa: SIM115 - the child's stdout, closed below
-        collector = subprocess.Popen(
-            [sys.executable, "-m", "collector.cli", "run", "--config", str(conf)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        coll = collector(rig, influx)
         # The collector's session must exist before the first batch: a broker queues messages only
         # for subscriptions it already knows (in production the collector runs first, always).
-        deadline = time.monotonic() + 30
-        while b"MQTT subscribed" not in (workdir / "collector.log").read_bytes():
-            if time.monotonic() > deadline or collector.poll() is not None:
-                raise RuntimeError("the collector did not subscribe: see " + str(workdir / "collector.log"))
-            time.sleep(0.1)
+        coll.start()
         rig.start_agent()
         print(f"sensors talking for {seconds:.0f} s ...")
         rig.run(seconds)
@@ -135,21 +110,16 @@ def run(interpreter: str, seconds: float, seed: int) -> int:
             cols = rows["columns"]
             for values in rows["values"]:
                 print("  " + json.dumps(dict(zip(cols, values, strict=True)), ensure_ascii=False))
-        dead = dead_letters(workdir / "dead_letters.sqlite")
+        dead = dead_letters(coll.dead_letter_path)
         print(f"  {'dead letters':12s} {sum(dead.values()):6d} {dict(dead) if dead else ''}")
         if not ok:
             print(f"agent log:\n{rig.agent.log_tail() if rig.agent else ''}")
-            print(f"collector log:\n{(workdir / 'collector.log').read_text(errors='replace')[-3000:]}")
+            print(f"collector log:\n{coll.log_tail(3000)}")
         print(f"\ndemo {'OK' if ok else 'FAILED'}")
         return 0 if ok else 1
     finally:
-        if collector is not None:
-            os.killpg(collector.pid, signal.SIGTERM)
-            try:
-                collector.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(collector.pid, signal.SIGKILL)
-                collector.wait(10)
+        if coll is not None:
+            coll.stop(30)
         if rig is not None:
             rig.close()
         influx.cleanup()

@@ -1,8 +1,8 @@
 """Real servers for tests, rigs and the demo: each on a free port, with a temp data dir, stopped by PID.
 
-Used by the pytest fixtures (tests/conftest.py), by HIL rigs and by the demo, so there is one way
-to start a Mosquitto, an InfluxDB or a VictoriaMetrics. Nothing here depends on a service the
-machine already runs (a Mosquitto on :1883 is ignored on purpose).
+Used by the pytest fixtures (tests/conftest.py), by HIL rigs, benches and the demo, so there is one
+way to start a Mosquitto, an InfluxDB, a VictoriaMetrics or our own collector. Nothing here depends
+on a service the machine already runs (a Mosquitto on :1883 is ignored on purpose).
 """
 
 from __future__ import annotations
@@ -10,18 +10,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: the collector runs from it
 
 
 class ServiceError(RuntimeError):
@@ -94,19 +99,48 @@ class Service:
     def ready_port(self) -> int:
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str] | None:
+        """The child's environment; None: this process's own."""
+        return None
+
     def start(self, timeout: float = 30.0) -> None:
         if self.proc is not None and self.proc.poll() is None:
             return
+        deadline = time.monotonic() + timeout
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed in stop()
         self._log = log
         self.proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, start_new_session=True
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.dir,
+            env=self.environment(),
+            start_new_session=True,
         )
         try:
-            wait_for_port(self.ready_port(), timeout, self.proc)
+            self.wait_ready(deadline)
         except ServiceError as exc:
             self.stop()
             raise ServiceError(f"{self.name}: {exc}; log: {self.log_tail()}") from None
+
+    def wait_ready(self, deadline: float) -> None:
+        """Return once the server serves (here: once its port accepts); ServiceError if it exits first."""
+        wait_for_port(self.ready_port(), deadline - time.monotonic(), self.proc)
+
+    def _poll_ready(self, deadline: float, what: str, check: Callable[[], str | None]) -> None:
+        """Call `check` (None: ready; else what it saw) until it says ready, the process exits or the
+        deadline passes; the last thing it saw goes into the ServiceError."""
+        seen = "no answer"
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                seen += f"; exited with code {self.proc.returncode if self.proc else None}"
+                break
+            result = check()
+            if result is None:
+                return
+            seen = result
+            time.sleep(0.05)
+        raise ServiceError(f"{what} not ready ({seen})")
 
     def log_tail(self, n: int = 2000) -> str:
         try:
@@ -114,21 +148,25 @@ class Service:
         except OSError:
             return ""
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`; the exit code (None if it was not started)."""
         proc, self.proc = self.proc, None
         if proc is None:
-            return
-        stop_process(proc, timeout=timeout)
+            return None
+        code = stop_process(proc, timeout=timeout)
         self._log.close()
+        return code
 
     def kill(self) -> None:
         """SIGKILL, as a crash or power cut would: no clean shutdown, data dir kept."""
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
+        if proc is None:
+            return
+        if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-            self._log.close()
+        self._log.close()
 
     def pause(self) -> None:
         """SIGSTOP: the server hangs (open sockets, no answers), as an overloaded box does."""
@@ -248,27 +286,16 @@ class HttpService(Service):
     def ready_port(self) -> int:
         return self.port
 
-    def start(self, timeout: float = 30.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            return
-        started = time.monotonic()
-        super().start(timeout)
-        deadline = started + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                break
-            try:
-                status, body = http_request(self.url + self.health_path, timeout=2.0)
-            except OSError as exc:
-                last = str(exc)
-            else:
-                if status == self.health_status:
-                    return
-                last = f"HTTP {status} {body[:200]!r}"
-            time.sleep(0.05)
-        self.stop()
-        raise ServiceError(f"{self.name}: {self.health_path} not ready ({last}); log: {self.log_tail()}")
+    def wait_ready(self, deadline: float) -> None:
+        super().wait_ready(deadline)
+        self._poll_ready(deadline, self.health_path, self._health)
+
+    def _health(self) -> str | None:
+        try:
+            status, body = http_request(self.url + self.health_path, timeout=2.0)
+        except OSError as exc:
+            return str(exc)
+        return None if status == self.health_status else f"HTTP {status} {body[:200]!r}"
 
 
 class InfluxDB(HttpService):
@@ -455,3 +482,137 @@ class VictoriaMetrics(HttpService):
             if len(result.get("data", {}).get("result", [])) >= min_results or time.monotonic() > deadline:
                 return result
             time.sleep(0.1)
+
+
+# TOML keys that need no quotes; any other key (a gateway id with a dot, say) is written quoted.
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else json.dumps(key, ensure_ascii=False)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        # A JSON string is a TOML basic string (same escapes); non-ASCII is kept as it is.
+        return json.dumps(str(value), ensure_ascii=False)
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def _toml_text(tables: Mapping[str, Mapping[str, object]], prefix: str = "") -> str:
+    """TOML for tables of scalars; a value that is itself a mapping becomes a sub-table
+    (`{"gateways": {"gw-1": {...}}}` -> `[gateways.gw-1]`)."""
+    out = []
+    for name, table in tables.items():
+        header = prefix + _toml_key(name)
+        scalars = {k: v for k, v in table.items() if not isinstance(v, Mapping)}
+        subtables = {k: v for k, v in table.items() if isinstance(v, Mapping)}
+        if scalars or not subtables:
+            out.append(f"[{header}]\n")
+            out += [f"{_toml_key(k)} = {_toml_value(v)}\n" for k, v in scalars.items()]
+        if subtables:
+            out.append(_toml_text(subtables, header + "."))
+    return "".join(out)
+
+
+class Collector(HttpService):
+    """The collector (`python -m collector.cli run`) as a subprocess, from a TOML config it writes.
+
+    Tests, benches and the demo run the real service this way, so a collector is configured,
+    awaited, measured and stopped one way. The launcher owns what it must know itself: the broker
+    it subscribes on, its client id (the broker keeps one session per id), its metrics port (free,
+    or 0 for none), and its spool and dead-letter files (in its own dir). `influx` is the
+    `[influx]` table; `settings` holds any other keys, as tables named as in collector/sample.toml
+    (merged over the launcher's own), so no option is copied by hand into an argument.
+
+    Ready means subscribed (messages published from then on reach it): /healthz answers 200 when
+    metrics are on; without them, the log says "MQTT subscribed" (log_level INFO or DEBUG).
+    `stop()` is SIGTERM (a clean drain; it returns the exit code), `kill()` is SIGKILL (a crash);
+    `start()` again resumes the same session, spool and log.
+    """
+
+    name = "collector"
+    health_path = "/healthz"
+
+    def __init__(
+        self,
+        broker_port: int,
+        influx: Mapping[str, object],
+        *,
+        client_id: str = "citybrain-collector",
+        metrics: bool = True,
+        settings: Mapping[str, Mapping[str, object]] | None = None,
+        workdir: str | None = None,
+    ) -> None:
+        super().__init__(workdir=workdir)
+        if not metrics:
+            self.port = 0  # the collector's "off"
+        self.client_id = client_id
+        self.config_path = self.dir / "collector.toml"
+        self.spool_path = self.dir / "spool.sqlite"
+        self.dead_letter_path = self.dir / "dead_letters.sqlite"
+        tables: dict[str, dict[str, object]] = {
+            "mqtt": {"host": "127.0.0.1", "port": broker_port, "client_id": client_id},
+            "influx": dict(influx),
+            "storage": {"spool_path": self.spool_path, "dead_letter_path": self.dead_letter_path},
+            "metrics": {"port": self.port},
+        }
+        for name, table in (settings or {}).items():
+            tables[name] = {**tables.get(name, {}), **table}
+        self.tables = tables
+        self._log_start = 0
+
+    def config_text(self) -> str:
+        return _toml_text(self.tables)
+
+    def write_config(self) -> Path:
+        """Write the config file (also for running the collector in-process: `config.load(path)`)."""
+        self.config_path.write_text(self.config_text())
+        return self.config_path
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "collector.cli", "run", "--config", str(self.write_config())]
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def start(self, timeout: float = 30.0) -> None:
+        with contextlib.suppress(OSError):
+            self._log_start = self.log_path.stat().st_size  # a restart appends to the same log
+        super().start(timeout)
+
+    def wait_ready(self, deadline: float) -> None:
+        if self.port:
+            super().wait_ready(deadline)
+        else:
+            self._poll_ready(deadline, "MQTT subscription", self._subscribed)
+
+    def _subscribed(self) -> str | None:
+        with open(self.log_path, "rb") as log:
+            log.seek(self._log_start)
+            return None if b"MQTT subscribed" in log.read() else "no 'MQTT subscribed' in its log"
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM: the collector drains (up to service.drain_timeout, 30 s by default), then exits."""
+        return super().stop(timeout)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.url}/metrics"
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One series of /metrics, `citybrain_collector_<name>{labels}` (0 if absent); OSError while
+        the collector does not answer (not started, killed, restarting)."""
+        _, body = http_request(self.metrics_url, timeout=5)
+        want = "citybrain_collector_" + name
+        if labels:
+            want += "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+        for line in body.decode().splitlines():
+            key, _, value = line.rpartition(" ")
+            if key == want:
+                return float(value)
+        return 0.0

@@ -9,10 +9,6 @@ while the good ones land, and a collector killed with SIGKILL mid-stream loses n
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,41 +24,36 @@ from collector.deadletter import DeadLetters
 from collector.service import Collector, run
 from collector.validate import load_kinds
 from edge import protocol
-from hil.services import InfluxDB, Mosquitto, free_port, http_request
+from hil.services import Collector as CollectorProcess
+from hil.services import InfluxDB, Mosquitto
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 DB = "citybrain"
 NOW_MS = int(time.time() * 1000) - 60_000
 
 
+def collector_process(
+    tmp_path: Path, broker: Mosquitto, influx: InfluxDB, client_id: str, *, metrics: bool = False
+) -> CollectorProcess:
+    """The collector these tests run, in-process (`collector_config`) or as a subprocess."""
+    return CollectorProcess(
+        broker.port,
+        {"url": influx.url, "db": DB},
+        client_id=client_id,
+        metrics=metrics,
+        workdir=str(tmp_path / "collector"),
+        settings={
+            "mqtt": {"receive_maximum": 50},
+            "writer": {"flush_interval": "50ms"},
+            "service": {"drain_timeout": "10s"},
+            "gateways": {"gw-1": {"site": "wulin-p3", "district": "xihu"}},
+        },
+    )
+
+
 def collector_config(tmp_path: Path, broker: Mosquitto, influx: InfluxDB, client_id: str) -> cfg.Config:
-    text = f"""
-[mqtt]
-host = "127.0.0.1"
-port = {broker.port}
-client_id = "{client_id}"
-receive_maximum = 50
-[influx]
-url = "{influx.url}"
-db = "{DB}"
-[storage]
-spool_path = "{tmp_path}/spool.sqlite"
-dead_letter_path = "{tmp_path}/dead.sqlite"
-[writer]
-flush_interval = "50ms"
-[metrics]
-port = 0
-[service]
-drain_timeout = "10s"
-[gateways.gw-1]
-site = "wulin-p3"
-district = "xihu"
-"""
-    path = tmp_path / "collector.toml"
-    path.write_text(text)
-    return cfg.load(path, env={})
+    return cfg.load(collector_process(tmp_path, broker, influx, client_id).write_config(), env={})
 
 
 class Publisher:
@@ -285,27 +276,13 @@ def test_every_reading_exactly_once_with_types_and_hostile_traffic(
     assert m.readings.get(channel="up", outcome="written") >= len(sent)
 
 
-COLLECTOR_CMD = [sys.executable, "-m", "collector.cli", "run", "--config"]
-
-
 def test_kill_9_mid_stream_loses_nothing(tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB) -> None:
     influxdb.create_database(DB)
-    config_path = tmp_path / "collector.toml"
-    collector_config(tmp_path, mosquitto, influxdb, "e2e-kill")  # writes the file
-    metrics_port = free_port()
-    config_path.write_text(config_path.read_text().replace("port = 0", f"port = {metrics_port}"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    log = open(tmp_path / "collector.log", "ab")  # noqa: SIM115 - closed in finally
-
-    def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([*COLLECTOR_CMD, str(config_path)], cwd=ROOT, env=env, stdout=log, stderr=log)
-
-    # First run registers the persistent session (subscriptions) before anything is published.
-    proc = start()
-    procs = [proc]
+    collector = collector_process(tmp_path, mosquitto, influxdb, "e2e-kill", metrics=True)
     pub = Publisher(mosquitto.port, "kill-gateway")
     try:
-        wait_until(lambda: _healthy_quiet(metrics_port), 30, "collector subscribed")
+        # First run registers the persistent session (subscriptions) before anything is published.
+        collector.start()
         n_batches, per_batch = 200, 5
 
         def publish(seqs: range) -> None:
@@ -319,35 +296,19 @@ def test_kill_9_mid_stream_loses_nothing(tmp_path: Path, mosquitto: Mosquitto, i
         thread = threading.Thread(target=publish, args=(range(150),))
         thread.start()
         wait_until(lambda: _count(influxdb, "thermometer", "K-") > 100, 60, "some points written")
-        os.kill(proc.pid, signal.SIGKILL)  # no drain, no clean disconnect
-        proc.wait(10)
+        collector.kill()  # SIGKILL: no drain, no clean disconnect
         thread.join(60)
         assert not thread.is_alive()
         # Batches 150-199 arrive while no collector runs: the broker queues them for the session.
         publish(range(150, n_batches))
-        proc = start()
-        procs.append(proc)
+        collector.start()  # returns once the restarted collector is healthy (subscribed)
         want = n_batches * per_batch
         wait_until(lambda: _count(influxdb, "thermometer", "K-") >= want, 90, "every point after restart")
-        wait_until(lambda: _healthy_quiet(metrics_port), 30, "restarted collector healthy")
         assert _count(influxdb, "thermometer", "K-") == want
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        assert collector.stop() == 0
     finally:
         pub.close()
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
-        log.close()
-
-
-def _healthy_quiet(port: int) -> bool:
-    try:
-        status, _ = http_request(f"http://127.0.0.1:{port}/healthz", timeout=2)
-    except OSError:
-        return False
-    return status == 200
+        collector.kill()
 
 
 def _count(influx: InfluxDB, measurement: str, prefix: str, field: str = "body_c") -> int:

@@ -12,116 +12,52 @@ share while it is offline, and gets it on reconnect. docs/scaling.md says what t
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
 
 import paho.mqtt.client as mqtt
 import pytest
 
 from edge import protocol
-from hil.services import InfluxDB, Mosquitto, free_port, http_request
+from hil.services import Collector, InfluxDB, Mosquitto
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 DB = "citybrain"
 GROUP = "collectors"
 NOW_MS = int(time.time() * 1000) - 600_000
 PER_BATCH = 5
 
 
-class CollectorProcess:
-    """One collector subprocess with its own client id, spool, dead letters and metrics port."""
+def collector(tmp: Path, name: str, broker: Mosquitto, influx: InfluxDB) -> Collector:
+    """One collector of the share group, with its own client id, spool, dead letters and metrics port."""
+    return Collector(
+        broker.port,
+        {"url": influx.url, "db": DB},
+        client_id=name,
+        workdir=str(tmp / name),
+        settings={
+            "mqtt": {"share_group": GROUP, "receive_maximum": 50, "reconnect_max": "2s"},
+            "writer": {"flush_interval": "50ms", "timeout": "2s"},
+            "service": {"drain_timeout": "10s"},
+        },
+    )
 
-    def __init__(self, tmp: Path, name: str, broker: Mosquitto, influx: InfluxDB) -> None:
-        self.name = name
-        self.metrics_port = free_port()
-        self.config = tmp / f"{name}.toml"
-        self.config.write_text(
-            f"""
-[mqtt]
-port = {broker.port}
-client_id = "{name}"
-share_group = "{GROUP}"
-receive_maximum = 50
-reconnect_max = "2s"
-[influx]
-url = "{influx.url}"
-db = "{DB}"
-[storage]
-spool_path = "{tmp}/{name}-spool.sqlite"
-dead_letter_path = "{tmp}/{name}-dead.sqlite"
-[writer]
-flush_interval = "50ms"
-timeout = "2s"
-[metrics]
-port = {self.metrics_port}
-[service]
-drain_timeout = "10s"
-"""
-        )
-        self._log: IO[bytes] = open(tmp / f"{name}.log", "ab")  # noqa: SIM115 - closed in close()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.kills = 0
 
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "collector.cli", "run", "--config", str(self.config)],
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=self._log,
-        )
-        wait_until(self.healthy, 30, f"{self.name} subscribed")
-
-    def healthy(self) -> bool:
-        try:
-            status, _ = http_request(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=2)
-        except OSError:
-            return False
-        return status == 200
-
-    def metric(self, series: str) -> float:
-        """One series of this process's /metrics (0 when absent or not running)."""
-        try:
-            _, body = http_request(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2)
-        except OSError:
-            return 0.0
-        want = f"citybrain_collector_{series} "
-        for line in body.decode().splitlines():
-            if line.startswith(want):
-                return float(line[len(want) :])
+def metric(c: Collector, name: str, **labels: str) -> float:
+    """One series of a collector's /metrics (0 when absent or not running)."""
+    try:
+        return c.metric(name, **labels)
+    except OSError:
         return 0.0
 
-    def written(self) -> float:
-        """Readings this process has made durable since it started."""
-        return self.metric('readings_total{channel="up",outcome="written"}')
 
-    def kill9(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)  # no drain, no clean disconnect, no acks
-        self.proc.wait(10)
-        self.kills += 1
-
-    def stop(self) -> int:
-        """SIGTERM and wait: the clean shutdown (drain, acks, disconnect) must exit 0."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._log.close()
+def written(c: Collector) -> float:
+    """Readings this process has made durable since it started."""
+    return metric(c, "readings_total", channel="up", outcome="written")
 
 
 class Gateways:
@@ -182,8 +118,8 @@ def published(pub: Gateways, n: float) -> Callable[[], bool]:
     return lambda: pub.published >= n
 
 
-def writing(c: CollectorProcess, before: float) -> Callable[[], bool]:
-    return lambda: c.written() > before
+def writing(c: Collector, before: float) -> Callable[[], bool]:
+    return lambda: written(c) > before
 
 
 def stored(influx: InfluxDB) -> int:
@@ -205,22 +141,23 @@ def check_values(influx: InfluxDB, pub: Gateways) -> None:
 
 
 @pytest.fixture
-def pair(tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB) -> Iterator[list[CollectorProcess]]:
+def pair(tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB) -> Iterator[list[Collector]]:
     influxdb.create_database(DB)
-    collectors = [CollectorProcess(tmp_path, name, mosquitto, influxdb) for name in ("ha-a", "ha-b")]
+    collectors = [collector(tmp_path, name, mosquitto, influxdb) for name in ("ha-a", "ha-b")]
     try:
         for c in collectors:
             c.start()
         yield collectors
     finally:
         for c in collectors:
-            c.close()
+            c.kill()
 
 
 def test_shared_subscription_survives_kill_9_three_times(
-    mosquitto: Mosquitto, influxdb: InfluxDB, pair: list[CollectorProcess]
+    mosquitto: Mosquitto, influxdb: InfluxDB, pair: list[Collector]
 ) -> None:
     a, b = pair
+    kills: Counter[str] = Counter()
     pub = Gateways(mosquitto.port, batches=600)
     try:
         pub.start()
@@ -228,9 +165,10 @@ def test_shared_subscription_survives_kill_9_three_times(
             # Killed with whatever it holds: received, being written, written but not acknowledged.
             wait_until(published(pub, pub.batches * at), 60, "publishing progress")
             wait_until(lambda: stored(influxdb) > 0, 30, "points written")
-            victim.kill9()
+            victim.kill()  # SIGKILL: no drain, no clean disconnect, no acks
+            kills[victim.client_id] += 1
             other = b if victim is a else a
-            before = other.written()
+            before = written(other)
             # The survivor keeps taking its share while the victim is down...
             wait_until(writing(other, before), 30, "survivor writing")
             victim.start()  # ...and the victim's session hands it back what was queued for it.
@@ -240,15 +178,15 @@ def test_shared_subscription_survives_kill_9_three_times(
         time.sleep(0.5)  # anything still arriving would be a duplicate: there must be none
         assert stored(influxdb) == want
         check_values(influxdb, pub)
-        assert a.kills == 2 and b.kills == 1
-        assert a.written() > 0 and b.written() > 0  # both took part after their restarts
+        assert kills == {"ha-a": 2, "ha-b": 1}
+        assert written(a) > 0 and written(b) > 0  # both took part after their restarts
         assert a.stop() == 0 and b.stop() == 0
     finally:
         pub.close()
 
 
 def test_database_stopped_and_started_mid_stream(
-    mosquitto: Mosquitto, influxdb: InfluxDB, pair: list[CollectorProcess]
+    mosquitto: Mosquitto, influxdb: InfluxDB, pair: list[Collector]
 ) -> None:
     """InfluxDB goes away (SIGTERM, port closed) for a few seconds mid-stream: both collectors spool,
     keep acknowledging, and replay into the restarted database; nothing lost, nothing doubled."""
@@ -259,7 +197,7 @@ def test_database_stopped_and_started_mid_stream(
         influxdb.stop()
         wait_until(lambda: pub.published >= pub.batches * 0.6, 60, "publishing while the database is down")
         # Acknowledged from the spool while the database is away.
-        wait_until(lambda: sum(c.metric('writer{stat="spool_lines"}') for c in pair) > 0, 30, "spooling")
+        wait_until(lambda: sum(metric(c, "writer", stat="spool_lines") for c in pair) > 0, 30, "spooling")
         time.sleep(1)
         influxdb.start()
         pub.join()

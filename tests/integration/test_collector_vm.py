@@ -31,6 +31,7 @@ from collector import config as cfg
 from collector.service import Collector, run
 from collector.validate import load_kinds
 from edge import protocol
+from hil.services import Collector as CollectorProcess
 from hil.services import Mosquitto, VictoriaMetrics
 
 pytestmark = pytest.mark.integration
@@ -40,32 +41,26 @@ KIND_NAMES = {1: "parking", 2: "manhole", 3: "water", 4: "thermometer"}
 
 
 def collector_config(tmp_path: Path, broker: Mosquitto, vm: VictoriaMetrics) -> cfg.Config:
-    path = tmp_path / "collector.toml"
-    path.write_text(
-        f"""
-[mqtt]
-port = {broker.port}
-client_id = "vm-collector"
-receive_maximum = 50
-[influx]
-version = 2
-url = "{vm.url}"
-org = "ignored-org"
-bucket = "ignored-bucket"
-token = "ignored-token"
-[storage]
-spool_path = "{tmp_path}/spool.sqlite"
-dead_letter_path = "{tmp_path}/dead.sqlite"
-[writer]
-flush_interval = "50ms"
-[metrics]
-port = 0
-[gateways.gw-1]
-site = "wulin-p3"
-district = "xihu"
-"""
+    """The config of a collector run in-process, written as every collector test writes it."""
+    launcher = CollectorProcess(
+        broker.port,
+        {
+            "version": 2,
+            "url": vm.url,
+            "org": "ignored-org",
+            "bucket": "ignored-bucket",
+            "token": "ignored-token",
+        },
+        client_id="vm-collector",
+        metrics=False,
+        workdir=str(tmp_path / "collector"),
+        settings={
+            "mqtt": {"receive_maximum": 50},
+            "writer": {"flush_interval": "50ms"},
+            "gateways": {"gw-1": {"site": "wulin-p3", "district": "xihu"}},
+        },
     )
-    return cfg.load(path, env={})
+    return cfg.load(launcher.write_config(), env={})
 
 
 def readings(seq: int) -> list[tuple[str, int, int, tuple[Any, ...]]]:

@@ -11,7 +11,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from hil.services import InfluxDB, Mosquitto, Service, VictoriaMetrics, http_request
+from collector import config as cfg
+from hil.services import Collector, InfluxDB, Mosquitto, Service, VictoriaMetrics, http_request
 
 pytestmark = pytest.mark.integration
 
@@ -110,6 +111,48 @@ def test_mosquitto_round_trip_stop(mosquitto: Mosquitto) -> None:
         sub.loop_stop()
     assert got and got[0] == b"\xa1\x00\x01"
     _stop_and_check(mosquitto)
+
+
+def test_collector_config_ready_kill_restart_stop(
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB
+) -> None:
+    collector = Collector(
+        mosquitto.port,
+        {"url": influxdb.url, "db": "city"},
+        client_id="t-collector",
+        workdir=str(tmp_path / "collector"),
+        settings={"writer": {"flush_interval": "50ms"}, "gateways": {"gw.1": {"site": "文三路"}}},
+    )
+    # The file it writes is what the collector loads: its own keys, the settings merged in, a
+    # gateway id that needs quoting and a non-ASCII value intact.
+    config = cfg.load(collector.write_config(), env={})
+    assert (config.mqtt.port, config.mqtt.client_id) == (mosquitto.port, "t-collector")
+    assert (config.influx.url, config.influx.db) == (influxdb.url, "city")
+    assert config.metrics.port == collector.port and config.storage.spool_path == str(collector.spool_path)
+    assert config.writer.flush_interval == 0.05 and config.gateways["gw.1"].site == "文三路"
+    try:
+        collector.start()  # ready: /healthz says connected and subscribed
+        assert collector.metric("mqtt_connected") == 1
+        collector.kill()
+        with pytest.raises(OSError):
+            collector.metric("mqtt_connected")
+        collector.start()  # the same session, spool and log
+        assert collector.metric("mqtt_connected") == 1
+        assert collector.proc is not None
+        pid = collector.proc.pid
+        assert collector.stop() == 0  # SIGTERM: a clean drain
+        assert _pid_gone(pid)
+    finally:
+        collector.kill()
+
+
+def test_collector_without_metrics_is_ready_by_its_log(
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB
+) -> None:
+    workdir = str(tmp_path / "collector")
+    with Collector(mosquitto.port, {"url": influxdb.url}, metrics=False, workdir=workdir) as collector:
+        assert collector.port == 0 and "MQTT subscribed" in collector.log_tail()
+        _stop_and_check(collector)
 
 
 @pytest.mark.parametrize("cls", [InfluxDB, VictoriaMetrics, Mosquitto])
