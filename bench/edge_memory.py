@@ -135,10 +135,10 @@ def main():
 
 try:
     main()
-except MemoryError:
+except Exception as exc:  # a MemoryError here, or AgentCrashed naming the task that died and why
     gc.collect()
     print(json.dumps({"tag": "oom", "stage": STAGE[0], "live": LIVE, "free_before_import": F0,
-                      "alloc": gc.mem_alloc(), "free": gc.mem_free()}))
+                      "error": repr(exc), "alloc": gc.mem_alloc(), "free": gc.mem_free()}))
     sys.exit(3)
 """
 
@@ -316,7 +316,13 @@ def measure(n: int, rate: float, sample_ms: int, timeout_s: float, heap: str, mi
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and uplink.readings < n:
             if proc.poll() is not None:
-                raise RuntimeError("agent exited:\n" + "".join(lines[-30:]))
+                reader.join(timeout=5)
+                died = next((r for r in _records(lines) if r.get("tag") == "oom"), None)
+                if died is None:
+                    raise RuntimeError("agent exited:\n" + "".join(lines[-30:]))
+                peak = max((r["alloc"] for r in _records(lines) if r.get("tag") == "sample"), default=None)
+                return dict(died, heap=heap, image_bytes=image_bytes, image_kinds=image_kinds,
+                            uplinked=uplink.readings, peak_alloc=peak)
             time.sleep(0.1)
         wall = time.monotonic() - t_start
         time.sleep(sample_ms / 1000 * 2 + 0.2)  # one more sample at rest
@@ -408,7 +414,14 @@ def report(fig: dict[str, Any], args: argparse.Namespace) -> int:
         live = fig["live"]
         print(f"micropython     heap {fig['heap']}, image {fig['image_bytes']} B, "
               f"kinds in image {fig['image_kinds']}")
-        print(f"FAIL: MemoryError while {fig['stage']!r}: the agent does not start on a {fig['heap']} heap")
+        if fig["stage"] == "running":
+            print(f"FAIL: the agent died while running on a {fig['heap']} heap, after "
+                  f"{fig.get('uplinked', 0)} readings were uplinked: {fig.get('error')}")
+            if fig.get("peak_alloc") is not None:
+                print(f"peak live heap  {fig['peak_alloc']} B at a sample before it died")
+        else:
+            print(f"FAIL: MemoryError while {fig['stage']!r}: the agent does not start on a "
+                  f"{fig['heap']} heap")
         print(f"free heap       before imports {fig['free_before_import']} B; live heap by stage: "
               + ", ".join(f"{k} {v}" for k, v in sorted(live.items(), key=lambda kv: kv[1])))
         print("                (run with --heap 1M to measure what it needs and whether it grows)")
@@ -484,8 +497,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         old = int(base["peak_alloc"])
         new = fig.get("peak_alloc")
-        if new is None:
-            print(f"baseline        peak live heap {old} B -> did not start")
+        if fig.get("tag") == "oom":
+            print(f"baseline        peak live heap {old} B -> the agent did not complete the run")
         else:
             print(f"baseline        peak live heap {old} B -> {new} B ({new - old:+d} B)")
             if new > old + 2048:
