@@ -33,12 +33,16 @@ class ReportFilter:
     entry use `default_deadband` (0 = report every change).
 
     The memory is one flat array of doubles, `len(FIELDS) + 1` per sensor (the fields, then the
-    ticks of the last report), and a dict sensor -> slot: ~80 bytes a sensor on a 64-bit
-    MicroPython, where a dict of (fields tuple, ticks) tuples with boxed floats took ~250. Every
-    field value is a number, a bool or None (a double holds them exactly; None is NaN).
+    ticks of the last report; NaN ticks: nothing reported yet), and `slots`, a dict sensor ->
+    index of its first value: ~80 bytes a sensor on a 64-bit MicroPython, where a dict of
+    (fields tuple, ticks) tuples with boxed floats took ~250. Every field value is a number, a
+    bool or None (a double holds them exactly; None is NaN). With `sensors` (the configured ids)
+    the array is allocated once, now, while a board's heap is whole: growing it later asks for
+    ever larger contiguous blocks, which a fragmented heap refuses. Other ids get slots as they
+    come.
     """
 
-    def __init__(self, codec, deadbands=None, default_deadband=0, max_silence_ms=300000):
+    def __init__(self, codec, deadbands=None, default_deadband=0, max_silence_ms=300000, sensors=None):
         self.codec = codec
         self.max_silence_ms = max_silence_ms
         fields = codec.FIELDS
@@ -53,8 +57,13 @@ class ReportFilter:
                 band[fields.index(name)] = deadbands[name]
         # Fields that change in every frame by design (frame sequence numbers) are not news.
         self.counters = getattr(codec, "COUNTERS", ())
-        self._slot = {}  # sensor -> index of its first value in _last
+        self.slots = {}
         self._last = array("d")
+        if sensors:
+            width = len(fields) + 1
+            for i in range(len(sensors)):
+                self.slots[sensors[i]] = i * width
+            self._last = array("d", [_NAN] * (width * len(sensors)))
         self.suppressed = 0
 
     def check_deadband(self, name, value):
@@ -73,11 +82,11 @@ class ReportFilter:
 
     def check(self, sensor, fields, now_ticks, alarm=None):
         """Return the reason (1..6, see above) for reporting this reading, or SUPPRESSED (and count it)."""
-        at = self._slot.get(sensor)
+        at = self.slots.get(sensor)
         last = self._last
         n = len(fields)
         reason = SUPPRESSED
-        if at is None:
+        if at is None or last[at + n] != last[at + n]:  # no slot, or NaN ticks: never reported
             reason = _FIRST
         elif self.codec.is_event(fields):
             reason = _EVENT
@@ -108,10 +117,10 @@ class ReportFilter:
             self.suppressed += 1
             return reason
         if at is None:
-            if len(self._slot) >= _SENSORS_MAX:
-                self._slot = {}
+            if len(self.slots) >= _SENSORS_MAX:
+                self.slots = {}
                 self._last = last = array("d")
-            at = self._slot[sensor] = len(last)
+            at = self.slots[sensor] = len(last)
             for _ in range(n + 1):
                 last.append(0.0)
         for i in range(n):

@@ -30,10 +30,10 @@ class Source:
                         k, self.kind, ", ".join(sorted(limits))))
                 limits[k] = cfg["alarm_limits"][k]
         self.limits = limits
-        self.filter = ReportFilter(self.codec, cfg.get("deadband"), 0,
-                                   cfg.get("max_silence_s", 300) * 1000)
         sensors = cfg.get("sensors")
-        self.sensors = set(sensors) if sensors else None
+        self.filter = ReportFilter(self.codec, cfg.get("deadband"), 0,
+                                   cfg.get("max_silence_s", 300) * 1000, sensors)
+        self.sensors = self.filter.slots if sensors else None  # the configured ids, as a dict
         self.errors = {}  # sensor (or the port name) -> counter row, created on first error
         self.readings = 0
         self.reported = 0

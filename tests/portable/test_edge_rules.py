@@ -75,3 +75,15 @@ def test_missing_fields_and_many_sensors():
         assert f.check("x%d" % i, (False, 1, 1.0), 50) == FIRST
     assert f.check("x599", (False, 1, 1.0), 60) == rules.SUPPRESSED
     assert f.check("s", (False, 3, 20.5), 70) == FIRST  # forgotten in the flood
+
+
+def test_configured_sensors_have_their_memory_from_the_start():
+    f = rules.ReportFilter(FakeCodec, default_deadband=1, max_silence_ms=60000, sensors=["a", "b"])
+    size = len(f._last)
+    assert size == 2 * (len(FakeCodec.FIELDS) + 1) and sorted(f.slots) == ["a", "b"]
+    assert f.check("b", (False, None, 20.0), 0) == FIRST  # a slot, but nothing reported yet
+    assert f.check("b", (False, None, 20.5), 10) == rules.SUPPRESSED
+    assert f.check("a", (False, 1, 1.0), 20) == FIRST
+    assert f.check("a", (False, 3, 1.0), 30) == DEADBAND
+    assert len(f._last) == size  # no growth for configured sensors
+    assert f.check("c", (False, 1, 1.0), 40) == FIRST  # an id outside the list still works
