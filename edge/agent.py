@@ -247,6 +247,7 @@ class Agent:
             return False
         batch, used = self.batcher.build(recs)
         self._carry = recs[used:]
+        recs = more = None  # copied into the batch: not kept alive (~5 KB) while it is published
         self._last_batch = ticks_ms()
         if batch is None:
             upto = self.batcher.release()
