@@ -31,7 +31,7 @@ _BATCH_CAP = const(8192)
 _BATCH_ROOM = const(64)
 _READING_BYTES = const(48)
 _CMD_BYTES = const(1024)  # the largest command (and its topic) the uplink receives
-_TX_ROOM = const(96)  # MQTT headers beside the CONNECT's strings
+_TX_ROOM = const(16)  # a PUBLISH or SUBSCRIBE header beside its topic
 
 
 class AgentCrashed(Exception):
@@ -107,11 +107,9 @@ class Agent:
         b = cfg["broker"]
         cid = b["client_id"] or gw
         will = protocol.will_payload(VERSION, self.boot)
-        # Transmit buffer: CONNECT is the largest packet sent besides batches (sent from the pool).
-        tx = _TX_ROOM + len(self.topics[protocol.STATUS]) + len(will)
-        for s in (cid, b["username"], b["password"]):
-            if s:
-                tx += len(s.encode())
+        # Transmit buffer: the headers of publishes on our topics (payloads are sent from their own
+        # buffers; the client sizes its CONNECT itself).
+        tx = _TX_ROOM + max(len(t.encode()) for t in self.topics.values())
         self.client = MQTTClient(
             cid, b["host"], b["port"], username=b["username"], password=b["password"],
             keepalive=b["keepalive_s"], clean_session=False,
@@ -332,8 +330,8 @@ class Agent:
                     del anchors[b]
                 lines = ["%d %d" % (b, anchors[b]) for b in boots[-_ANCHORS_KEPT:]]
                 self.log.files.write_atomic(self.log.dir + "/anchors", ("\n".join(lines) + "\n").encode())
-            if ticks_diff(ticks_ms(), last_status) >= status_ms and self.client.connected:
-                last_status = ticks_ms()
+            if ticks_diff(now, last_status) >= status_ms and self.client.connected:
+                last_status = now
                 try:
                     await self._publish_status()
                 except MQTTError:

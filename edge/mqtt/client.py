@@ -95,13 +95,13 @@ class MQTTClient:
         self.on_message = on_message
         self.ping_timeout = ping_timeout or max(1, keepalive // 2)  # seconds
         self._buf = memoryview(bytearray(buffer_size))
-        # Headers only (payloads are written after them): `tx_size` lets a board that publishes
-        # large batches but receives small messages keep a small one.
+        # PUBLISH/SUBSCRIBE headers only (payloads are written after them): `tx_size` lets a board
+        # that publishes large batches but receives small messages keep a small one.
         self._head = memoryview(bytearray(tx_size or buffer_size))
-        # Kept as bytes: fewer attributes than its parts, and a misused setting (a password
-        # without a username, a CONNECT larger than tx_size) fails here rather than at connect().
-        n = packets.encode_connect(self._head, client_id, clean_session, keepalive, username, password, will)
-        self._connect_packet = bytes(self._head[:n])
+        # The CONNECT, encoded once into bytes of its own size: fewer attributes than its parts,
+        # no tx_size to fit, and a misused setting (a password without a username) fails here.
+        self._connect_packet = packets.encode_connect(
+            None, client_id, clean_session, keepalive, username, password, will)
         self._rpos = self._rlen = 0  # unparsed bytes in _buf: _buf[_rpos:_rlen]
         # In-flight QoS 1 publishes, oldest first (the order retransmission keeps): one
         # (pid, topic, payload, retain) tuple each, at most max_inflight.

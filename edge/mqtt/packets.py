@@ -84,7 +84,8 @@ def _put_str(buf, off, s):
 
 
 def encode_connect(buf, client_id, clean_session=True, keepalive=60, username=None, password=None, will=None):
-    """CONNECT (3.1.1 section 3.1); returns its length in `buf`."""
+    """CONNECT (3.1.1 section 3.1); returns its length in `buf`, or with `buf` None the packet as
+    bytes of exactly its size (a client encodes its CONNECT once: see MQTTClient)."""
     if not 0 <= keepalive <= 0xFFFF:
         raise ValueError("bad keepalive")
     if password is not None and username is None:
@@ -103,6 +104,9 @@ def encode_connect(buf, client_id, clean_session=True, keepalive=60, username=No
         password = _utf8(password)
         flags |= 0x40
         body += 2 + len(password)
+    whole = buf is None
+    if whole:
+        buf = bytearray(5 + body)  # the fixed header takes at most 5 bytes
     off = put_header(buf, 0x10, body, body)
     buf[off : off + 7] = b"\x00\x04MQTT\x04"  # protocol name, then level 4 = 3.1.1
     buf[off + 7] = flags
@@ -115,7 +119,7 @@ def encode_connect(buf, client_id, clean_session=True, keepalive=60, username=No
         off = _put_str(buf, off, username)
     if password is not None:
         off = _put_str(buf, off, password)
-    return off
+    return bytes(buf[:off]) if whole else off
 
 
 def encode_publish(buf, topic, n, qos=0, retain=False, dup=False, pid=0):

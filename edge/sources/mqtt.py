@@ -18,7 +18,7 @@ from edge.sources import QUEUE_OVERFLOW, Source
 
 _QUEUE = const(32)
 _TOPIC_ROOM = const(256)
-_TX_ROOM = const(64)
+_TX_ROOM = const(16)  # a SUBSCRIBE header beside its topic
 
 
 class MqttSource(Source):
@@ -27,11 +27,9 @@ class MqttSource(Source):
         b = agent.cfg["site_broker"]  # the agent drops its config once the sources are made
         self.topic = cfg["topic"]
         cid = (b["client_id"] or agent.cfg["gateway_id"]) + "-site"
-        # Receive: the kind's largest message and its topic; transmit: CONNECT is the largest.
-        tx = _TX_ROOM + len(cid) + len(self.topic)
-        for s in (b["username"], b["password"]):
-            if s:
-                tx += len(s.encode())
+        # Receive: the kind's largest message and its topic; transmit: the SUBSCRIBE (the client
+        # sizes its CONNECT itself).
+        tx = _TX_ROOM + len(self.topic.encode())
         self.client = MQTTClient(
             cid, b["host"], b["port"], username=b["username"], password=b["password"],
             keepalive=b["keepalive_s"], clean_session=False, ssl=agent.port.ssl_context(b),

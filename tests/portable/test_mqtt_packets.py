@@ -225,3 +225,9 @@ def test_backoff_full_jitter_bounds():
     assert [next(other) for _ in range(12)] != delays  # two gateways do not retry in step
     first = next(backoff_delays(1.0, 60.0))  # default seed from os.urandom
     assert 0.0 <= first <= 1.0
+
+
+def test_connect_without_a_buffer_is_exactly_its_size():
+    will = P.Will("t/status", b"offline", 1, True)
+    for args in (("abc", True, 60), ("a-long-client-id", False, 30, "user", "pw", will)):
+        assert P.encode_connect(None, *args) == enc(P.encode_connect, *args)
