@@ -26,6 +26,7 @@ from collector.validate import load_kinds
 from edge import protocol
 from hil.services import Collector as CollectorProcess
 from hil.services import InfluxDB, Mosquitto
+from tests.integration.waiting import await_until, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -87,24 +88,6 @@ def encode_batch(boot: int, seq: int, readings: list[tuple[str, int, int, tuple[
     for sensor, kind, ts, fields in readings:
         assert enc.add(sensor, kind, ts, fields)
     return bytes(enc.finish())
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-async def await_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def field_types(influx: InfluxDB, measurement: str) -> dict[str, str]:

@@ -23,6 +23,7 @@ import pytest
 
 from edge import protocol
 from hil.services import Collector, InfluxDB, Mosquitto
+from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -103,15 +104,6 @@ class Gateways:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def published(pub: Gateways, n: float) -> Callable[[], bool]:

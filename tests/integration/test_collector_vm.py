@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from collector.validate import load_kinds
 from edge import protocol
 from hil.services import Collector as CollectorProcess
 from hil.services import Mosquitto, VictoriaMetrics
+from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -73,15 +73,6 @@ def readings(seq: int) -> list[tuple[str, int, int, tuple[Any, ...]]]:
     ]
 
 
-def await_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_every_reading_exactly_once_in_victoriametrics(
     tmp_path: Path, mosquitto: Mosquitto, victoriametrics: VictoriaMetrics
 ) -> None:
@@ -105,7 +96,7 @@ def test_every_reading_exactly_once_in_victoriametrics(
             for payload in payloads:
                 pub.publish("city/gw-1/up", payload, qos=1).wait_for_publish(10)
             pub.publish("city/gw-1/status", status_payload, qos=1).wait_for_publish(10)
-            await_until(lambda: collector.input.acks_sent >= n_batches + 1, 60, "every message acknowledged")
+            wait_until(lambda: collector.input.acks_sent >= n_batches + 1, 60, "every message acknowledged")
         finally:
             pub.disconnect()
             pub.loop_stop()
