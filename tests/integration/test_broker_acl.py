@@ -19,7 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from citybrain.cli import main
-from hil.services import Mosquitto, free_port
+from hil.services import Mosquitto, free_port, wait_for_port
 from provisioning.fleet import Fleet
 from tests.integration.waiting import wait_until
 
@@ -215,3 +215,51 @@ def test_security_matrix(rig: tuple[Rig, Mosquitto]) -> None:
     assert not refused(r.port, "gw-b", Fleet.load(r.dir).password("gw-b"))
     fleet = Fleet.load(r.dir)
     assert not refused(r.port, "collector-2", fleet.service_secret_path("collector-2").read_text().strip())
+
+
+class DeployedMosquitto(Mosquitto):
+    """deploy/mosquitto.conf as shipped, with only its host paths, port and log sink moved here."""
+
+    def __init__(self, local_port: int, conf_dir: Path, workdir: Path) -> None:
+        super().__init__(local_port, workdir=str(workdir))
+        self.conf_dir = conf_dir
+
+    def config_text(self) -> str:
+        text = (Path(__file__).resolve().parents[2] / "deploy" / "mosquitto.conf").read_text()
+        for old, new in (("listener 1883 127.0.0.1", f"listener {self.port} 127.0.0.1"),
+                         ("/var/lib/mosquitto/", f"{self.dir}/"),
+                         ("log_dest syslog", "log_dest stdout"),
+                         ("/etc/mosquitto/citybrain", str(self.conf_dir))):
+            assert old in text, old
+            text = text.replace(old, new)
+        return text + ("user root\n" if os.geteuid() == 0 else "")
+
+
+def test_shipped_config_binds_client_ids_on_every_listener(tmp_path: Path) -> None:
+    """deploy/mosquitto.conf + the generated conf.d on a real Mosquitto: a local service account
+    using a gateway's client id on the loopback listener cannot kick that gateway either."""
+    r = Rig(tmp_path)
+    r.cli("init", "--dir", str(r.dir), "--broker-host", "127.0.0.1", "--broker-port", str(r.port),
+          "--listen", "127.0.0.1", "--conf-dir", str(r.out / "mosquitto"))
+    r.cli("add-gateway", "--dir", str(r.dir), "--id", "gw-a")
+    r.cli("add-service-user", "--dir", str(r.dir), "--name", "collector-1", "--role", "collector")
+    r.cli("render", "--dir", str(r.dir))
+    broker = DeployedMosquitto(free_port(), r.out / "mosquitto", tmp_path / "broker")
+    broker.start()
+    local = Rig(tmp_path)
+    local.dir, local.port = r.dir, broker.port
+    try:
+        wait_for_port(r.port, 10)  # the gateway listener comes from the generated file
+        gw = r.gw("gw-a", will="city/gw-a/status")
+        collector = local.service("collector-1")
+        collector.sub("city/+/status", "city/+/up")
+        thief = local.service("collector-1", client_id="gw-a")  # replaces collector-1's own session
+        wait_until(collector.dropped.is_set, 10, "collector-1's first session replaced by its second")
+        thief.sub("city/+/status", "city/+/up")
+        r.barrier(gw, "city/gw-a/up", [thief])
+        assert gw.c.is_connected() and not gw.dropped.is_set(), "gw-a kicked from the loopback listener"
+        assert ("city/gw-a/status", b"offline") not in thief.got + collector.got
+    finally:
+        for c in r.clients + local.clients:
+            c.close()
+        broker.cleanup()
