@@ -10,8 +10,9 @@ A field tech's day, in order:
   citybrain provision flash --port /dev/ttyUSB0 build/gw-xihu-0001
 
 The fleet's life: edit-gateway, remove-gateway, rotate-password, set-broker, add-service-user,
-remove-service-user, list, show. `--sources` is a JSON list of source blocks as documented in
-docs/gateway-config.md; each device kind's README shows one (devices/<kind>/sample.json).
+remove-service-user, list, show; tls-init makes a fleet CA and the broker's certificate.
+`--sources` is a JSON list of source blocks as documented in docs/gateway-config.md; each device
+kind's README shows one (devices/<kind>/sample.json).
 """
 
 from __future__ import annotations
@@ -83,6 +84,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-ca-file", action="store_true", help="forget the CA file")
     p.add_argument("--reset", action="store_true", help="with --id: drop the gateway's own broker settings")
     _broker_options(p)
+
+    p = _action(sub, "tls-init", "the fleet's TLS kit: its own CA (EC P-256) and the broker's certificate",
+                "--dir fleet --name mqtt.city.example --name 10.20.0.2",
+                "--dir fleet --name mqtt.city.example --keep-ca     # a new broker certificate, same CA")
+    p.add_argument("--dir", required=True, type=Path, help="fleet directory")
+    p.add_argument("--name", action="append", default=[],
+                   help="a host name or address gateways dial (repeatable; default: the fleet's broker host)")
+    p.add_argument("--keep-ca", action="store_true",
+                   help="keep the fleet's CA and issue only a new broker certificate"
+                        " (gateways need no reflash)")
+    p.add_argument("--days", type=int, default=825, help="broker certificate lifetime (default 825)")
 
     p = _action(sub, "add-gateway",
                 "register a gateway and issue its credentials (its config is checked now)",
@@ -275,6 +287,30 @@ def _run(args: argparse.Namespace) -> int:
         fleet.save()
         print(f"fleet broker: {fleet.broker}; re-run `render`, then rebuild and reflash the gateways")
         _warn(tls_warning(fleet.broker))
+        return 0
+    if args.action == "tls-init":
+        from provisioning import tls
+
+        fleet = Fleet.load(args.dir)
+        if not args.keep_ca:
+            if fleet.ca_path.exists() and not tls.ca_key_path(fleet).exists():
+                raise FleetError(f"{fleet.ca_path} is a CA given with --ca-file and its key is not here: keep"
+                                 " using that CA (sign the broker's certificate with it), or `set-broker"
+                                 " --no-ca-file` first to make a fleet CA instead")
+            if tls.ca_key_path(fleet).exists():
+                print(f"replacing the fleet CA: every gateway needs the new {fleet.ca_path} (render, build,"
+                      " flash); use --keep-ca to renew only the broker's certificate", file=sys.stderr)
+            tls.init_ca(fleet)
+            print(f"fleet CA: {fleet.ca_path} (key in {tls.ca_key_path(fleet)}, mode 0600)")
+        names = args.name or [fleet.broker["host"]]
+        tls.issue_broker_cert(fleet, names, days=args.days)
+        if not fleet.broker.get("tls"):
+            print("broker TLS switched on (check the port: `set-broker --port 8883`)", file=sys.stderr)
+        fleet.broker["tls"] = True
+        fleet.broker.setdefault("ca_file", "ca.pem")
+        fleet.save()
+        print(f"broker certificate: {tls.broker_cert_path(fleet)} for {', '.join(names)};"
+              " run `render`, copy out/mosquitto/ to the broker and restart it")
         return 0
     if args.action == "add-gateway":
         fleet = Fleet.load(args.dir)

@@ -25,6 +25,7 @@ from typing import Any
 
 from provisioning.files import private_dir, write_atomic
 from provisioning.fleet import ROLES, Fleet, FleetError, tls_warning
+from provisioning.tls import broker_cert_path, broker_key_path
 
 DEFAULT_CONF_DIR = "/etc/mosquitto/citybrain"
 DEFAULT_LISTEN = "0.0.0.0"
@@ -93,7 +94,8 @@ def broker_conf_text(fleet: Fleet) -> str:
         if fleet.ca_path.exists():
             lines.append(f"cafile {conf_dir}/ca.pem")
         lines += [
-            "# The broker's certificate (EC P-256: MicroPython boards cannot do ECDHE-RSA) and its key.",
+            "# The broker's certificate (EC P-256: MicroPython boards cannot do ECDHE-RSA) and its key",
+            "# (`citybrain provision tls-init` makes both; render copies them here).",
             f"certfile {conf_dir}/broker.crt",
             f"keyfile {conf_dir}/broker.key",
             "tls_version tlsv1.2",
@@ -182,6 +184,11 @@ def render(fleet: Fleet, out: Path) -> Report:
     report.broker_restart |= put(broker_dir / "conf.d" / "citybrain.conf", broker_conf_text(fleet))
     if fleet.broker.get("tls") and fleet.ca_path.exists():
         report.broker_restart |= put(broker_dir / "ca.pem", fleet.ca_path.read_text())
+    if fleet.broker.get("tls") and broker_cert_path(fleet).exists() and broker_key_path(fleet).exists():
+        # The TLS kit (`tls-init`): the broker's certificate and key travel with its other files.
+        report.broker_restart |= put(broker_dir / "broker.crt", broker_cert_path(fleet).read_text())
+        key = broker_key_path(fleet).read_text()
+        report.broker_restart |= put(broker_dir / "broker.key", key, private=True)
     put(out / "collector" / "gateways.toml", collector_registry(fleet))
     return report
 

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import cbor2
 import paho.mqtt.client as mqtt
 import pytest
 
 from citybrain.cli import main
-from hil.services import Mosquitto, free_port, wait_for_port
+from hil.services import Mosquitto, free_port, stop_process, wait_for_port
 from provisioning.fleet import Fleet
 from tests.integration.waiting import wait_until
 
@@ -261,5 +264,75 @@ def test_shipped_config_binds_client_ids_on_every_listener(tmp_path: Path) -> No
         assert ("city/gw-a/status", b"offline") not in thief.got + collector.got
     finally:
         for c in r.clients + local.clients:
+            c.close()
+        broker.cleanup()
+
+
+def tls_client(port: int, ca: Path, user: str, password: str) -> Client:
+    """A Client over TLS verifying the broker with `ca` (raises ssl.SSLError if it cannot)."""
+    c = Client.__new__(Client)
+    c.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=user, protocol=P)
+    c.c.tls_set_context(ssl.create_default_context(cafile=str(ca)))
+    c.c.username_pw_set(user, password)
+    c.got, c.rc, c.connected, c.dropped = [], None, threading.Event(), threading.Event()
+    c.c.on_connect = c._on_connect
+    c.c.on_message = lambda cl, u, m: c.got.append((m.topic, m.payload))
+    c.c.connect("127.0.0.1", port)
+    c.c.loop_start()
+    assert c.connected.wait(10), "no CONNACK"
+    return c
+
+
+def test_tls_kit_on_a_real_broker_and_a_micropython_agent(tmp_path: Path) -> None:
+    """`tls-init` makes a CA and the broker's EC P-256 certificate; a broker started from the
+    rendered files only serves TLS with it; the rendered gateway folder (config.json + ca.pem) boots
+    the agent under MicroPython, verifying the broker; a foreign CA is refused."""
+    from provisioning import tls
+    from tests.integration.test_tls import interpreter
+
+    r = Rig(tmp_path)
+    r.cli("init", "--dir", str(r.dir), "--broker-host", "127.0.0.1", "--broker-port", str(r.port), "--tls",
+          "--listen", "127.0.0.1", "--conf-dir", str(r.out / "mosquitto"))
+    r.cli("add-gateway", "--dir", str(r.dir), "--id", "gw-a")
+    r.cli("add-service-user", "--dir", str(r.dir), "--name", "collector-1", "--role", "collector")
+    r.cli("tls-init", "--dir", str(r.dir), "--name", "127.0.0.1", "--name", "localhost")
+    r.cli("render", "--dir", str(r.dir))
+    assert "certfile" in (r.out / "mosquitto" / "conf.d" / "citybrain.conf").read_text()
+    foreign = Fleet.create(tmp_path / "other", broker_host="h", broker_port=1, tls=True)
+    tls.init_ca(foreign)
+
+    conf_d = r.out / "mosquitto" / "conf.d"
+    broker = Mosquitto(r.port, workdir=str(tmp_path / "broker"), include_dir=str(conf_d))
+    broker.start()
+    fleet = Fleet.load(r.dir)
+    collector_pw = fleet.service_secret_path("collector-1").read_text().strip()
+    proc = None
+    clients: list[Client] = []
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            tls_client(r.port, foreign.ca_path, "collector-1", collector_pw)
+        collector = tls_client(r.port, fleet.ca_path, "collector-1", collector_pw)
+        clients.append(collector)
+        assert collector.rc == 0
+        collector.sub("city/+/status")
+        # The gateway as a board gets it: config.json and ca.pem side by side, run from that folder.
+        work = tmp_path / "board"
+        work.mkdir()
+        for name in ("config.json", "ca.pem"):
+            (work / name).write_bytes((r.out / "gateways" / "gw-a" / name).read_bytes())
+        argv, env = interpreter("micropython", "-m", "edge.main", "config.json")
+        with open(work / "agent.log", "wb") as log:
+            proc = subprocess.Popen(argv, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        wait_until(lambda: any(t == "city/gw-a/status" for t, _ in collector.got), 30,
+                   "gw-a online over verified TLS")
+        status = next(p for t, p in collector.got if t == "city/gw-a/status")
+        assert cbor2.loads(status)["state"] == "online"
+        log_text = (work / "agent.log").read_text(errors="replace")
+        assert "NOT verified" not in log_text, log_text
+    finally:
+        if proc is not None:
+            stop_process(proc)
+        for c in clients:
             c.close()
         broker.cleanup()

@@ -334,3 +334,41 @@ def test_init_with_tls_and_ca_file_ships_the_ca(tmp_path: Path, capsys: pytest.C
     assert main(["provision", "set-broker", "--dir", str(d), "--no-ca-file"]) == 0
     assert main(["provision", "render", "--dir", str(d)]) == 0
     assert not (gw_dir / "ca.pem").exists()
+
+
+def test_tls_init_makes_a_p256_ca_and_broker_certificate(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    d = tmp_path / "fleet"
+    assert main(["provision", "init", "--dir", str(d), "--broker-host", "mqtt.city", "--tls"]) == 0
+    assert main(["provision", "tls-init", "--dir", str(d), "--name", "mqtt.city", "--name", "10.0.0.2"]) == 0
+    ca = x509.load_pem_x509_certificate((d / "ca.pem").read_bytes())
+    crt = x509.load_pem_x509_certificate((d / "tls" / "broker.crt").read_bytes())
+    assert crt.issuer == ca.subject
+    crt.verify_directly_issued_by(ca)
+    key = crt.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"
+    san = crt.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["mqtt.city"]
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.2"]
+    assert stat.S_IMODE((d / "secrets" / "tls" / "ca.key").stat().st_mode) == 0o600
+    assert Fleet.load(d).broker["ca_file"] == "ca.pem"
+    assert main(["provision", "add-gateway", "--dir", str(d), "--id", "gw-1"]) == 0
+    capsys.readouterr()
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    assert "NOT verify" not in capsys.readouterr().err
+    broker_dir = d / "out" / "mosquitto"
+    assert stat.S_IMODE((broker_dir / "broker.key").stat().st_mode) == 0o600
+    assert (broker_dir / "ca.pem").read_bytes() == (d / "ca.pem").read_bytes()
+    assert (d / "out" / "gateways" / "gw-1" / "ca.pem").read_bytes() == (d / "ca.pem").read_bytes()
+    # A new broker certificate under the same CA: the gateways' ca.pem does not change.
+    before = (d / "ca.pem").read_bytes()
+    assert main(["provision", "tls-init", "--dir", str(d), "--name", "mqtt2.city", "--keep-ca"]) == 0
+    assert (d / "ca.pem").read_bytes() == before
+    # A CA imported with --ca-file has no key here: tls-init says so instead of replacing it.
+    assert main(["provision", "init", "--dir", str(tmp_path / "f2"), "--broker-host", "h", "--tls",
+                 "--ca-file", str(d / "ca.pem")]) == 0
+    assert main(["provision", "tls-init", "--dir", str(tmp_path / "f2")]) == 1
+    assert "its key is not here" in capsys.readouterr().err
