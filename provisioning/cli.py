@@ -397,7 +397,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.action == "show":
         fleet = Fleet.load(args.dir)
         fleet.check_gateway(args.id)
-        print(json.dumps(fleet.config_for(args.id, "(secret)"), indent=2, ensure_ascii=False))
+        shown = fleet.config_for(args.id, "(secret)")
+        if "password" in shown.get("site_broker", {}):
+            shown["site_broker"]["password"] = "(secret)"
+        print(json.dumps(shown, indent=2, ensure_ascii=False))
         return 0
     if args.action == "render":
         from provisioning.render import render

@@ -234,6 +234,10 @@ def test_site_broker_and_set_broker_keep_credentials(tmp_path: Path, capsys: pyt
                              "password": fleet.password("gw-1")}
     assert cfg["site_broker"] == {"host": "192.168.4.1", "port": 1884, "username": "gw", "password": "lid-pw"}
     assert "listener 1999 " in (d / "out" / "mosquitto" / "conf.d" / "citybrain.conf").read_text()
+    capsys.readouterr()
+    assert main(["provision", "show", "--dir", str(d), "--id", "gw-1"]) == 0
+    shown = capsys.readouterr().out
+    assert "lid-pw" not in shown and fleet.password("gw-1") not in shown and '"host": "10.0.0.5"' in shown
     assert main(["provision", "set-broker", "--dir", str(d), "--id", "gw-1", "--reset"]) == 0
     assert Fleet.load(d).broker_for("gw-1")["host"] == "h"
     edge_config.validate(cfg)
