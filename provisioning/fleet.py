@@ -130,6 +130,9 @@ class Fleet:
         users = {}
         for name, u in raw.get("service_users", {}).items():
             _known(u, {"role", "password_hash"}, f"fleet.json service_users.{name}")
+            if u["role"] not in ROLES:
+                raise FleetError(f"fleet.json service_users.{name}.role: {u['role']!r} is not one of"
+                                 f" {', '.join(ROLES)}")
             users[name] = ServiceUser(name=name, role=u["role"], password_hash=u["password_hash"])
         return cls(dir=d, prefix=raw.get("prefix", "city"), broker=raw["broker"],
                    broker_server=raw.get("broker_server", {}), gateways=gateways, service_users=users)
