@@ -126,11 +126,14 @@ class Report:
     unchanged: list[Path] = field(default_factory=list)
     removed: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    accounts: list[str] = field(default_factory=list)  # "+gw-3", "-gw-2", "~gw-1" (new password)
     broker_reload: bool = False  # passwd or acl changed: SIGHUP
     broker_restart: bool = False  # citybrain.conf changed: listener settings are read at start only
 
     def lines(self) -> list[str]:
         out = [f"wrote {p}" for p in self.written] + [f"removed {p}" for p in self.removed]
+        if self.accounts:
+            out.append("broker accounts (+ added, - revoked, ~ new password): " + " ".join(self.accounts))
         out.append(f"{len(self.written)} written, {len(self.removed)} removed,"
                    f" {len(self.unchanged)} unchanged")
         if self.broker_restart:
@@ -179,6 +182,7 @@ def render(fleet: Fleet, out: Path) -> Report:
             _remove(stale, report)
 
     broker_dir = private_dir(out / "mosquitto")
+    report.accounts = _account_changes(broker_dir / "passwd", fleet)
     report.broker_reload |= put(broker_dir / "passwd", passwd_text(fleet), private=True)
     report.broker_reload |= put(broker_dir / "acl", acl_text(fleet))
     report.broker_restart |= put(broker_dir / "conf.d" / "citybrain.conf", broker_conf_text(fleet))
@@ -191,6 +195,17 @@ def render(fleet: Fleet, out: Path) -> Report:
         report.broker_restart |= put(broker_dir / "broker.key", key, private=True)
     put(out / "collector" / "gateways.toml", collector_registry(fleet))
     return report
+
+
+def _account_changes(passwd: Path, fleet: Fleet) -> list[str]:
+    """What the new passwd changes for the broker, account by account."""
+    try:
+        old = dict(line.split(":", 1) for line in passwd.read_text().splitlines() if ":" in line)
+    except FileNotFoundError:
+        old = {}
+    new = dict(line.split(":", 1) for line in passwd_text(fleet).splitlines())
+    changes = [f"+{u}" for u in new if u not in old] + [f"-{u}" for u in old if u not in new]
+    return changes + [f"~{u}" for u in new if u in old and old[u] != new[u]]
 
 
 def _remove(path: Path, report: Report) -> None:

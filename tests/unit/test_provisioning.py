@@ -138,6 +138,7 @@ def test_render_keeps_service_accounts_and_says_what_changed(tmp_path: Path,
     assert main(["provision", "render", "--dir", str(d)]) == 0
     out = capsys.readouterr().out
     assert f"wrote {passwd}" in out and "reload Mosquitto" in out and "RESTART" not in out
+    assert "broker accounts (+ added, - revoked, ~ new password): ~ops\n" in out
     assert [line.split(":")[0] for line in passwd.read_text().splitlines()] == ["gw-1", "collector-1", "ops"]
 
 
@@ -243,7 +244,7 @@ def test_site_broker_and_set_broker_keep_credentials(tmp_path: Path, capsys: pyt
     edge_config.validate(cfg)
 
 
-def test_remove_gateway_revokes_at_next_render(tmp_path: Path) -> None:
+def test_remove_gateway_revokes_at_next_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = tmp_path / "fleet"
     assert main(["provision", "init", "--dir", str(d), "--broker-host", "h"]) == 0
     for gid in ("gw-1", "gw-2"):
@@ -251,7 +252,10 @@ def test_remove_gateway_revokes_at_next_render(tmp_path: Path) -> None:
     assert main(["provision", "render", "--dir", str(d)]) == 0
     assert main(["provision", "remove-gateway", "--dir", str(d), "--id", "gw-2"]) == 0
     assert not (d / "secrets" / "gw-2.password").exists()
+    capsys.readouterr()
     assert main(["provision", "render", "--dir", str(d)]) == 0
+    said = capsys.readouterr().out
+    assert "): -gw-2\n" in said and f"removed {d / 'out' / 'gateways' / 'gw-2'}" in said
     out = d / "out"
     assert sorted(p.name for p in (out / "gateways").iterdir()) == ["gw-1"]
     assert "gw-2" not in (out / "mosquitto" / "passwd").read_text()
