@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from provisioning.fleet import ROLES, Fleet, FleetError, tls_warning
+from provisioning.files import write_atomic
+from provisioning.fleet import ROLES, Fleet, FleetError, read_ca, tls_warning
 
 
 def _action(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str,
@@ -214,16 +215,6 @@ def _site_broker(args: argparse.Namespace, current: dict[str, Any] | None) -> di
     return sb
 
 
-def _set_ca(fleet: Fleet, args: argparse.Namespace) -> None:
-    if args.ca_file:
-        fleet.install_ca(args.ca_file)
-        fleet.broker["ca_file"] = args.ca_path or fleet.broker.get("ca_file") or "ca.pem"
-    elif args.ca_path:
-        if not fleet.ca_path.exists():
-            raise FleetError("--ca-path needs a CA: give --ca-file too")
-        fleet.broker["ca_file"] = args.ca_path
-
-
 def _set_broker_server(fleet: Fleet, args: argparse.Namespace) -> None:
     if args.listen:
         fleet.broker_server["listen"] = args.listen
@@ -249,13 +240,12 @@ def _run(args: argparse.Namespace) -> int:
         port = args.broker_port or (8883 if args.tls else 1883)
         if (args.ca_file or args.ca_path) and not args.tls:
             raise FleetError("--ca-file only makes sense with --tls")
-        if args.ca_file and not args.ca_file.is_file():
-            raise FleetError(f"--ca-file {args.ca_file}: no such file (give the CA certificate, PEM)")
+        if args.ca_path and not args.ca_file:
+            raise FleetError("--ca-path needs a CA: give --ca-file too")
+        server = {k: v for k, v in (("listen", args.listen), ("conf_dir", args.conf_dir)) if v}
         fleet = Fleet.create(args.dir, broker_host=args.broker_host, broker_port=port, tls=args.tls,
-                             prefix=args.prefix)
-        _set_ca(fleet, args)
-        _set_broker_server(fleet, args)
-        fleet.save()
+                             prefix=args.prefix, broker_server=server, ca_file=args.ca_file,
+                             ca_path=args.ca_path)
         print(f"created {fleet.path} (secrets/ and out/ are git-ignored)")
         _warn(tls_warning(fleet.broker))
         return 0
@@ -276,15 +266,28 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         if args.reset:
             raise FleetError("--reset needs --id")
+        if args.no_ca_file and (args.ca_file or args.ca_path):
+            raise FleetError("--no-ca-file contradicts --ca-file/--ca-path")
         fleet.broker.update(broker_changes)
+        _set_broker_server(fleet, args)
+        pem = read_ca(args.ca_file) if args.ca_file else None
+        if pem is not None:
+            fleet.broker["ca_file"] = args.ca_path or fleet.broker.get("ca_file") or "ca.pem"
+        elif args.ca_path:
+            if not fleet.ca_path.exists():
+                raise FleetError("--ca-path needs a CA: give --ca-file too")
+            fleet.broker["ca_file"] = args.ca_path
         if args.no_ca_file:
             fleet.broker.pop("ca_file", None)
-            fleet.ca_path.unlink(missing_ok=True)
-        _set_ca(fleet, args)
-        _set_broker_server(fleet, args)
+        fleet.check()
         for gid in sorted(fleet.gateways):
             fleet.check_gateway(gid)
+        # Everything checked: now the files (a refused set-broker changes nothing).
         fleet.save()
+        if pem is not None:
+            write_atomic(fleet.ca_path, pem)
+        if args.no_ca_file:
+            fleet.ca_path.unlink(missing_ok=True)
         print(f"fleet broker: {fleet.broker}; re-run `render`, then rebuild and reflash the gateways")
         _warn(tls_warning(fleet.broker))
         return 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,10 @@ from provisioning.files import private_dir, write_atomic
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 GATEWAY_ID = NAME
+# Written into the ACL and the broker's config: no spaces, line breaks, MQTT wildcards or `$`.
+PREFIX = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+LISTEN = re.compile(r"^[A-Za-z0-9_.:-]+$")
+CONF_DIR = re.compile(r"^/[A-Za-z0-9_.@+/-]*$")
 
 # What each service role may do on the broker (topics under the fleet prefix). The collector reads
 # everything gateways send, also through MQTT 5 shared subscriptions; the operator sends commands
@@ -102,12 +105,22 @@ class Fleet:
 
     @classmethod
     def create(cls, directory: str | Path, *, broker_host: str, broker_port: int, tls: bool,
-               prefix: str = "city") -> Fleet:
+               prefix: str = "city", broker_server: dict[str, Any] | None = None,
+               ca_file: Path | None = None, ca_path: str | None = None) -> Fleet:
+        """A new fleet, everything checked before the first file is written (a refused `init` can
+        simply be run again)."""
         d = Path(directory)
         if (d / "fleet.json").exists():
             raise FleetError(f"{d / 'fleet.json'} exists already: refusing to overwrite a fleet")
-        fleet = cls(dir=d, prefix=prefix, broker={"host": broker_host, "port": broker_port, "tls": tls})
+        fleet = cls(dir=d, prefix=prefix, broker={"host": broker_host, "port": broker_port, "tls": tls},
+                    broker_server=dict(broker_server or {}))
+        fleet.check()
+        pem = read_ca(ca_file) if ca_file else None
+        if pem is not None:
+            fleet.broker["ca_file"] = ca_path or "ca.pem"
         fleet.save()
+        if pem is not None:
+            write_atomic(fleet.ca_path, pem)
         return fleet
 
     @classmethod
@@ -134,10 +147,29 @@ class Fleet:
                 raise FleetError(f"fleet.json service_users.{name}.role: {u['role']!r} is not one of"
                                  f" {', '.join(ROLES)}")
             users[name] = ServiceUser(name=name, role=u["role"], password_hash=u["password_hash"])
-        return cls(dir=d, prefix=raw.get("prefix", "city"), broker=raw["broker"],
-                   broker_server=raw.get("broker_server", {}), gateways=gateways, service_users=users)
+        fleet = cls(dir=d, prefix=raw.get("prefix", "city"), broker=raw["broker"],
+                    broker_server=raw.get("broker_server", {}), gateways=gateways, service_users=users)
+        fleet.check()
+        return fleet
+
+    def check(self) -> None:
+        """What goes verbatim into the broker's ACL and config must not be able to add lines there."""
+        if not PREFIX.match(self.prefix):
+            raise FleetError(f"prefix {self.prefix!r}: topic levels of letters, digits, '-', '_', '.'"
+                             " separated by '/' (no spaces, '+', '#' or '$')")
+        listen = self.broker_server.get("listen")
+        if listen is not None and not LISTEN.match(listen):
+            raise FleetError(f"listen address {listen!r}: an IP address or a host name")
+        conf_dir = self.broker_server.get("conf_dir")
+        if conf_dir is not None and not CONF_DIR.match(conf_dir):
+            raise FleetError(f"conf dir {conf_dir!r}: an absolute path without spaces")
+        unknown = set(self.broker_server) - {"listen", "conf_dir"}
+        if unknown:
+            key = sorted(unknown)[0]
+            raise FleetError(f"fleet.json broker_server: unknown key {key!r} (known: conf_dir, listen)")
 
     def save(self) -> None:
+        self.check()
         self.dir.mkdir(parents=True, exist_ok=True)
         gitignore = self.dir / ".gitignore"
         if not gitignore.exists():
@@ -340,16 +372,16 @@ class Fleet:
         private_dir(path.parent)
         write_atomic(path, password + "\n", private=True)
 
-    def install_ca(self, pem_file: Path) -> None:
-        """Keep a copy of the CA certificate (it ships next to every gateway config)."""
-        try:
-            pem = pem_file.read_bytes()
-        except OSError as exc:
-            raise FleetError(f"--ca-file {pem_file}: {exc.strerror or exc}") from None
-        if b"-----BEGIN CERTIFICATE-----" not in pem:
-            raise FleetError(f"--ca-file {pem_file}: not a PEM certificate (no BEGIN CERTIFICATE line)")
-        if pem_file.resolve() != self.ca_path.resolve():
-            shutil.copyfile(pem_file, self.ca_path)
+
+def read_ca(pem_file: Path) -> bytes:
+    """A CA certificate file's bytes, or a FleetError saying why it is not one."""
+    try:
+        pem = pem_file.read_bytes()
+    except OSError as exc:
+        raise FleetError(f"--ca-file {pem_file}: {exc.strerror or exc}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise FleetError(f"--ca-file {pem_file}: not a PEM certificate (no BEGIN CERTIFICATE line)")
+    return pem
 
 
 def _known(raw: Any, keys: set[str], where: str) -> None:

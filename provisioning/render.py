@@ -46,8 +46,8 @@ def acl_text(fleet: Fleet) -> str:
         "# One block per account and no `pattern` lines: a pattern would apply to service accounts too.",
         "",
     ]
-    for gid, gw in sorted(fleet.gateways.items()):
-        out.append(f"# gateway {gid}" + (f" ({gw.site})" if gw.site else ""))
+    for gid in sorted(fleet.gateways):
+        out.append(f"# gateway {gid}")  # ids match fleet.NAME: nothing else from the tech goes in here
         out.append(f"user {gid}")
         out += [f"topic write {p}/{gid}/{leaf}" for leaf in GATEWAY_WRITES]
         out += [f"topic read {p}/{gid}/{leaf}" for leaf in GATEWAY_READS]

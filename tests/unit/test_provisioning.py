@@ -380,3 +380,23 @@ def test_tls_init_makes_a_p256_ca_and_broker_certificate(tmp_path: Path,
                  "--ca-file", str(d / "ca.pem")]) == 0
     assert main(["provision", "tls-init", "--dir", str(tmp_path / "f2")]) == 1
     assert "its key is not here" in capsys.readouterr().err
+
+
+def test_nothing_from_the_command_line_can_add_lines_to_the_broker_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Prefix, listen address and conf dir go verbatim into the ACL and citybrain.conf."""
+    d = tmp_path / "fleet"
+    for bad in (["--prefix", "city\ntopic readwrite #"], ["--prefix", "city/+"],
+                ["--listen", "0.0.0.0\nallow_anonymous true"], ["--conf-dir", "/etc/m q"],
+                ["--conf-dir", "relative"]):
+        assert main(["provision", "init", "--dir", str(d), "--broker-host", "h", *bad]) == 1, bad
+        assert not (d / "fleet.json").exists(), bad  # refused before anything was written
+    assert "prefix" in capsys.readouterr().err
+    ca = tmp_path / "not-a-ca.pem"
+    ca.write_text("hello")
+    assert main(["provision", "init", "--dir", str(d), "--broker-host", "h", "--tls",
+                 "--ca-file", str(ca)]) == 1
+    assert not (d / "fleet.json").exists()
+    assert main(["provision", "init", "--dir", str(d), "--broker-host", "h"]) == 0
+    assert main(["provision", "set-broker", "--dir", str(d), "--listen", "x y", "--port", "1999"]) == 1
+    assert Fleet.load(d).broker["port"] == 1883  # a refused set-broker changes nothing
