@@ -197,7 +197,12 @@ class Service:
 
 
 class Mosquitto(Service):
-    """A private Mosquitto 2.x: anonymous allowed unless `password_file`/`acl_file` are given."""
+    """A private Mosquitto 2.x: anonymous allowed unless `password_file`/`acl_file` are given.
+
+    With `include_dir` (a folder of generated `.conf` files, as `citybrain provision render` writes)
+    the listener and every auth setting come from those files alone; `port` must then be the port
+    their listener opens. This launcher adds only persistence and logging.
+    """
 
     name = "mosquitto"
 
@@ -211,19 +216,25 @@ class Mosquitto(Service):
         extra_config: str = "",
         password_file: str | None = None,
         acl_file: str | None = None,
+        include_dir: str | None = None,
     ) -> None:
         super().__init__(workdir)
+        if include_dir and (port is None or password_file or acl_file):
+            raise ValueError("include_dir: give the port its listener opens, and no password/ACL file")
         self.port = port or free_port()
         self.persistence = persistence
         self.max_queued_messages = max_queued_messages
         self.extra_config = extra_config
         self.password_file = password_file
         self.acl_file = acl_file
+        self.include_dir = include_dir
 
     def config_text(self) -> str:
-        lines = [
+        lines = [] if self.include_dir else [
             f"listener {self.port} 127.0.0.1",
             f"allow_anonymous {'false' if self.password_file else 'true'}",
+        ]
+        lines += [
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.dir}/",
             "autosave_interval 1",
@@ -241,6 +252,8 @@ class Mosquitto(Service):
             lines.append(f"password_file {self.password_file}")
         if self.acl_file:
             lines.append(f"acl_file {self.acl_file}")
+        if self.include_dir:
+            lines.append(f"include_dir {self.include_dir}")  # last, as mosquitto.conf(5) advises
         return "\n".join(lines) + "\n" + self.extra_config
 
     def command(self) -> list[str]:

@@ -1,70 +1,338 @@
-"""The generated passwd + ACL, loaded by a real Mosquitto, pin each gateway to its own subtree."""
+"""The security matrix: a real Mosquitto started with ONLY the files `citybrain provision render` writes
+(conf.d/citybrain.conf with its listener, passwd, acl; the launcher adds persistence and logging).
+
+Every "refused" case is paired with a positive control through the same path, so a case cannot pass
+because nothing works. Absence is checked with a barrier, not a sleep: the forbidden publish is
+acknowledged first, then a legitimate message is published and awaited; the broker routes in order,
+so anything forbidden that got through would have arrived before it.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
+import ssl
+import subprocess
 import threading
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import cbor2
 import paho.mqtt.client as mqtt
 import pytest
 
-from hil.services import Mosquitto
+from citybrain.cli import main
+from hil.services import Mosquitto, free_port, stop_process, wait_for_port
 from provisioning.fleet import Fleet
-from provisioning.render import render
+from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
-
-def _client(port: int, user: str, password: str) -> tuple[mqtt.Client, int]:
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{user}-{time.monotonic_ns()}")
-    c.username_pw_set(user, password)
-    done = threading.Event()
-    result: list[int] = []
-
-    def on_connect(client: mqtt.Client, userdata: object, flags: object, rc: object, props: object) -> None:
-        result.append(int(rc.value if hasattr(rc, "value") else rc))  # type: ignore[union-attr, arg-type]
-        done.set()
-
-    c.on_connect = on_connect
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    assert done.wait(10), "no CONNACK"
-    return c, result[0]
+P = mqtt.MQTTv5
 
 
-def test_generated_acl_on_real_mosquitto(tmp_path: Path) -> None:
-    fleet = Fleet.create(tmp_path / "fleet", broker_host="127.0.0.1", broker_port=0, tls=False)
-    fleet.add_gateway("gw-a")
-    fleet.add_gateway("gw-b")
-    out = tmp_path / "out"
-    render(fleet, out, service_users={"collector": "collector-pw"})
-    broker = Mosquitto(workdir=str(tmp_path / "broker"), password_file=str(out / "mosquitto" / "passwd"),
-                       acl_file=str(out / "mosquitto" / "acl"))
+class Client:
+    """A paho MQTT 5 client that records what it receives and whether the broker dropped it."""
+
+    def __init__(self, port: int, user: str | None, password: str | None, *, client_id: str = "",
+                 will: str | None = None, clean_start: bool = True) -> None:
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=P)
+        if user is not None:
+            self.c.username_pw_set(user, password)
+        if will:
+            self.c.will_set(will, b"offline", 1, True)
+        self.got: list[tuple[str, bytes]] = []
+        self.rc: int | None = None
+        self.connected = threading.Event()
+        self.dropped = threading.Event()
+        self.c.on_connect = self._on_connect
+        self.c.on_disconnect = lambda *a: self.dropped.set()
+        self.c.on_message = lambda c, u, m: self.got.append((m.topic, m.payload))
+        self.c.connect("127.0.0.1", port, clean_start=clean_start,
+                       properties=_session(3600) if not clean_start else None)
+        self.c.loop_start()
+        assert self.connected.wait(10), "no CONNACK"
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, rc: mqtt.ReasonCode,
+                    props: object) -> None:
+        self.rc = rc.value
+        self.connected.set()
+
+    def sub(self, *topics: str) -> None:
+        done = threading.Event()
+        self.c.on_subscribe = lambda *a: done.set()
+        for t in topics:
+            done.clear()
+            self.c.subscribe(t, qos=1)
+            assert done.wait(5), f"no SUBACK for {t}"
+
+    def pub(self, topic: str, payload: bytes = b"x") -> None:
+        self.c.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    def topics(self) -> list[str]:
+        return [t for t, _ in self.got]
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def _session(seconds: int) -> mqtt.Properties:
+    props = mqtt.Properties(mqtt.PacketTypes.CONNECT)
+    props.SessionExpiryInterval = seconds
+    return props
+
+
+def refused(port: int, user: str | None, password: str | None) -> bool:
+    c = Client(port, user, password, client_id="probe")
+    c.close()
+    return c.rc != 0
+
+
+class Rig:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.dir = tmp / "fleet"
+        self.port = free_port()
+        self.out = self.dir / "out"
+        self.clients: list[Client] = []
+
+    def cli(self, *args: str) -> None:
+        assert main(["provision", *args]) == 0, args
+
+    def client(self, user: str | None, password: str | None = None, **kw: object) -> Client:
+        c = Client(self.port, user, password, **kw)  # type: ignore[arg-type]
+        self.clients.append(c)
+        assert c.rc == 0, f"{user} refused: {c.rc}"
+        return c
+
+    def gw(self, gid: str, **kw: object) -> Client:
+        return self.client(gid, Fleet.load(self.dir).password(gid), client_id=gid, **kw)
+
+    def service(self, name: str, **kw: object) -> Client:
+        fleet = Fleet.load(self.dir)
+        return self.client(name, fleet.service_secret_path(name).read_text().strip(), **kw)
+
+    def barrier(self, sender: Client, topic: str, receivers: list[Client]) -> None:
+        """Publish a legitimate marker and wait until every receiver has it."""
+        payload = f"marker-{len(sender.got)}-{id(receivers)}".encode()
+        sender.pub(topic, payload)
+        wait_until(lambda: all((topic, payload) in r.got for r in receivers), 10, f"marker on {topic}")
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[tuple[Rig, Mosquitto]]:
+    r = Rig(tmp_path)
+    r.cli("init", "--dir", str(r.dir), "--broker-host", "127.0.0.1", "--broker-port", str(r.port),
+          "--listen", "127.0.0.1", "--conf-dir", str(r.out / "mosquitto"))
+    for gid in ("gw-a", "gw-b", "gw-c"):
+        r.cli("add-gateway", "--dir", str(r.dir), "--id", gid)
+    r.cli("add-service-user", "--dir", str(r.dir), "--name", "collector-1", "--role", "collector")
+    r.cli("add-service-user", "--dir", str(r.dir), "--name", "collector-2", "--role", "collector")
+    r.cli("add-service-user", "--dir", str(r.dir), "--name", "ops", "--role", "operator")
+    r.cli("render", "--dir", str(r.dir))
+    conf_d = r.out / "mosquitto" / "conf.d"
+    broker = Mosquitto(r.port, workdir=str(tmp_path / "broker"), include_dir=str(conf_d))
     broker.start()
-    clients: list[mqtt.Client] = []
     try:
-        _, refused = _client(broker.port, "gw-a", "wrong")
-        assert refused != 0, "a wrong password was accepted"
-        collector, rc = _client(broker.port, "collector", "collector-pw")
-        clients.append(collector)
-        assert rc == 0
-        got: list[str] = []
-        collector.on_message = lambda c, u, m: got.append(m.topic)
-        collector.subscribe("city/+/up", qos=1)
-        time.sleep(0.3)
-        gw_a, rc = _client(broker.port, "gw-a", fleet.password("gw-a"))
-        clients.append(gw_a)
-        assert rc == 0
-        gw_a.publish("city/gw-b/up", b"spoofed", qos=1).wait_for_publish(5)  # denied by the ACL
-        gw_a.publish("city/gw-a/up", b"genuine", qos=1).wait_for_publish(5)
-        deadline = time.monotonic() + 5
-        while "city/gw-a/up" not in got and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)
-        assert got == ["city/gw-a/up"]
+        yield r, broker
     finally:
+        for c in r.clients:
+            c.close()
+        broker.cleanup()
+
+
+def test_security_matrix(rig: tuple[Rig, Mosquitto]) -> None:
+    r, broker = rig
+    # Who may connect at all.
+    assert refused(r.port, None, None), "anonymous accepted"
+    assert refused(r.port, "gw-a", "wrong"), "a wrong password accepted"
+    assert refused(r.port, "nobody", "x"), "an unknown user accepted"
+
+    collector = r.service("collector-1")
+    collector.sub("city/+/up", "city/+/alarm", "city/+/status", "city/+/reply")
+    ops = r.service("ops")
+    ops.sub("city/+/reply", "city/+/status")
+    b = r.gw("gw-b", will="city/gw-b/status")
+    b.sub("city/gw-b/cmd")
+    a = r.gw("gw-a")
+    a.sub("city/gw-a/cmd", "city/gw-b/cmd", "#")
+
+    # A as B on every leaf: refused (the collector and the operator see none of it).
+    for leaf in ("up", "status", "alarm", "reply"):
+        a.pub(f"city/gw-b/{leaf}", b"spoofed")
+    r.barrier(a, "city/gw-a/up", [collector])
+    r.barrier(b, "city/gw-b/reply", [ops])
+    assert not [m for m in collector.got + ops.got if m[1] == b"spoofed"], collector.got + ops.got
+    # Commands: the operator reaches B; A (subscribed to B's cmd and to `#`) hears only its own.
+    ops.pub("city/gw-b/cmd", b"for-b")
+    r.barrier(ops, "city/gw-a/cmd", [a])
+    assert ("city/gw-b/cmd", b"for-b") in b.got
+    # A subscribed to `#` receives nothing of others: only its own cmd (the marker, maybe twice:
+    # it matches two of A's subscriptions).
+    assert set(a.topics()) == {"city/gw-a/cmd"}, a.got
+
+    # Client-id takeover: A's credentials with B's client id must not kick B nor fire B's will.
+    a2 = r.client("gw-a", Fleet.load(r.dir).password("gw-a"), client_id="gw-b")
+    r.barrier(a2, "city/gw-a/up", [collector])  # a takeover (and B's will) happens before A's CONNACK
+    assert ("city/gw-b/status", b"offline") not in collector.got, "gw-a took over gw-b: B's will fired"
+    assert b.c.is_connected() and not b.dropped.is_set(), "gw-b was kicked off by gw-a using client id gw-b"
+    r.barrier(b, "city/gw-b/up", [collector])
+    # The broker made the newcomer's client id its username, `gw-a`: it replaced A's own session.
+    wait_until(a.dropped.is_set, 10, "gw-a's first connection replaced by its second")
+    a2.close()
+
+    # Service accounts cannot pose as gateways (nor publish for one).
+    for svc in (ops, collector):
+        for topic in ("city/ops/up", "city/collector-1/up", "city/gw-a/up", "city/gw-a/status"):
+            svc.pub(topic, b"service-spoof")
+    r.barrier(b, "city/gw-b/status", [collector])
+    assert not [m for m in collector.got if m[1] == b"service-spoof"], collector.got
+
+    # Two collectors of one share group, both with the collector's fixed client id and persistent
+    # sessions (as collector/ingest.py connects): distinct accounts keep distinct sessions, neither
+    # kicks the other, and the group splits the gateways' batches.
+    shared = [r.service(n, client_id="citybrain-collector", clean_start=False)
+              for n in ("collector-1", "collector-2")]
+    for s in shared:
+        s.sub("$share/collectors/city/+/up")
+    for i in range(20):
+        b.pub("city/gw-b/up", f"batch-{i}".encode())
+    wait_until(lambda: sum(len(s.got) for s in shared) >= 20, 10, "20 batches through the share group")
+    assert all(s.got for s in shared), [len(s.got) for s in shared]
+    assert not any(s.dropped.is_set() for s in shared)
+
+    # Revocation and rotation: remove gw-c, rotate gw-b, render, reload (SIGHUP).
+    old_b = Fleet.load(r.dir).password("gw-b")
+    old_c = Fleet.load(r.dir).password("gw-c")
+    assert not refused(r.port, "gw-c", old_c)
+    r.cli("remove-gateway", "--dir", str(r.dir), "--id", "gw-c")
+    r.cli("rotate-password", "--dir", str(r.dir), "--id", "gw-b")
+    r.cli("rotate-password", "--dir", str(r.dir), "--user", "collector-2")
+    r.cli("render", "--dir", str(r.dir))
+    assert not (r.out / "gateways" / "gw-c").exists()
+    assert broker.proc is not None
+    os.kill(broker.proc.pid, signal.SIGHUP)
+    wait_until(lambda: refused(r.port, "gw-c", old_c), 10, "removed gw-c refused after the reload")
+    assert refused(r.port, "gw-b", old_b), "gw-b's old password still accepted"
+    assert not refused(r.port, "gw-b", Fleet.load(r.dir).password("gw-b"))
+    fleet = Fleet.load(r.dir)
+    assert not refused(r.port, "collector-2", fleet.service_secret_path("collector-2").read_text().strip())
+
+
+class DeployedMosquitto(Mosquitto):
+    """deploy/mosquitto.conf as shipped, with only its host paths, port and log sink moved here."""
+
+    def __init__(self, local_port: int, conf_dir: Path, workdir: Path) -> None:
+        super().__init__(local_port, workdir=str(workdir))
+        self.conf_dir = conf_dir
+
+    def config_text(self) -> str:
+        text = (Path(__file__).resolve().parents[2] / "deploy" / "mosquitto.conf").read_text()
+        for old, new in (("listener 1883 127.0.0.1", f"listener {self.port} 127.0.0.1"),
+                         ("/var/lib/mosquitto/", f"{self.dir}/"),
+                         ("log_dest syslog", "log_dest stdout"),
+                         ("/etc/mosquitto/citybrain", str(self.conf_dir))):
+            assert old in text, old
+            text = text.replace(old, new)
+        return text + ("user root\n" if os.geteuid() == 0 else "")
+
+
+def test_shipped_config_binds_client_ids_on_every_listener(tmp_path: Path) -> None:
+    """deploy/mosquitto.conf + the generated conf.d on a real Mosquitto: a local service account
+    using a gateway's client id on the loopback listener cannot kick that gateway either."""
+    r = Rig(tmp_path)
+    r.cli("init", "--dir", str(r.dir), "--broker-host", "127.0.0.1", "--broker-port", str(r.port),
+          "--listen", "127.0.0.1", "--conf-dir", str(r.out / "mosquitto"))
+    r.cli("add-gateway", "--dir", str(r.dir), "--id", "gw-a")
+    r.cli("add-service-user", "--dir", str(r.dir), "--name", "collector-1", "--role", "collector")
+    r.cli("render", "--dir", str(r.dir))
+    broker = DeployedMosquitto(free_port(), r.out / "mosquitto", tmp_path / "broker")
+    broker.start()
+    local = Rig(tmp_path)
+    local.dir, local.port = r.dir, broker.port
+    try:
+        wait_for_port(r.port, 10)  # the gateway listener comes from the generated file
+        gw = r.gw("gw-a", will="city/gw-a/status")
+        collector = local.service("collector-1")
+        collector.sub("city/+/status", "city/+/up")
+        thief = local.service("collector-1", client_id="gw-a")  # replaces collector-1's own session
+        wait_until(collector.dropped.is_set, 10, "collector-1's first session replaced by its second")
+        thief.sub("city/+/status", "city/+/up")
+        r.barrier(gw, "city/gw-a/up", [thief])
+        assert gw.c.is_connected() and not gw.dropped.is_set(), "gw-a kicked from the loopback listener"
+        assert ("city/gw-a/status", b"offline") not in thief.got + collector.got
+    finally:
+        for c in r.clients + local.clients:
+            c.close()
+        broker.cleanup()
+
+
+def tls_client(port: int, ca: Path, user: str, password: str) -> Client:
+    """A Client over TLS verifying the broker with `ca` (raises ssl.SSLError if it cannot)."""
+    c = Client.__new__(Client)
+    c.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=user, protocol=P)
+    c.c.tls_set_context(ssl.create_default_context(cafile=str(ca)))
+    c.c.username_pw_set(user, password)
+    c.got, c.rc, c.connected, c.dropped = [], None, threading.Event(), threading.Event()
+    c.c.on_connect = c._on_connect
+    c.c.on_message = lambda cl, u, m: c.got.append((m.topic, m.payload))
+    c.c.connect("127.0.0.1", port)
+    c.c.loop_start()
+    assert c.connected.wait(10), "no CONNACK"
+    return c
+
+
+def test_tls_kit_on_a_real_broker_and_a_micropython_agent(tmp_path: Path) -> None:
+    """`tls-init` makes a CA and the broker's EC P-256 certificate; a broker started from the
+    rendered files only serves TLS with it; the rendered gateway folder (config.json + ca.pem) boots
+    the agent under MicroPython, verifying the broker; a foreign CA is refused."""
+    from provisioning import tls
+    from tests.integration.test_tls import interpreter
+
+    r = Rig(tmp_path)
+    r.cli("init", "--dir", str(r.dir), "--broker-host", "127.0.0.1", "--broker-port", str(r.port), "--tls",
+          "--listen", "127.0.0.1", "--conf-dir", str(r.out / "mosquitto"))
+    r.cli("add-gateway", "--dir", str(r.dir), "--id", "gw-a")
+    r.cli("add-service-user", "--dir", str(r.dir), "--name", "collector-1", "--role", "collector")
+    r.cli("tls-init", "--dir", str(r.dir), "--name", "127.0.0.1", "--name", "localhost")
+    r.cli("render", "--dir", str(r.dir))
+    assert "certfile" in (r.out / "mosquitto" / "conf.d" / "citybrain.conf").read_text()
+    foreign = Fleet.create(tmp_path / "other", broker_host="h", broker_port=1, tls=True)
+    tls.init_ca(foreign)
+
+    conf_d = r.out / "mosquitto" / "conf.d"
+    broker = Mosquitto(r.port, workdir=str(tmp_path / "broker"), include_dir=str(conf_d))
+    broker.start()
+    fleet = Fleet.load(r.dir)
+    collector_pw = fleet.service_secret_path("collector-1").read_text().strip()
+    proc = None
+    clients: list[Client] = []
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            tls_client(r.port, foreign.ca_path, "collector-1", collector_pw)
+        collector = tls_client(r.port, fleet.ca_path, "collector-1", collector_pw)
+        clients.append(collector)
+        assert collector.rc == 0
+        collector.sub("city/+/status")
+        # The gateway as a board gets it: config.json and ca.pem side by side, run from that folder.
+        work = tmp_path / "board"
+        work.mkdir()
+        for name in ("config.json", "ca.pem"):
+            (work / name).write_bytes((r.out / "gateways" / "gw-a" / name).read_bytes())
+        argv, env = interpreter("micropython", "-m", "edge.main", "config.json")
+        with open(work / "agent.log", "wb") as log:
+            proc = subprocess.Popen(argv, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        wait_until(lambda: any(t == "city/gw-a/status" for t, _ in collector.got), 30,
+                   "gw-a online over verified TLS")
+        status = next(p for t, p in collector.got if t == "city/gw-a/status")
+        assert cbor2.loads(status)["state"] == "online"
+        log_text = (work / "agent.log").read_text(errors="replace")
+        assert "NOT verified" not in log_text, log_text
+    finally:
+        if proc is not None:
+            stop_process(proc)
         for c in clients:
-            c.loop_stop()
-            c.disconnect()
+            c.close()
         broker.cleanup()

@@ -79,13 +79,15 @@ def test_build_flash_boot_on_virtual_board(tmp_path: Path, monkeypatch: pytest.M
     sources.write_text(json.dumps([{"kind": "parking", "transport": "serial", "port": os.ttyname(bus_slave),
                                     "sensors": ["P-00012"]}]))
     monkeypatch.setenv("T_COLLECTOR_PW", "collector-pw")
-    render = ["provision", "render", "--dir", str(fleet), "--service-user", "collector=@T_COLLECTOR_PW"]
+    render = ["provision", "render", "--dir", str(fleet)]
     out = fleet / "out"
     image = tmp_path / "image"
     config = out / "gateways" / GW / "config.json"
     build = ["provision", "build", "--config", str(config), "--out", str(image)]
     assert main(["provision", "init", "--dir", str(fleet), "--broker-host", "127.0.0.1",
                  "--broker-port", str(broker_port)]) == 0
+    assert main(["provision", "add-service-user", "--dir", str(fleet), "--name", "collector",
+                 "--role", "collector", "--password-env", "T_COLLECTOR_PW"]) == 0
     assert main(["provision", "add-gateway", "--dir", str(fleet), "--id", GW, "--site", "文三路",
                  "--district", "西湖区", "--sources", str(sources)]) == 0
     assert main(render) == 0

@@ -12,7 +12,7 @@ from citybrain.cli import main
 from edge import config as edge_config
 from provisioning.credentials import mosquitto_hash, verify
 from provisioning.fleet import Fleet, FleetError
-from provisioning.render import acl_text, gateway_config
+from provisioning.render import acl_text, gateway_config, render
 
 PARKING_SOURCE = {"kind": "parking", "transport": "serial", "port": "/dev/ttyUSB0", "sensors": ["P-00012"]}
 
@@ -60,11 +60,35 @@ def test_gateway_config_validates_with_the_agents_own_code(tmp_path: Path) -> No
         gateway_config(fleet, "gw-xihu-0001")
 
 
-def test_acl_pins_gateways_to_their_subtree() -> None:
-    text = acl_text("city", "collector", "operator")
-    assert "pattern write city/%u/up" in text
-    assert "pattern read city/%u/cmd" in text
-    assert "pattern write city/+/" not in text
+def test_acl_names_every_account_and_has_no_patterns(tmp_path: Path) -> None:
+    """Finding 4: `pattern` lines applied to service accounts too (the operator could publish
+    `city/operator/up`); now each account has its own block and its role's rules only."""
+    fleet = make_fleet(tmp_path)
+    fleet.add_service_user("my-collector-backup", "operator")  # no role by substring
+    fleet.add_service_user("collector-1", "collector")
+    text = acl_text(fleet)
+    assert "pattern" not in [line.split(" ")[0] for line in text.splitlines()]
+    blocks = {b.splitlines()[1]: b.splitlines()[2:] for b in text.split("\n\n")[1:] if b.strip()}
+    assert blocks["user gw-xihu-0001"] == [
+        "topic write city/gw-xihu-0001/up", "topic write city/gw-xihu-0001/alarm",
+        "topic write city/gw-xihu-0001/status", "topic write city/gw-xihu-0001/reply",
+        "topic read city/gw-xihu-0001/cmd"]
+    assert blocks["user my-collector-backup"] == [
+        "topic write city/+/cmd", "topic read city/+/reply", "topic read city/+/status"]
+    assert "topic read $share/+/city/+/up" in blocks["user collector-1"]
+    assert not any(" write " in line for line in blocks["user collector-1"])
+
+
+def test_gateway_ids_and_service_names_never_collide(tmp_path: Path) -> None:
+    fleet = make_fleet(tmp_path)
+    fleet.add_service_user("ops", "operator")
+    for reserved in ("collector", "operator", "ops", "mosquitto"):
+        with pytest.raises(FleetError, match=r"reserved|service account"):
+            fleet.add_gateway(reserved)
+    with pytest.raises(FleetError, match="exists already"):
+        fleet.add_service_user("gw-xihu-0001", "collector")
+    with pytest.raises(FleetError, match="role 'admin'"):
+        fleet.add_service_user("x", "admin")
 
 
 def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -74,7 +98,9 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["provision", "init", "--dir", str(d), "--broker-host", "mqtt.local"]) == 0
     assert main(["provision", "add-gateway", "--dir", str(d), "--id", "gw-1", "--sources", str(sources),
                  "--district", "西湖区"]) == 0
-    assert main(["provision", "render", "--dir", str(d), "--service-user", "collector=pw1"]) == 0
+    assert main(["provision", "add-service-user", "--dir", str(d), "--name", "collector",
+                 "--role", "collector"]) == 0
+    assert main(["provision", "render", "--dir", str(d)]) == 0
     cfg = json.loads((d / "out" / "gateways" / "gw-1" / "config.json").read_text())
     assert cfg["broker"]["host"] == "mqtt.local" and cfg["sources"] == [PARKING_SOURCE]
     passwd = (d / "out" / "mosquitto" / "passwd").read_text().splitlines()
@@ -83,6 +109,177 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     # a second init must not clobber the fleet
     assert main(["provision", "init", "--dir", str(d), "--broker-host", "x"]) == 1
     assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_render_keeps_service_accounts_and_says_what_changed(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Finding 5: `render` without `--service-user` dropped the collector from passwd."""
+    d = tmp_path / "fleet"
+    assert main(["provision", "init", "--dir", str(d), "--broker-host", "h"]) == 0
+    assert main(["provision", "add-gateway", "--dir", str(d), "--id", "gw-1"]) == 0
+    assert main(["provision", "add-service-user", "--dir", str(d), "--name", "collector-1",
+                 "--role", "collector"]) == 0
+    assert main(["provision", "add-service-user", "--dir", str(d), "--name", "ops",
+                 "--role", "operator"]) == 0
+    fleet = Fleet.load(d)
+    ops_password = fleet.service_secret_path("ops").read_text().strip()
+    assert verify(ops_password, fleet.service_users["ops"].password_hash)
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    first = capsys.readouterr().out
+    assert "RESTART Mosquitto" in first
+    passwd = d / "out" / "mosquitto" / "passwd"
+    before = passwd.read_text()
+    assert [line.split(":")[0] for line in before.splitlines()] == ["gw-1", "collector-1", "ops"]
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    again = capsys.readouterr().out
+    assert passwd.read_text() == before  # hashes come from the registry: stable
+    assert "0 written, 0 removed" in again and "no reload needed" in again
+    assert main(["provision", "rotate-password", "--dir", str(d), "--user", "ops"]) == 0
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {passwd}" in out and "reload Mosquitto" in out and "RESTART" not in out
+    assert "broker accounts (+ added, - revoked, ~ new password): ~ops\n" in out
+    assert [line.split(":")[0] for line in passwd.read_text().splitlines()] == ["gw-1", "collector-1", "ops"]
+
+
+def test_secret_files_are_never_readable_by_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 6: render wrote config.json (holding the password) and passwd, then chmod-ed them.
+
+    Every chmod, rename and fsync is a moment to look: no file holding a secret may then be
+    readable by group or others, even for an instant.
+    """
+    import os
+
+    fleet = make_fleet(tmp_path)
+    fleet.add_service_user("collector", "collector", "s3rvice-pw")
+    fleet.save()
+    secrets = [fleet.password("gw-xihu-0001"), "s3rvice-pw", fleet.gateway("gw-xihu-0001").password_hash]
+    seen: list[Path] = []
+
+    def look() -> None:
+        for p in tmp_path.rglob("*"):
+            if p.is_file() and any(s in p.read_text(errors="replace") for s in secrets):
+                seen.append(p)
+                mode = stat.S_IMODE(p.stat().st_mode)
+                assert mode & 0o077 == 0, f"{p} readable by others ({mode:o}) while holding a secret"
+
+    def spy(real):  # type: ignore[no-untyped-def]
+        def wrapper(*a, **kw):  # type: ignore[no-untyped-def]
+            look()
+            return real(*a, **kw)
+        return wrapper
+
+    monkeypatch.setattr(os, "replace", spy(os.replace))
+    monkeypatch.setattr(os, "chmod", spy(os.chmod))
+    monkeypatch.setattr(os, "fsync", spy(os.fsync))
+    monkeypatch.setattr(Path, "chmod", spy(Path.chmod))
+    old = os.umask(0o022)
+    try:
+        render(fleet, tmp_path / "out")
+    finally:
+        os.umask(old)
+    look()
+    names = {p.name for p in seen}
+    assert {"config.json", "passwd", "fleet.json", "gw-xihu-0001.password", "collector.password"} <= names
+
+
+def test_add_and_edit_gateway_run_the_agents_validator(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Finding 7: a config mistake is refused at the desk, naming the key; nothing is registered."""
+    d = tmp_path / "fleet"
+    assert main(["provision", "init", "--dir", str(d), "--broker-host", "h"]) == 0
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"kind": "parking", "transport": "serial", "port": "/dev/ttyS0",
+                                "sensor": ["P-1"]}]))
+    assert main(["provision", "add-gateway", "--dir", str(d), "--id", "gw-1", "--sources", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "gw-1: config.sources[0]: unknown key 'sensor' (did you mean 'sensors'?)" in err
+    assert Fleet.load(d).gateways == {} and not (d / "secrets" / "gw-1.password").exists()
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps([PARKING_SOURCE]))
+    assert main(["provision", "add-gateway", "--dir", str(d), "--id", "gw-1", "--sources", str(good)]) == 0
+    options = tmp_path / "options.json"
+    options.write_text(json.dumps({"store": {"budget": 4096}}))
+    edit = ["provision", "edit-gateway", "--dir", str(d), "--id", "gw-1"]
+    assert main([*edit, "--options", str(options)]) == 1
+    assert "config.store: unknown key 'budget'" in capsys.readouterr().err
+    assert main(["provision", "edit-gateway", "--dir", str(d), "--id", "gw-1", "--sources", str(bad)]) == 1
+    assert Fleet.load(d).gateway("gw-1").sources == [PARKING_SOURCE]  # unchanged
+    options.write_text(json.dumps({"broker": {"host": "evil"}}))
+    assert main([*edit, "--options", str(options)]) == 1
+    assert "managed by the registry" in capsys.readouterr().err
+
+
+def test_site_broker_and_set_broker_keep_credentials(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 8: manhole lids over MQTT need a site broker; the broker can change after init; a
+    gateway's own broker settings never drop its credentials."""
+    d = tmp_path / "fleet"
+    lids = tmp_path / "lids.json"
+    lids.write_text(json.dumps([{"kind": "manhole", "transport": "mqtt", "topic": "lids/#",
+                                 "sensors": ["M-1"]}]))
+    assert main(["provision", "init", "--dir", str(d), "--broker-host", "h"]) == 0
+    assert main(["provision", "add-gateway", "--dir", str(d), "--id", "gw-1", "--sources", str(lids)]) == 1
+    assert "transport mqtt needs config.site_broker" in capsys.readouterr().err
+    monkeypatch.setenv("T_SITE_PW", "lid-pw")
+    assert main(["provision", "add-gateway", "--dir", str(d), "--id", "gw-1", "--sources", str(lids),
+                 "--site-broker", "192.168.4.1:1884", "--site-broker-user", "gw",
+                 "--site-broker-password-env", "T_SITE_PW"]) == 0
+    assert "lid-pw" not in (d / "fleet.json").read_text()
+    assert main(["provision", "set-broker", "--dir", str(d), "--port", "1999"]) == 0
+    assert main(["provision", "set-broker", "--dir", str(d), "--id", "gw-1", "--host", "10.0.0.5"]) == 0
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    cfg = json.loads((d / "out" / "gateways" / "gw-1" / "config.json").read_text())
+    fleet = Fleet.load(d)
+    assert cfg["broker"] == {"host": "10.0.0.5", "port": 1999, "tls": False, "username": "gw-1",
+                             "password": fleet.password("gw-1")}
+    assert cfg["site_broker"] == {"host": "192.168.4.1", "port": 1884, "username": "gw", "password": "lid-pw"}
+    assert "listener 1999 " in (d / "out" / "mosquitto" / "conf.d" / "citybrain.conf").read_text()
+    capsys.readouterr()
+    assert main(["provision", "show", "--dir", str(d), "--id", "gw-1"]) == 0
+    shown = capsys.readouterr().out
+    assert "lid-pw" not in shown and fleet.password("gw-1") not in shown and '"host": "10.0.0.5"' in shown
+    assert main(["provision", "set-broker", "--dir", str(d), "--id", "gw-1", "--reset"]) == 0
+    assert Fleet.load(d).broker_for("gw-1")["host"] == "h"
+    edge_config.validate(cfg)
+
+
+def test_remove_gateway_revokes_at_next_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "fleet"
+    assert main(["provision", "init", "--dir", str(d), "--broker-host", "h"]) == 0
+    for gid in ("gw-1", "gw-2"):
+        assert main(["provision", "add-gateway", "--dir", str(d), "--id", gid]) == 0
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    assert main(["provision", "remove-gateway", "--dir", str(d), "--id", "gw-2"]) == 0
+    assert not (d / "secrets" / "gw-2.password").exists()
+    capsys.readouterr()
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    said = capsys.readouterr().out
+    assert "): -gw-2\n" in said and f"removed {d / 'out' / 'gateways' / 'gw-2'}" in said
+    out = d / "out"
+    assert sorted(p.name for p in (out / "gateways").iterdir()) == ["gw-1"]
+    assert "gw-2" not in (out / "mosquitto" / "passwd").read_text()
+    assert "gw-2" not in (out / "mosquitto" / "acl").read_text()
+    assert "gw-2" not in (out / "collector" / "gateways.toml").read_text()
+    assert (d / ".gitignore").read_text().splitlines()[1:] == ["secrets/", "out/"]
+
+
+def test_every_action_help_shows_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from provisioning.cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    actions = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert {"init", "set-broker", "add-gateway", "edit-gateway", "remove-gateway", "rotate-password",
+            "add-service-user", "remove-service-user", "list", "show", "render", "build",
+            "flash"} <= set(actions)
+    for name in actions:
+        with pytest.raises(SystemExit):
+            main(["provision", name, "--help"])
+        text = capsys.readouterr().out
+        assert f"  citybrain provision {name} --" in text, name
 
 
 def test_build_image_holds_only_configured_kinds(tmp_path: Path) -> None:
@@ -110,11 +307,96 @@ def test_gateway_config_doc_is_current() -> None:
     edge_config.validate(EXAMPLE)
 
 
-def test_init_with_tls_and_ca_file(tmp_path: Path) -> None:
+def test_tls_without_ca_warns_at_init_render_and_build(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Finding 9: MicroPython boards do not verify the broker without a CA file: say so each time."""
+    d = tmp_path / "fleet"
+    assert main(["provision", "init", "--dir", str(d), "--broker-host", "mqtt.city", "--tls"]) == 0
+    assert "MicroPython boards will NOT verify" in capsys.readouterr().err
+    assert main(["provision", "add-gateway", "--dir", str(d), "--id", "gw-1"]) == 0
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    assert "MicroPython boards will NOT verify" in capsys.readouterr().err
+    assert main(["provision", "build", "--config", str(d / "out" / "gateways" / "gw-1" / "config.json"),
+                 "--out", str(tmp_path / "image")]) == 0
+    assert "MicroPython boards will NOT verify" in capsys.readouterr().err
+
+
+def test_init_with_tls_and_ca_file_ships_the_ca(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
     d = tmp_path / "fleet"
     assert main(["provision", "init", "--dir", str(d), "--broker-host", "mqtt.city", "--tls",
-                 "--ca-file", "/etc/citybrain/ca.pem"]) == 0
+                 "--ca-file", str(ca)]) == 0
+    assert "NOT verify" not in capsys.readouterr().err
     broker = Fleet.load(d).broker
-    assert broker == {"host": "mqtt.city", "port": 8883, "tls": True, "ca_file": "/etc/citybrain/ca.pem"}
+    assert broker == {"host": "mqtt.city", "port": 8883, "tls": True, "ca_file": "ca.pem"}
+    assert main(["provision", "add-gateway", "--dir", str(d), "--id", "gw-1"]) == 0
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    gw_dir = d / "out" / "gateways" / "gw-1"
+    assert (gw_dir / "ca.pem").read_text() == ca.read_text()  # beside config.json: the image's input
+    assert json.loads((gw_dir / "config.json").read_text())["broker"]["ca_file"] == "ca.pem"
+    conf = (d / "out" / "mosquitto" / "conf.d" / "citybrain.conf").read_text()
+    assert "cafile /etc/mosquitto/citybrain/ca.pem" in conf and "use_username_as_clientid true" in conf
     assert main(["provision", "init", "--dir", str(tmp_path / "f2"), "--broker-host", "h",
-                 "--ca-file", "x.pem"]) == 1
+                 "--ca-file", str(ca)]) == 1
+    assert main(["provision", "set-broker", "--dir", str(d), "--no-ca-file"]) == 0
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    assert not (gw_dir / "ca.pem").exists()
+
+
+def test_tls_init_makes_a_p256_ca_and_broker_certificate(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    d = tmp_path / "fleet"
+    assert main(["provision", "init", "--dir", str(d), "--broker-host", "mqtt.city", "--tls"]) == 0
+    assert main(["provision", "tls-init", "--dir", str(d), "--name", "mqtt.city", "--name", "10.0.0.2"]) == 0
+    ca = x509.load_pem_x509_certificate((d / "ca.pem").read_bytes())
+    crt = x509.load_pem_x509_certificate((d / "tls" / "broker.crt").read_bytes())
+    assert crt.issuer == ca.subject
+    crt.verify_directly_issued_by(ca)
+    key = crt.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"
+    san = crt.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["mqtt.city"]
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.2"]
+    assert stat.S_IMODE((d / "secrets" / "tls" / "ca.key").stat().st_mode) == 0o600
+    assert Fleet.load(d).broker["ca_file"] == "ca.pem"
+    assert main(["provision", "add-gateway", "--dir", str(d), "--id", "gw-1"]) == 0
+    capsys.readouterr()
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    assert "NOT verify" not in capsys.readouterr().err
+    broker_dir = d / "out" / "mosquitto"
+    assert stat.S_IMODE((broker_dir / "broker.key").stat().st_mode) == 0o600
+    assert (broker_dir / "ca.pem").read_bytes() == (d / "ca.pem").read_bytes()
+    assert (d / "out" / "gateways" / "gw-1" / "ca.pem").read_bytes() == (d / "ca.pem").read_bytes()
+    # A new broker certificate under the same CA: the gateways' ca.pem does not change.
+    before = (d / "ca.pem").read_bytes()
+    assert main(["provision", "tls-init", "--dir", str(d), "--name", "mqtt2.city", "--keep-ca"]) == 0
+    assert (d / "ca.pem").read_bytes() == before
+    # A CA imported with --ca-file has no key here: tls-init says so instead of replacing it.
+    assert main(["provision", "init", "--dir", str(tmp_path / "f2"), "--broker-host", "h", "--tls",
+                 "--ca-file", str(d / "ca.pem")]) == 0
+    assert main(["provision", "tls-init", "--dir", str(tmp_path / "f2")]) == 1
+    assert "its key is not here" in capsys.readouterr().err
+
+
+def test_nothing_from_the_command_line_can_add_lines_to_the_broker_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Prefix, listen address and conf dir go verbatim into the ACL and citybrain.conf."""
+    d = tmp_path / "fleet"
+    for bad in (["--prefix", "city\ntopic readwrite #"], ["--prefix", "city/+"],
+                ["--listen", "0.0.0.0\nallow_anonymous true"], ["--conf-dir", "/etc/m q"],
+                ["--conf-dir", "relative"]):
+        assert main(["provision", "init", "--dir", str(d), "--broker-host", "h", *bad]) == 1, bad
+        assert not (d / "fleet.json").exists(), bad  # refused before anything was written
+    assert "prefix" in capsys.readouterr().err
+    ca = tmp_path / "not-a-ca.pem"
+    ca.write_text("hello")
+    assert main(["provision", "init", "--dir", str(d), "--broker-host", "h", "--tls",
+                 "--ca-file", str(ca)]) == 1
+    assert not (d / "fleet.json").exists()
+    assert main(["provision", "init", "--dir", str(d), "--broker-host", "h"]) == 0
+    assert main(["provision", "set-broker", "--dir", str(d), "--listen", "x y", "--port", "1999"]) == 1
+    assert Fleet.load(d).broker["port"] == 1883  # a refused set-broker changes nothing
