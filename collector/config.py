@@ -139,6 +139,9 @@ class WriterConfig:
     batch_size: int = 5000  # points per database write
     flush_interval: float = _duration("1s")  # longest a point waits for its batch to fill
     timeout: float = _duration("10s")  # one database write
+    # How often a database that refuses the collector itself (missing database, credentials) is
+    # tried again; the data waits in the spool meanwhile.
+    hold_retry: float = _duration("30s")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ class WriterLike(Protocol):
 
     async def start(self) -> None: ...
     async def submit(self, points: list[Point]) -> Submitted: ...
+    async def submit_lines(self, body: bytes, n: int) -> Submitted: ...
     async def close(self, drain: bool = True, timeout_s: float = 30.0) -> None: ...
 
 
@@ -311,9 +312,19 @@ class _GiveUp(Exception):
 
 
 def _reading_bytes(batch: decode.Batch, index: int) -> bytes:
-    """The refused reading alone, re-encoded, so a dead letter does not repeat the whole batch."""
+    """The refused reading as a one-reading batch (the same header), so a dead letter neither repeats
+    the whole batch nor loses the context it needs to be replayed (`citybrain collector dead-letters`)."""
+    m: dict[int, object] = {
+        decode.K_VERSION: batch.version,
+        decode.K_BOOT: batch.boot,
+        decode.K_SEQ: batch.seq,
+        decode.K_T0: batch.t0,
+        decode.K_READINGS: [batch.readings[index]],
+    }
+    if batch.alarm is not None:
+        m[decode.K_ALARM] = batch.alarm
     try:
-        return cbor2.dumps(batch.readings[index])
+        return cbor2.dumps(m)
     except Exception:  # a value cbor2 cannot write back; the detail still names the reading
         return b""
 
@@ -345,6 +356,7 @@ def build_writer(config: Config, dead_letters: DeadLetters) -> WriterLike:
         dead_letters,
         batch_points=config.writer.batch_size,
         batch_age_s=config.writer.flush_interval,
+        config_error_retry_s=config.writer.hold_retry,
     )
 
 

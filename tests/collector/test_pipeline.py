@@ -211,7 +211,8 @@ def test_hostile_payloads_dead_lettered_good_readings_kept(h: Harness) -> None:
     assert h.metrics.readings.get(channel="up", outcome="rejected") == 4
     entries = h.dead.entries()
     nan_entry = next(e for e in entries if e[0] == "not_finite")
-    assert "reading 1" in nan_entry[1] and cbor2.loads(nan_entry[3])[0] == "P-2"
+    # Kept as a one-reading batch with the original header: replayable on its own.
+    assert "reading 1" in nan_entry[1] and cbor2.loads(nan_entry[3])[4][0][0] == "P-2"
 
 
 def test_alarm_and_status(h: Harness) -> None:
