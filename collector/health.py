@@ -25,18 +25,20 @@ class _Sample(NamedTuple):
 
 
 class Health:
-    def __init__(self, config: HealthConfig, now: float) -> None:
+    def __init__(
+        self, config: HealthConfig, now: float, writer: Mapping[str, object], dead_letters: int
+    ) -> None:
         self.config = config
-        self._samples: deque[_Sample] = deque([_Sample(now, 0, 0, 0)])
+        # The first baseline is the state at start: leftovers in the spool are not "growing".
+        self._samples: deque[_Sample] = deque([_now(now, writer, dead_letters)])
         self._keep = max(config.refusal_window, config.spool_window, config.dead_letter_window)
 
-    def sample(self, now: float, writer: Mapping[str, object], dead_letters: int) -> _Sample:
-        s = _Sample(now, _int(writer.get("spool_lines")), dead_letters, _int(writer.get("db_refused")))
-        self._samples.append(s)
+    def sample(self, now: float, writer: Mapping[str, object], dead_letters: int) -> None:
+        """Remember the counters (the service calls this every second)."""
+        self._samples.append(_now(now, writer, dead_letters))
         # Keep one sample older than the longest window: it is that window's baseline.
         while len(self._samples) >= 2 and self._samples[1].t <= now - self._keep:
             self._samples.popleft()
-        return s
 
     def _ago(self, now: float, window: float) -> _Sample:
         """The newest sample at least `window` old (or the oldest kept: the start)."""
@@ -50,7 +52,7 @@ class Health:
     def reasons(self, now: float, writer: Mapping[str, object], dead_letters: int) -> list[str]:
         """Why the collector is degraded right now ([] when it is not)."""
         cfg = self.config
-        cur = self.sample(now, writer, dead_letters)
+        cur = _now(now, writer, dead_letters)  # not kept: /healthz may be polled at any rate
         out: list[str] = []
         state = writer.get("sink_state", "ok")
         if state != "ok":
@@ -75,6 +77,10 @@ class Health:
                 f"(health.dead_letter_spike = {cfg.dead_letter_spike})"
             )
         return out
+
+
+def _now(now: float, writer: Mapping[str, object], dead_letters: int) -> _Sample:
+    return _Sample(now, _int(writer.get("spool_lines")), dead_letters, _int(writer.get("db_refused")))
 
 
 def _int(v: object) -> int:

@@ -415,7 +415,9 @@ class Collector:
         self.server: MetricsServer | None = None
         self._liveness_task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
-        self.health_watch = Health(config.health, time.monotonic())
+        self.health_watch = Health(
+            config.health, time.monotonic(), self.writer.stats, self.dead_letters.added
+        )
         self.metrics.collect.append(self._collect)
 
     def _offer(self, msg: Message) -> None:
