@@ -61,9 +61,11 @@ class EpisodeLog:
         self.log = logger
         self._episodes: dict[tuple[str, str], _Episode] = {}
         self.suppressed_total = 0
+        self._flushed = float("-inf")
 
     def note(self, reason: str, gateway: str, detail: str, digest: str, now: float) -> None:
-        self.flush(now)
+        if now - self._flushed >= 1.0:  # a flood costs one scan of the episodes a second, not one each
+            self.flush(now)
         key = (reason, gateway)
         if key not in self._episodes and len(self._episodes) >= _MAX_EPISODES:
             key = (reason, "*")  # many gateways at once: one episode for the rest
@@ -97,6 +99,7 @@ class EpisodeLog:
 
     def flush(self, now: float) -> None:
         """Close episodes quiet for `quiet_s`, with a summary line if repeats were suppressed."""
+        self._flushed = now
         for key, ep in list(self._episodes.items()):
             if now - ep.last >= self.quiet_s:
                 del self._episodes[key]

@@ -25,10 +25,13 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from collector import config as cfg
 from collector.deadletter import DeadLetters, Entry
+
+if TYPE_CHECKING:
+    from collector.service import WriterLike
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -236,8 +239,8 @@ async def replay(config: cfg.Config, entries: Sequence[Entry]) -> list[tuple[int
     return out
 
 
-def _stat(writer: object, key: str) -> int:
-    value = getattr(writer, "stats", {}).get(key, 0)
+def _stat(writer: WriterLike, key: str) -> int:
+    value = writer.stats.get(key, 0)
     return int(value) if isinstance(value, int | float) else 0
 
 

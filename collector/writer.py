@@ -282,6 +282,10 @@ class Writer:
                     self._not_before = max(self._not_before, loop.time() + self._backoff(1))
                     self._to_spool(entries)
                     return
+                if not done.rejected_at:  # the usual case: every line stored
+                    for _, n, fut in entries:
+                        _ok(fut, Submitted(stored=n))
+                    return
                 refused = Counter(_owner(entries, i) for i in done.rejected_at)
                 for i, (_, n, fut) in enumerate(entries):
                     _ok(fut, Submitted(stored=n - refused[i], refused=refused[i]))
