@@ -286,3 +286,18 @@ def test_whatever_the_outages_every_acknowledged_point_arrives(
         assert rig.dead.entries() == []
 
     run(t, tmp, batch_points=16, config_error_retry_s=0.01)
+
+
+def test_a_spooled_line_refused_when_drained_is_counted_refused_not_written(tmp_path: Path) -> None:
+    async def t(rig: Rig) -> None:
+        rig.stub.script.extend(Reply(503, "down") for _ in range(2))
+        bad = Point("parking", (("sensor", "BAD"),), (("n", 1),), 5)
+        done = await rig.writer.submit_lines(b"\n".join([line(pt(1)), line(bad)]), 2)
+        assert done == Submitted(spooled=2)  # durable; its fate is known only once drained
+        await until(lambda: rig.spool.rows == 0)
+        s = rig.writer.stats
+        assert s["points_written"] == 1 and s["db_refused"] == 1
+        assert s["dead_letters"] == {"db_rejected": 1} and "HTTP 400" in s["last_refusal"]
+        assert [(e.reason, e.payload) for e in rig.dead.list()] == [("db_rejected", line(bad))]
+
+    run(t, tmp_path)
