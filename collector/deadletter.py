@@ -164,6 +164,7 @@ class DeadLetters:
             self._db.execute(f"SELECT COALESCE(SUM({_ROW_BYTES}), 0) FROM dead_letters").fetchone()[0]
         )
         self.added = 0  # entries added since start (health watches its rate)
+        self.added_by_reason: Counter[str] = Counter()  # by this process (another may share the file)
         self._pruned_at = 0.0
         with self._lock:
             self._prune_age(time.time())
@@ -197,6 +198,7 @@ class DeadLetters:
             )
             self.counts[reason] += 1
             self.added += 1
+            self.added_by_reason[reason] += 1
             self.truncated += truncated
             self.bytes += len(kept) + len(detail.encode()) + len(topic.encode()) + 64
             if now - self._pruned_at >= _PRUNE_EVERY_S:

@@ -210,13 +210,14 @@ async def replay(config: cfg.Config, entries: Sequence[Entry]) -> list[tuple[int
                     )
                 )
                 continue
-            before, sub0, ref0 = dead.added, _stat(writer, "points_submitted"), _stat(writer, "db_refused")
+            before = dead.added_by_reason.copy()
+            sub0, ref0 = _stat(writer, "points_submitted"), _stat(writer, "db_refused")
             if is_line_protocol(e):
                 await writer.submit_lines(e.payload, e.payload.count(b"\n") + 1)
             else:
                 await pipeline.process(Message(e.topic, e.payload, 0, 1, False, 0))
             stored = _stat(writer, "points_submitted") - sub0 - (_stat(writer, "db_refused") - ref0)
-            again = sorted({x.reason for x in dead.list(newest=True, limit=dead.added - before)})
+            again = sorted(dead.added_by_reason - before)  # refused again, by this process
             if stored:
                 dead.mark_replayed(e.id)
                 what = f"stored {stored} line{'s' if stored != 1 else ''}"
