@@ -188,14 +188,14 @@ async def replay(config: cfg.Config, entries: Sequence[Entry]) -> list[tuple[int
     from collector.ingest import Message
     from collector.metrics import Metrics
     from collector.service import Pipeline, build_writer, close_writer, open_dead_letters
+    from collector.validate import load_kinds
 
     # A spool of its own: the running collector's spool must not change under it.
     storage = dataclasses.replace(config.storage, spool_path=config.storage.spool_path + ".replay")
     config = dataclasses.replace(config, storage=storage)
     dead = open_dead_letters(config)
     writer = build_writer(config, dead)
-    metrics = Metrics()
-    pipeline = Pipeline(config, writer=writer, dead_letters=dead, metrics=metrics, ack=lambda m: None)
+    kinds = load_kinds()
     out: list[tuple[int, bool, str]] = []
     await writer.start()
     try:
@@ -215,6 +215,15 @@ async def replay(config: cfg.Config, entries: Sequence[Entry]) -> list[tuple[int
             if is_line_protocol(e):
                 await writer.submit_lines(e.payload, e.payload.count(b"\n") + 1)
             else:
+                # A pipeline per entry: two readings refused from one batch share its dedup key.
+                pipeline = Pipeline(
+                    config,
+                    writer=writer,
+                    dead_letters=dead,
+                    metrics=Metrics(),
+                    ack=lambda m: None,
+                    kinds=kinds,
+                )
                 await pipeline.process(Message(e.topic, e.payload, 0, 1, False, 0))
             stored = _stat(writer, "points_submitted") - sub0 - (_stat(writer, "db_refused") - ref0)
             again = sorted(dead.added_by_reason - before)  # refused again, by this process
@@ -226,9 +235,7 @@ async def replay(config: cfg.Config, entries: Sequence[Entry]) -> list[tuple[int
                 out.append((e.id, False, f"refused again: {', '.join(again) or 'nothing to write'}"))
         # The replay counts only once its lines are in the database, not in its own spool.
         await writer.close(drain=True, timeout_s=config.service.drain_timeout)
-        held = _stat(writer, "spool_lines")
-        await close_writer(writer, 0.0)  # releases the HTTP session and the spool file
-        if held:
+        if _stat(writer, "spool_lines"):
             out = [
                 (i, False, f"{what}, but the database is not writable: NOT stored, replay again")
                 if ok
@@ -236,6 +243,7 @@ async def replay(config: cfg.Config, entries: Sequence[Entry]) -> list[tuple[int
                 for i, ok, what in out
             ]
     finally:
+        await close_writer(writer, 0.0)  # releases the HTTP session and the spool file
         dead.close()
     return out
 
