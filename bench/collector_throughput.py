@@ -405,7 +405,10 @@ def wait_for_all(
     total = wl.readings
     while collector is not None and time.monotonic() < deadline:
         with contextlib.suppress(OSError):
-            if collector.metric("readings_total", channel="up", outcome="written") >= total:
+            durable = sum(
+                collector.metric("readings_total", channel="up", outcome=o) for o in ("written", "spooled")
+            )
+            if durable >= total:
                 break
         time.sleep(0.25)  # each look renders the collector's /metrics: not free on a shared core
     while True:

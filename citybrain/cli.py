@@ -17,7 +17,10 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "decode": ("citybrain.decode", "pretty-print a wire payload (CBOR file, hex or stdin)"),
     "simulate": ("citybrain.simulate", "run the device simulators and print their frames and readings"),
-    "collector": ("collector.cli", "run the MQTT -> InfluxDB collector, or check its config"),
+    "collector": (
+        "collector.cli",
+        "run the MQTT -> InfluxDB collector, check its config, see its dead letters",
+    ),
     "gateway": ("citybrain.gateway", "run the gateway agent on a Linux gateway, or check its config"),
     "provision": ("provisioning.cli", "gateway identity, credentials, broker ACLs, configs, firmware"),
 }

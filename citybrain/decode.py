@@ -176,8 +176,14 @@ def interpret_batch(m: Any, kinds: Kinds, alarm: bool) -> tuple[dict[str, Any], 
     t0 = m.get(3) if type(m.get(3)) is int else 0
     out_readings = []
     for i, r in enumerate(readings):
-        if not (isinstance(r, list) and len(r) == 4 and isinstance(r[0], str) and type(r[1]) is int
-                and type(r[2]) is int and isinstance(r[3], dict)):
+        if not (
+            isinstance(r, list)
+            and len(r) == 4
+            and isinstance(r[0], str)
+            and type(r[1]) is int
+            and type(r[2]) is int
+            and isinstance(r[3], dict)
+        ):
             problems.append(f"reading {i} is not [sensor, kind, dt, {{index: value}}]: {r!r}"[:200])
             continue
         sensor, code, dt_ms, fields = r
@@ -192,13 +198,23 @@ def interpret_batch(m: Any, kinds: Kinds, alarm: bool) -> tuple[dict[str, Any], 
         ts = t0 + dt_ms
         if ts < _MIN_TS:
             problems.append(f"reading {i}: timestamp {iso_ms(ts)} is before 2020 (unsynced clock)")
-        out_readings.append({
-            "sensor": sensor, "kind": kinds.name(code), "kind_code": code, "ts": ts, "time": iso_ms(ts),
-            "fields": named,
-        })
+        out_readings.append(
+            {
+                "sensor": sensor,
+                "kind": kinds.name(code),
+                "kind_code": code,
+                "ts": ts,
+                "time": iso_ms(ts),
+                "fields": named,
+            }
+        )
     out = {
         "type": "alarm" if alarm else "batch",
-        "v": m.get(0), "boot": m.get(1), "seq": m.get(2), "t0": m.get(3), "t0_time": iso_ms(m.get(3)),
+        "v": m.get(0),
+        "boot": m.get(1),
+        "seq": m.get(2),
+        "t0": m.get(3),
+        "t0_time": iso_ms(m.get(3)),
         "readings": out_readings,
     }
     if alarm:

@@ -23,8 +23,10 @@ import sys
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="<action>", required=True)
     sub.add_parser("ports", help="list serial ports (USB RS-485 adapters) with their stable by-id paths")
-    for name, help_text in (("run", "run the agent until SIGTERM"),
-                            ("check-config", "validate a config and print it with defaults filled in")):
+    for name, help_text in (
+        ("run", "run the agent until SIGTERM"),
+        ("check-config", "validate a config and print it with defaults filled in"),
+    ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", required=True, help="gateway config JSON (from `citybrain provision`)")
         if name == "run":

@@ -381,8 +381,10 @@ def print_table(rows: list[dict[str, Any]], out: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     if args.count < 0 or args.sensors < 1 or args.step_ms < 1 or not 0.0 <= args.fault_rate <= 1.0:
-        print("simulate: need --count >= 0, --sensors >= 1, --step-ms >= 1, 0 <= --fault-rate <= 1",
-              file=sys.stderr)
+        print(
+            "simulate: need --count >= 0, --sensors >= 1, --step-ms >= 1, 0 <= --fault-rate <= 1",
+            file=sys.stderr,
+        )
         return 2
     if args.start_ms is None:
         args.start_ms = int(time.time()) * 1000

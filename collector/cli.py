@@ -1,7 +1,9 @@
-"""Run the collector (MQTT -> InfluxDB), or check its configuration file.
+"""Run the collector (MQTT -> InfluxDB), check its configuration file, or look at what it refused.
 
   citybrain collector run --config collector.toml
   citybrain collector check-config --config collector.toml
+  citybrain collector dead-letters list --config collector.toml --reason db_type_conflict
+  citybrain collector dead-letters replay --config collector.toml 42
 
 Every option lives in the TOML file (see collector/sample.toml); the flags below override single keys
 for a quick test and map onto config keys through `collector.config.FLAGS`.
@@ -15,12 +17,20 @@ import logging
 import sys
 
 from collector import config as cfg
+from collector import deadletters_cli
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="<action>", required=True)
     run_p = sub.add_parser("run", help="run the collector until SIGTERM/SIGINT (drains, then exits)")
     check_p = sub.add_parser("check-config", help="load and validate the config, print the effective values")
+    dl_p = sub.add_parser(
+        "dead-letters",
+        help="list, show or replay what the collector refused (the dead-letter store)",
+        description=deadletters_cli.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    deadletters_cli.add_arguments(dl_p)
     for p in (run_p, check_p):
         p.add_argument("--config", "-c", metavar="FILE", help="TOML config file (default: built-in defaults)")
         group = p.add_argument_group("overrides (each sets one config key)")
@@ -72,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "check-config":
         print(_render(config))
         return 0
+    if args.action == "dead-letters":
+        return deadletters_cli.run(config, args)
     logging.basicConfig(
         level=config.service.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -119,6 +119,9 @@ class InfluxConfig:
     org: str = ""
     bucket: str = ""
     token: str = ""  # prefer CITYBRAIN_INFLUX_TOKEN
+    # 1.x only: on "database not found", run CREATE DATABASE (needs admin rights) and resend.
+    # false: the data is held (spooled) until an operator creates the database.
+    create_database: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,9 @@ class StorageConfig:
     spool_path: str = "/var/lib/citybrain-collector/spool.sqlite"
     spool_max_bytes: int = _size("512MiB")
     dead_letter_path: str = "/var/lib/citybrain-collector/dead_letters.sqlite"
+    dead_letter_max_bytes: int = _size("64MiB")  # past this the oldest entries are deleted, counted
+    dead_letter_max_age: float = _duration("30d")  # older entries are deleted, counted
+    dead_letter_payload_max: int = _size("64KiB")  # larger payloads keep only this prefix + sha256
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,9 @@ class WriterConfig:
     batch_size: int = 5000  # points per database write
     flush_interval: float = _duration("1s")  # longest a point waits for its batch to fill
     timeout: float = _duration("10s")  # one database write
+    # How often a database that refuses the collector itself (missing database, credentials) is
+    # tried again; the data waits in the spool meanwhile.
+    hold_retry: float = _duration("30s")
 
 
 @dataclass(frozen=True)
@@ -159,9 +168,22 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    """When /healthz says "degraded" (HTTP 200 with reasons; docs/collector.md, "Health")."""
+
+    refusal_window: float = _duration("5m")  # degraded while the database refused a line this recently
+    spool_window: float = _duration("1m")  # degraded while the spool grew over this window
+    dead_letter_window: float = _duration("1m")  # dead letters counted over this window...
+    dead_letter_spike: int = 100  # ...degraded when more than this many
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     drain_timeout: float = _duration("30s")  # at shutdown: longest wait for in-flight writes
     log_level: str = "INFO"
+    # Refusals are logged once per (reason, gateway) episode; an episode ends after this much quiet,
+    # and a long one gets a reminder line (with the count of suppressed repeats) this often.
+    refusal_log_quiet: float = _duration("1m")
     # A TOML file of [gateways.<id>] tables (provisioning writes it); relative to the config file.
     gateways_file: str = ""
 
@@ -182,6 +204,7 @@ class Config:
     decode: DecodeConfig = DecodeConfig()
     dedup: DedupConfig = DedupConfig()
     metrics: MetricsConfig = MetricsConfig()
+    health: HealthConfig = HealthConfig()
     service: ServiceConfig = ServiceConfig()
     gateways: Mapping[str, GatewayInfo] = field(default_factory=dict)
 
@@ -194,6 +217,7 @@ _SECTIONS: dict[str, type] = {
     "decode": DecodeConfig,
     "dedup": DedupConfig,
     "metrics": MetricsConfig,
+    "health": HealthConfig,
     "service": ServiceConfig,
 }
 
@@ -295,6 +319,16 @@ def _check(config: Config) -> None:
         raise ConfigError("writer.batch_size: must be at least 1")
     if config.dedup.window < 1 or config.dedup.max_gateways < 1:
         raise ConfigError("dedup.window and dedup.max_gateways: must be at least 1")
+    if config.health.dead_letter_spike < 0:
+        raise ConfigError("health.dead_letter_spike: must be 0 or more")
+    if config.storage.dead_letter_payload_max < 1:
+        raise ConfigError("storage.dead_letter_payload_max: must be at least 1 byte")
+    if config.storage.dead_letter_max_bytes < config.storage.dead_letter_payload_max:
+        raise ConfigError(
+            "storage.dead_letter_max_bytes: must hold at least one payload (dead_letter_payload_max)"
+        )
+    if config.influx.create_database and config.influx.version != 1:
+        raise ConfigError("influx.create_database: InfluxDB 1.x only (create the bucket with the 2.x tools)")
     if not 0 <= config.metrics.port <= 65535:
         raise ConfigError(f"metrics.port: {config.metrics.port} is not a TCP port")
     if config.service.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

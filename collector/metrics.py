@@ -63,6 +63,10 @@ class Counter(Family):
     def get(self, **labels: str) -> float:
         return self.values.get(tuple(sorted(labels.items())), 0)
 
+    def mirror(self, total: float, **labels: str) -> None:
+        """Set from a count another object keeps (the writer's): it only grows, like this counter."""
+        self.values[tuple(sorted(labels.items()))] = total
+
 
 class Gauge(Family):
     def __init__(self, name: str, help_text: str) -> None:
@@ -104,8 +108,23 @@ class Metrics:
 
     def __init__(self) -> None:
         self.messages = Counter("messages_total", "MQTT messages received, by channel and outcome.")
-        self.readings = Counter("readings_total", "Readings, by channel and outcome (written, rejected).")
+        self.readings = Counter(
+            "readings_total",
+            "Readings, by channel and outcome: written (stored by the database), spooled (durable, "
+            "written later), rejected (by the collector), db_refused (by the database, dead-lettered).",
+        )
         self.dead_letters = Counter("dead_letters_total", "Messages or readings dead-lettered, by reason.")
+        self.type_conflicts = Counter(
+            "type_conflicts_total",
+            "Lines the database refused as a field-type conflict (dead-lettered, never written).",
+        )
+        self.dead_letters_dropped = Counter(
+            "dead_letters_dropped_total",
+            "Dead letters deleted to keep the store's bounds, by cause (age, size).",
+        )
+        self.dead_letter_store = Gauge(
+            "dead_letter_store", "Dead-letter store state (entries, bytes, truncated payloads), by stat name."
+        )
         self.dedup_hits = Counter("dedup_hits_total", "Redelivered batches recognised and skipped.")
         self.not_durable = Counter(
             "not_durable_total", "Writer.submit refusals (message left unacknowledged, retried)."
@@ -149,7 +168,8 @@ class Metrics:
 
 
 class MetricsServer:
-    """GET /metrics (Prometheus text) and GET /healthz (200 or 503 with a JSON reason)."""
+    """GET /metrics (Prometheus text) and GET /healthz: 200 while the collector takes data (status
+    "ok" or "degraded", with reasons), 503 when it does not (status "down")."""
 
     def __init__(self, metrics: Metrics, health: Callable[[], tuple[bool, dict[str, object]]]) -> None:
         self.metrics = metrics

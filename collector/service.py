@@ -27,11 +27,12 @@ from collector import decode
 from collector.config import Config
 from collector.deadletter import DeadLetters
 from collector.dedup import Dedup
+from collector.health import Health
 from collector.ingest import Message, MqttInput
 from collector.metrics import Metrics, MetricsServer
 from collector.model import Point
 from collector.validate import Kind, Validator, load_kinds
-from collector.writer import NotDurable
+from collector.writer import NotDurable, Submitted
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ class WriterLike(Protocol):
     def stats(self) -> Mapping[str, object]: ...
 
     async def start(self) -> None: ...
-    async def submit(self, points: list[Point]) -> None: ...
+    async def submit(self, points: list[Point]) -> Submitted: ...
+    async def submit_lines(self, body: bytes, n: int) -> Submitted: ...
     async def close(self, drain: bool = True, timeout_s: float = 30.0) -> None: ...
 
 
@@ -116,7 +118,7 @@ class Pipeline:
         self.liveness = Liveness(config, metrics, clock())
         self.not_durable = not_durable or NotDurable
         # Writers that take line protocol directly (collector/writer.py) get the hot path.
-        self._submit_lines: Callable[[bytes, int], Awaitable[None]] | None = getattr(
+        self._submit_lines: Callable[[bytes, int], Awaitable[Submitted]] | None = getattr(
             writer, "submit_lines", None
         )
         self.clock = clock
@@ -207,8 +209,12 @@ class Pipeline:
 
     # --- the stages ---------------------------------------------------------------------------------
 
-    def _dead(self, reason: str, detail: str, msg: Message, payload: bytes | None = None) -> None:
-        self.dead_letters.add(reason, detail, msg.topic, msg.payload if payload is None else payload)
+    def _dead(
+        self, reason: str, detail: str, msg: Message, payload: bytes | None = None, gw: str = ""
+    ) -> None:
+        self.dead_letters.add(
+            reason, detail, msg.topic, msg.payload if payload is None else payload, gateway=gw
+        )
         self.metrics.dead_letters.inc(reason=reason)
 
     async def process(self, msg: Message) -> None:
@@ -223,7 +229,7 @@ class Pipeline:
             return
         bad = self.validator.check_gateway(gw)
         if bad is not None:
-            self._dead(bad.reason, bad.detail, msg)
+            self._dead(bad.reason, bad.detail, msg, gw=gw)
             self.metrics.messages.inc(channel=channel, outcome="refused")
             return
         self.liveness.seen(gw, self.clock())
@@ -233,7 +239,7 @@ class Pipeline:
                 status = decode.decode_status(msg.payload, max_bytes=cfg.decode.max_payload)
                 points, rejects = self.validator.status(gw, status, now_ms)
                 for rej in rejects:
-                    self._dead(rej.reason, rej.detail, msg)
+                    self._dead(rej.reason, rej.detail, msg, gw=gw)
             else:
                 batch = decode.decode_batch(
                     msg.payload, max_bytes=cfg.decode.max_payload, alarm=channel == decode.ALARM
@@ -251,36 +257,43 @@ class Pipeline:
                     written = len(points)
                 for index, rej in bad_readings:
                     self._dead(
-                        rej.reason, f"reading {index}: {rej.detail}", msg, _reading_bytes(batch, index)
+                        rej.reason, f"reading {index}: {rej.detail}", msg, _reading_bytes(batch, index), gw
                     )
                 self.metrics.readings.inc(len(bad_readings), channel=channel, outcome="rejected")
         except decode.Refused as r:
-            self._dead(r.reason, r.detail, msg)
+            self._dead(r.reason, r.detail, msg, gw=gw)
             self.metrics.messages.inc(channel=channel, outcome="refused")
             return
+        done = Submitted()  # nothing to write (every reading refused, an empty status)
         submit_lines = self._submit_lines
         if lines and submit_lines is not None:
             body = "\n".join(lines).encode()
-            await self._durable(lambda: submit_lines(body, written))
+            done = await self._durable(lambda: submit_lines(body, written))
             self.metrics.write_seconds.observe(time.monotonic() - msg.received)
         elif points:
-            await self._durable(lambda: self.writer.submit(points))
+            done = await self._durable(lambda: self.writer.submit(points))
             self.metrics.write_seconds.observe(time.monotonic() - msg.received)
         if channel != decode.STATUS:
             self.dedup.add(gw, channel, batch.boot, batch.seq, batch.t0)
-            self.metrics.readings.inc(written, channel=channel, outcome="written")
+            # Only what the database took is "written"; spooled lines are counted by the writer
+            # when drained; lines it refused (a field-type conflict) are dead letters, not writes.
+            self.metrics.readings.inc(done.stored, channel=channel, outcome="written")
+            if done.spooled:
+                self.metrics.readings.inc(done.spooled, channel=channel, outcome="spooled")
+            if done.refused:
+                self.metrics.readings.inc(done.refused, channel=channel, outcome="db_refused")
         self.metrics.messages.inc(channel=channel, outcome="ok")
 
-    async def _durable(self, submit: Callable[[], Awaitable[None]]) -> None:
+    async def _durable(self, submit: Callable[[], Awaitable[Submitted]]) -> Submitted:
         """`submit()` until it returns (the readings are durable), backing off after NotDurable."""
         delay = 0.2
         while True:
             try:
-                await submit()
+                done = await submit()
                 if self._refusing:
                     self._refusing = False
                     log.warning("readings durable again; acknowledging resumes")
-                return
+                return done
             except self.not_durable as exc:
                 self.metrics.not_durable.inc()
                 if self.stopping:
@@ -299,9 +312,19 @@ class _GiveUp(Exception):
 
 
 def _reading_bytes(batch: decode.Batch, index: int) -> bytes:
-    """The refused reading alone, re-encoded, so a dead letter does not repeat the whole batch."""
+    """The refused reading as a one-reading batch (the same header), so a dead letter neither repeats
+    the whole batch nor loses the context it needs to be replayed (`citybrain collector dead-letters`)."""
+    m: dict[int, object] = {
+        decode.K_VERSION: batch.version,
+        decode.K_BOOT: batch.boot,
+        decode.K_SEQ: batch.seq,
+        decode.K_T0: batch.t0,
+        decode.K_READINGS: [batch.readings[index]],
+    }
+    if batch.alarm is not None:
+        m[decode.K_ALARM] = batch.alarm
     try:
-        return cbor2.dumps(batch.readings[index])
+        return cbor2.dumps(m)
     except Exception:  # a value cbor2 cannot write back; the detail still names the reading
         return b""
 
@@ -315,7 +338,15 @@ def build_writer(config: Config, dead_letters: DeadLetters) -> WriterLike:
     ic = config.influx
     sink: InfluxV1Sink | InfluxV2Sink
     if ic.version == 1:
-        sink = InfluxV1Sink(ic.url, ic.db, ic.rp, ic.user, ic.password, timeout_s=config.writer.timeout)
+        sink = InfluxV1Sink(
+            ic.url,
+            ic.db,
+            ic.rp,
+            ic.user,
+            ic.password,
+            timeout_s=config.writer.timeout,
+            create_database=ic.create_database,
+        )
     else:
         sink = InfluxV2Sink(ic.url, ic.org, ic.bucket, ic.token, timeout_s=config.writer.timeout)
     spool = Spool(config.storage.spool_path, config.storage.spool_max_bytes)
@@ -325,7 +356,24 @@ def build_writer(config: Config, dead_letters: DeadLetters) -> WriterLike:
         dead_letters,
         batch_points=config.writer.batch_size,
         batch_age_s=config.writer.flush_interval,
+        config_error_retry_s=config.writer.hold_retry,
     )
+
+
+def open_dead_letters(config: Config) -> DeadLetters:
+    """The dead-letter store with the configured bounds (the service and the CLI open it one way)."""
+    st = config.storage
+    return DeadLetters(
+        st.dead_letter_path,
+        max_bytes=st.dead_letter_max_bytes,
+        max_age_s=st.dead_letter_max_age,
+        payload_max=st.dead_letter_payload_max,
+        log_quiet_s=config.service.refusal_log_quiet,
+    )
+
+
+def _number(v: object) -> float:
+    return float(v) if isinstance(v, int | float) else 0.0
 
 
 async def close_writer(writer: WriterLike, timeout: float) -> None:
@@ -352,7 +400,7 @@ class Collector:
     ) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.dead_letters = DeadLetters(config.storage.dead_letter_path)
+        self.dead_letters = open_dead_letters(config)
         self.writer = writer_factory(config, self.dead_letters)
         self.input = MqttInput(config.mqtt, self._offer)
         self.pipeline = Pipeline(
@@ -366,6 +414,10 @@ class Collector:
         )
         self.server: MetricsServer | None = None
         self._liveness_task: asyncio.Task[None] | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        self.health_watch = Health(
+            config.health, time.monotonic(), self.writer.stats, self.dead_letters.added
+        )
         self.metrics.collect.append(self._collect)
 
     def _offer(self, msg: Message) -> None:
@@ -373,18 +425,53 @@ class Collector:
 
     def _collect(self) -> None:
         self.metrics.connected.set(1 if self.input.connected else 0)
-        self.metrics.mirror_stats(dict(self.writer.stats))
+        stats = dict(self.writer.stats)
+        self.metrics.mirror_stats(stats)
+        self.metrics.type_conflicts.mirror(float(_number(stats.get("type_conflicts"))))
+        writer_dead = stats.get("dead_letters")
+        if isinstance(writer_dead, Mapping):
+            # The writer's own dead letters (database refusals, unserializable points): reasons the
+            # pipeline never uses, so mirroring them cannot double a count.
+            for reason, n in writer_dead.items():
+                self.metrics.dead_letters.mirror(float(n), reason=str(reason))
+        dl = self.dead_letters.stats()
+        for cause in ("age", "size"):
+            self.metrics.dead_letters_dropped.mirror(dl.pop(f"dead_letter_dropped_{cause}"), cause=cause)
+        for key, value in dl.items():
+            self.metrics.dead_letter_store.set(value, stat=key)
 
     def health(self) -> tuple[bool, dict[str, object]]:
+        """(taking data, detail): detail["status"] is ok, degraded (with "reasons") or down."""
         subscribed = self.input.subscribed.is_set()
         ok = self.input.connected and subscribed and self.pipeline.accepting
+        reasons = self.health_watch.reasons(time.monotonic(), self.writer.stats, self.dead_letters.added)
+        if not ok:
+            down = [
+                why
+                for why, bad in (
+                    ("not connected to the MQTT broker", not self.input.connected),
+                    ("not subscribed", not subscribed),
+                    ("draining (shutting down)", not self.pipeline.accepting),
+                )
+                if bad
+            ]
+            reasons = down + reasons
         return ok, {
+            "status": "down" if not ok else "degraded" if reasons else "ok",
+            "reasons": reasons,
             "mqtt_connected": self.input.connected,
             "subscribed": subscribed,
             "accepting": self.pipeline.accepting,
             "inflight": len(self.pipeline._order),
             "silent_gateways": sorted(self.pipeline.liveness.silent),
         }
+
+    async def _watch_health(self) -> None:
+        """Sample the health counters every second; end quiet refusal-log episodes."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.health_watch.sample(time.monotonic(), self.writer.stats, self.dead_letters.added)
+            self.dead_letters.flush_log()
 
     async def _watch_liveness(self) -> None:
         while True:
@@ -398,16 +485,18 @@ class Collector:
             await self.server.start(self.config.metrics.host, self.config.metrics.port)
             log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, self.server.port)
         self._liveness_task = asyncio.get_running_loop().create_task(self._watch_liveness())
+        self._health_task = asyncio.get_running_loop().create_task(self._watch_health())
         await self.input.start()
 
     async def stop(self) -> None:
         """Drain: finish in-flight writes and send their acks, disconnect, then close the writer."""
         drained = await self.pipeline.drain(self.config.service.drain_timeout)
         await self.input.close()
-        if self._liveness_task is not None:
-            self._liveness_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._liveness_task
+        for task in (self._liveness_task, self._health_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await close_writer(self.writer, self.config.service.drain_timeout)
         if self.server is not None:
             await self.server.close()

@@ -1,10 +1,12 @@
 """The buffer -> sink stage: turns points into durable writes, and says when it cannot.
 
-`await writer.submit(points)` (or `submit_lines(body, n)` with line protocol made upstream) returns
-only when every point is durable: stored by the database, committed to the spool, or (if no
-database could ever take it) in the dead-letter store. If none of that is possible it raises
-`NotDurable`, and the caller must not acknowledge the MQTT message: the broker then keeps it. That
-is the whole contract with ingest.
+`await writer.submit_lines(body, n)` (line protocol made upstream; `submit(points)` only encodes and
+calls it) returns only when every line is durable: stored by the database, committed to the spool,
+or (if no database could ever take it) in the dead-letter store. It says which in a `Submitted`:
+lines `stored`, `spooled` (written later; their fate shows in `stats`) and `refused` by the
+database (dead-lettered, e.g. a field-type conflict: never to be counted as written). If none of
+that is possible it raises `NotDurable`, and the caller must not acknowledge the MQTT message: the
+broker then keeps it. That is the whole contract with ingest.
 
 Two paths, one at a time:
 
@@ -33,12 +35,12 @@ import random
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple
 
 from collector.deadletter import DeadLetters
 from collector.lineproto import encode
 from collector.model import Point
-from collector.sinks.influx import Delivered, SinkConfigError, SinkRetry
+from collector.sinks.base import Delivered, Sink, SinkConfigError, SinkRetry
 from collector.spool import Spool
 
 log = logging.getLogger("collector.writer")
@@ -48,11 +50,25 @@ class NotDurable(Exception):
     """Neither the database nor the spool took these points: do not acknowledge them."""
 
 
-class Sink(Protocol):
-    async def write(self, body: bytes) -> Delivered: ...
+class Submitted(NamedTuple):
+    """What became of one submit's lines (they add up to its `n`)."""
+
+    stored: int = 0  # in the database
+    spooled: int = 0  # durable in the spool; written (or refused) later, counted in `stats`
+    refused: int = 0  # refused by the database (dead-lettered): not written, never will be
 
 
-_Entry = tuple[bytes, int, "asyncio.Future[None]"]  # (body, lines, the submit waiting for it)
+_Entry = tuple[bytes, int, "asyncio.Future[Submitted]"]  # (body, lines, the submit waiting for it)
+
+
+def refusal_code(reason: str) -> str:
+    """The dead-letter reason for a line the database refused (the server's message decides)."""
+    if reason.startswith("HTTP 413"):
+        return "db_too_large"
+    if "field type conflict" in reason:
+        # The series' field already has another type: every later line of that type is refused too.
+        return "db_type_conflict"
+    return "db_rejected"
 
 
 class Writer:
@@ -102,6 +118,7 @@ class Writer:
 
         self.counts: Counter[str] = Counter()
         self.dead_letter_counts: Counter[str] = Counter()
+        self.last_refusal = ""  # the database's last refusal of a line (health shows it)
         self.sink_state = "ok"
         self.last_error = ""
         self.latency_last_s = 0.0
@@ -158,23 +175,25 @@ class Writer:
 
     # -- the contract ---------------------------------------------------------------------------
 
-    async def submit(self, points: Sequence[Point]) -> None:
-        """Return once `points` are durable; raise `NotDurable` if they cannot be made so."""
+    async def submit(self, points: Sequence[Point]) -> Submitted:
+        """`submit_lines` for `Point`s: encodes them (what cannot be encoded is dead-lettered and
+        counted as refused) and submits the rest."""
         body, n, bad = encode(points)
         for p, exc in bad:
             # The serializer refuses only what no server could store unchanged: a permanent reject.
             self._dead_letter("unserializable", str(exc), repr(p).encode())
         if n == 0:
-            return
-        await self.submit_lines(body, n)
+            return Submitted(refused=len(bad))
+        done = await self.submit_lines(body, n)
+        return done._replace(refused=done.refused + len(bad))
 
-    async def submit_lines(self, body: bytes, n: int) -> None:
-        """`submit` for line protocol made elsewhere (the collector's hot path,
-        `Validator.batch_lines`): `n` lines, newline-separated, no trailing newline."""
+    async def submit_lines(self, body: bytes, n: int) -> Submitted:
+        """The writer's one entry point: `n` lines of line protocol, newline-separated, no trailing
+        newline. Returns once all are durable, saying how many were stored, spooled or refused."""
         if self._closing or self._sem is None:
             self.counts["not_durable"] += n
             raise NotDurable("writer is not running")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Submitted] = asyncio.get_running_loop().create_future()
         self.counts["points_submitted"] += n
         entry = (body, n, fut)
         if (
@@ -194,7 +213,7 @@ class Writer:
         else:
             self._to_spool([entry])
         try:
-            await fut
+            return await fut
         except NotDurable:
             self.counts["not_durable"] += n
             raise
@@ -209,6 +228,9 @@ class Writer:
             "requests": self.counts["requests"],
             "retries": self.counts["retries"],
             "dead_letters": dict(self.dead_letter_counts),
+            "db_refused": self.counts["db_refused"],
+            "type_conflicts": self.dead_letter_counts["db_type_conflict"],
+            "last_refusal": self.last_refusal,
             "sink_state": self.sink_state,
             "last_error": self.last_error,
             "mode": "direct" if self._direct else "spool",
@@ -260,8 +282,13 @@ class Writer:
                     self._not_before = max(self._not_before, loop.time() + self._backoff(1))
                     self._to_spool(entries)
                     return
-                for _, _, fut in entries:
-                    _ok(fut)
+                if not done.rejected_at:  # the usual case: every line stored
+                    for _, n, fut in entries:
+                        _ok(fut, Submitted(stored=n))
+                    return
+                refused = Counter(_owner(entries, i) for i in done.rejected_at)
+                for i, (_, n, fut) in enumerate(entries):
+                    _ok(fut, Submitted(stored=n - refused[i], refused=refused[i]))
         except asyncio.CancelledError:
             for _, _, fut in entries:
                 _fail(fut, NotDurable("writer closed during the write"))
@@ -305,12 +332,14 @@ class Writer:
         self.counts["requests"] += done.requests
         self.counts["points_written"] += done.accepted
         for line, reason in done.rejected:
-            code = "db_too_large" if reason.startswith("HTTP 413") else "db_rejected"
-            self._dead_letter(code, reason, line)
+            # A partial write: the database stored the other lines and refused these for good.
+            self.counts["db_refused"] += 1
+            self.last_refusal = reason
+            self._dead_letter(refusal_code(reason), reason, line, gateway=_gateway_tag(line))
         return done
 
-    def _dead_letter(self, reason: str, detail: str, payload: bytes) -> None:
-        self.dead_letters.add(reason, detail, "", payload)
+    def _dead_letter(self, reason: str, detail: str, payload: bytes, gateway: str = "") -> None:
+        self.dead_letters.add(reason, detail, "", payload, gateway=gateway)
         self.dead_letter_counts[reason] += 1
 
     # -- spool path -----------------------------------------------------------------------------
@@ -344,7 +373,7 @@ class Writer:
                 for i, (_, n, fut) in enumerate(group):
                     if i < took:
                         self.counts["points_spooled"] += n
-                        _ok(fut)
+                        _ok(fut, Submitted(spooled=n))
                     else:
                         _fail(fut, NotDurable(self.spool.last_error or "spool refused the data"))
                 self._spool_pending -= len(group)
@@ -413,11 +442,32 @@ class Writer:
             await asyncio.wait_for(self._stop.wait(), timeout=seconds)
 
 
-def _ok(fut: asyncio.Future[None]) -> None:
+def _owner(entries: list[_Entry], index: int) -> int:
+    """Which entry line `index` of their joined body came from."""
+    for i, (_, n, _) in enumerate(entries):
+        if index < n:
+            return i
+        index -= n
+    return len(entries) - 1  # past the end (cannot happen): charge the last one, never lose a count
+
+
+def _gateway_tag(line: bytes) -> str:
+    """The `gw` tag of a line (escapes kept as written), "" if none: for the refusal log only."""
+    at = line.find(b",gw=")
+    if at < 0:
+        return ""
+    i = at + 4
+    start = i
+    while i < len(line) and line[i] not in b", ":  # a tag value ends at an unescaped comma or space
+        i += 2 if line[i] == 0x5C else 1  # backslash: the next byte is escaped
+    return line[start:i].decode("utf-8", "replace")
+
+
+def _ok(fut: asyncio.Future[Submitted], result: Submitted) -> None:
     if not fut.done():
-        fut.set_result(None)
+        fut.set_result(result)
 
 
-def _fail(fut: asyncio.Future[None], exc: BaseException) -> None:
+def _fail(fut: asyncio.Future[Submitted], exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)

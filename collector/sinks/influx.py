@@ -1,18 +1,8 @@
 """InfluxDB-compatible HTTP sinks: 1.x `/write` and 2.x/3.x/VictoriaMetrics `/api/v2/write`.
 
-A sink turns one body of line protocol into one of three answers for the writer:
-
-- `Delivered(accepted, rejected)`: done. Every line is either in the database or in `rejected`
-  with the server's reason (the writer dead-letters those). Good lines are never dropped: when a
-  batch is refused we isolate the bad lines and resend the rest.
-- `SinkRetry(retry_after)`: nothing is known to be done; send the same body again later. Safe even if
-  the server did commit part of it, because a point is deterministic (same series and timestamp
-  overwrite: a duplicate write leaves one point).
-- `SinkConfigError`: the server refuses us, not the data (credentials, database). Retrying cannot
-  help until an operator acts; the data must be held, never dead-lettered.
-
-The response table with the reasoning is in docs/collector-writes.md; each branch below says why
-in one line.
+Each implements collector/sinks/base.py's `Sink`: one body of line protocol becomes `Delivered`,
+`SinkRetry` or `SinkConfigError`. The response table with the reasoning is in
+docs/collector-writes.md; each branch below says why in one line.
 """
 
 from __future__ import annotations
@@ -21,43 +11,19 @@ import base64
 import email.utils
 import gzip
 import json
+import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from types import TracebackType
 from urllib.parse import urlencode
 
 import aiohttp
 
+from collector.sinks.base import Delivered, SinkConfigError, SinkRetry
+
+log = logging.getLogger(__name__)
+
 _RETRY_AFTER_MAX_S = 3600.0
-
-
-class SinkError(Exception):
-    """Root of the sink errors."""
-
-
-class SinkRetry(SinkError):
-    """Transient: resend the whole body later (after `retry_after` seconds if the server said)."""
-
-    def __init__(self, detail: str, retry_after: float | None = None, status: int | None = None) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
-        self.status = status
-
-
-class SinkConfigError(SinkError):
-    """Fatal until an operator fixes config or credentials: hold the data, alert loudly."""
-
-    def __init__(self, detail: str, status: int) -> None:
-        super().__init__(detail)
-        self.status = status
-
-
-@dataclass
-class Delivered:
-    accepted: int = 0  # lines the server took
-    rejected: list[tuple[bytes, str]] = field(default_factory=list)  # (line, server's reason)
-    requests: int = 0
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -146,9 +112,7 @@ class HttpLineSink:
             data = gzip.compress(body, self.gzip_level)
             headers["Content-Encoding"] = "gzip"
         try:
-            async with self._get_session().post(
-                self.endpoint(), data=data, headers=headers
-            ) as resp:
+            async with self._get_session().post(self.endpoint(), data=data, headers=headers) as resp:
                 return resp.status, dict(resp.headers), await resp.read()
         except TimeoutError:
             # The server may have committed before we gave up: resending is safe (same series and
@@ -158,12 +122,19 @@ class HttpLineSink:
             # Refused, reset, DNS: the database is down or restarting; the data is still ours.
             raise SinkRetry(f"connection error: {exc}") from None
 
+    async def create_database(self) -> bool:
+        """Called when the server says the database is missing; True if it now exists (retry)."""
+        return False
+
     async def write(self, body: bytes) -> Delivered:
         """Deliver one body (newline-separated lines) or raise `SinkRetry` / `SinkConfigError`."""
         done = Delivered()
-        work: deque[bytes] = deque([body])  # in order; refused chunks are split in place
+        # In order; refused chunks are split in place. Each chunk carries the body index of its
+        # first line, or (after bad lines were taken out) the index of every line.
+        work: deque[tuple[bytes, int | list[int]]] = deque([(body, 0)])
+        created = False
         while work:
-            chunk = work.popleft()
+            chunk, where = work.popleft()
             if not chunk:
                 continue
             status, headers, resp = await self.post(chunk)
@@ -177,36 +148,48 @@ class HttpLineSink:
                 # Credentials or permissions: the data is fine, an operator must act; hold it.
                 raise SinkConfigError(f"HTTP {status}: {message}", status)
             if status == 404:
-                # Database/bucket missing or wrong URL: same as auth, never the data's fault.
+                # Database/bucket missing or wrong URL: never the data's fault. With
+                # `create_database` the sink creates it once and resends; otherwise it is held.
+                if not created and "database not found" in message and await self.create_database():
+                    created = True
+                    work.appendleft((chunk, where))
+                    continue
                 raise SinkConfigError(f"HTTP {status}: {message}", status)
+            lines: list[bytes] = []
+            index: list[int] = []
+            if status in (400, 413, 422):
+                lines = chunk.split(b"\n")
+                index = where if isinstance(where, list) else list(range(where, where + len(lines)))
             if status == 413:
                 # Body too large for the server: halves always fit eventually; one line that alone
                 # is too large can never be written.
-                lines = chunk.split(b"\n")
                 if len(lines) == 1:
                     done.rejected.append((chunk, f"HTTP 413: {message}"))
+                    done.rejected_at.append(index[0])
                 else:
                     mid = len(lines) // 2
-                    work.extendleft([b"\n".join(lines[mid:]), b"\n".join(lines[:mid])])
+                    work.extendleft(_halves(lines, index, mid))
                 continue
             if status in (400, 422):
                 # Bad data (parse error, type conflict, outside retention): retrying the same body
                 # can never succeed. Isolate the bad lines, dead-letter them, resend the others.
-                lines = chunk.split(b"\n")
                 bad = named_bad_lines(message, lines)
                 if bad:
                     # The server named them: reject exactly those, resend the rest (it may already
                     # hold them after a partial write; a rewrite is harmless).
                     badset = set(bad)
                     done.rejected.extend((lines[i], f"HTTP {status}: {message}") for i in bad)
-                    work.appendleft(b"\n".join(ln for i, ln in enumerate(lines) if i not in badset))
+                    done.rejected_at.extend(index[i] for i in bad)
+                    keep = [i for i in range(len(lines)) if i not in badset]
+                    work.appendleft((b"\n".join(lines[i] for i in keep), [index[i] for i in keep]))
                 elif len(lines) == 1:
                     # A single refused line is the bad one.
                     done.rejected.append((chunk, f"HTTP {status}: {message}"))
+                    done.rejected_at.append(index[0])
                 else:
                     # Not named (type conflict, VictoriaMetrics): bisect until single lines.
                     mid = len(lines) // 2
-                    work.extendleft([b"\n".join(lines[mid:]), b"\n".join(lines[:mid])])
+                    work.extendleft(_halves(lines, index, mid))
                 continue
             if status in (429, 503):
                 # Overloaded or rate limited: the server says when to come back; else back off.
@@ -220,6 +203,11 @@ class HttpLineSink:
             # dead-lettering would lose good points; treat as a configuration problem and hold.
             raise SinkConfigError(f"HTTP {status}: {message}", status)
         return done
+
+
+def _halves(lines: list[bytes], index: list[int], mid: int) -> list[tuple[bytes, int | list[int]]]:
+    """The two halves of a refused chunk, in `extendleft` order (the first half goes first)."""
+    return [(b"\n".join(lines[mid:]), index[mid:]), (b"\n".join(lines[:mid]), index[:mid])]
 
 
 class InfluxV1Sink(HttpLineSink):
@@ -237,12 +225,16 @@ class InfluxV1Sink(HttpLineSink):
         *,
         gzip_body: bool = False,
         timeout_s: float = 10.0,
+        create_database: bool = False,
     ) -> None:
         super().__init__(gzip_body=gzip_body, timeout_s=timeout_s)
         query = {"db": db, "precision": "ms"}
         if rp:
             query["rp"] = rp
-        self._url = url.rstrip("/") + "/write?" + urlencode(query)
+        self.db = db
+        self.create = create_database
+        self._base = url.rstrip("/")
+        self._url = self._base + "/write?" + urlencode(query)
         self._headers = {}
         if user:
             token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
@@ -254,6 +246,28 @@ class InfluxV1Sink(HttpLineSink):
     def headers(self) -> dict[str, str]:
         return self._headers
 
+    async def create_database(self) -> bool:
+        """`CREATE DATABASE` (a no-op when it exists) if `create_database` is set; needs admin rights."""
+        if not self.create:
+            return False
+        q = 'CREATE DATABASE "' + self.db.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        try:
+            async with self._get_session().post(
+                self._base + "/query", data={"q": q}, headers=self._headers
+            ) as resp:
+                status, text = resp.status, error_message(await resp.read())
+        except TimeoutError:
+            raise SinkRetry("timeout creating the database") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise SinkRetry(f"connection error creating the database: {exc}") from None
+        if status != 200 or '"error"' in text:
+            # No admin rights, or a name the server refuses: the operator must create it.
+            raise SinkConfigError(
+                f"database {self.db!r} not found and CREATE DATABASE failed: HTTP {status}: {text}", 404
+            )
+        log.warning("database %r did not exist: created it (influx.create_database = true)", self.db)
+        return True
+
 
 class InfluxV2Sink(HttpLineSink):
     """InfluxDB 2.x/3.x and VictoriaMetrics: POST /api/v2/write?org=..&bucket=..&precision=ms."""
@@ -264,8 +278,8 @@ class InfluxV2Sink(HttpLineSink):
         self, url: str, org: str, bucket: str, token: str, *, gzip_body: bool = False, timeout_s: float = 10.0
     ) -> None:
         super().__init__(gzip_body=gzip_body, timeout_s=timeout_s)
-        self._url = url.rstrip("/") + "/api/v2/write?" + urlencode(
-            {"org": org, "bucket": bucket, "precision": "ms"}
+        self._url = (
+            url.rstrip("/") + "/api/v2/write?" + urlencode({"org": org, "bucket": bucket, "precision": "ms"})
         )
         self._headers = {"Authorization": f"Token {token}"} if token else {}
 

@@ -12,12 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from influx_stub import InfluxStub, Reply
 
+from collector.sinks.base import Delivered, SinkConfigError, SinkRetry
 from collector.sinks.influx import (
-    Delivered,
     InfluxV1Sink,
     InfluxV2Sink,
-    SinkConfigError,
-    SinkRetry,
     error_message,
     named_bad_lines,
     retry_after_seconds,
@@ -272,6 +270,8 @@ def test_any_mix_of_bad_lines_rejects_exactly_them_and_stores_the_rest(
         async with v1(stub) as sink:
             done = await sink.write(body(lines))
         assert [ln for ln, _ in done.rejected] == [ln for ln, bad in zip(lines, marks, strict=True) if bad]
+        # Each refused line's index in the body (the writer charges each submit its own refusals).
+        assert done.rejected_at == [i for i, bad in enumerate(marks) if bad]
         assert set(stub.stored) == {ln for ln, bad in zip(lines, marks, strict=True) if not bad}
         assert done.accepted == marks.count(False)
 

@@ -22,7 +22,7 @@ from collector.lineproto import line
 from collector.model import Point
 from collector.sinks.influx import InfluxV1Sink
 from collector.spool import Spool
-from collector.writer import NotDurable, Writer
+from collector.writer import NotDurable, Submitted, Writer
 
 
 def pt(i: int, sensor: str = "s1") -> Point:
@@ -172,7 +172,8 @@ def test_rejected_and_unserializable_points_are_dead_lettered(tmp_path: Path) ->
     async def t(rig: Rig) -> None:
         bad_db = Point("parking", (("sensor", "BAD"),), (("n", 1),), 5)
         bad_lp = Point("parking", (("sensor", "x"),), (("v", math.nan),), 6)
-        await rig.writer.submit([pt(1), bad_db, bad_lp, pt(2)])
+        done = await rig.writer.submit([pt(1), bad_db, bad_lp, pt(2)])
+        assert done == Submitted(stored=2, spooled=0, refused=2)
         assert set(rig.stub.stored) == set(lines_of([pt(1), pt(2)]))
         entries = rig.dead.entries()
         assert sorted((r, p) for r, _, _, p in entries) == sorted(
@@ -181,6 +182,27 @@ def test_rejected_and_unserializable_points_are_dead_lettered(tmp_path: Path) ->
         assert rig.writer.stats["dead_letters"] == {"unserializable": 1, "db_rejected": 1}
 
     run(t, tmp_path)
+
+
+def test_each_submit_of_a_shared_batch_is_told_its_own_refusals(tmp_path: Path) -> None:
+    async def t(rig: Rig) -> None:
+        bad = Point("parking", (("sensor", "BAD"),), (("n", 1),), 5)
+        # Sent together in one request (one slot, the first holds it while the others gather).
+        results = await asyncio.gather(
+            rig.writer.submit_lines(line(pt(0)), 1),
+            rig.writer.submit_lines(b"\n".join([line(pt(1)), line(bad), line(pt(2))]), 3),
+            rig.writer.submit_lines(b"\n".join([line(bad), line(bad)]), 2),
+            rig.writer.submit_lines(line(pt(3)), 1),
+        )
+        assert results == [
+            Submitted(stored=1),
+            Submitted(stored=2, refused=1),
+            Submitted(refused=2),
+            Submitted(stored=1),
+        ]
+        assert rig.writer.stats["db_refused"] == 3
+
+    run(t, tmp_path, max_concurrent=1)
 
 
 def test_auth_error_holds_data_until_fixed(tmp_path: Path) -> None:
@@ -264,3 +286,18 @@ def test_whatever_the_outages_every_acknowledged_point_arrives(
         assert rig.dead.entries() == []
 
     run(t, tmp, batch_points=16, config_error_retry_s=0.01)
+
+
+def test_a_spooled_line_refused_when_drained_is_counted_refused_not_written(tmp_path: Path) -> None:
+    async def t(rig: Rig) -> None:
+        rig.stub.script.extend(Reply(503, "down") for _ in range(2))
+        bad = Point("parking", (("sensor", "BAD"),), (("n", 1),), 5)
+        done = await rig.writer.submit_lines(b"\n".join([line(pt(1)), line(bad)]), 2)
+        assert done == Submitted(spooled=2)  # durable; its fate is known only once drained
+        await until(lambda: rig.spool.rows == 0)
+        s = rig.writer.stats
+        assert s["points_written"] == 1 and s["db_refused"] == 1
+        assert s["dead_letters"] == {"db_rejected": 1} and "HTTP 400" in s["last_refusal"]
+        assert [(e.reason, e.payload) for e in rig.dead.list()] == [("db_rejected", line(bad))]
+
+    run(t, tmp_path)

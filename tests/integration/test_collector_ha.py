@@ -58,7 +58,8 @@ def metric(c: Collector, name: str, **labels: str) -> float:
 
 def written(c: Collector) -> float:
     """Readings this process has made durable since it started."""
-    return metric(c, "readings_total", channel="up", outcome="written")
+    # Stored by the database, or durable in the spool to be written later.
+    return sum(metric(c, "readings_total", channel="up", outcome=o) for o in ("written", "spooled"))
 
 
 class Gateways:

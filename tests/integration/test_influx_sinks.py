@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from collector.deadletter import DeadLetters
 from collector.lineproto import line
 from collector.model import FieldValue, Point
-from collector.sinks.influx import Delivered, HttpLineSink, InfluxV1Sink, InfluxV2Sink
+from collector.sinks.base import Delivered
+from collector.sinks.influx import HttpLineSink, InfluxV1Sink, InfluxV2Sink
 from collector.spool import Spool
 from collector.writer import Writer
 from hil.services import InfluxDB, VictoriaMetrics
@@ -125,7 +126,7 @@ def test_influxdb_refused_points_are_dead_lettered_and_the_rest_kept(
 
     dead = run_writer(InfluxV1Sink(influxdb.url, "city"), tmp_path, body)
     [(reason, detail, _, payload)] = dead.entries()
-    assert (reason, payload) == ("db_rejected", line(conflict))
+    assert (reason, payload) == ("db_type_conflict", line(conflict))
     assert "field type conflict" in detail
     rows = influxdb.points("city", f"SELECT v FROM m WHERE time >= {T0}ms GROUP BY *")
     assert sorted((r["sensor"], r["time"], r["v"]) for r in rows) == sorted(
