@@ -166,7 +166,7 @@ class Agent:
                 self.connects += 1
                 delays = None
                 await self.client.subscribe(self.topics[protocol.CMD], 1)
-                await self._publish_status()
+                await self.publish_status()
                 await self._pump()
             except (MQTTError, OSError) as exc:
                 self.port.log("uplink: %s" % exc)
@@ -283,8 +283,15 @@ class Agent:
             self.clock.synced(), self.clock.now_ms(), self.status())
         return bytes(w)
 
-    async def _publish_status(self):
+    async def publish_status(self):
         await self.client.publish(self.topics[protocol.STATUS], self.status_payload(), 1, True, False)
+
+    def request_flush(self):
+        """Sync the log and batch what it holds now, not at batch_age_ms; the records pending."""
+        self.log.sync()
+        self.flush_requested = True
+        self.wake.set()
+        return self.log.pending
 
     def _on_message(self, topic, payload, retain=False, dup=False):
         if len(self.commands) < 8:
@@ -333,7 +340,7 @@ class Agent:
             if ticks_diff(now, last_status) >= status_ms and self.client.connected:
                 last_status = now
                 try:
-                    await self._publish_status()
+                    await self.publish_status()
                 except MQTTError:
                     pass
             self.port.feed_watchdog()
