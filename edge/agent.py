@@ -40,7 +40,6 @@ class AgentCrashed(Exception):
 
 class Agent:
     def __init__(self, cfg, port):
-        self.cfg = cfg  # for the sources' constructors only: dropped at the end
         self.port = port
         gw = cfg["gateway_id"]
         up = cfg["uplink"]
@@ -64,18 +63,21 @@ class Agent:
         self._alarm_enc = None  # one BatchEncoder for every alarm, made at the first
         self.sources = []
         n_fields = {}
-        from edge import sources as base
-
         for scfg in cfg["sources"]:
             t = scfg["transport"]
             if t == "serial":
-                from edge.sources.serial import SerialSource as cls
+                from edge.sources.serial import SerialSource
+
+                src = SerialSource(scfg, port, self.accept)
             elif t == "modbus":
-                from edge.sources.modbus import ModbusSource as cls
+                from edge.sources.modbus import ModbusSource
+
+                src = ModbusSource(scfg, port, self.accept)
             else:
-                from edge.sources.mqtt import MqttSource as cls
-            src = cls(self, scfg)
-            assert isinstance(src, base.Source)
+                from edge.sources.mqtt import MqttSource
+
+                site = cfg["site_broker"]
+                src = MqttSource(scfg, port, self.accept, site, (site["client_id"] or gw) + "-site")
             self.sources.append(src)
             n_fields[src.kind_code] = len(src.codec.FIELDS)
         # A batch closes when full or at batch_max readings; a typical reading takes ~45 bytes.
@@ -119,7 +121,6 @@ class Agent:
         # The sources have taken what they need: the rest of the config (~1 KB of dicts on a
         # board) is not kept for the run. edge.main drops its own reference too.
         self.ntp_host = cfg["ntp_host"]
-        self.cfg = None
 
     # -- sources ---------------------------------------------------------------------------
 
