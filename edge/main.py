@@ -31,14 +31,56 @@ def load_config(path):
         unload("edge.config")
 
 
-def main(config_path, port=None):
+def _stamp(path):
+    """What the config file holds now, cheaply compared: its CRC-32 (None if unreadable)."""
+    from binascii import crc32
+
+    try:
+        with open(path, "rb") as f:
+            return crc32(f.read())
+    except OSError:
+        return None
+
+
+def wait_for_config(path, exc, every_s=5):
+    """A board with a bad config: say so in one console line, then wait for a new file that
+    validates (flashed or copied with mpremote) instead of rebooting into the same error for ever.
+    Returns the new config."""
+    import time
+
+    seen = _stamp(path)
+    while True:
+        errors = getattr(exc, "errors", None) or [str(exc)]
+        more = " (+%d more)" % (len(errors) - 1) if len(errors) > 1 else ""
+        print("citybrain config error: %s%s; waiting for a new %s" % (errors[0], more, path))
+        exc = errors = None
+        while True:
+            time.sleep(every_s)
+            now = _stamp(path)
+            if now != seen:
+                seen = now
+                break
+        try:
+            return load_config(path)
+        except ValueError as e:
+            exc = e
+
+
+def main(config_path, port=None, wait_s=None):
+    """Run the agent. A config error exits with status 2 on Linux (before the log counts a boot);
+    on a board (or with `wait_s`) it waits for a new config, checking every `wait_s` seconds."""
     import asyncio
 
+    if wait_s is None and sys.platform not in ("linux", "darwin"):
+        wait_s = 5
     try:
         cfg = load_config(config_path)
     except ValueError as exc:
-        print("config error:", exc)
-        sys.exit(2)
+        if not wait_s:
+            for line in getattr(exc, "errors", None) or [str(exc)]:
+                print("config error:", line)
+            sys.exit(2)
+        cfg = wait_for_config(config_path, exc, wait_s)
     from edge.agent import Agent, AgentCrashed
 
     port = port or make_port()

@@ -37,16 +37,13 @@ class Source:
         self.kind_code = self.codec.KIND_CODE
         limits = dict(self.codec.ALARM_LIMITS)
         if cfg.get("alarm_limits"):
-            for k in cfg["alarm_limits"]:
-                if k not in limits:
-                    raise ValueError("no alarm limit %r in %s: %s" % (
-                        k, self.kind, ", ".join(sorted(limits))))
-                limits[k] = cfg["alarm_limits"][k]
+            limits.update(cfg["alarm_limits"])  # its names were checked by edge.config
         self.limits = limits
         sensors = cfg.get("sensors")
         self.filter = ReportFilter(self.codec, cfg.get("deadband"), 0,
                                    cfg.get("max_silence_s", 300) * 1000, sensors)
         self.sensors = self.filter.slots if sensors else None  # the configured ids, as a dict
+        self.opened = None  # True while the port is open, False after it failed; None: not tried
         self.errors = {}  # sensor (or the port name) -> counter row, created on first error
         self.readings = 0
         self.reported = 0
@@ -104,9 +101,11 @@ class Source:
             link = None
             try:
                 link = await self.open()
+                self.opened = True
                 delays = None
                 await self.pump(link)
             except (OSError, MQTTError) as exc:
+                self.opened = False
                 self.error(self.path, PORT_DOWN)
                 self.port.log("%s: %s; reopening" % (self.path, exc))
             finally:
