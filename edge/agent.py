@@ -32,6 +32,7 @@ _BATCH_ROOM = const(64)
 _READING_BYTES = const(48)
 _CMD_BYTES = const(1024)  # the largest command (and its topic) the uplink receives
 _TX_ROOM = const(16)  # a PUBLISH or SUBSCRIBE header beside its topic
+_SUMMARY_MS = const(10000)  # the start-up line waits at most this long for first attempts
 
 
 class AgentCrashed(Exception):
@@ -102,6 +103,9 @@ class Agent:
         self._last_up = {}  # sensor -> uptime ms of its last reading
         self.flush_requested = False
         self.connects = 0
+        self.gw = gw
+        self.tried = False  # the uplink's first connect attempt has ended (summary line)
+        self.held = False  # the once-only "readings held for want of a clock" warning was given
         self.ntp_retry_ms = _NTP_RETRY_MS  # while the clock is unknown (tests shorten it)
         self._last_batch = 0
         prefix = cfg["prefix"]
@@ -143,6 +147,11 @@ class Agent:
         w = self._rec
         w.reset()
         if ts is None:
+            if not self.held:
+                self.held = True
+                self.port.say("citybrain gw=%s warning: readings are held in the log, unsent, until "
+                              "the clock is set (NTP on a board; trust_os_clock: true on a Linux "
+                              "gateway whose OS keeps time)" % self.gw)
             record.encode(w, sensor, kind, None, fields, self.boot, up)
         else:
             record.encode(w, sensor, kind, ts, fields)
@@ -163,7 +172,10 @@ class Agent:
         up = self.up_cfg
         while not self.stopping:
             try:
-                await self.client.connect()
+                try:
+                    await self.client.connect()
+                finally:
+                    self.tried = True
                 self.connects += 1
                 delays = None
                 await self.client.subscribe(self.topics[protocol.CMD], 1)
@@ -311,7 +323,7 @@ class Agent:
         """
         status_ms = self.up_cfg["status_every_s"] * 1000
         tick_s = min(1000, max(10, self.up_cfg["batch_age_ms"] // 4)) / 1000
-        last_status = ticks_ms()
+        last_status = started = ticks_ms()
         last_second = last_ntp = None
         while not self.stopping:
             self.wake.set()
@@ -344,8 +356,24 @@ class Agent:
                     await self.publish_status()
                 except MQTTError:
                     pass
+            if started is not None and (ticks_diff(now, started) >= _SUMMARY_MS or (
+                    self.tried and all(s.opened is not None for s in self.sources))):
+                started = None
+                self.port.say(self.summary())
             self.port.feed_watchdog()
             await asyncio.sleep(tick_s)
+
+    def summary(self):
+        """The start-up line (docs/gateway.md, "Console"): once the uplink and every source have
+        made their first attempt, or _SUMMARY_MS after start. Fields are only ever added at the end."""
+        n = 0
+        for s in self.sources:
+            if s.opened:
+                n += 1
+        return "citybrain gw=%s fw=%s boot=%d sources=%d/%d broker=%s clock=%s" % (
+            self.gw, VERSION, self.boot, n, len(self.sources),
+            "connected" if self.client.connected else "down",
+            "synced" if self.clock.synced() else "unsynced")
 
     async def _guard(self, coro, name, stop):
         """Run one task; if it dies of a bug, stop the whole agent instead of limping on without it.
