@@ -149,9 +149,8 @@ class Agent:
         if ts is None:
             if not self.held:
                 self.held = True
-                self.port.say("citybrain gw=%s warning: readings are held in the log, unsent, until "
-                              "the clock is set (NTP on a board; trust_os_clock: true on a Linux "
-                              "gateway whose OS keeps time)" % self.gw)
+                self.port.say("citybrain gw=%s warning: readings held until the clock is set "
+                              "(NTP, or trust_os_clock)" % self.gw)
             record.encode(w, sensor, kind, None, fields, self.boot, up)
         else:
             record.encode(w, sensor, kind, ts, fields)
@@ -358,22 +357,19 @@ class Agent:
                     pass
             if started is not None and (ticks_diff(now, started) >= _SUMMARY_MS or (
                     self.tried and all(s.opened is not None for s in self.sources))):
+                # The start-up line (docs/gateway.md, "Console"), once the uplink and every source
+                # made a first attempt, or _SUMMARY_MS after start. Fields are only added at the end.
                 started = None
-                self.port.say(self.summary())
+                n = 0
+                for s in self.sources:
+                    if s.opened:
+                        n += 1
+                self.port.say("citybrain gw=%s fw=%s boot=%d sources=%d/%d broker=%s clock=%s" % (
+                    self.gw, VERSION, self.boot, n, len(self.sources),
+                    "connected" if self.client.connected else "down",
+                    "synced" if self.clock.synced() else "unsynced"))
             self.port.feed_watchdog()
             await asyncio.sleep(tick_s)
-
-    def summary(self):
-        """The start-up line (docs/gateway.md, "Console"): once the uplink and every source have
-        made their first attempt, or _SUMMARY_MS after start. Fields are only ever added at the end."""
-        n = 0
-        for s in self.sources:
-            if s.opened:
-                n += 1
-        return "citybrain gw=%s fw=%s boot=%d sources=%d/%d broker=%s clock=%s" % (
-            self.gw, VERSION, self.boot, n, len(self.sources),
-            "connected" if self.client.connected else "down",
-            "synced" if self.clock.synced() else "unsynced")
 
     async def _guard(self, coro, name, stop):
         """Run one task; if it dies of a bug, stop the whole agent instead of limping on without it.

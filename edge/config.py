@@ -357,3 +357,36 @@ def load(path):
     except ValueError as exc:
         raise ConfigError("%s is not valid JSON: %s" % (path, exc)) from None
     return validate(raw)
+
+
+def _stamp(path):
+    """What the config file holds now, cheaply compared: its CRC-32 (None if unreadable)."""
+    from binascii import crc32
+
+    try:
+        with open(path, "rb") as f:
+            return crc32(f.read())
+    except OSError:
+        return None
+
+
+def wait(path, every_s=5):
+    """`load(path)`, and on a board whose config is bad: say so in one console line, then wait for
+    a new file that validates (flashed or copied with mpremote) instead of rebooting into the same
+    error for ever. Returns the good config."""
+    import time
+
+    seen = _stamp(path)
+    while True:
+        try:
+            return load(path)
+        except ConfigError as exc:
+            errors = exc.errors
+            more = " (+%d more)" % (len(errors) - 1) if len(errors) > 1 else ""
+            print("citybrain config error: %s%s; waiting for a new %s" % (errors[0], more, path))
+        while True:
+            time.sleep(every_s)
+            now = _stamp(path)
+            if now != seen:
+                seen = now
+                break

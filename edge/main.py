@@ -15,55 +15,22 @@ def make_port(verbose=True):
     return BoardPort(verbose)
 
 
-def load_config(path):
-    """The validated config; `config.ConfigError` (a ValueError) if it is wrong.
+def load_config(path, wait_s=0):
+    """The validated config; `config.ConfigError` (a ValueError) if it is wrong, or with `wait_s`
+    the first good config.json after it (edge.config.wait: one console line, then a re-check every
+    `wait_s` seconds).
 
-    edge.config (schema, help texts, checks) is needed once, at boot: it is dropped again before
-    the agent starts, which leaves a board's heap ~14 KB larger for the run.
+    edge.config (schema, help texts, checks, the wait) is needed once, at boot: it is dropped again
+    before the agent starts, which leaves a board's heap ~14 KB larger for the run.
     """
     from edge import config
     from edge.compat import unload
 
     try:
-        return config.load(path)
+        return config.wait(path, wait_s) if wait_s else config.load(path)
     finally:
         del config
         unload("edge.config")
-
-
-def _stamp(path):
-    """What the config file holds now, cheaply compared: its CRC-32 (None if unreadable)."""
-    from binascii import crc32
-
-    try:
-        with open(path, "rb") as f:
-            return crc32(f.read())
-    except OSError:
-        return None
-
-
-def wait_for_config(path, exc, every_s=5):
-    """A board with a bad config: say so in one console line, then wait for a new file that
-    validates (flashed or copied with mpremote) instead of rebooting into the same error for ever.
-    Returns the new config."""
-    import time
-
-    seen = _stamp(path)
-    while True:
-        errors = getattr(exc, "errors", None) or [str(exc)]
-        more = " (+%d more)" % (len(errors) - 1) if len(errors) > 1 else ""
-        print("citybrain config error: %s%s; waiting for a new %s" % (errors[0], more, path))
-        exc = errors = None
-        while True:
-            time.sleep(every_s)
-            now = _stamp(path)
-            if now != seen:
-                seen = now
-                break
-        try:
-            return load_config(path)
-        except ValueError as e:
-            exc = e
 
 
 def main(config_path, port=None, wait_s=None):
@@ -74,13 +41,11 @@ def main(config_path, port=None, wait_s=None):
     if wait_s is None and sys.platform not in ("linux", "darwin"):
         wait_s = 5
     try:
-        cfg = load_config(config_path)
+        cfg = load_config(config_path, wait_s)
     except ValueError as exc:
-        if not wait_s:
-            for line in getattr(exc, "errors", None) or [str(exc)]:
-                print("config error:", line)
-            sys.exit(2)
-        cfg = wait_for_config(config_path, exc, wait_s)
+        for line in getattr(exc, "errors", None) or [str(exc)]:
+            print("config error:", line)
+        sys.exit(2)
     from edge.agent import Agent, AgentCrashed
 
     port = port or make_port()

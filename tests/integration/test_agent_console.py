@@ -35,7 +35,7 @@ def test_summary_and_one_clock_warning(interpreter: str) -> None:
         log = rig.agent.log_tail(1 << 20)
         assert [m.groups() for m in SUMMARY.finditer(log)] == [
             ("gw-hil-1", "0.1.0", "1", "2", "2", "connected", "unsynced")], log
-        assert log.count("warning: readings are held") == 1, log
+        assert log.count("warning: readings held until the clock is set") == 1, log
         assert not rig.sub.payloads("up")  # held indeed: nothing stamped, nothing sent
 
 
