@@ -178,9 +178,7 @@ async def drive(cfg: dict[str, Any], data: dict[str, bytes], timeout_s: float, b
             if not flushed and all(p.drained for p in ports.values()):
                 # The tail: what the `flush` command does, instead of waiting for the group sync.
                 await asyncio.sleep(0)
-                agent.log.sync()
-                agent.flush_requested = True
-                agent.wake.set()
+                agent.request_flush()
                 flushed = True
             if flushed and agent.log.pending == 0 and not agent._sent:
                 break

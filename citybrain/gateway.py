@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = config.load(args.config)
     except config.ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        for line in exc.errors:
+            print(f"config error: {line}", file=sys.stderr)
         return 2
     if args.action == "check-config":
         shown = json.loads(json.dumps(cfg))

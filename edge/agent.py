@@ -32,6 +32,7 @@ _BATCH_ROOM = const(64)
 _READING_BYTES = const(48)
 _CMD_BYTES = const(1024)  # the largest command (and its topic) the uplink receives
 _TX_ROOM = const(16)  # a PUBLISH or SUBSCRIBE header beside its topic
+_SUMMARY_MS = const(10000)  # the start-up line waits at most this long for first attempts
 
 
 class AgentCrashed(Exception):
@@ -40,7 +41,6 @@ class AgentCrashed(Exception):
 
 class Agent:
     def __init__(self, cfg, port):
-        self.cfg = cfg  # for the sources' constructors only: dropped at the end
         self.port = port
         gw = cfg["gateway_id"]
         up = cfg["uplink"]
@@ -64,18 +64,21 @@ class Agent:
         self._alarm_enc = None  # one BatchEncoder for every alarm, made at the first
         self.sources = []
         n_fields = {}
-        from edge import sources as base
-
         for scfg in cfg["sources"]:
             t = scfg["transport"]
             if t == "serial":
-                from edge.sources.serial import SerialSource as cls
+                from edge.sources.serial import SerialSource
+
+                src = SerialSource(scfg, port, self.accept)
             elif t == "modbus":
-                from edge.sources.modbus import ModbusSource as cls
+                from edge.sources.modbus import ModbusSource
+
+                src = ModbusSource(scfg, port, self.accept)
             else:
-                from edge.sources.mqtt import MqttSource as cls
-            src = cls(self, scfg)
-            assert isinstance(src, base.Source)
+                from edge.sources.mqtt import MqttSource
+
+                site = cfg["site_broker"]
+                src = MqttSource(scfg, port, self.accept, site, (site["client_id"] or gw) + "-site")
             self.sources.append(src)
             n_fields[src.kind_code] = len(src.codec.FIELDS)
         # A batch closes when full or at batch_max readings; a typical reading takes ~45 bytes.
@@ -100,6 +103,9 @@ class Agent:
         self._last_up = {}  # sensor -> uptime ms of its last reading
         self.flush_requested = False
         self.connects = 0
+        self.gw = gw
+        self.tried = False  # the uplink's first connect attempt has ended (summary line)
+        self.held = False  # the once-only "readings held for want of a clock" warning was given
         self.ntp_retry_ms = _NTP_RETRY_MS  # while the clock is unknown (tests shorten it)
         self._last_batch = 0
         prefix = cfg["prefix"]
@@ -119,7 +125,6 @@ class Agent:
         # The sources have taken what they need: the rest of the config (~1 KB of dicts on a
         # board) is not kept for the run. edge.main drops its own reference too.
         self.ntp_host = cfg["ntp_host"]
-        self.cfg = None
 
     # -- sources ---------------------------------------------------------------------------
 
@@ -142,6 +147,10 @@ class Agent:
         w = self._rec
         w.reset()
         if ts is None:
+            if not self.held:
+                self.held = True
+                self.port.say("citybrain gw=%s warning: readings held until the clock is set "
+                              "(NTP, or trust_os_clock)" % self.gw)
             record.encode(w, sensor, kind, None, fields, self.boot, up)
         else:
             record.encode(w, sensor, kind, ts, fields)
@@ -162,11 +171,14 @@ class Agent:
         up = self.up_cfg
         while not self.stopping:
             try:
-                await self.client.connect()
+                try:
+                    await self.client.connect()
+                finally:
+                    self.tried = True
                 self.connects += 1
                 delays = None
                 await self.client.subscribe(self.topics[protocol.CMD], 1)
-                await self._publish_status()
+                await self.publish_status()
                 await self._pump()
             except (MQTTError, OSError) as exc:
                 self.port.log("uplink: %s" % exc)
@@ -283,8 +295,15 @@ class Agent:
             self.clock.synced(), self.clock.now_ms(), self.status())
         return bytes(w)
 
-    async def _publish_status(self):
+    async def publish_status(self):
         await self.client.publish(self.topics[protocol.STATUS], self.status_payload(), 1, True, False)
+
+    def request_flush(self):
+        """Sync the log and batch what it holds now, not at batch_age_ms; the records pending."""
+        self.log.sync()
+        self.flush_requested = True
+        self.wake.set()
+        return self.log.pending
 
     def _on_message(self, topic, payload, retain=False, dup=False):
         if len(self.commands) < 8:
@@ -303,7 +322,7 @@ class Agent:
         """
         status_ms = self.up_cfg["status_every_s"] * 1000
         tick_s = min(1000, max(10, self.up_cfg["batch_age_ms"] // 4)) / 1000
-        last_status = ticks_ms()
+        last_status = started = ticks_ms()
         last_second = last_ntp = None
         while not self.stopping:
             self.wake.set()
@@ -333,9 +352,22 @@ class Agent:
             if ticks_diff(now, last_status) >= status_ms and self.client.connected:
                 last_status = now
                 try:
-                    await self._publish_status()
+                    await self.publish_status()
                 except MQTTError:
                     pass
+            if started is not None and (ticks_diff(now, started) >= _SUMMARY_MS or (
+                    self.tried and all(s.opened is not None for s in self.sources))):
+                # The start-up line (docs/gateway.md, "Console"), once the uplink and every source
+                # made a first attempt, or _SUMMARY_MS after start. Fields are only added at the end.
+                started = None
+                n = 0
+                for s in self.sources:
+                    if s.opened:
+                        n += 1
+                self.port.say("citybrain gw=%s fw=%s boot=%d sources=%d/%d broker=%s clock=%s" % (
+                    self.gw, VERSION, self.boot, n, len(self.sources),
+                    "connected" if self.client.connected else "down",
+                    "synced" if self.clock.synced() else "unsynced"))
             self.port.feed_watchdog()
             await asyncio.sleep(tick_s)
 

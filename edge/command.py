@@ -115,7 +115,7 @@ async def handle(agent, payload):
     client = agent.client
     pid = await client.publish(agent.topics[protocol.REPLY], bytes(w), 1, False, False)
     if not bad and cmd.op == "status":
-        await agent._publish_status()
+        await agent.publish_status()
     if not bad and cmd.op == "reboot":
         # The reply must reach the broker first: a board's reset does not flush its socket.
         try:
@@ -153,9 +153,7 @@ def run(agent, cmd):
             apply(src, rest)
         return {"sources": len(targets)}
     if op == "flush":
-        agent.log.sync()
-        agent.flush_requested = True
-        return {"pending": agent.log.pending}
+        return {"pending": agent.request_flush()}
     if op == "reboot":
         return {"boot": agent.boot}
     raise ValueError("unhandled op %r" % op)
@@ -205,11 +203,10 @@ def apply(src, args):
     db = args.get("deadband")
     silence = args.get("max_silence_s")
     poll = args.get("poll_ms")
-    flt = src.filter
     if db is not None:
         for name in db:
-            flt.band[src.codec.FIELDS.index(name)] = db[name]
+            src.filter.set_deadband(name, db[name])
     if silence is not None:
-        flt.max_silence_ms = silence * 1000
+        src.filter.max_silence_ms = silence * 1000
     if poll is not None:
         src.set_poll(poll)

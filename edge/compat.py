@@ -1,16 +1,11 @@
 """The few names that differ between CPython and MicroPython, in one place.
 
-Import `const` from here (not from `micropython`) so that modules compile and run on both
-interpreters: mpy-cross still folds `X = const(1)` at build time because the name is `const`.
+`const` is defined in devices.common.compat (devices/ must not import edge/) and re-exported here,
+so edge modules import it with the other names: mpy-cross still folds `X = const(1)` at build time
+because the name is `const`.
 """
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(value):
-        return value
-
+from devices.common.compat import const  # noqa: F401  (re-exported)
 
 try:
     from time import ticks_add, ticks_diff, ticks_ms

@@ -1,28 +1,42 @@
 """The gateway config: the JSON that provisioning writes and the agent reads at boot.
 
-Validated once at start-up against the schema below, so a typo is a clear error that names the key
-(and suggests the closest valid one) instead of a gateway that silently ignores a sensor. Defaults
-live in the schema, in one place; docs/gateway-config.md is generated from nothing else.
+Validated once at start-up against the schema below and the rules after it, so every mistake the
+agent would trip over later (a misspelt key, a deadband on a field the kind does not have, an alarm
+limit nobody reads, a word order or a UART name the runtime cannot use, a value out of range) is
+refused before the agent opens its log, naming the path, the bad value and, where one is close, the
+valid spelling. Defaults live in the schema, in one place; docs/gateway-config.md is generated from
+nothing else.
 
 Schema entries: key -> (type, default, help). `REQUIRED` as default means the key must be present.
 Durations are integers with their unit in the key name (`_ms`, `_s`), sizes in bytes (`_bytes`).
+
+Host tools call `validate(raw)` too (provisioning, `citybrain gateway check-config`): a ConfigError
+carries every problem found (`errors`, one line each; `str()` joins them with newlines), so a
+tool prints them all at once. On a board this module is loaded once at boot and dropped again.
 """
 
 REQUIRED = object()
 
 
 class ConfigError(ValueError):
-    """A config problem, with the dotted path of the offending key."""
+    """Config problems, each a line "<dotted path>: <what is wrong>" naming the bad value and,
+    where one is close, the valid spelling. `errors` is the list; `str()` joins it with newlines."""
+
+    def __init__(self, errors):
+        if isinstance(errors, str):
+            errors = [errors]
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
 
 
 BROKER = {
     "host": (str, REQUIRED, "broker host name or address"),
-    "port": (int, 1883, "broker port (8883 with TLS)"),
+    "port": (int, 1883, "broker port 1..65535 (8883 with TLS)"),
     "username": (str, None, "MQTT username (provisioning sets the gateway id)"),
     "password": (str, None, "MQTT password"),
     "tls": (bool, False, "connect with TLS"),
     "ca_file": (str, None, "CA certificate (PEM) to verify the broker with TLS"),
-    "keepalive_s": (int, 60, "MQTT keepalive; the broker declares us offline after 1.5x"),
+    "keepalive_s": (int, 60, "MQTT keepalive (>= 1); the broker declares us offline after 1.5x"),
     "client_id": (str, None, "MQTT client id (default: the gateway id)"),
 }
 
@@ -48,25 +62,28 @@ UPLINK = {
 SOURCE = {
     "kind": (str, REQUIRED, "device kind: parking, manhole, water, thermometer"),
     "transport": (str, REQUIRED, "serial, modbus or mqtt"),
-    "port": (str, None, "serial device (serial, modbus)"),
-    "baud": (int, 9600, "serial speed"),
+    "port": (str, None, "serial device (serial, modbus): a tty path on Linux, `uart<id>[:<tx>:<rx>]` "
+             "on a board"),
+    "baud": (int, 9600, "serial speed: 1200, 2400, 4800, 9600, 19200, 38400, 57600 or 115200"),
     "sensors": (list, None, "sensor ids expected on this source (serial, mqtt)"),
     "slaves": (list, None, "modbus: [{address, sensor, poll_ms, function, register, word_order}]"),
     "topic": (str, None, "mqtt: topic filter on the site broker"),
-    "poll_ms": (int, 10000, "modbus: default poll interval per slave"),
-    "timeout_ms": (int, 500, "modbus: response timeout per request"),
-    "deadband": (dict, None, "field name -> absolute deadband for report-by-exception"),
-    "max_silence_s": (int, 300, "report at least this often even without change"),
-    "alarm_limits": (dict, None, "override the kind's alarm limits, e.g. {\"fever_c\": 37.5}"),
+    "poll_ms": (int, 10000, "modbus: default poll interval per slave (>= 100)"),
+    "timeout_ms": (int, 500, "modbus: response timeout per request (>= 1)"),
+    "deadband": (dict, None, "analog field name -> absolute deadband (a number >= 0) for "
+                 "report-by-exception; the fields per kind are in docs/devices.md"),
+    "max_silence_s": (int, 300, "report at least this often even without change (>= 0)"),
+    "alarm_limits": (dict, None, "override the kind's alarm limits (numbers), e.g. {\"fever_c\": 37.5}; "
+                     "the names per kind are in docs/devices.md"),
 }
 
 SLAVE = {
     "address": (int, REQUIRED, "modbus slave address 1..247"),
     "sensor": (str, REQUIRED, "sensor id reported for this slave"),
-    "poll_ms": (int, None, "poll interval (default: the source's poll_ms)"),
+    "poll_ms": (int, None, "poll interval, >= 100 (default: the source's poll_ms)"),
     "function": (int, 3, "3 (holding registers) or 4 (input registers)"),
     "register": (int, 0, "first register of the value block"),
-    "word_order": (str, None, "float32 word order: ABCD or CDAB (default: the kind's)"),
+    "word_order": (str, None, "float32 word order: ABCD or CDAB, upper case (default: the kind's)"),
 }
 
 GATEWAY = {
@@ -83,107 +100,248 @@ GATEWAY = {
 }
 
 TRANSPORTS = ("serial", "modbus", "mqtt")
+BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)  # what edge.ports.tty can set
+
+# Least values of integer keys, whatever their section (a key means one thing everywhere).
+_MIN = {"keepalive_s": 1, "budget_bytes": 4096, "segment_bytes": 1024, "sync_every_ms": 0,
+        "sync_every_bytes": 0, "batch_max": 1, "batch_age_ms": 1, "max_inflight": 1,
+        "replay_batches_per_s": 1, "backoff_base_ms": 1, "backoff_cap_ms": 1, "status_every_s": 1,
+        "poll_ms": 100, "timeout_ms": 1, "max_silence_s": 0, "register": 0}
 
 
 def _closest(key, known):
     """The known key sharing the most leading characters / letters: a cheap 'did you mean'."""
     best = None
     best_score = 0
+    low = key.lower()
     for k in known:
+        if k.lower() == low:
+            return k  # only the case differs
         score = 0
-        for a, b in zip(key, k):
+        for a, b in zip(low, k.lower()):
             if a != b:
                 break
             score += 2
-        for ch in key:
-            if ch in k:
+        for ch in low:
+            if ch in k.lower():
                 score += 1
         if score > best_score:
             best, best_score = k, score
     return best
 
 
-def _check(section, schema, path):
+def _hint(key, known):
+    hint = _closest(key, known) if isinstance(key, str) else None
+    return (" (did you mean %r?)" % hint) if hint else ""
+
+
+def _check(section, schema, path, errs):
+    """The section with defaults filled in; each problem appended to `errs` (then the default is
+    used, so the checks after it still run). None if it is not an object at all."""
     if not isinstance(section, dict):
-        raise ConfigError("%s: expected an object" % path)
+        errs.append("%s: expected an object, got %r" % (path, section))
+        return None
     out = {}
     for key in section:
         if key not in schema:
-            hint = _closest(key, schema)
-            raise ConfigError(
-                "%s: unknown key %r%s" % (path, key, (" (did you mean %r?)" % hint) if hint else "")
-            )
+            errs.append("%s: unknown key %r%s" % (path, key, _hint(key, schema)))
     for key in schema:
         typ, default, _help = schema[key]
-        if key in section and section[key] is not None:
-            value = section[key]
+        value = section.get(key)
+        if value is not None:
             ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
-            if typ is float and isinstance(value, int) and not isinstance(value, bool):
-                ok = True
             if not ok:
-                raise ConfigError(
-                    "%s.%s: expected %s, got %r" % (path, key, typ.__name__, value)
-                )
+                errs.append("%s.%s: expected %s, got %r" % (path, key, typ.__name__, value))
+                value = None if default is REQUIRED else default
+            elif typ is int and key in _MIN and value < _MIN[key]:
+                errs.append("%s.%s: %r is below the least value %d" % (path, key, value, _MIN[key]))
             out[key] = value
         elif default is REQUIRED:
-            raise ConfigError("%s.%s: required (%s)" % (path, key, _help))
+            errs.append("%s.%s: required (%s)" % (path, key, _help))
+            out[key] = None
         else:
             out[key] = default
     return out
 
 
-def validate(raw):
-    """Return a complete config dict (defaults filled in) or raise ConfigError naming the key."""
-    from devices import KINDS
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
-    cfg = _check(raw, GATEWAY, "config")
+
+def _serial_port(name, path, board, errs):
+    """A board's UARTs are `uart<id>[:<tx>:<rx>]` (edge/ports/board.py); Linux ports are tty paths."""
+    if name.startswith("uart"):
+        parts = name[4:].split(":")
+        for part in parts:
+            if not part.isdigit():
+                errs.append("%s.port: %r is not uart<id>[:<tx>:<rx>] (e.g. \"uart2:17:16\")" % (path, name))
+                return
+        if len(parts) not in (1, 3):
+            errs.append("%s.port: %r is not uart<id>[:<tx>:<rx>] (e.g. \"uart2:17:16\")" % (path, name))
+    elif board:
+        errs.append("%s.port: %r is not a board UART: name one as uart<id>[:<tx>:<rx>], e.g. "
+                    "\"uart2:17:16\"" % (path, name))
+
+
+def _kind_settings(s, codec, path, errs):
+    """deadband and alarm_limits: only what the kind has, as numbers the rules can use."""
+    db = s["deadband"]
+    if db:
+        fields = codec.FIELDS
+        analog = getattr(codec, "ANALOG", ())
+        for name in db:
+            v = db[name]
+            if name not in fields:
+                errs.append("%s.deadband: %s has no field %r%s" % (
+                    path, codec.KIND, name, _hint(name, fields)))
+            elif fields.index(name) not in analog:
+                errs.append("%s.deadband.%s: not an analog field of %s (any change reports)" % (
+                    path, name, codec.KIND))
+            elif not _number(v) or not v >= 0:
+                errs.append("%s.deadband.%s: %r is not a number >= 0" % (path, name, v))
+    lim = s["alarm_limits"]
+    if lim:
+        known = codec.ALARM_LIMITS
+        for name in lim:
+            if name not in known:
+                errs.append("%s.alarm_limits: %s has no alarm limit %r%s (known: %s)" % (
+                    path, codec.KIND, name, _hint(name, known), ", ".join(sorted(known))))
+            elif not _number(lim[name]):
+                errs.append("%s.alarm_limits.%s: %r is not a number" % (path, name, lim[name]))
+
+
+def _strings(items, what, path, errs):
+    """A list of distinct non-empty ids."""
+    seen = {}
+    for j, v in enumerate(items):
+        if not isinstance(v, str) or not v:
+            errs.append("%s[%d]: a %s must be non-empty text, got %r" % (path, j, what, v))
+        elif v in seen:
+            errs.append("%s[%d]: %s %r is listed twice" % (path, j, what, v))
+        else:
+            seen[v] = j
+
+
+def _modbus(s, codec, path, errs):
+    if not hasattr(codec, "N_REGISTERS"):
+        errs.append("%s.transport: kind %s has no Modbus register map (modbus serves: water)" % (
+            path, codec.KIND))
+        return
+    if not s["slaves"]:
+        errs.append("%s.slaves: required for transport modbus" % path)
+        return
+    slaves = []
+    addresses = {}
+    sensors = {}
+    for j, sl in enumerate(s["slaves"]):
+        sp = "%s.slaves[%d]" % (path, j)
+        v = _check(sl, SLAVE, sp, errs)
+        if v is None:
+            continue
+        a = v["address"]
+        if isinstance(a, int):
+            if not 1 <= a <= 247:
+                errs.append("%s.address: %d is outside 1..247" % (sp, a))
+            elif a in addresses:
+                errs.append("%s.address: %d is also slaves[%d]'s" % (sp, a, addresses[a]))
+            addresses[a] = j
+        if v["sensor"] in sensors:
+            errs.append("%s.sensor: %r is also slaves[%d]'s" % (sp, v["sensor"], sensors[v["sensor"]]))
+        sensors[v["sensor"]] = j
+        if v["function"] not in (3, 4):
+            errs.append("%s.function: %r must be 3 or 4" % (sp, v["function"]))
+        wo = v["word_order"]
+        if wo is not None:
+            try:
+                codec.word_order_code(wo)
+            except ValueError:
+                errs.append("%s.word_order: %r is not ABCD or CDAB%s" % (sp, wo, _hint(wo, ("ABCD", "CDAB"))))
+        if v["poll_ms"] is None:
+            v["poll_ms"] = s["poll_ms"]
+        slaves.append(v)
+    s["slaves"] = slaves
+
+
+def _source(src, path, cfg, board, errs):
+    from devices import KINDS, load
+
+    s = _check(src, SOURCE, path, errs)
+    if s is None:
+        return None
+    kind = s["kind"]
+    codec = None
+    if kind is not None and kind not in KINDS:
+        errs.append("%s.kind: unknown kind %r%s (known: %s)" % (
+            path, kind, _hint(kind, KINDS), ", ".join(KINDS)))
+    elif kind is not None:
+        codec = load(kind)
+    t = s["transport"]
+    if t is not None and t not in TRANSPORTS:
+        errs.append("%s.transport: %r is not one of %s%s" % (
+            path, t, ", ".join(TRANSPORTS), _hint(t, TRANSPORTS)))
+    if t in ("serial", "modbus"):
+        if not s["port"]:
+            errs.append("%s.port: required for transport %s" % (path, t))
+        else:
+            _serial_port(s["port"], path, board, errs)
+        if s["baud"] not in BAUDS:
+            errs.append("%s.baud: %r is not one of %s" % (path, s["baud"], ", ".join(str(b) for b in BAUDS)))
+    if t == "mqtt":
+        if not s["topic"]:
+            errs.append("%s.topic: required for transport mqtt" % path)
+        if cfg["site_broker"] is None:
+            errs.append("%s: transport mqtt needs config.site_broker" % path)
+    if s["sensors"]:
+        _strings(s["sensors"], "sensor id", path + ".sensors", errs)
+    if codec is not None:
+        _kind_settings(s, codec, path, errs)
+        if t == "modbus":
+            _modbus(s, codec, path, errs)
+    return s
+
+
+def validate(raw, platform=None):
+    """Return a complete config dict (defaults filled in) or raise ConfigError listing every problem.
+
+    `platform` says where the config will run: "board" (serial ports must be UART names), "linux",
+    or None: where this code runs (a host tool then accepts either, checking UART names' form).
+    """
+    errs = []
+    if platform is None:
+        import sys
+
+        from edge.compat import IS_MICROPYTHON
+
+        platform = "board" if IS_MICROPYTHON and sys.platform not in ("linux", "darwin") else None
+    board = platform == "board"
+    cfg = _check(raw, GATEWAY, "config", errs)
+    if cfg is None:
+        raise ConfigError(errs)
     gw = cfg["gateway_id"]
-    if not gw or "/" in gw or "+" in gw or "#" in gw:
-        raise ConfigError("config.gateway_id: must be non-empty and contain no / + #")
-    cfg["broker"] = _check(cfg["broker"], BROKER, "config.broker")
-    if cfg["site_broker"] is not None:
-        cfg["site_broker"] = _check(cfg["site_broker"], BROKER, "config.site_broker")
-    cfg["store"] = _check(cfg["store"] or {}, STORE, "config.store")
-    cfg["uplink"] = up = _check(cfg["uplink"] or {}, UPLINK, "config.uplink")
-    if up["max_inflight"] is None:
+    if isinstance(gw, str) and (not gw or "/" in gw or "+" in gw or "#" in gw):
+        errs.append("config.gateway_id: %r must be non-empty and contain no / + #" % gw)
+    for name in ("broker", "site_broker"):
+        if cfg[name] is not None:
+            b = cfg[name] = _check(cfg[name], BROKER, "config." + name, errs)
+            if b is not None and not 1 <= b["port"] <= 65535:
+                errs.append("config.%s.port: %r is outside 1..65535" % (name, b["port"]))
+    cfg["store"] = st = _check(cfg["store"] or {}, STORE, "config.store", errs)
+    if st is not None and st["segment_bytes"] > st["budget_bytes"]:
+        errs.append("config.store.segment_bytes: %r is larger than budget_bytes %r" % (
+            st["segment_bytes"], st["budget_bytes"]))
+    cfg["uplink"] = up = _check(cfg["uplink"] or {}, UPLINK, "config.uplink", errs)
+    if up is not None and up["max_inflight"] is None:
         from edge.compat import IS_MICROPYTHON
 
         up["max_inflight"] = 2 if IS_MICROPYTHON else 4
-    elif up["max_inflight"] < 1:
-        raise ConfigError("config.uplink.max_inflight: must be at least 1")
     sources = []
-    for i, src in enumerate(cfg["sources"]):
-        path = "config.sources[%d]" % i
-        s = _check(src, SOURCE, path)
-        if s["kind"] not in KINDS:
-            raise ConfigError("%s.kind: unknown kind %r (known: %s)" % (path, s["kind"], ", ".join(KINDS)))
-        t = s["transport"]
-        if t not in TRANSPORTS:
-            raise ConfigError("%s.transport: %r is not one of %s" % (path, t, ", ".join(TRANSPORTS)))
-        if t in ("serial", "modbus") and not s["port"]:
-            raise ConfigError("%s.port: required for transport %s" % (path, t))
-        if t == "mqtt":
-            if not s["topic"]:
-                raise ConfigError("%s.topic: required for transport mqtt" % path)
-            if cfg["site_broker"] is None:
-                raise ConfigError("%s: transport mqtt needs config.site_broker" % path)
-        if t == "modbus":
-            if not s["slaves"]:
-                raise ConfigError("%s.slaves: required for transport modbus" % path)
-            slaves = []
-            for j, sl in enumerate(s["slaves"]):
-                sp = "%s.slaves[%d]" % (path, j)
-                v = _check(sl, SLAVE, sp)
-                if not 1 <= v["address"] <= 247:
-                    raise ConfigError("%s.address: %d is outside 1..247" % (sp, v["address"]))
-                if v["function"] not in (3, 4):
-                    raise ConfigError("%s.function: must be 3 or 4" % sp)
-                if v["poll_ms"] is None:
-                    v["poll_ms"] = s["poll_ms"]
-                slaves.append(v)
-            s["slaves"] = slaves
-        sources.append(s)
+    for i, src in enumerate(cfg["sources"] or ()):
+        s = _source(src, "config.sources[%d]" % i, cfg, board, errs)
+        if s is not None:
+            sources.append(s)
     cfg["sources"] = sources
+    if errs:
+        raise ConfigError(errs)
     return cfg
 
 
@@ -199,3 +357,36 @@ def load(path):
     except ValueError as exc:
         raise ConfigError("%s is not valid JSON: %s" % (path, exc)) from None
     return validate(raw)
+
+
+def _stamp(path):
+    """What the config file holds now, cheaply compared: its CRC-32 (None if unreadable)."""
+    from binascii import crc32
+
+    try:
+        with open(path, "rb") as f:
+            return crc32(f.read())
+    except OSError:
+        return None
+
+
+def wait(path, every_s=5):
+    """`load(path)`, and on a board whose config is bad: say so in one console line, then wait for
+    a new file that validates (flashed or copied with mpremote) instead of rebooting into the same
+    error for ever. Returns the good config."""
+    import time
+
+    seen = _stamp(path)
+    while True:
+        try:
+            return load(path)
+        except ConfigError as exc:
+            errors = exc.errors
+            more = " (+%d more)" % (len(errors) - 1) if len(errors) > 1 else ""
+            print("citybrain config error: %s%s; waiting for a new %s" % (errors[0], more, path))
+        while True:
+            time.sleep(every_s)
+            now = _stamp(path)
+            if now != seen:
+                seen = now
+                break

@@ -15,29 +15,36 @@ def make_port(verbose=True):
     return BoardPort(verbose)
 
 
-def load_config(path):
-    """The validated config; `config.ConfigError` (a ValueError) if it is wrong.
+def load_config(path, wait_s=0):
+    """The validated config; `config.ConfigError` (a ValueError) if it is wrong, or with `wait_s`
+    the first good config.json after it (edge.config.wait: one console line, then a re-check every
+    `wait_s` seconds).
 
-    edge.config (schema, help texts, checks) is needed once, at boot: it is dropped again before
-    the agent starts, which leaves a board's heap ~14 KB larger for the run.
+    edge.config (schema, help texts, checks, the wait) is needed once, at boot: it is dropped again
+    before the agent starts, which leaves a board's heap ~14 KB larger for the run.
     """
     from edge import config
     from edge.compat import unload
 
     try:
-        return config.load(path)
+        return config.wait(path, wait_s) if wait_s else config.load(path)
     finally:
         del config
         unload("edge.config")
 
 
-def main(config_path, port=None):
+def main(config_path, port=None, wait_s=None):
+    """Run the agent. A config error exits with status 2 on Linux (before the log counts a boot);
+    on a board (or with `wait_s`) it waits for a new config, checking every `wait_s` seconds."""
     import asyncio
 
+    if wait_s is None and sys.platform not in ("linux", "darwin"):
+        wait_s = 5
     try:
-        cfg = load_config(config_path)
+        cfg = load_config(config_path, wait_s)
     except ValueError as exc:
-        print("config error:", exc)
+        for line in getattr(exc, "errors", None) or [str(exc)]:
+            print("config error:", line)
         sys.exit(2)
     from edge.agent import Agent, AgentCrashed
 

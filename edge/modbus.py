@@ -7,9 +7,11 @@ late answer pass instead of corrupting the next one. The answer's end is known f
 count, so no gap timing is needed on receive; the response timeout starts when the request has
 left the wire (its transmit time is added).
 
-`read` never raises for wire problems (timeouts, CRC errors, exception answers, a dead port):
-it returns a DecodeError and counts it per slave. Arguments out of the spec's range are a
-programming error and raise ValueError.
+`read` never raises for wire problems (timeouts, CRC errors, exception answers): it returns a
+DecodeError and counts it per slave. A dead port (the OSError of an unplugged adapter or a closed
+pty) is counted (`io`) and raised: no answer can come until the owner reopens the port, and a
+timeout would hide that forever. Arguments out of the spec's range are a programming error and
+raise ValueError.
 """
 
 import asyncio
@@ -96,9 +98,9 @@ class Master:
             await self.port.write(self._req)
             tx_ms = (n_req * self.char_us + 999) // 1000
             result = await self._receive(slave, fn, count, timeout_ms + tx_ms, c)
-        except OSError as exc:
+        except OSError:
             c[C_IO] += 1
-            return DecodeError(TIMEOUT, "port: %s" % (exc,))
+            raise
         if isinstance(result, DecodeError):
             code = result.code
             if code == TIMEOUT:

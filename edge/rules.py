@@ -53,8 +53,7 @@ class ReportFilter:
         self.band = band
         if deadbands:
             for name in deadbands:
-                self.check_deadband(name, deadbands[name])
-                band[fields.index(name)] = deadbands[name]
+                self.set_deadband(name, deadbands[name])
         # Fields that change in every frame by design (frame sequence numbers) are not news.
         self.counters = getattr(codec, "COUNTERS", ())
         self.slots = {}
@@ -79,6 +78,11 @@ class ReportFilter:
             raise ValueError("deadband %r: %r is not a number >= 0" % (name, value))
         if self.band[fields.index(name)] is None:
             raise ValueError("%r is not analog: any change reports" % name)
+
+    def set_deadband(self, name, value):
+        """Set one analog field's deadband; ValueError (from `check_deadband`) changes nothing."""
+        self.check_deadband(name, value)
+        self.band[self.codec.FIELDS.index(name)] = value
 
     def check(self, sensor, fields, now_ticks, alarm=None):
         """Return the reason (1..6, see above) for reporting this reading, or SUPPRESSED (and count it)."""

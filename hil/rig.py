@@ -120,24 +120,51 @@ class SerialDevice:
     """
 
     def __init__(self, kind: str, sensors: Sequence[str], sim: Any, *, speed: float = 1.0,
-                 noise: int = 0, seed: int = 1) -> None:
+                 noise: int = 0, seed: int = 1, link: str | None = None) -> None:
         self.kind = kind
         self.sensors = list(sensors)
         self.sim = sim
         self.speed = speed
         self.noise = noise  # bytes per tick of garbage
         self.rng = Rng(seed)
-        self.master, self._slave = os.openpty()
-        tty.setraw(self._slave)  # no echo, no line discipline before the agent sets it raw itself
-        os.set_blocking(self.master, False)
-        self.path = os.ttyname(self._slave)
+        self.link = link  # a stable name for the pty (as udev's /dev/serial/by-id), for unplug/replug
+        self.plugged = False
+        self._plug()
+        self.path = link or self.tty
         self.t0_sim = 1_795_676_000_000
         self.t0_real: float | None = None
         self.dropped = 0  # frames not written: pty full
 
+    def _plug(self) -> None:
+        self.master, self._slave = os.openpty()
+        tty.setraw(self._slave)  # no echo, no line discipline before the agent sets it raw itself
+        os.set_blocking(self.master, False)
+        self.tty = os.ttyname(self._slave)
+        if self.link is not None:
+            os.symlink(self.tty, self.link + ".new")
+            os.replace(self.link + ".new", self.link)
+        self.plugged = True
+
+    def unplug(self) -> None:
+        """The adapter is pulled: the pty goes away (the agent's open fd reads EIO / hangs up) and
+        so does its stable name; frames the device makes meanwhile go nowhere."""
+        if self.link is None:
+            raise RigError("unplug needs a device made with a stable link name")
+        self.plugged = False
+        os.remove(self.link)
+        self.close()
+
+    def replug(self) -> None:
+        """Plugged back: a new pty (a new /dev/pts number) under the same stable name. The device
+        stays silent (`plugged` False) until `Rig.replug` has seen the agent open it: a tty is
+        flushed when the agent sets it raw, so earlier frames would be lost by design."""
+        self._plug()
+        self.plugged = False
+
     def step(self, now: float, live: bool, record: Callable[[Emission], None]) -> None:
         if self.t0_real is None:
             self.t0_real = now
+        live = live and self.plugged
         if self.sim is None:
             if live and self.noise:
                 self._write(bytes(self.rng.below(256) for _ in range(self.noise)))
@@ -165,8 +192,10 @@ class SerialDevice:
 
     def close(self) -> None:
         for fd in (self.master, self._slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.master = self._slave = -1  # closed once: the numbers may be reused by then
 
 
 class LidPublisher:
@@ -213,11 +242,18 @@ class ModbusBus:
     def __init__(self, workdir: Path, slaves: Sequence[tuple[int, str]], *, seed: int = 4) -> None:
         self.slaves = list(slaves)  # (address, word order "ABCD"/"CDAB") the slave process serves
         self.seed = seed
+        self.workdir = workdir
         self.path = str(workdir / "bus-gw")
-        dev = str(workdir / "bus-dev")
+        self.procs: list[subprocess.Popen[bytes]] = []  # every socat and slave ever started
+        self.plug()
+
+    def plug(self) -> None:
+        """Start the null-modem and the slave (again, after `unplug`: a new pty, the same path)."""
+        dev = str(self.workdir / "bus-dev")
         self.socat = subprocess.Popen(
             [find_binary("socat"), f"pty,raw,echo=0,link={self.path}", f"pty,raw,echo=0,link={dev}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(self.socat)
         deadline = time.monotonic() + 10
         while not (os.path.exists(self.path) and os.path.exists(dev)):
             if time.monotonic() > deadline or self.socat.poll() is not None:
@@ -226,15 +262,22 @@ class ModbusBus:
             time.sleep(0.02)
         spec = ",".join(f"{a}:{wo}" for a, wo in self.slaves)
         self.slave = subprocess.Popen(
-            [sys.executable, "-m", "hil.water_slave", "--port", dev, "--slaves", spec, "--seed", str(seed),
-             "--now-ms", str(WATER_NOW_MS)],
+            [sys.executable, "-m", "hil.water_slave", "--port", dev, "--slaves", spec,
+             "--seed", str(self.seed), "--now-ms", str(WATER_NOW_MS)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(self.slave)
         assert self.slave.stdout is not None
         ready, _, _ = select.select([self.slave.stdout], [], [], 30)
         line = self.slave.stdout.readline() if ready else b""
         if line.strip() != b"READY":
             self.close()
             raise RigError(f"water slave did not come up: {line!r}")
+
+    def unplug(self) -> None:
+        """The bus adapter is pulled: socat and the slave stop, the agent's pty hangs up."""
+        self.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.path)  # socat removes its link; a stale one must not name a reused pty
 
     def values(self, sensor_of: dict[int, str]) -> list[tuple[str, tuple[Any, ...]]]:
         """The (sensor, fields) each served slave answers with (a fixed snapshot)."""
@@ -302,6 +345,16 @@ class Subscriber:
         self.client.loop_stop()
 
 
+def _open_files(pid: int) -> set[str]:
+    """What process `pid` has open (the targets of /proc/<pid>/fd)."""
+    out = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                out.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return out
+
+
 def _open_session(port: int, client_id: str, topic: str) -> None:
     """Create a persistent session subscribed to `topic` for `client_id`, then leave."""
     done = threading.Event()
@@ -346,7 +399,12 @@ class AgentProcess:
             exe = VENV_BIN / "micropython"
             if not exe.exists():
                 raise RigError(f"{exe} not found")
-            self.cmd = [str(exe), "-X", f"heapsize={heap}", "-m", "edge.main", str(config_path)]
+            # nohup: SIGHUP ignored, as docs/gateway.md says to run the unix port. It opens ttys
+            # without O_NOCTTY, so an agent that leads its session (systemd, setsid) takes its
+            # first serial port as controlling terminal and is killed by SIGHUP when that adapter
+            # is pulled; ignored, the hang-up is only the EOF that the agent reopens the port on.
+            self.cmd = [find_binary("nohup"), str(exe), "-X", f"heapsize={heap}", "-m", "edge.main",
+                        str(config_path)]
             self.cwd = str(workdir)
         else:
             self.cmd = [sys.executable, "-m", "citybrain.cli", "gateway", "run", "--config", str(config_path)]
@@ -357,8 +415,8 @@ class AgentProcess:
         with open(self.log_path, "ab") as log:
             log.write(f"--- start {self.starts} at {time.time():.3f}\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.starts += 1
 
     def alive(self) -> bool:
@@ -441,11 +499,13 @@ class Rig:
                                   link="rs485")
                 if parking_fault:
                     psim.set_fault(parking_fault[0], parking_fault[1])
-                self.devices.append(SerialDevice("parking", ids, psim, speed=speed, seed=seed))
+                self.devices.append(SerialDevice("parking", ids, psim, speed=speed, seed=seed,
+                                                 link=self._link()))
             if thermometers:
                 ids = [f"T-gate-{i + 1}" for i in range(thermometers)]
                 tsim = ThermometerSim(ids, seed=seed + 1, mean_gap_s=4.0, fever_rate=0.05)
-                self.devices.append(SerialDevice("thermometer", ids, tsim, speed=speed, seed=seed))
+                self.devices.append(SerialDevice("thermometer", ids, tsim, speed=speed, seed=seed,
+                                                 link=self._link()))
             if garbage_device:
                 self.devices.append(SerialDevice("parking", ["P-09999"], None, noise=16, seed=seed + 7))
             for d in self.devices:
@@ -493,6 +553,10 @@ class Rig:
         except BaseException:
             self.close()
             raise
+
+    def _link(self) -> str:
+        """A stable name for the next serial device's pty, as udev's /dev/serial/by-id gives."""
+        return str(self.dir / f"tty-{len(self.devices)}")
 
     # -- driving -----------------------------------------------------------------------------
 
@@ -593,6 +657,38 @@ class Rig:
                 f.write(buf[start:end])
         return TornWrite(mode, path.name, start, end, cut_at, garbled, age,
                          bytes(data[start + HEADER : end]), bytes(data[:start]))
+
+    def unplug(self) -> None:
+        """Pull every serial adapter and the Modbus bus's adapter (the agent keeps running)."""
+        for d in self.devices:
+            if d.link is not None:
+                d.unplug()
+        if self.bus is not None:
+            self.bus.unplug()
+
+    def replug(self, timeout: float = 30.0) -> float:
+        """Plug them back: new ptys under the same names, as udev's by-id links do. Returns once
+        the agent holds every serial device's new pty open (its reopen found it), when each device
+        starts to talk again; the time between is an outage for the verifier. Returns that time."""
+        assert self.agent is not None and self.agent.proc is not None
+        waiting = [d for d in self.devices if d.link is not None and not d.plugged]
+        for d in waiting:
+            d.replug()
+        if self.bus is not None:
+            self.bus.plug()
+        deadline = time.monotonic() + timeout
+        pid = self.agent.proc.pid
+        while waiting:
+            held = _open_files(pid)
+            waiting = [d for d in waiting if d.tty not in held]
+            if time.monotonic() > deadline:
+                names = [d.link for d in waiting]
+                raise RigError(f"the agent did not reopen {names}: {self.agent.log_tail()}")
+            self.run(0.05)
+        time.sleep(0.2)  # the agent sets the tty raw (which flushes it) just after opening it
+        for d in self.devices:
+            d.plugged = True
+        return time.time()
 
     def restart_broker(self) -> None:
         """Mosquitto stops cleanly (sessions saved) and comes back on the same port and data dir."""
@@ -712,7 +808,7 @@ class Rig:
     def leftovers(self) -> list[int]:
         """PIDs of processes this rig started that still exist (after close: must be none)."""
         out = []
-        for proc in self._procs:
+        for proc in self._procs + (self.bus.procs if self.bus is not None else []):
             if proc.poll() is None:
                 out.append(proc.pid)
         return out

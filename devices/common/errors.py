@@ -22,7 +22,7 @@ into private `_BAD_CRC = const(3)` copies, which cost nothing at run time; their
 those copies to the codes above.
 """
 
-from edge.compat import const
+from devices.common.compat import const
 
 NAMES = (
     "",

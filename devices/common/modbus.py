@@ -28,6 +28,7 @@ Exception response, 5 bytes (code 1 illegal function, 2 illegal address, 3 illeg
 CRC-16/MODBUS covers everything before it and is sent low byte first.
 """
 
+from devices.common.compat import const
 from devices.common.crc import crc16_modbus
 from devices.common.errors import (
     BAD_CRC,
@@ -36,7 +37,6 @@ from devices.common.errors import (
     DEVICE_EXCEPTION,
     DecodeError,
 )
-from edge.compat import const
 
 READ_HOLDING = const(3)
 READ_INPUT = const(4)

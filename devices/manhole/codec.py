@@ -20,8 +20,8 @@ modules out, and every module global costs a board heap for the whole run.
 
 import json
 
+from devices.common.compat import const
 from devices.common.errors import DecodeError
-from edge.compat import const
 
 KIND = "manhole"
 KIND_CODE = const(2)

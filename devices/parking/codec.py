@@ -21,9 +21,9 @@ as attributes of this module (`codec.encode`, `codec.MAG_LIMIT`) through `__geta
 board image leaves sim_* modules out, and every module global costs a board heap for the whole run.
 """
 
+from devices.common.compat import const
 from devices.common.crc import crc16_modbus
 from devices.common.errors import DecodeError
-from edge.compat import const
 
 KIND = "parking"
 KIND_CODE = 1

@@ -23,9 +23,9 @@ module (`codec.encode`, `codec.MAX_LINE`) through `__getattr__` below: a board i
 modules out, and every module global costs a board heap for the whole run.
 """
 
+from devices.common.compat import const
 from devices.common.crc import xor8
 from devices.common.errors import DecodeError
-from edge.compat import const
 
 KIND = "thermometer"
 KIND_CODE = 4

@@ -16,8 +16,8 @@ not a reading.
 
 import struct
 
+from devices.common.compat import const
 from devices.common.errors import BAD_VALUE, DecodeError
-from edge.compat import const
 
 KIND = "water"
 KIND_CODE = const(3)

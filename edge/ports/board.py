@@ -119,3 +119,7 @@ class BoardPort:
     def log(self, msg):
         if self.verbose:
             print(msg)
+
+    def say(self, line):
+        """One console line, always (the start-up summary, warnings)."""
+        print(line)

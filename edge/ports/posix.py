@@ -70,4 +70,10 @@ class PosixPort:
 
     def log(self, msg):
         if self.verbose:
-            print("citybrain-gw:", msg)
+            self.say("citybrain-gw: " + msg)
+
+    def say(self, line):
+        """One console line, always (the start-up summary, warnings); flushed, for journald."""
+        print(line)
+        if not IS_MICROPYTHON:
+            sys.stdout.flush()

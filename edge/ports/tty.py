@@ -69,24 +69,35 @@ class Tty:
                 raise OSError(5, "tty hung up")  # EIO, as a read would say
         return False
 
+    def _take(self):
+        """Read the byte poll said is waiting into self._one. A hung-up tty (the adapter pulled,
+        the pty's other side closed) polls readable and reads EOF for ever: that is a dead port."""
+        if self._f.readinto(self._one) != 1:
+            raise OSError(5, "tty hung up")  # EIO, as a write to it says
+        return True
+
     async def write(self, buf):
         self._f.write(buf)
 
     async def _first_byte(self, timeout_ms):
         """Wait for one byte into self._one; False on timeout."""
         if self._ready():
-            return self._f.readinto(self._one) == 1
+            return self._take()
         if timeout_ms is not None and timeout_ms <= 0:
             return False
         import asyncio
 
         if self._reader is not None:
-            if timeout_ms is None:
-                return await self._reader.readinto(self._one) == 1
             try:
-                return await asyncio.wait_for_ms(self._reader.readinto(self._one), timeout_ms) == 1
+                if timeout_ms is None:
+                    n = await self._reader.readinto(self._one)
+                else:
+                    n = await asyncio.wait_for_ms(self._reader.readinto(self._one), timeout_ms)
             except asyncio.TimeoutError:
                 return False
+            if n != 1:
+                raise OSError(5, "tty hung up")
+            return True
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         loop.add_reader(self._fd, _wake, fut)
@@ -96,7 +107,7 @@ class Tty:
             return False
         finally:
             loop.remove_reader(self._fd)
-        return self._f.readinto(self._one) == 1
+        return self._take()
 
     async def readinto(self, buf, timeout_ms):
         if len(buf) == 0 or not await self._first_byte(timeout_ms):
@@ -106,8 +117,7 @@ class Tty:
         n = 1
         limit = len(buf)
         while n < limit and self._ready():
-            if self._f.readinto(one) != 1:
-                break
+            self._take()
             buf[n] = one[0]
             n += 1
         return n
@@ -115,8 +125,7 @@ class Tty:
     def discard(self):
         n = 0
         while n < _DISCARD_MAX and self._ready():
-            if self._f.readinto(self._one) != 1:
-                break
+            self._take()
             n += 1
         return n
 

@@ -1,39 +1,49 @@
 """Where readings come from: serial ports, Modbus buses and MQTT site brokers.
 
 A source only moves bytes: it owns its port, feeds the kind's codec and hands each decoded reading
-to `Source.take`, which applies the edge rules and counts every rejection per sensor. The agent
-does the rest (log, uplink). Concrete sources live in serial.py, modbus.py and mqtt.py.
+to `Source.take`, which applies the edge rules and counts every rejection per sensor, then to the
+`accept` callable it was built with (the agent's log). Concrete sources live in serial.py,
+modbus.py and mqtt.py; each is built from its config section, the runtime (edge.ports) and
+`accept`, never from the whole agent.
+
+One port lifecycle for every transport (`Source.run`): `open` the link, `pump` it, and when it dies
+(OSError from a serial port or bus, MQTTError from a site broker) close it, count `port_down`
+against the port's name, back off (full jitter, edge.mqtt.client.backoff_delays, reset by a
+successful open) and open it again. A USB adapter pulled and plugged back resumes on its own.
 """
+
+import asyncio
 
 from devices import load
 from devices.common.errors import N_CODES, NAMES
+from edge.mqtt.client import backoff_delays
+from edge.mqtt.errors import MQTTError
 from edge.rules import SUPPRESSED, ReportFilter
 
 # Source-level error codes beyond the codecs' (index into the same counter row).
 UNKNOWN_SENSOR = N_CODES  # a well-formed reading from a sensor the config does not list
 QUEUE_OVERFLOW = N_CODES + 1  # a message arrived faster than it could be decoded
-
+PORT_DOWN = N_CODES + 2  # the port could not be opened, or died (unplugged, broker gone)
 
 class Source:
     """Configured state shared by every transport: codec, rules, limits, counters."""
 
-    def __init__(self, agent, cfg):
-        self.agent = agent
+    def __init__(self, cfg, port, accept):
+        self.port = port  # the runtime: open_serial, ssl_context, log
+        self.accept = accept  # (sensor, kind code, fields, urgent, alarm): the agent's log
+        self.path = cfg.get("port")  # the port's name in logs and error counts
         self.kind = cfg["kind"]
         self.codec = load(self.kind)
         self.kind_code = self.codec.KIND_CODE
         limits = dict(self.codec.ALARM_LIMITS)
         if cfg.get("alarm_limits"):
-            for k in cfg["alarm_limits"]:
-                if k not in limits:
-                    raise ValueError("no alarm limit %r in %s: %s" % (
-                        k, self.kind, ", ".join(sorted(limits))))
-                limits[k] = cfg["alarm_limits"][k]
+            limits.update(cfg["alarm_limits"])  # its names were checked by edge.config
         self.limits = limits
         sensors = cfg.get("sensors")
         self.filter = ReportFilter(self.codec, cfg.get("deadband"), 0,
                                    cfg.get("max_silence_s", 300) * 1000, sensors)
         self.sensors = self.filter.slots if sensors else None  # the configured ids, as a dict
+        self.opened = None  # True while the port is open, False after it failed; None: not tried
         self.errors = {}  # sensor (or the port name) -> counter row, created on first error
         self.readings = 0
         self.reported = 0
@@ -41,7 +51,7 @@ class Source:
     def error(self, who, code):
         row = self.errors.get(who)
         if row is None:
-            row = self.errors[who] = [0] * (QUEUE_OVERFLOW + 1)
+            row = self.errors[who] = [0] * (PORT_DOWN + 1)
         row[code] += 1
 
     def take(self, sensor, fields, now_ticks):
@@ -56,12 +66,12 @@ class Source:
             return False
         self.reported += 1
         urgent = alarm is not None or self.codec.is_event(fields)
-        self.agent.accept(sensor, self.kind_code, fields, urgent, alarm)
+        self.accept(sensor, self.kind_code, fields, urgent, alarm)
         return True
 
     def error_report(self):
         """{who: {code_name: n}} for the status message (allocates: status time only)."""
-        names = NAMES + ("unknown_sensor", "queue_overflow")
+        names = NAMES + ("unknown_sensor", "queue_overflow", "port_down")
         out = {}
         for who in self.errors:
             row = self.errors[who]
@@ -85,4 +95,30 @@ class Source:
         """Called by the agent every second: time-based checks that need no timer of their own."""
 
     async def run(self):
+        """The port lifecycle (see the module docstring); runs until cancelled."""
+        delays = None
+        while True:
+            link = None
+            try:
+                link = await self.open()
+                self.opened = True
+                delays = None
+                await self.pump(link)
+            except (OSError, MQTTError) as exc:
+                self.opened = False
+                self.error(self.path, PORT_DOWN)
+                self.port.log("%s: %s; reopening" % (self.path, exc))
+            finally:
+                if link is not None:
+                    link.close()
+            if delays is None:
+                delays = backoff_delays(1, 60)
+            await asyncio.sleep(next(delays))
+
+    async def open(self):
+        """The opened link (it has `close()`); OSError or MQTTError if it cannot be opened."""
+        return self.port.open_serial(self.path, self.baud)
+
+    async def pump(self, link):
+        """Read `link` until it dies (raise OSError or MQTTError); never returns normally."""
         raise NotImplementedError

@@ -4,6 +4,8 @@ One request at a time on the line, in order of due time. Each slave has its own 
 a slave that stops answering is polled with growing backoff (up to 8 intervals) so that its
 timeouts do not eat the bus time of the others, and returns to its interval on the first good
 answer. Timeouts, CRC errors and exception answers are counted per slave (edge.modbus.Master).
+A dead port (USB adapter pulled) raises out of the master and the bus is reopened with backoff
+(`Source.run`); the master, and so its per-slave counters, lives across reopens.
 """
 
 import asyncio
@@ -31,9 +33,8 @@ class _Slave:
 
 
 class ModbusSource(Source):
-    def __init__(self, agent, cfg):
-        Source.__init__(self, agent, cfg)
-        self.path = cfg["port"]
+    def __init__(self, cfg, port, accept):
+        Source.__init__(self, cfg, port, accept)
         self.baud = cfg["baud"]
         self.timeout_ms = cfg["timeout_ms"]
         codec = self.codec
@@ -65,21 +66,11 @@ class ModbusSource(Source):
                     out[s.sensor] = row
         return out
 
-    async def run(self):
-        while True:
-            try:
-                port = self.agent.port.open_serial(self.path, self.baud)
-            except OSError as exc:
-                self.agent.port.log("%s: cannot open: %s" % (self.path, exc))
-                await asyncio.sleep(5)
-                continue
-            self.master = Master(port, self.timeout_ms)
-            try:
-                await self.schedule()
-            finally:
-                port.close()
-
-    async def schedule(self):
+    async def pump(self, link):
+        if self.master is None:
+            self.master = Master(link, self.timeout_ms)
+        else:
+            self.master.port = link  # same path, same baud: the counters carry on
         codec = self.codec
         n_regs = codec.N_REGISTERS
         while True:

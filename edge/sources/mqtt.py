@@ -12,8 +12,7 @@ from binascii import crc32
 
 from devices.common.errors import DecodeError
 from edge.compat import const, ticks_ms
-from edge.mqtt.client import MQTTClient, backoff_delays
-from edge.mqtt.errors import MQTTError
+from edge.mqtt.client import MQTTClient
 from edge.sources import QUEUE_OVERFLOW, Source
 
 _QUEUE = const(32)
@@ -22,17 +21,16 @@ _TX_ROOM = const(16)  # a SUBSCRIBE header beside its topic
 
 
 class MqttSource(Source):
-    def __init__(self, agent, cfg):
-        Source.__init__(self, agent, cfg)
-        b = agent.cfg["site_broker"]  # the agent drops its config once the sources are made
-        self.topic = cfg["topic"]
-        cid = (b["client_id"] or agent.cfg["gateway_id"]) + "-site"
+    def __init__(self, cfg, port, accept, site_broker, client_id):
+        Source.__init__(self, cfg, port, accept)
+        b = site_broker
+        self.path = self.topic = cfg["topic"]  # the "port" of this source, in logs and error counts
         # Receive: the kind's largest message and its topic; transmit: the SUBSCRIBE (the client
         # sizes its CONNECT itself).
         tx = _TX_ROOM + len(self.topic.encode())
         self.client = MQTTClient(
-            cid, b["host"], b["port"], username=b["username"], password=b["password"],
-            keepalive=b["keepalive_s"], clean_session=False, ssl=agent.port.ssl_context(b),
+            client_id, b["host"], b["port"], username=b["username"], password=b["password"],
+            keepalive=b["keepalive_s"], clean_session=False, ssl=port.ssl_context(b),
             on_message=self._on_message,
             buffer_size=getattr(self.codec, "MAX_PAYLOAD", 1024) + _TOPIC_ROOM, tx_size=tx)
         self.queue = []
@@ -61,27 +59,26 @@ class MqttSource(Source):
         if not self.client.connected:
             self._ev.set()
 
-    async def run(self):
-        delays = None
+    async def open(self):
+        client = self.client
+        try:
+            await client.connect()
+            await client.subscribe(self.topic, 1)
+        except BaseException:
+            client.close()  # a CONNACK without the SUBACK: the next connect starts afresh
+            raise
+        return client
+
+    async def pump(self, client):
         while True:
-            try:
-                await self.client.connect()
-                await self.client.subscribe(self.topic, 1)
-                delays = None
-                while True:
-                    while self.queue:
-                        msg = self.queue.pop(0)
-                        result = self.codec.decode(msg, 0, len(msg))[1]
-                        if isinstance(result, DecodeError):
-                            self.error(self.topic, result.code)
-                        else:
-                            self.take(result[0], result[1], ticks_ms())
-                    self._ev.clear()
-                    if not self.client.connected:
-                        raise self.client.error
-                    await self._ev.wait()  # set by a message, or by housekeep on a lost link
-            except MQTTError as exc:
-                self.agent.port.log("site broker: %s" % exc)
-            if delays is None:
-                delays = backoff_delays(1, 60)
-            await asyncio.sleep(next(delays))
+            while self.queue:
+                msg = self.queue.pop(0)
+                result = self.codec.decode(msg, 0, len(msg))[1]
+                if isinstance(result, DecodeError):
+                    self.error(self.topic, result.code)
+                else:
+                    self.take(result[0], result[1], ticks_ms())
+            self._ev.clear()
+            if not client.connected:
+                raise client.error
+            await self._ev.wait()  # set by a message, or by housekeep on a lost link

@@ -5,10 +5,8 @@ frames in it. A frame that starts and never ends (the line went quiet mid-frame)
 counted by `housekeep`, which the agent calls every second: waiting for bytes then needs no timer,
 which on MicroPython would be two tasks and a closure per read. Garbage, bad CRCs and truncated
 frames are the codec's typed errors, counted per sensor (or per port when no sensor can be named);
-a port that disappears (USB adapter pulled) is reopened with backoff and counted, never a crash.
+a port that disappears (USB adapter pulled) is reopened with backoff and counted (`Source.run`).
 """
-
-import asyncio
 
 from devices.common.errors import TIMEOUT, DecodeError
 from edge.compat import const, ticks_diff, ticks_ms
@@ -19,36 +17,12 @@ _QUIET_MS = const(1000)  # a partial frame older than this will never be complet
 
 
 class SerialSource(Source):
-    def __init__(self, agent, cfg):
-        Source.__init__(self, agent, cfg)
-        self.path = cfg["port"]
+    def __init__(self, cfg, port, accept):
+        Source.__init__(self, cfg, port, accept)
         self.baud = cfg["baud"]
         self._buf = bytearray(_BUF)
         self._fill = 0  # bytes in _buf not yet decoded (a partial frame)
         self._rx_at = 0  # ticks of the last bytes received
-        self.reopens = 0
-
-    async def run(self):
-        delay = 1
-        while True:
-            try:
-                port = self.agent.port.open_serial(self.path, self.baud)
-            except OSError as exc:
-                self.error(self.path, TIMEOUT)
-                self.agent.port.log("%s: cannot open: %s" % (self.path, exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 60)
-                continue
-            delay = 1
-            try:
-                await self.pump(port)
-            except OSError as exc:
-                self.reopens += 1
-                self.error(self.path, TIMEOUT)
-                self.agent.port.log("%s: %s; reopening" % (self.path, exc))
-            finally:
-                port.close()
-            await asyncio.sleep(delay)
 
     def housekeep(self, now):
         if self._fill and ticks_diff(now, self._rx_at) >= _QUIET_MS:

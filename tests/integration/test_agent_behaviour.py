@@ -576,9 +576,9 @@ def test_a_config_deadband_that_is_not_a_number_is_refused_at_start(
         mosquitto: Mosquitto, ttys: Callable[[], str], tmp_path: Path) -> None:
     src = parking(ttys())
     src["deadband"] = {"battery_mv": "50"}  # JSON typo: it would crash the source at its 2nd reading
-    cfg = make_cfg(mosquitto, tmp_path / "spool", [src], trust_os_clock=True)
-    with pytest.raises(ValueError, match="battery_mv"):
-        Agent(cfg, TestPort(clock_valid=True))
+    with pytest.raises(ValueError, match="battery_mv"):  # refused by edge.config, at load
+        make_cfg(mosquitto, tmp_path / "spool", [src], trust_os_clock=True)
+    assert not (tmp_path / "spool").exists()
 
 
 def test_flush_publishes_pending_periodic_readings_at_once(

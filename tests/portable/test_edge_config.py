@@ -67,3 +67,57 @@ def test_modbus_slave_inherits_poll():
     c = config.validate(_with(sources=[src]))
     assert c["sources"][0]["slaves"][0]["poll_ms"] == 2500
     assert c["sources"][0]["slaves"][1]["poll_ms"] == 100
+
+
+def _src(**kw):
+    s = {"kind": "parking", "transport": "serial", "port": "/dev/ttyUSB0"}
+    for k in kw:
+        s[k] = kw[k]
+    return s
+
+
+def test_kind_settings_checked_at_load():
+    assert _err(_with(sources=[_src(deadband={"battery_mv": -5})])) == (
+        "config.sources[0].deadband.battery_mv: -5 is not a number >= 0")
+    assert "(did you mean 'battery_mv'?)" in _err(_with(sources=[_src(deadband={"battery": 5})]))
+    assert "not an analog field" in _err(_with(sources=[_src(deadband={"occupied": 1})]))
+    msg = _err(_with(sources=[_src(kind="thermometer", alarm_limits={"fever": 38.0})]))
+    assert "no alarm limit 'fever' (did you mean 'fever_c'?)" in msg
+    assert "'x' is not a number" in _err(_with(sources=[_src(alarm_limits={"low_battery_mv": "x"})]))
+    c = config.validate(_with(sources=[_src(kind="thermometer", alarm_limits={"fever_c": 38},
+                                            deadband={"body_c": 0.2})]))
+    assert c["sources"][0]["alarm_limits"] == {"fever_c": 38}
+
+
+def test_modbus_word_order_addresses_and_kind():
+    def bus(*slaves, kind="water"):
+        return _with(sources=[_src(kind=kind, transport="modbus", slaves=list(slaves))])
+
+    assert "'cdab' is not ABCD or CDAB (did you mean 'CDAB'?)" in _err(
+        bus({"address": 1, "sensor": "W", "word_order": "cdab"}))
+    assert "'BADC' is not ABCD or CDAB" in _err(bus({"address": 1, "sensor": "W", "word_order": "BADC"}))
+    assert "address: 1 is also slaves[0]'s" in _err(bus({"address": 1, "sensor": "A"},
+                                                        {"address": 1, "sensor": "B"}))
+    assert "no Modbus register map" in _err(bus({"address": 1, "sensor": "W"}, kind="parking"))
+
+
+def test_ports_ranges_and_every_error_at_once():
+    assert "is not uart<id>[:<tx>:<rx>]" in _err(_with(sources=[_src(port="uart2:17")]))
+    config.validate(_with(sources=[_src(port="uart2:17:16")]))
+    try:
+        config.validate(_with(sources=[_src(port="/dev/ttyUSB0")]), "board")
+    except config.ConfigError as exc:
+        assert "is not a board UART" in str(exc)
+    else:
+        raise AssertionError("a tty path accepted for a board")
+    assert "9601 is not one of" in _err(_with(sources=[_src(baud=9601)]))
+    assert "-1 is below the least value 0" in _err(_with(sources=[_src(max_silence_s=-1)]))
+    assert "50 is below the least value 100" in _err(_with(sources=[_src(poll_ms=50)]))
+    try:
+        config.validate(_with(uplink={"batch_max": 0}, sources=[_src(sensor=["P-1"], baud=1)]))
+    except config.ConfigError as exc:
+        assert len(exc.errors) == 3, exc.errors
+        assert "unknown key 'sensor' (did you mean 'sensors'?)" in exc.errors[1]
+        assert str(exc) == "\n".join(exc.errors)
+    else:
+        raise AssertionError("accepted")

@@ -47,6 +47,22 @@ def test_unknown_deadband_field_is_an_error():
         raise AssertionError("unknown field accepted")
 
 
+def test_set_deadband_checks_then_applies():
+    # What the `set` command calls: a refused value leaves the old band in place.
+    f = rules.ReportFilter(FakeCodec, deadbands={"level": 5})
+    f.check("s1", (False, 10, 20.0), 0)
+    for name, value in (("level", -1), ("level", "2"), ("open", 1), ("lvl", 1)):
+        try:
+            f.set_deadband(name, value)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("accepted deadband %r=%r" % (name, value))
+    assert f.check("s1", (False, 14, 20.0), 1000) == rules.SUPPRESSED  # still 5
+    f.set_deadband("level", 1)
+    assert f.check("s1", (False, 12, 20.0), 2000) == DEADBAND
+
+
 class CountingCodec(FakeCodec):
     COUNTERS = (0,)
     FIELDS = ("seq", "level", "temp")

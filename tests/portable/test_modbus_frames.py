@@ -194,14 +194,36 @@ def test_master_errors_are_typed_and_counted():
     from edge import modbus as master_mod
 
     frame = bytes.fromhex(_P1)
-    answers = [[], [frame[:20]], [frame[:-1] + b"\x00"], [bytes.fromhex("018302c0f1")], "oserror"]
+    answers = [[], [frame[:20]], [frame[:-1] + b"\x00"], [bytes.fromhex("018302c0f1")]]
     out, m, port = _master_reads(answers)
-    assert [r.code for r in out] == [TIMEOUT, TIMEOUT, BAD_CRC, DEVICE_EXCEPTION, TIMEOUT]
+    assert [r.code for r in out] == [TIMEOUT, TIMEOUT, BAD_CRC, DEVICE_EXCEPTION]
     assert out[1].detail == "partial answer" and out[3].detail == 2
     c = m.counters(1)
     assert c[master_mod.C_TIMEOUT] == 2 and c[master_mod.C_CRC] == 1 and c[master_mod.C_EXCEPTION] == 1
-    assert c[master_mod.C_IO] == 1 and c[master_mod.C_OK] == 0 and c[master_mod.C_REQUESTS] == 5
+    assert c[master_mod.C_IO] == 0 and c[master_mod.C_OK] == 0 and c[master_mod.C_REQUESTS] == 4
     assert m.counters(2) == [0] * master_mod.N_COUNTERS
+
+
+def test_master_dead_port_raises_for_its_owner_to_reopen():
+    # A timeout here would hide an unplugged adapter forever: the source must see the OSError.
+    from edge import modbus as master_mod
+
+    try:
+        _master_reads([[], "oserror"])
+    except OSError as exc:
+        assert exc.args[0] == 5
+    else:
+        raise AssertionError("a dead port was reported as a timeout")
+    port = _ScriptPort(["oserror"])
+    m = master_mod.Master(port, timeout_ms=30)
+    import asyncio
+
+    try:
+        asyncio.run(m.read(1, 3, 0, 18))
+    except OSError:
+        pass
+    c = m.counters(1)
+    assert c[master_mod.C_IO] == 1 and c[master_mod.C_REQUESTS] == 1 and c[master_mod.C_TIMEOUT] == 0
 
 
 def test_master_gap_follows_the_spec():
