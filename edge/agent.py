@@ -119,6 +119,7 @@ class Agent:
         # The sources have taken what they need: the rest of the config (~1 KB of dicts on a
         # board) is not kept for the run. edge.main drops its own reference too.
         self.ntp_host = cfg["ntp_host"]
+        self.image = None  # the board image's hash, set by edge.main (None: not run from an image)
         self.cfg = None
 
     # -- sources ---------------------------------------------------------------------------
@@ -280,7 +281,7 @@ class Agent:
         protocol.encode_status(
             w, "online", VERSION, self.boot, self.clock.uptime_ms() // 1000, self.port.mem_free(),
             log.pending_bytes, log.pending, log.dropped_records + self.batcher.unstampable,
-            self.clock.synced(), self.clock.now_ms(), self.status())
+            self.clock.synced(), self.clock.now_ms(), self.status(), self.image)
         return bytes(w)
 
     async def _publish_status(self):

@@ -20,18 +20,35 @@ def load_config(path):
 
     edge.config (schema, help texts, checks) is needed once, at boot: it is dropped again before
     the agent starts, which leaves a board's heap ~14 KB larger for the run.
+
+    A relative broker.ca_file is read from the config's folder (a board's image folder carries
+    its CA beside its config); a CA file that is not there is a config error naming it.
     """
+    import os
+
     from edge import config
     from edge.compat import unload
 
     try:
-        return config.load(path)
+        cfg = config.load(path)
+        b = cfg["broker"]
+        ca = b["ca_file"]
+        if ca:
+            if ca[0] != "/" and "/" in path:
+                b["ca_file"] = ca = path.rsplit("/", 1)[0] + "/" + ca
+            try:
+                os.stat(ca)
+            except OSError:
+                raise config.ConfigError("config.broker.ca_file: %s is not on this gateway" % ca) from None
+        return cfg
     finally:
         del config
         unload("edge.config")
 
 
-def main(config_path, port=None):
+def main(config_path, port=None, image=None):
+    """Run the agent. `image` is the board image's hash (the boot selector passes it): it is
+    printed on the boot line and reported in the status."""
     import asyncio
 
     try:
@@ -39,10 +56,14 @@ def main(config_path, port=None):
     except ValueError as exc:
         print("config error:", exc)
         sys.exit(2)
+    from edge import VERSION
     from edge.agent import Agent, AgentCrashed
 
     port = port or make_port()
+    # The boot line `citybrain provision flash` reads back after a reset (key=value words).
+    print("citybrain-gw: boot gw=%s fw=%s image=%s" % (cfg["gateway_id"], VERSION, image or "-"))
     agent = Agent(cfg, port)
+    agent.image = image
     del cfg  # the agent keeps only what it runs with
     try:
         asyncio.run(agent.run())
