@@ -18,8 +18,11 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
+from provisioning.flash import Progress
 from provisioning.fleet import Fleet, FleetError
 
 
@@ -51,15 +54,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--service-user", action="append", default=[], metavar="USER=PASSWORD",
                    help="collector/operator broker accounts (repeatable); PASSWORD may be @ENVVAR")
 
-    p = sub.add_parser("build", help="compile a board image (.mpy) for one gateway config")
+    p = sub.add_parser("build", help="compile a board image (.mpy) for one gateway config",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=BUILD_EXAMPLE)
     p.add_argument("--config", required=True, type=Path, help="the gateway's config.json")
     p.add_argument("--out", required=True, type=Path, help="image directory (replaced)")
+    p.add_argument("--ca-file", type=Path, default=None,
+                   help="with TLS: the broker's CA (.pem) on this laptop, put into the image as ca.pem "
+                        "(default: the config's broker.ca_file, looked up beside the config)")
 
-    p = sub.add_parser("flash", help="copy an image onto a board with mpremote")
+    p = sub.add_parser("flash", help="copy an image onto a board: staged, verified, switched over last",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=FLASH_EXAMPLE)
     p.add_argument("image", type=Path, help="directory made by `build`")
     p.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0")
     p.add_argument("--resume", action="store_true",
                    help="do not soft-reset first (the MicroPython unix port on a pty: a reset ends it)")
+    p.add_argument("--reassign", action="store_true",
+                   help="the board is another gateway's: make it this image's gateway, wiping its spool "
+                        "and state (boot counter)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+BUILD_EXAMPLE = """example:
+  citybrain provision build --config fleet/out/gateways/gw-xihu-0001/config.json \\
+      --out build/gw-xihu-0001 --ca-file fleet/pki/ca.pem
+"""
+
+FLASH_EXAMPLE = """example:
+  citybrain provision flash --port /dev/ttyUSB0 build/gw-xihu-0001
+  citybrain provision flash --port /dev/ttyUSB0 --reassign build/gw-xihu-0002   # board was gw-xihu-0001
+"""
+
+
+def _progress_bar(stream: TextIO) -> Callable[[Progress], None]:
+    """A one-line bar on `stream` (bytes and files), redrawn in place; phases on lines of their own."""
+    last = [""]
+
+    def show(p: Progress) -> None:
+        if p.phase == "copy":
+            width = 30
+            filled = width * p.done_bytes // max(p.total_bytes, 1)
+            stream.write(f"\r  copy   [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{p.done_bytes / 1024:6.1f}/{p.total_bytes / 1024:.1f} KB  "
+                         f"{p.done_files}/{p.total_files} files")
+        elif p.phase != last[0]:
+            if last[0] == "copy":
+                stream.write("\n")
+            words = {"survey": "reading the board", "verify": "verifying sha256 of every file on the board",
+                     "switch": "switching over to the new image", "clean": "removing the old image",
+                     "done": "flashed"}
+            stream.write(f"  {words.get(p.phase, p.phase)} {p.detail}\n")
+        last[0] = p.phase
+        stream.flush()
+
+    return show
 
 
 def _service_users(specs: list[str]) -> dict[str, str]:
@@ -128,14 +175,18 @@ def _run(args: argparse.Namespace) -> int:
     if args.action == "build":
         from provisioning.firmware import build
 
-        size = build(args.config, args.out)
+        size = build(args.config, args.out, ca_file=args.ca_file)
         print(f"image {args.out}: {size} bytes")
         return 0
     if args.action == "flash":
-        from provisioning.firmware import flash
+        from provisioning.flash import flash
 
-        print(f"flashing {args.image} to {args.port} ...")
-        flash(args.image, args.port, resume=args.resume)
-        print("done")
+        print(f"flashing {args.image} to {args.port}")
+        res = flash(args.image, args.port, resume=args.resume, reassign=args.reassign,
+                    progress=None if args.quiet else _progress_bar(sys.stdout))
+        if res.wiped:
+            print(f"reassigned: the board was {res.old.gateway_id}; wiped its {', '.join(res.wiped)}")
+        print(f"done: the board boots image {res.image} ({res.gateway_id}), {res.bytes} bytes verified "
+              f"in {res.seconds:.1f} s")
         return 0
     raise AssertionError(args.action)

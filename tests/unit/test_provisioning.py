@@ -86,20 +86,25 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_build_image_holds_only_configured_kinds(tmp_path: Path) -> None:
-    from provisioning.firmware import build, flash_commands
+    from provisioning.firmware import build, image_hash, read_manifest
 
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"gateway_id": "gw-1", "broker": {"host": "h"}, "sources": [PARKING_SOURCE]}))
     out = tmp_path / "image"
     size = build(cfg, out, progress=lambda _line: None)
     names = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
-    assert "main.py" in names and "config.json" in names
+    assert "manifest.json" in names and "config.json" in names
     assert "edge/config.mpy" in names and "devices/common/crc.mpy" in names
     assert not any(n.startswith("devices/water") for n in names)
-    assert not any(n.endswith(".py") and n != "main.py" for n in names)
+    assert not any(n.endswith(".py") for n in names)
     assert size == sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    cmd = flash_commands(out, "/dev/ttyUSB0", resume=True)
-    assert cmd[:4] == ["mpremote", "connect", "/dev/ttyUSB0", "resume"]
+    manifest = read_manifest(out)
+    assert set(manifest["files"]) == names - {"manifest.json"}
+    assert manifest["gateway_id"] == "gw-1" and manifest["image"] == image_hash(manifest["files"])
+    # An image changed after build is refused before anything touches a board.
+    (out / "edge" / "config.mpy").write_bytes(b"x")
+    with pytest.raises(FleetError, match=r"edge/config\.mpy changed since build"):
+        read_manifest(out)
 
 
 def test_gateway_config_doc_is_current() -> None:
