@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
@@ -72,6 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="the board is another gateway's: make it this image's gateway, wiping its spool "
                         "and state (boot counter)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-self-test", action="store_true",
+                   help="do not reset the board and check its boot line afterwards")
+    p.add_argument("--check-broker", metavar="USER=PASSWORD", default=None,
+                   help="self-test: also wait for the gateway's retained online status on its broker, "
+                        "with this service account (PASSWORD may be @ENVVAR; never the gateway's own)")
 
 
 BUILD_EXAMPLE = """example:
@@ -80,17 +86,25 @@ BUILD_EXAMPLE = """example:
 """
 
 FLASH_EXAMPLE = """example:
-  citybrain provision flash --port /dev/ttyUSB0 build/gw-xihu-0001
+  citybrain provision flash --port /dev/ttyUSB0 build/gw-xihu-0001 --check-broker operator=@OPERATOR_PW
   citybrain provision flash --port /dev/ttyUSB0 --reassign build/gw-xihu-0002   # board was gw-xihu-0001
+
+exit status: 0 flashed and self-test passed, 1 not flashed (the message says what the board boots),
+3 flashed but the self-test failed (the message says what failed)
 """
 
 
 def _progress_bar(stream: TextIO) -> Callable[[Progress], None]:
     """A one-line bar on `stream` (bytes and files), redrawn in place; phases on lines of their own."""
     last = [""]
+    drawn = [0.0]
 
     def show(p: Progress) -> None:
         if p.phase == "copy":
+            now = time.monotonic()
+            if now - drawn[0] < 0.1 and p.done_files < p.total_files:
+                return  # a redraw every 100 ms is enough for the eye and for a log file
+            drawn[0] = now
             width = 30
             filled = width * p.done_bytes // max(p.total_bytes, 1)
             stream.write(f"\r  copy   [{'#' * filled}{'.' * (width - filled)}] "
@@ -107,6 +121,25 @@ def _progress_bar(stream: TextIO) -> Callable[[Progress], None]:
         stream.flush()
 
     return show
+
+
+def _self_test(args: argparse.Namespace, image: str, gateway_id: str) -> int:
+    from provisioning.selftest import selftest
+
+    manifest = json.loads((args.image / "manifest.json").read_text())
+    cfg = json.loads((args.image / "config.json").read_text())
+    account = None
+    if args.check_broker:
+        ((user, password),) = _service_users([args.check_broker]).items()
+        account = (user, password)
+    broker = cfg["broker"]
+    ca = args.image / broker["ca_file"] if broker.get("tls") and broker.get("ca_file") else None
+    print(f"self-test: resetting the board on {args.port} and reading its console ...", flush=True)
+    verdict = selftest(args.port, gateway_id=gateway_id, image=image, fw=str(manifest["fw"]), broker=broker,
+                       account=account, prefix=str(cfg.get("prefix") or "city"),
+                       tls_ca=str(ca) if ca else None)
+    print(verdict.text())
+    return 0 if verdict.ok else 3
 
 
 def _service_users(specs: list[str]) -> dict[str, str]:
@@ -188,5 +221,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"reassigned: the board was {res.old.gateway_id}; wiped its {', '.join(res.wiped)}")
         print(f"done: the board boots image {res.image} ({res.gateway_id}), {res.bytes} bytes verified "
               f"in {res.seconds:.1f} s")
-        return 0
+        if args.no_self_test:
+            return 0
+        return _self_test(args, res.image, res.gateway_id)
     raise AssertionError(args.action)

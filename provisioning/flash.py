@@ -52,6 +52,7 @@ edge.main.main(d + "/config.json", image=d[2:])
 
 POINTER = "active"
 SLOT = re.compile(r"^[ab]-[0-9a-f]{12}$")
+LEGACY_NAMES = ("edge", "devices", "config.json")  # the flat image of an earlier `build`, at the root
 CHUNK = 512  # bytes per write on the board: a 1 KB raw-paste window holds it with repr() escapes
 
 # Defined once per session on the board: read a file (None if absent), remove a tree, hash a tree.
@@ -312,19 +313,23 @@ def flash(image: Path, port: str, *, resume: bool = False, reassign: bool = Fals
         board.run(f"f = open('active.tmp', 'w')\nf.write({stage!r})\nf.close()")
         if board.eval("_rd('active.tmp')") != stage.encode():
             raise OSError("the pointer file active.tmp did not read back as written")
+        report(Progress("switch", total, total, len(files), len(files), "active.tmp written"))
         # The one step that changes what boots (see the module docstring for FAT).
         board.run("try:\n    os.rename('active.tmp', 'active')\nexcept OSError:\n"
                   "    _rm('active')\n    os.rename('active.tmp', 'active')")
         if old.main_py != BOOT_PY:
             # A blank board or the flat layout: the selector takes over main.py, also by a rename.
+            report(Progress("switch", total, total, len(files), len(files), "active renamed"))
             board.write("main.tmp", BOOT_PY, lambda n: None)
+            report(Progress("switch", total, total, len(files), len(files), "main.tmp written"))
             board.run("try:\n    os.rename('main.tmp', 'main.py')\nexcept OSError:\n"
                       "    _rm('main.py')\n    os.rename('main.tmp', 'main.py')")
         step = "switched"
         report(Progress("clean", total, total, len(files), len(files)))
         stale = [old.folder] if old.layout == "slots" and old.folder != stage else []
-        if old.layout == "legacy":
-            stale += [n for n in ("edge", "devices", "config.json") if n in {r for r, _ in old.root}]
+        # The flat layout's files (also when a cut came between an earlier switch and its clean-up):
+        # the selector puts the image folder first on sys.path, so they are never imported again.
+        stale += [n for n in LEGACY_NAMES if n in {r for r, _ in old.root}]
         for name in stale:
             board.run(f"_rm({name!r})")
     except FlashError:

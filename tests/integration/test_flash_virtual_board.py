@@ -100,7 +100,7 @@ def test_build_flash_boot_on_virtual_board(tmp_path: Path, monkeypatch: pytest.M
         broker.start()
         port = board.start()
         assert port.startswith("/dev/pts/")
-        assert main(["provision", "flash", "--resume", "--port", port, str(image)]) == 0
+        assert main(["provision", "flash", "--resume", "--no-self-test", "--port", port, str(image)]) == 0
 
         manifest = json.loads((image / "manifest.json").read_text())
         slot = board.dir / f"a-{manifest['image']}"  # the image's folder; main.py boots what `active` names
@@ -133,11 +133,13 @@ def test_build_flash_boot_on_virtual_board(tmp_path: Path, monkeypatch: pytest.M
         assert new_password != flashed["broker"]["password"]
         assert broker.proc is not None
         os.kill(broker.proc.pid, signal.SIGHUP)  # Mosquitto re-reads passwd and acl
-        assert main(["provision", "flash", "--resume", "--port", board.start(), str(image)]) == 0
+        assert main(["provision", "flash", "--resume", "--no-self-test", "--port", board.start(),
+                     str(image)]) == 0
         manifest = json.loads((image / "manifest.json").read_text())
         slot = board.dir / f"b-{manifest['image']}"  # the other slot; the old one is gone
         assert (slot / "config.json").read_bytes() == (image / "config.json").read_bytes()
-        assert sorted(p.name for p in board.dir.iterdir()) == sorted(["active", "main.py", slot.name, "spool"])
+        assert sorted(p.name for p in board.dir.iterdir()) == sorted(
+            ["active", "main.py", slot.name, "spool"])
         board.boot()
         watcher.wait_state("online", boot=2)
         assert board.alive(), board.console_tail()
