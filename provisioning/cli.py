@@ -63,6 +63,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="with TLS: the broker's CA (.pem) on this laptop, put into the image as ca.pem "
                         "(default: the config's broker.ca_file, looked up beside the config)")
 
+    p = sub.add_parser("firmware", help="blank board: erase it and install the pinned MicroPython (esptool)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=FIRMWARE_EXAMPLE)
+    p.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0")
+    p.add_argument("--firmware", required=True, type=Path,
+                   help="the MicroPython .bin for the board (micropython.org/download/ESP32_GENERIC)")
+    p.add_argument("--chip", default="esp32", help="esp32 (default), esp32s3 or esp32c3")
+    p.add_argument("--baud", type=int, default=460800,
+                   help="write speed (default 460800; 115200 if it fails)")
+    p.add_argument("--esptool", default=None,
+                   help="the esptool program (default: next to this Python, or PATH)")
+    p.add_argument("--allow-version", action="store_true",
+                   help="install a MicroPython other than the pinned one")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the file and print the esptool commands only")
+
     p = sub.add_parser("flash", help="copy an image onto a board: staged, verified, switched over last",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=FLASH_EXAMPLE)
     p.add_argument("image", type=Path, help="directory made by `build`")
@@ -121,6 +136,12 @@ def _progress_bar(stream: TextIO) -> Callable[[Progress], None]:
         stream.flush()
 
     return show
+
+
+FIRMWARE_EXAMPLE = """example:
+  citybrain provision firmware --port /dev/ttyUSB0 --firmware ESP32_GENERIC-20260829-v1.29.0.bin
+  citybrain provision firmware --port /dev/ttyUSB0 --firmware fw.bin --dry-run   # print the esptool lines
+"""
 
 
 def _self_test(args: argparse.Namespace, image: str, gateway_id: str) -> int:
@@ -210,6 +231,17 @@ def _run(args: argparse.Namespace) -> int:
 
         size = build(args.config, args.out, ca_file=args.ca_file)
         print(f"image {args.out}: {size} bytes")
+        return 0
+    if args.action == "firmware":
+        from provisioning.bringup import install
+
+        cmds = install(args.port, args.firmware, chip=args.chip, baud=args.baud, esptool=args.esptool,
+                       allow_version=args.allow_version, dry_run=args.dry_run)
+        if args.dry_run:
+            print("\n".join(" ".join(c) for c in cmds))
+        else:
+            print(f"MicroPython is on the board on {args.port}; next: citybrain provision flash "
+                  f"--port {args.port} <image>")
         return 0
     if args.action == "flash":
         from provisioning.flash import flash

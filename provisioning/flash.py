@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from provisioning.bringup import check_board_mpy
 from provisioning.firmware import read_manifest
 from provisioning.fleet import FleetError
 
@@ -56,7 +57,7 @@ LEGACY_NAMES = ("edge", "devices", "config.json")  # the flat image of an earlie
 CHUNK = 512  # bytes per write on the board: a 1 KB raw-paste window holds it with repr() escapes
 
 # Defined once per session on the board: read a file (None if absent), remove a tree, hash a tree.
-_HELPERS = """import os
+_HELPERS = """import os, sys
 def _rd(p):
     try:
         f = open(p, 'rb')
@@ -270,6 +271,10 @@ def flash(image: Path, port: str, *, resume: bool = False, reassign: bool = Fals
     step = "survey"  # how far we got: survey, copy, wipe, switch, switched
     try:
         old = survey(board)
+        mpy, version = board.eval("(getattr(sys.implementation, '_mpy', None), "
+                                  "'.'.join(str(v) for v in sys.implementation.version[:3]))")
+        image_mpy = next(d for rel, d in datas.items() if rel.endswith(".mpy"))[1]
+        check_board_mpy(mpy, version, image_mpy, port)
         check_identity(old, new_gw, reassign=reassign, port=port)
         slot = "b" if old.folder.startswith("a-") else "a"
         stage = f"{slot}-{new_hash}"
@@ -332,8 +337,8 @@ def flash(image: Path, port: str, *, resume: bool = False, reassign: bool = Fals
         stale += [n for n in LEGACY_NAMES if n in {r for r, _ in old.root}]
         for name in stale:
             board.run(f"_rm({name!r})")
-    except FlashError:
-        raise
+    except FleetError:
+        raise  # refused before anything was written: the message says so
     except OSError as exc:
         flags = (" --resume" if resume else "") + (" --reassign" if reassign else "")
         again = f"citybrain provision flash --port {port}{flags} {image}"

@@ -315,3 +315,21 @@ def test_self_test_reads_boot_line_and_waits_for_online_status(
     finally:
         board.cleanup()
         broker.cleanup()
+
+
+def test_firmware_with_real_esptool_on_a_board_not_in_its_bootloader(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """esptool (PyPI) itself, against a serial port where no ESP32 ROM bootloader answers (the virtual
+    board's MicroPython REPL, as a board that was not put into download mode): the tool says the
+    erase failed, what state the board may be in, and how to get esptool connected."""
+    from tests.unit.test_bringup import fake_firmware
+
+    fw = fake_firmware(tmp_path)
+    board = VirtualBoard(tmp_path / "fs", heapsize=HEAP)
+    try:
+        assert main(["provision", "firmware", "--port", board.start(), "--firmware", str(fw)]) == 1
+        err = capsys.readouterr().err
+        assert "erasing the flash failed (esptool exit 2)" in err and "Failed to connect to ESP32" in err, err
+        assert "hold the board's BOOT button" in err and "Run the same `firmware` command again" in err, err
+    finally:
+        board.cleanup()
