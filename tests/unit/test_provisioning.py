@@ -123,3 +123,33 @@ def test_init_with_tls_and_ca_file(tmp_path: Path) -> None:
     assert broker == {"host": "mqtt.city", "port": 8883, "tls": True, "ca_file": "/etc/citybrain/ca.pem"}
     assert main(["provision", "init", "--dir", str(tmp_path / "f2"), "--broker-host", "h",
                  "--ca-file", "x.pem"]) == 1
+
+
+def test_build_puts_the_ca_into_the_image(tmp_path: Path) -> None:
+    """Finding 9: with TLS the CA file was not in the image, and the board stopped at boot."""
+    from provisioning.firmware import build, read_manifest
+
+    pem = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    (tmp_path / "fleet-ca.pem").write_bytes(pem)
+    cfg = tmp_path / "config.json"
+    tls = {"host": "h", "port": 8883, "tls": True, "ca_file": "/etc/citybrain/ca.pem"}
+    cfg.write_text(json.dumps({"gateway_id": "gw-1", "broker": tls, "sources": []}))
+    out = tmp_path / "image"
+    build(cfg, out, progress=lambda _line: None, ca_file=tmp_path / "fleet-ca.pem")
+    assert (out / "ca.pem").read_bytes() == pem
+    assert json.loads((out / "config.json").read_text())["broker"]["ca_file"] == "ca.pem"  # beside the config
+    assert "ca.pem" in read_manifest(out)["files"]
+    # Without --ca-file, a CA the config names and build cannot find stops the build.
+    with pytest.raises(FleetError, match="pass --ca-file"):
+        build(cfg, out, progress=lambda _line: None)
+    # ... and a CA beside the config is found by itself.
+    tls["ca_file"] = "fleet-ca.pem"
+    cfg.write_text(json.dumps({"gateway_id": "gw-1", "broker": tls, "sources": []}))
+    build(cfg, out, progress=lambda _line: None)
+    assert (out / "ca.pem").read_bytes() == pem
+    # TLS without any CA builds, with a warning that the board will not verify the broker.
+    del tls["ca_file"]
+    cfg.write_text(json.dumps({"gateway_id": "gw-1", "broker": tls, "sources": []}))
+    said: list[str] = []
+    build(cfg, out, progress=said.append)
+    assert any("will NOT verify the broker" in line for line in said) and not (out / "ca.pem").exists()
