@@ -172,8 +172,8 @@ def read_console(read: Callable[[float], bytes], *, until: Callable[[Console], b
         if chunk:
             text += chunk
             con = parse_console(text.decode(errors="replace"))
-            if until(con):
-                break
+        if until(con):  # also on silence: a settled board may say nothing more
+            break
     return con
 
 
