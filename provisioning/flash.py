@@ -339,10 +339,12 @@ def flash(image: Path, port: str, *, resume: bool = False, reassign: bool = Fals
             board.run(f"_rm({name!r})")
     except FleetError:
         raise  # refused before anything was written: the message says so
-    except OSError as exc:
+    except (OSError, KeyboardInterrupt) as exc:
+        # KeyboardInterrupt: the tech pressed Ctrl-C, as good a cut as any, and told the same way.
+        why = exc if isinstance(exc, OSError) else OSError("interrupted (Ctrl-C)")
         flags = (" --resume" if resume else "") + (" --reassign" if reassign else "")
         again = f"citybrain provision flash --port {port}{flags} {image}"
-        raise FlashError(_failure(exc, step, old, stage, again)) from None
+        raise FlashError(_failure(why, step, old, stage, again)) from None
     finally:
         board.close()
     report(Progress("done", total, total, len(files), len(files)))

@@ -333,3 +333,22 @@ def test_firmware_with_real_esptool_on_a_board_not_in_its_bootloader(
         assert "hold the board's BOOT button" in err and "Run the same `firmware` command again" in err, err
     finally:
         board.cleanup()
+
+
+def test_ctrl_c_mid_copy_is_told_like_any_cut(tmp_path: Path) -> None:
+    dead_port = free_port()
+    images = [make_image(tmp_path, n, GW_A, dead_port, keepalive_s=k) for n, k in (("A", 60), ("B", 61))]
+    board = VirtualBoard(tmp_path / "fs", heapsize=HEAP)
+    try:
+        flash(images[0], board.start(), resume=True)
+
+        def ctrl_c(p: Progress) -> None:
+            if p.phase == "copy" and p.done_files == 10:
+                raise KeyboardInterrupt
+
+        with pytest.raises(FlashError, match=r"interrupted \(Ctrl-C\)\. The board still boots its old image "
+                                             + image_hash(images[0])):
+            flash(images[1], board.start(), resume=True, progress=ctrl_c)
+        assert power_on(board).facts["image"] == image_hash(images[0])
+    finally:
+        board.cleanup()
