@@ -352,3 +352,33 @@ def test_ctrl_c_mid_copy_is_told_like_any_cut(tmp_path: Path) -> None:
         assert power_on(board).facts["image"] == image_hash(images[0])
     finally:
         board.cleanup()
+
+
+def test_cut_during_the_switch_rename_is_told_as_either_image(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one step the tool cannot know the outcome of: the board dies while the rename onto
+    `active` is on the wire. The message names both images; the board boots one of them."""
+    from provisioning import flash as flash_module
+
+    dead_port = free_port()
+    images = [make_image(tmp_path, n, GW_A, dead_port, keepalive_s=k) for n, k in (("A", 60), ("B", 61))]
+    board = VirtualBoard(tmp_path / "fs", heapsize=HEAP)
+    try:
+        flash(images[0], board.start(), resume=True)
+        real_run = flash_module.Board.run
+
+        def run(self: flash_module.Board, code: str) -> bytes:
+            if "os.rename('active.tmp', 'active')" in code:
+                board.stop()  # the power cut, as the rename goes out
+            return real_run(self, code)
+
+        monkeypatch.setattr(flash_module.Board, "run", run)
+        with pytest.raises(FlashError) as err:
+            flash(images[1], board.start(), resume=True)
+        monkeypatch.undo()
+        assert "boots either its old image " + image_hash(images[0]) in str(err.value), err.value
+        assert "or the new image " + image_hash(images[1]) in str(err.value), err.value
+        booting = power_on(board).facts["image"]
+        assert booting in _said(str(err.value), image_hash(images[0]), image_hash(images[1]))
+    finally:
+        board.cleanup()
