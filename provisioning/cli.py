@@ -250,7 +250,8 @@ def _run(args: argparse.Namespace) -> int:
         res = flash(args.image, args.port, resume=args.resume, reassign=args.reassign,
                     progress=None if args.quiet else _progress_bar(sys.stdout))
         if res.wiped:
-            print(f"reassigned: the board was {res.old.gateway_id}; wiped its {', '.join(res.wiped)}")
+            was = res.old.gateway_id or "of no known gateway"
+            print(f"reassigned: the board was {was}; wiped its {', '.join(res.wiped)}")
         print(f"done: the board boots image {res.image} ({res.gateway_id}), {res.bytes} bytes verified "
               f"in {res.seconds:.1f} s")
         if args.no_self_test:

@@ -224,10 +224,17 @@ def _store_dirs(*configs: dict[str, Any] | None) -> list[str]:
     return dirs
 
 
-def check_identity(old: BoardImage, new_gw: str, *, reassign: bool, port: str) -> None:
+def check_identity(old: BoardImage, new_gw: str, *, reassign: bool, port: str, stores: list[str]) -> None:
     """Finding: a board reflashed with another gateway's image published the old gateway's spool
-    under the new id. Refuse unless the tech says --reassign (which wipes the store)."""
-    if old.layout == "blank" or reassign:
+    under the new id. Refuse unless the tech says --reassign (which wipes the store). `stores`:
+    the store folders present on the board."""
+    if reassign:
+        return
+    if old.layout == "blank":
+        if stores:
+            raise FlashError(f"the board on {port} has a store ({', '.join(stores)}) but no image to tell "
+                             "whose readings it holds. Nothing was changed. If this board is to become "
+                             f"{new_gw}, run flash again with --reassign (the store is wiped)")
         return
     if old.config_error:
         raise FlashError(f"the board on {port} has an image whose gateway id cannot be read: "
@@ -275,7 +282,10 @@ def flash(image: Path, port: str, *, resume: bool = False, reassign: bool = Fals
                                   "'.'.join(str(v) for v in sys.implementation.version[:3]))")
         image_mpy = next(d for rel, d in datas.items() if rel.endswith(".mpy"))[1]
         check_board_mpy(mpy, version, image_mpy, port)
-        check_identity(old, new_gw, reassign=reassign, port=port)
+        root_names = {n for n, _ in old.root}
+        stores = [d for d in _store_dirs(old.config, json.loads(datas["config.json"]))
+                  if d.split("/")[0] in root_names]
+        check_identity(old, new_gw, reassign=reassign, port=port, stores=stores)
         slot = "b" if old.folder.startswith("a-") else "a"
         stage = f"{slot}-{new_hash}"
         # Leftovers of an interrupted flash (a half-copied slot, a pointer never renamed) go first:
@@ -308,9 +318,9 @@ def flash(image: Path, port: str, *, resume: bool = False, reassign: bool = Fals
                           f"extra {extra[:3]}")
         report(Progress("verify", total, total, len(files), len(files)))
         wiped: list[str] = []
-        if reassign and old.layout != "blank":
+        if reassign and stores:
             step = "wipe"
-            wiped = _store_dirs(old.config, json.loads(datas["config.json"]))
+            wiped = stores
             for d in wiped:
                 board.run(f"_rm({d!r})")
         step = "switch"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import struct
 import subprocess
@@ -113,6 +114,15 @@ def test_another_gateways_board_is_refused_and_reassign_wipes_its_store(
         con = power_on(board)
         assert con.facts["gw"] == GW_B and con.facts["image"] == image_hash(image_b), con
         assert boot_counter(board) == 1
+        # A store with no image to say whose it is (the image was deleted by hand): refused too.
+        slot = (board.dir / "active").read_text()
+        for name in ("main.py", "active", slot):
+            path = board.dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        assert main([*flash_cmd, board.start(), str(image_b)]) == 1
+        assert "has a store (spool) but no image to tell whose readings it holds" in capsys.readouterr().err
+        assert main([*flash_cmd[:3], "--reassign", *flash_cmd[3:], board.start(), str(image_b)]) == 0
+        assert power_on(board).facts["gw"] == GW_B and boot_counter(board) == 1
         # Same gateway again (a new password, say): no question asked, the store is kept.
         image_b2 = make_image(tmp_path, "B2", GW_B, dead_port, keepalive_s=30)
         assert main([*flash_cmd, board.start(), str(image_b2)]) == 0
