@@ -20,27 +20,12 @@ def load_config(path):
 
     edge.config (schema, help texts, checks) is needed once, at boot: it is dropped again before
     the agent starts, which leaves a board's heap ~14 KB larger for the run.
-
-    A relative broker.ca_file is read from the config's folder (a board's image folder carries
-    its CA beside its config); a CA file that is not there is a config error naming it.
     """
-    import os
-
     from edge import config
     from edge.compat import unload
 
     try:
-        cfg = config.load(path)
-        b = cfg["broker"]
-        ca = b["ca_file"]
-        if ca:
-            if ca[0] != "/" and "/" in path:
-                b["ca_file"] = ca = path.rsplit("/", 1)[0] + "/" + ca
-            try:
-                os.stat(ca)
-            except OSError:
-                raise config.ConfigError("config.broker.ca_file: %s is not on this gateway" % ca) from None
-        return cfg
+        return config.load(path)
     finally:
         del config
         unload("edge.config")
