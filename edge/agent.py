@@ -125,6 +125,7 @@ class Agent:
         # The sources have taken what they need: the rest of the config (~1 KB of dicts on a
         # board) is not kept for the run. edge.main drops its own reference too.
         self.ntp_host = cfg["ntp_host"]
+        self.image = None  # the board image's hash, set by edge.main (None: not run from an image)
 
     # -- sources ---------------------------------------------------------------------------
 
@@ -149,7 +150,7 @@ class Agent:
         if ts is None:
             if not self.held:
                 self.held = True
-                self.port.say("citybrain gw=%s warning: readings held until the clock is set "
+                self.port.say("citybrain-gw: warning gw=%s: readings held until the clock is set "
                               "(NTP, or trust_os_clock)" % self.gw)
             record.encode(w, sensor, kind, None, fields, self.boot, up)
         else:
@@ -292,7 +293,7 @@ class Agent:
         protocol.encode_status(
             w, "online", VERSION, self.boot, self.clock.uptime_ms() // 1000, self.port.mem_free(),
             log.pending_bytes, log.pending, log.dropped_records + self.batcher.unstampable,
-            self.clock.synced(), self.clock.now_ms(), self.status())
+            self.clock.synced(), self.clock.now_ms(), self.status(), self.image)
         return bytes(w)
 
     async def publish_status(self):
@@ -364,7 +365,7 @@ class Agent:
                 for s in self.sources:
                     if s.opened:
                         n += 1
-                self.port.say("citybrain gw=%s fw=%s boot=%d sources=%d/%d broker=%s clock=%s" % (
+                self.port.say("citybrain-gw: up gw=%s fw=%s boot=%d sources=%d/%d broker=%s clock=%s" % (
                     self.gw, VERSION, self.boot, n, len(self.sources),
                     "connected" if self.client.connected else "down",
                     "synced" if self.clock.synced() else "unsynced"))

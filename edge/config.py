@@ -35,7 +35,7 @@ BROKER = {
     "username": (str, None, "MQTT username (provisioning sets the gateway id)"),
     "password": (str, None, "MQTT password"),
     "tls": (bool, False, "connect with TLS"),
-    "ca_file": (str, None, "CA certificate (PEM) to verify the broker with TLS"),
+    "ca_file": (str, None, "CA certificate (PEM) to verify the broker with TLS; relative: beside the config"),
     "keepalive_s": (int, 60, "MQTT keepalive (>= 1); the broker declares us offline after 1.5x"),
     "client_id": (str, None, "MQTT client id (default: the gateway id)"),
 }
@@ -346,8 +346,14 @@ def validate(raw, platform=None):
 
 
 def load(path):
-    """Read and validate a config file; JSON syntax errors become ConfigError too."""
+    """Read and validate a config file; JSON syntax errors become ConfigError too.
+
+    A relative broker.ca_file is read from the config's folder (a board's image folder carries
+    its CA beside its config); a CA file that is not there is an error naming it. (Here, not in
+    edge.main: this module is dropped after boot, so the check costs no heap for the run.)
+    """
     import json
+    import os
 
     try:
         with open(path) as f:
@@ -356,7 +362,17 @@ def load(path):
         raise ConfigError("cannot read %s: %s" % (path, exc)) from None
     except ValueError as exc:
         raise ConfigError("%s is not valid JSON: %s" % (path, exc)) from None
-    return validate(raw)
+    cfg = validate(raw)
+    b = cfg["broker"]
+    ca = b["ca_file"]
+    if ca:
+        if ca[0] != "/" and "/" in path:
+            b["ca_file"] = ca = path.rsplit("/", 1)[0] + "/" + ca
+        try:
+            os.stat(ca)
+        except OSError:
+            raise ConfigError("config.broker.ca_file: %s is not on this gateway" % ca) from None
+    return cfg
 
 
 def _stamp(path):

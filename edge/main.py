@@ -33,9 +33,11 @@ def load_config(path, wait_s=0):
         unload("edge.config")
 
 
-def main(config_path, port=None, wait_s=None):
+def main(config_path, port=None, wait_s=None, image=None):
     """Run the agent. A config error exits with status 2 on Linux (before the log counts a boot);
-    on a board (or with `wait_s`) it waits for a new config, checking every `wait_s` seconds."""
+    on a board (or with `wait_s`) it waits for a new config, checking every `wait_s` seconds.
+    `image` is the board image's hash (the boot selector passes it): it is printed on the boot line
+    and reported in the status."""
     import asyncio
 
     if wait_s is None and sys.platform not in ("linux", "darwin"):
@@ -46,10 +48,14 @@ def main(config_path, port=None, wait_s=None):
         for line in getattr(exc, "errors", None) or [str(exc)]:
             print("config error:", line)
         sys.exit(2)
+    from edge import VERSION
     from edge.agent import Agent, AgentCrashed
 
     port = port or make_port()
+    # The boot line `citybrain provision flash` reads back after a reset (key=value words).
+    print("citybrain-gw: boot gw=%s fw=%s image=%s" % (cfg["gateway_id"], VERSION, image or "-"))
     agent = Agent(cfg, port)
+    agent.image = image
     del cfg  # the agent keeps only what it runs with
     try:
         asyncio.run(agent.run())

@@ -194,9 +194,11 @@ def encode_status(
     clock_synced,
     ts,
     errors,
+    image=None,
 ):
     """The retained status map. `ts` is UTC ms, or None while the clock is unsynced;
-    `errors` is {sensor: {code_name: count}}. Writes into `w` (bytearray or cbor.Writer)."""
+    `errors` is {sensor: {code_name: count}}; `image` the board image's hash (key `img`, left out
+    when None). Writes into `w` (bytearray or cbor.Writer)."""
     pairs = (
         ("v", VERSION),
         ("state", state),
@@ -210,7 +212,10 @@ def encode_status(
         ("clock_synced", bool(clock_synced)),
         ("ts", ts),
         ("errors", errors),
+        ("img", image),
     )
+    if image is None:
+        pairs = pairs[:-1]
     cbor.enc_map_pairs(w, pairs, len(pairs))
 
 

@@ -12,6 +12,11 @@ this board's reboot. `boot()` is the power cycle after flashing: it ends the REP
 `micropython main.py` in `dir` with `MICROPYPATH=.frozen:<dir>`, so only the flashed files (and
 the interpreter's frozen asyncio) can be imported, as on a board. Every process is stopped by PID.
 
+With `reset_runs_main=True` the board also behaves like one on its serial port: Ctrl-D at the
+friendly REPL (the unix port then exits 0) runs `main.py` on the same pty, its console readable on
+`port`, and when main.py ends (crash, Ctrl-C) the REPL comes back. `citybrain provision flash`
+resets a board this way for its self-test.
+
 From a shell (`python -m hil.virtual_board --help`):
 
   python -m hil.virtual_board --dir /tmp/board            # REPL on a printed /dev/pts/N until Ctrl-C
@@ -29,6 +34,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tty
 from collections.abc import Sequence
@@ -60,7 +66,8 @@ class VirtualBoard:
     port's default. The console of the booted program goes to `console_log` (outside `dir`).
     """
 
-    def __init__(self, board_dir: str | Path | None = None, *, heapsize: str | None = None) -> None:
+    def __init__(self, board_dir: str | Path | None = None, *, heapsize: str | None = None,
+                 reset_runs_main: bool = False) -> None:
         self._work = Path(tempfile.mkdtemp(prefix="citybrain-vboard-"))
         self.dir = Path(board_dir) if board_dir is not None else self._work / "fs"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -70,6 +77,10 @@ class VirtualBoard:
         self.proc: subprocess.Popen[bytes] | None = None
         self._slave: int | None = None
         self._console: int | None = None
+        self.reset_runs_main = reset_runs_main
+        self._master: int | None = None  # kept (reset_runs_main) to start main.py / the REPL on it
+        self._lock = threading.Lock()
+        self._supervisor: threading.Thread | None = None
 
     def _argv(self, *args: str) -> list[str]:
         argv = [micropython_binary()]
@@ -90,16 +101,42 @@ class VirtualBoard:
         master, slave = os.openpty()
         tty.setraw(slave)
         try:
-            self.proc = subprocess.Popen(self._argv(), stdin=master, stdout=master, stderr=master,
-                                         cwd=self.dir, start_new_session=True)
+            self.proc = self._spawn(master, repl=True)
         finally:
-            os.close(master)
+            if self.reset_runs_main:
+                self._master = master
+            else:
+                os.close(master)
         # We keep the slave open while mpremote is not connected: with no slave open the master
         # reads EIO and the REPL would exit, as a board would not when its cable is pulled.
         self._slave = slave
         self.port = os.ttyname(slave)
         self._wait_prompt(timeout)
         return self.port
+
+    def _spawn(self, master: int, *, repl: bool) -> subprocess.Popen[bytes]:
+        env = None if repl else dict(os.environ, MICROPYPATH=f".frozen:{self.dir}")
+        return subprocess.Popen(self._argv() if repl else self._argv("main.py"), stdin=master, stdout=master,
+                                stderr=master, cwd=self.dir, env=env, start_new_session=True)
+
+    def _supervise(self, master: int) -> None:
+        """reset_runs_main: REPL exits 0 (Ctrl-D) -> main.py; main.py ends -> the REPL again."""
+        repl = True
+        while True:
+            with self._lock:
+                proc = self.proc
+            if proc is None:
+                return
+            code = proc.wait()
+            with self._lock:
+                if self.proc is not proc:
+                    return  # stop() took it
+                if repl and code != 0:
+                    return  # the REPL died: a dead board
+                repl = not repl
+                if not repl and not (self.dir / "main.py").exists():
+                    repl = True
+                self.proc = self._spawn(master, repl=repl)
 
     def _wait_prompt(self, timeout: float) -> None:
         """Read (and so discard) the banner up to the first prompt: mpremote then starts clean."""
@@ -115,6 +152,9 @@ class VirtualBoard:
             ready, _, _ = select.select([self._slave], [], [], min(left, 0.2))
             if ready:
                 seen += os.read(self._slave, 4096)
+        if self.reset_runs_main and self._master is not None:
+            self._supervisor = threading.Thread(target=self._supervise, args=(self._master,), daemon=True)
+            self._supervisor.start()
 
     def boot(self, main: str = "main.py") -> None:
         """Reset and run the flashed `main` as a board does after power-on; console to `console_log`."""
@@ -134,12 +174,16 @@ class VirtualBoard:
 
     def stop(self) -> int | None:
         """Power off: stop the running process by PID; its exit code (None if nothing ran)."""
-        proc, self.proc = self.proc, None
+        with self._lock:
+            proc, self.proc = self.proc, None
         code = stop_process(proc) if proc is not None else None
-        for fd in (self._slave, self._console):
+        if self._supervisor is not None:
+            self._supervisor.join()
+            self._supervisor = None
+        for fd in (self._slave, self._console, self._master):
             if fd is not None:
                 os.close(fd)
-        self._slave = self._console = None
+        self._slave = self._console = self._master = None
         self.port = ""
         return code
 

@@ -21,18 +21,21 @@ import argparse
 import json
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from provisioning.files import write_atomic
+from provisioning.flash import Progress
 from provisioning.fleet import ROLES, Fleet, FleetError, read_ca, tls_warning
 
 
 def _action(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str,
-            *examples: str) -> argparse.ArgumentParser:
-    """A sub-command whose --help ends with real examples."""
+            *examples: str, note: str = "") -> argparse.ArgumentParser:
+    """A sub-command whose --help ends with real examples (and `note`, e.g. its exit statuses)."""
     epilog = "example" + ("s" if len(examples) > 1 else "") + ":\n" + "\n".join(
-        f"  citybrain provision {name} {e}" for e in examples)
+        f"  citybrain provision {name} {e}" for e in examples) + ("\n\n" + note if note else "")
     return sub.add_parser(name, help=help_text, description=help_text, epilog=epilog,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -165,16 +168,101 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="output directory (default: <dir>/out)")
 
     p = _action(sub, "build", "compile a board image (.mpy) for one gateway config",
-                "--config fleet/out/gateways/gw-xihu-0001/config.json --out build/gw-xihu-0001")
+                "--config fleet/out/gateways/gw-xihu-0001/config.json --out build/gw-xihu-0001",
+                "--config fleet/out/gateways/gw-xihu-0001/config.json --out build/gw-xihu-0001 "
+                "--ca-file fleet/pki/ca.pem")
     p.add_argument("--config", required=True, type=Path, help="the gateway's config.json")
     p.add_argument("--out", required=True, type=Path, help="image directory (replaced)")
+    p.add_argument("--ca-file", type=Path, default=None,
+                   help="with TLS: the broker's CA (.pem) on this laptop, put into the image as ca.pem "
+                        "(default: the config's broker.ca_file, looked up beside the config)")
 
-    p = _action(sub, "flash", "copy an image onto a board with mpremote",
-                "--port /dev/ttyUSB0 build/gw-xihu-0001")
+    p = _action(sub, "firmware", "blank board: erase it and install the pinned MicroPython (esptool)",
+                "--port /dev/ttyUSB0 --firmware ESP32_GENERIC-20260829-v1.29.0.bin",
+                "--port /dev/ttyUSB0 --firmware fw.bin --dry-run   # print the esptool lines")
+    p.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0")
+    p.add_argument("--firmware", required=True, type=Path,
+                   help="the MicroPython .bin for the board (micropython.org/download/ESP32_GENERIC)")
+    p.add_argument("--chip", default="esp32", help="esp32 (default), esp32s3 or esp32c3")
+    p.add_argument("--baud", type=int, default=460800,
+                   help="write speed (default 460800; 115200 if it fails)")
+    p.add_argument("--esptool", default=None,
+                   help="the esptool program (default: next to this Python, or PATH)")
+    p.add_argument("--allow-version", action="store_true",
+                   help="install a MicroPython other than the pinned one")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the file and print the esptool commands only")
+
+    p = _action(sub, "flash", "copy an image onto a board: staged, verified, switched over last",
+                "--port /dev/ttyUSB0 build/gw-xihu-0001 --check-broker operator=@OPERATOR_PW",
+                "--port /dev/ttyUSB0 --reassign build/gw-xihu-0002   # board was gw-xihu-0001",
+                note="exit status: 0 flashed and self-test passed, 1 not flashed (the message says what the "
+                     "board boots),\n3 flashed but the self-test failed (the message says what failed)")
     p.add_argument("image", type=Path, help="directory made by `build`")
     p.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0")
     p.add_argument("--resume", action="store_true",
                    help="do not soft-reset first (the MicroPython unix port on a pty: a reset ends it)")
+    p.add_argument("--reassign", action="store_true",
+                   help="the board is another gateway's: make it this image's gateway, wiping its spool "
+                        "and state (boot counter)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-self-test", action="store_true",
+                   help="do not reset the board and check its boot line afterwards")
+    p.add_argument("--check-broker", metavar="USER=PASSWORD", default=None,
+                   help="self-test: also wait for the gateway's retained online status on its broker, "
+                        "with this service account (PASSWORD may be @ENVVAR; never the gateway's own)")
+
+
+
+
+
+def _progress_bar(stream: TextIO) -> Callable[[Progress], None]:
+    """A one-line bar on `stream` (bytes and files), redrawn in place; phases on lines of their own."""
+    last = [""]
+    drawn = [0.0]
+
+    def show(p: Progress) -> None:
+        if p.phase == "copy":
+            now = time.monotonic()
+            if now - drawn[0] < 0.1 and p.done_files < p.total_files:
+                return  # a redraw every 100 ms is enough for the eye and for a log file
+            drawn[0] = now
+            width = 30
+            filled = width * p.done_bytes // max(p.total_bytes, 1)
+            stream.write(f"\r  copy   [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{p.done_bytes / 1024:6.1f}/{p.total_bytes / 1024:.1f} KB  "
+                         f"{p.done_files}/{p.total_files} files")
+        elif p.phase != last[0]:
+            if last[0] == "copy":
+                stream.write("\n")
+            words = {"survey": "reading the board", "verify": "verifying sha256 of every file on the board",
+                     "switch": "switching over to the new image", "clean": "removing the old image",
+                     "done": "flashed"}
+            stream.write(f"  {words.get(p.phase, p.phase)} {p.detail}\n")
+        last[0] = p.phase
+        stream.flush()
+
+    return show
+
+
+
+
+def _self_test(args: argparse.Namespace, image: str, gateway_id: str) -> int:
+    from provisioning.selftest import selftest
+
+    manifest = json.loads((args.image / "manifest.json").read_text())
+    cfg = json.loads((args.image / "config.json").read_text())
+    account = None
+    if args.check_broker:
+        account = _account(args.check_broker)
+    broker = cfg["broker"]
+    ca = args.image / broker["ca_file"] if broker.get("tls") and broker.get("ca_file") else None
+    print(f"self-test: resetting the board on {args.port} and reading its console ...", flush=True)
+    verdict = selftest(args.port, gateway_id=gateway_id, image=image, fw=str(manifest["fw"]), broker=broker,
+                       account=account, prefix=str(cfg.get("prefix") or "city"),
+                       tls_ca=str(ca) if ca else None)
+    print(verdict.text())
+    return 0 if verdict.ok else 3
 
 
 def _env(var: str, flag: str) -> str:
@@ -182,6 +270,14 @@ def _env(var: str, flag: str) -> str:
     if not value:
         raise FleetError(f"{flag} {var}: environment variable {var} is not set (or empty)")
     return value
+
+
+def _account(spec: str) -> tuple[str, str]:
+    """`--check-broker USER=PASSWORD` or `USER=@ENVVAR` -> (user, password)."""
+    user, sep, password = spec.partition("=")
+    if not sep or not user or not password:
+        raise FleetError(f"--check-broker {spec!r}: expected USER=PASSWORD or USER=@ENVVAR")
+    return user, _env(password[1:], "--check-broker") if password.startswith("@") else password
 
 
 def _read_json(path: Path, kind: type, flag: str) -> Any:
@@ -418,24 +514,33 @@ def _run(args: argparse.Namespace) -> int:
     if args.action == "build":
         from provisioning.firmware import build
 
-        _warn(_config_tls_warning(args.config))
-        size = build(args.config, args.out)
+        size = build(args.config, args.out, ca_file=args.ca_file)
         print(f"image {args.out}: {size} bytes")
         return 0
-    if args.action == "flash":
-        from provisioning.firmware import flash
+    if args.action == "firmware":
+        from provisioning.bringup import install
 
-        print(f"flashing {args.image} to {args.port} ...")
-        flash(args.image, args.port, resume=args.resume)
-        print("done")
+        cmds = install(args.port, args.firmware, chip=args.chip, baud=args.baud, esptool=args.esptool,
+                       allow_version=args.allow_version, dry_run=args.dry_run)
+        if args.dry_run:
+            print("\n".join(" ".join(c) for c in cmds))
+        else:
+            print(f"MicroPython is on the board on {args.port}; next: citybrain provision flash "
+                  f"--port {args.port} <image>")
         return 0
+    if args.action == "flash":
+        from provisioning.flash import flash
+
+        print(f"flashing {args.image} to {args.port}")
+        res = flash(args.image, args.port, resume=args.resume, reassign=args.reassign,
+                    progress=None if args.quiet else _progress_bar(sys.stdout))
+        if res.wiped:
+            was = res.old.gateway_id or "of no known gateway"
+            print(f"reassigned: the board was {was}; wiped its {', '.join(res.wiped)}")
+        print(f"done: the board boots image {res.image} ({res.gateway_id}), {res.bytes} bytes verified "
+              f"in {res.seconds:.1f} s")
+        if args.no_self_test:
+            return 0
+        return _self_test(args, res.image, res.gateway_id)
     raise AssertionError(args.action)
 
-
-def _config_tls_warning(config: Path) -> str | None:
-    """The TLS-without-CA warning for a rendered config (build reports bad JSON itself)."""
-    try:
-        broker = json.loads(config.read_text()).get("broker", {})
-    except (OSError, ValueError, AttributeError):
-        return None
-    return tls_warning(broker) if isinstance(broker, dict) else None

@@ -1,13 +1,16 @@
-"""Build a board image (.mpy files for exactly what a config needs) and flash it with mpremote.
+"""Build a board image: .mpy files for exactly what a config needs, its config and CA, a manifest.
 
 Boards load precompiled .mpy: compiling source on a 128 KB heap fails for large modules, and a
 board should not carry codecs it never runs. The image is a folder mirroring the packages, plus
-`main.py` (the boot entry) and `config.json`.
+`config.json`, the broker's CA file as `ca.pem` when the config verifies TLS, and `manifest.json`
+(sha256 of every other file, and the image hash made of them). `provisioning.flash` copies the
+image into a folder of its own on the board and boots it from there.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import shutil
 import subprocess
@@ -16,15 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from provisioning.fleet import FleetError
+from provisioning.files import write_atomic
+from provisioning.fleet import FleetError, tls_warning
 
 ROOT = Path(__file__).resolve().parent.parent
 
-MAIN_PY = '''"""Board entry point, written by `citybrain provision build`."""
-import edge.main
-
-edge.main.main("config.json")
-'''
+MANIFEST = "manifest.json"
+CA_NAME = "ca.pem"  # the CA file's name in the image; the config's ca_file is made relative to it
 
 
 def mpy_cross() -> str:
@@ -55,17 +56,83 @@ def modules_for(config: dict[str, Any]) -> list[Path]:
     return [f.relative_to(ROOT) for f in files if not (f.name == "__init__.py" and _only_docstring(f))]
 
 
-def build(config_path: Path, out: Path, *, progress: Callable[[str], None] = print, optimise: int = 0) -> int:
+def image_hash(files: dict[str, str]) -> str:
+    """The image's identity: 12 hex digits of the sha256 over "<sha256>  <path>" lines, sorted by path."""
+    lines = "".join(f"{files[rel]}  {rel}\n" for rel in sorted(files))
+    return hashlib.sha256(lines.encode()).hexdigest()[:12]
+
+
+def read_manifest(image: Path) -> dict[str, Any]:
+    """The manifest `build` wrote, checked against the files beside it (an edited image is refused)."""
+    try:
+        manifest = json.loads((image / MANIFEST).read_text())
+        files: dict[str, str] = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FleetError(f"{image}: not an image made by `citybrain provision build` "
+                         f"({MANIFEST}: {exc}); run build again") from None
+    on_disk = sorted(str(p.relative_to(image)) for p in image.rglob("*")
+                     if p.is_file() and p.name != MANIFEST)
+    if on_disk != sorted(files):
+        extra = sorted(set(on_disk) - set(files))
+        missing = sorted(set(files) - set(on_disk))
+        raise FleetError(f"{image}: files differ from its manifest (extra {extra}, missing {missing}); "
+                         "run build again")
+    for rel, digest in files.items():
+        if hashlib.sha256((image / rel).read_bytes()).hexdigest() != digest:
+            raise FleetError(f"{image}: {rel} changed since build (sha256 differs); run build again")
+    if image_hash(files) != manifest.get("image"):
+        raise FleetError(f"{image}: the manifest's image hash does not match its files; run build again")
+    return manifest
+
+
+def _bundle_ca(raw: dict[str, Any], config_path: Path, out: Path, ca_file: Path | None,
+               progress: Callable[[str], None]) -> None:
+    """Put the broker's CA file into the image as ca.pem and point the image's config at it.
+
+    A board has no CA store: a TLS config without ca_file connects without verifying the broker
+    (MicroPython's default), and a ca_file the image does not carry stops the board at boot.
+    """
+    broker = raw.get("broker", {})
+    if not broker.get("tls"):
+        if ca_file is not None:
+            raise FleetError("--ca-file given but the config does not use TLS (broker.tls is false)")
+        return
+    named = broker.get("ca_file")
+    if ca_file is None and named:
+        for candidate in (config_path.parent / named, Path(named)):
+            if candidate.is_file():
+                ca_file = candidate
+                break
+        else:
+            raise FleetError(f"{config_path}: broker.ca_file {named!r} is not beside the config nor at that "
+                             "path on this laptop: pass --ca-file <the CA .pem> to put it into the image")
+    if ca_file is None:
+        progress(f"{tls_warning(broker)} For this image: pass --ca-file <the CA .pem>.")
+        return
+    try:
+        data = ca_file.read_bytes()
+    except OSError as exc:
+        raise FleetError(f"--ca-file {ca_file}: {exc.strerror}") from None
+    if b"-----BEGIN CERTIFICATE" not in data:
+        raise FleetError(f"--ca-file {ca_file}: no PEM certificate in it")
+    (out / CA_NAME).write_bytes(data)
+    broker["ca_file"] = CA_NAME  # edge.main reads it relative to the config's folder
+
+
+def build(config_path: Path, out: Path, *, progress: Callable[[str], None] = print, optimise: int = 0,
+          ca_file: Path | None = None) -> int:
     """Compile the image into `out` (replaced); returns its size in bytes.
 
     `optimise` is mpy-cross's -O level: 1 drops asserts, 3 also drops line numbers from tracebacks
-    (a few KB less heap on the board, at the cost of harder field debugging).
+    (a few KB less heap on the board, at the cost of harder field debugging). `ca_file` is the
+    broker's CA on this laptop (default: the config's broker.ca_file, looked up beside the config).
     """
+    from edge import VERSION
     from edge import config as edge_config
 
     raw = json.loads(config_path.read_text())
     try:
-        cfg = edge_config.validate(raw)
+        cfg = edge_config.validate(json.loads(json.dumps(raw)))
     except edge_config.ConfigError as exc:
         raise FleetError(f"{config_path}: {exc}") from None
     if out.exists():
@@ -85,31 +152,11 @@ def build(config_path: Path, out: Path, *, progress: Callable[[str], None] = pri
         if result.returncode != 0:
             raise FleetError(f"mpy-cross failed on {rel}: {result.stderr.strip()}")
         progress(f"[{i}/{len(files)}] {rel} -> {target.stat().st_size} bytes")
-    (out / "main.py").write_text(MAIN_PY)
-    (out / "config.json").write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
+    _bundle_ca(raw, config_path, out, ca_file, progress)
+    write_atomic(out / "config.json", json.dumps(raw, indent=2, ensure_ascii=False) + "\n", private=True)
+    digests = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+               for p in sorted(out.rglob("*")) if p.is_file()}
+    manifest = {"image": image_hash(digests), "gateway_id": cfg["gateway_id"], "fw": VERSION,
+                "files": digests}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-
-
-def flash_commands(image: Path, port: str, *, resume: bool = False) -> list[str]:
-    """One mpremote invocation that copies the image onto the board's filesystem root."""
-    cmd = ["mpremote", "connect", port]
-    if resume:
-        cmd.append("resume")  # the unix-port 'virtual board': a soft reset would end the process
-    # mpremote copies into ":" only if os.stat("") succeeds on the device. A board's VFS says the
-    # root exists; the unix port asks the OS, gets ENOENT, and mpremote then flattens every package
-    # into the root and refuses the files ("destination does not exist"). "." is the same folder there.
-    dest = ":." if resume else ":"
-    dirs = sorted(p.name for p in image.iterdir() if p.is_dir())
-    files = sorted(p.name for p in image.iterdir() if p.is_file())
-    cmd += ["fs", "cp", "-r", *dirs, dest, "+", "fs", "cp", *files, dest]
-    return cmd
-
-
-def flash(image: Path, port: str, *, resume: bool = False, timeout: float = 600) -> None:
-    cmd = flash_commands(image, port, resume=resume)
-    exe = Path(sys.executable).parent / "mpremote"
-    if exe.exists():
-        cmd[0] = str(exe)
-    result = subprocess.run(cmd, cwd=image, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        raise FleetError(f"mpremote failed (is the board on {port}?): {result.stderr.strip()[-500:]}")

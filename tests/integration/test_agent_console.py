@@ -20,8 +20,8 @@ from provisioning.firmware import build
 
 pytestmark = pytest.mark.integration
 
-SUMMARY = re.compile(r"^citybrain gw=(\S+) fw=(\S+) boot=(\d+) sources=(\d+)/(\d+) broker=(connected|down) "
-                     r"clock=(synced|unsynced)$", re.M)
+SUMMARY = re.compile(r"^citybrain-gw: up gw=(\S+) fw=(\S+) boot=(\d+) sources=(\d+)/(\d+) "
+                     r"broker=(connected|down) clock=(synced|unsynced)$", re.M)
 
 
 @pytest.mark.parametrize("interpreter", INTERPRETERS)
@@ -35,7 +35,7 @@ def test_summary_and_one_clock_warning(interpreter: str) -> None:
         log = rig.agent.log_tail(1 << 20)
         assert [m.groups() for m in SUMMARY.finditer(log)] == [
             ("gw-hil-1", "0.1.0", "1", "2", "2", "connected", "unsynced")], log
-        assert log.count("warning: readings held until the clock is set") == 1, log
+        assert log.count("citybrain-gw: warning gw=gw-hil-1: readings held until the clock is set") == 1, log
         assert not rig.sub.payloads("up")  # held indeed: nothing stamped, nothing sent
 
 
@@ -73,7 +73,7 @@ def test_board_waits_for_a_good_config_then_says_hello(tmp_path: Path, mosquitto
                           "'body' (did you mean 'body_c'?) (+1 more); waiting for a new config.json"], out
         assert board.alive() and not (board.dir / "spool").exists()
         (board.dir / "config.json").write_text(json.dumps(good))
-        out = _wait_for(board, "citybrain gw=")
+        out = _wait_for(board, "citybrain-gw: up ")
         assert [m.groups()[:6] for m in SUMMARY.finditer(out)] == [
             ("gw-board-1", "0.1.0", "1", "1", "1", "connected")], out
     finally:

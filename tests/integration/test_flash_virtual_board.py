@@ -102,18 +102,22 @@ def test_build_flash_boot_on_virtual_board(tmp_path: Path, monkeypatch: pytest.M
         broker.start()
         port = board.start()
         assert port.startswith("/dev/pts/")
-        assert main(["provision", "flash", "--resume", "--port", port, str(image)]) == 0
+        assert main(["provision", "flash", "--resume", "--no-self-test", "--port", port, str(image)]) == 0
 
-        assert files_of(board.dir) == files_of(image)
-        assert "edge/agent.mpy" in files_of(board.dir) and "devices/parking/codec.mpy" in files_of(board.dir)
-        for rel in files_of(image):
-            assert (board.dir / rel).read_bytes() == (image / rel).read_bytes(), rel
-        flashed = json.loads((board.dir / "config.json").read_text())
+        manifest = json.loads((image / "manifest.json").read_text())
+        slot = board.dir / f"a-{manifest['image']}"  # the image's folder; main.py boots what `active` names
+        assert (board.dir / "active").read_text() == slot.name
+        assert files_of(slot) == sorted(manifest["files"])
+        assert "edge/agent.mpy" in files_of(slot) and "devices/parking/codec.mpy" in files_of(slot)
+        for rel in files_of(slot):
+            assert (slot / rel).read_bytes() == (image / rel).read_bytes(), rel
+        flashed = json.loads((slot / "config.json").read_text())
         assert flashed["broker"]["port"] == broker_port and flashed["broker"]["username"] == GW
 
         watcher = StatusWatcher(broker_port, "collector-pw")
         board.boot()
         status = watcher.wait_state("online", boot=1)
+        assert status["img"] == manifest["image"]  # which image the board runs, for ops
         assert board.alive(), board.console_tail()
         assert status["clock_synced"] is False and status["ts"] is None
         assert isinstance(status["heap_free"], int)  # gc.mem_free(): it is MicroPython that runs
@@ -131,8 +135,13 @@ def test_build_flash_boot_on_virtual_board(tmp_path: Path, monkeypatch: pytest.M
         assert new_password != flashed["broker"]["password"]
         assert broker.proc is not None
         os.kill(broker.proc.pid, signal.SIGHUP)  # Mosquitto re-reads passwd and acl
-        assert main(["provision", "flash", "--resume", "--port", board.start(), str(image)]) == 0
-        assert (board.dir / "config.json").read_bytes() == (image / "config.json").read_bytes()
+        assert main(["provision", "flash", "--resume", "--no-self-test", "--port", board.start(),
+                     str(image)]) == 0
+        manifest = json.loads((image / "manifest.json").read_text())
+        slot = board.dir / f"b-{manifest['image']}"  # the other slot; the old one is gone
+        assert (slot / "config.json").read_bytes() == (image / "config.json").read_bytes()
+        assert sorted(p.name for p in board.dir.iterdir()) == sorted(
+            ["active", "main.py", slot.name, "spool"])
         board.boot()
         watcher.wait_state("online", boot=2)
         assert board.alive(), board.console_tail()

@@ -42,3 +42,34 @@ def test_bad_config_is_a_value_error_naming_the_key():
         raise AssertionError("accepted a config without gateway_id")
     finally:
         os.remove(path)
+
+
+def _tls_config(ca):
+    return CONFIG.replace('"host": "127.0.0.1"', '"host": "127.0.0.1", "tls": true, "ca_file": "%s"' % ca)
+
+
+def test_relative_ca_file_is_read_beside_the_config():
+    """A board image carries its CA beside its config (a-<hash>/ca.pem); the config names it ca.pem."""
+    path = _write(_tls_config("ca-beside.pem"))
+    ca = path.rsplit("/", 1)[0] + "/ca-beside.pem"
+    with open(ca, "w") as f:
+        f.write("-----BEGIN CERTIFICATE-----\n")
+    try:
+        cfg = load_config(path)
+    finally:
+        os.remove(path)
+        os.remove(ca)
+    assert cfg["broker"]["ca_file"] == ca
+
+
+def test_missing_ca_file_is_a_config_error_naming_the_file():
+    """Not a bare `OSError: [Errno 2] ENOENT` from deep in the TLS setup."""
+    path = _write(_tls_config("no-such-ca.pem"))
+    try:
+        load_config(path)
+    except ValueError as exc:
+        assert "config.broker.ca_file" in str(exc) and "no-such-ca.pem" in str(exc), str(exc)
+    else:
+        raise AssertionError("accepted a ca_file that is not there")
+    finally:
+        os.remove(path)

@@ -126,6 +126,11 @@ def test_will_and_status():
     protocol.encode_status(w, "online", "1.0.0", 3, 5, 1000, 0, 0, 0, False, None, {})
     d = cbor.loads(w)
     assert d["ts"] is None and d["clock_synced"] is False
+    # A board's image hash (what `provision flash` installed) rides along as `img`; no key without one.
+    w = bytearray()
+    protocol.encode_status(w, "online", "1.0.0", 3, 5, 1000, 0, 0, 0, False, None, {}, "3f2a9c1d0e12")
+    d = cbor.loads(w)
+    assert d["img"] == "3f2a9c1d0e12" and len(d) == 13
 
 
 def _cmd(m):

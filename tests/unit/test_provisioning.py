@@ -283,20 +283,25 @@ def test_every_action_help_shows_an_example(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_build_image_holds_only_configured_kinds(tmp_path: Path) -> None:
-    from provisioning.firmware import build, flash_commands
+    from provisioning.firmware import build, image_hash, read_manifest
 
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"gateway_id": "gw-1", "broker": {"host": "h"}, "sources": [PARKING_SOURCE]}))
     out = tmp_path / "image"
     size = build(cfg, out, progress=lambda _line: None)
     names = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
-    assert "main.py" in names and "config.json" in names
+    assert "manifest.json" in names and "config.json" in names
     assert "edge/config.mpy" in names and "devices/common/crc.mpy" in names
     assert not any(n.startswith("devices/water") for n in names)
-    assert not any(n.endswith(".py") and n != "main.py" for n in names)
+    assert not any(n.endswith(".py") for n in names)
     assert size == sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    cmd = flash_commands(out, "/dev/ttyUSB0", resume=True)
-    assert cmd[:4] == ["mpremote", "connect", "/dev/ttyUSB0", "resume"]
+    manifest = read_manifest(out)
+    assert set(manifest["files"]) == names - {"manifest.json"}
+    assert manifest["gateway_id"] == "gw-1" and manifest["image"] == image_hash(manifest["files"])
+    # An image changed after build is refused before anything touches a board.
+    (out / "edge" / "config.mpy").write_bytes(b"x")
+    with pytest.raises(FleetError, match=r"edge/config\.mpy changed since build"):
+        read_manifest(out)
 
 
 def test_gateway_config_doc_is_current() -> None:
@@ -318,7 +323,7 @@ def test_tls_without_ca_warns_at_init_render_and_build(tmp_path: Path,
     assert "MicroPython boards will NOT verify" in capsys.readouterr().err
     assert main(["provision", "build", "--config", str(d / "out" / "gateways" / "gw-1" / "config.json"),
                  "--out", str(tmp_path / "image")]) == 0
-    assert "MicroPython boards will NOT verify" in capsys.readouterr().err
+    assert "MicroPython boards will NOT verify" in "".join(capsys.readouterr())
 
 
 def test_init_with_tls_and_ca_file_ships_the_ca(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -400,3 +405,33 @@ def test_nothing_from_the_command_line_can_add_lines_to_the_broker_files(
     assert main(["provision", "init", "--dir", str(d), "--broker-host", "h"]) == 0
     assert main(["provision", "set-broker", "--dir", str(d), "--listen", "x y", "--port", "1999"]) == 1
     assert Fleet.load(d).broker["port"] == 1883  # a refused set-broker changes nothing
+
+
+def test_build_puts_the_ca_into_the_image(tmp_path: Path) -> None:
+    """Finding 9: with TLS the CA file was not in the image, and the board stopped at boot."""
+    from provisioning.firmware import build, read_manifest
+
+    pem = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    (tmp_path / "fleet-ca.pem").write_bytes(pem)
+    cfg = tmp_path / "config.json"
+    tls = {"host": "h", "port": 8883, "tls": True, "ca_file": "/etc/citybrain/ca.pem"}
+    cfg.write_text(json.dumps({"gateway_id": "gw-1", "broker": tls, "sources": []}))
+    out = tmp_path / "image"
+    build(cfg, out, progress=lambda _line: None, ca_file=tmp_path / "fleet-ca.pem")
+    assert (out / "ca.pem").read_bytes() == pem
+    assert json.loads((out / "config.json").read_text())["broker"]["ca_file"] == "ca.pem"  # beside the config
+    assert "ca.pem" in read_manifest(out)["files"]
+    # Without --ca-file, a CA the config names and build cannot find stops the build.
+    with pytest.raises(FleetError, match="pass --ca-file"):
+        build(cfg, out, progress=lambda _line: None)
+    # ... and a CA beside the config is found by itself.
+    tls["ca_file"] = "fleet-ca.pem"
+    cfg.write_text(json.dumps({"gateway_id": "gw-1", "broker": tls, "sources": []}))
+    build(cfg, out, progress=lambda _line: None)
+    assert (out / "ca.pem").read_bytes() == pem
+    # TLS without any CA builds, with a warning that the board will not verify the broker.
+    del tls["ca_file"]
+    cfg.write_text(json.dumps({"gateway_id": "gw-1", "broker": tls, "sources": []}))
+    said: list[str] = []
+    build(cfg, out, progress=said.append)
+    assert any("will NOT verify the broker" in line for line in said) and not (out / "ca.pem").exists()
