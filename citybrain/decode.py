@@ -91,22 +91,19 @@ _MIN_TS = 1_577_836_800_000  # 2020-01-01T00:00:00Z: older stamps come from an u
 
 
 class Kinds:
-    """Kind code -> (name, FIELDS, UNITS), loaded lazily from devices/<kind>/codec.py."""
+    """Kind code -> (name, FIELDS, UNITS): names from the kind registry (devices/registry.py), units
+    from the kind's codec (its sim_encode half), loaded lazily."""
 
     def __init__(self) -> None:
-        import devices
+        from devices import registry
 
         self.table: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
-        for i, kind in enumerate(devices.KINDS):
+        for code, kind in registry.by_code().items():
             try:
-                codec = devices.load(kind)
-            except Exception:  # a kind not built yet, or broken: show its indices, never crash
-                self.table[i + 1] = (kind, (), ())
-                continue
-            code = getattr(codec, "KIND_CODE", i + 1)
-            fields = tuple(getattr(codec, "FIELDS", ()))
-            units = tuple(getattr(codec, "UNITS", ("",) * len(fields)))
-            self.table[code] = (kind, fields, units)
+                units = tuple(getattr(kind.codec(), "UNITS", ()))
+            except Exception:  # a codec that does not import: names without units, never a crash
+                units = ()
+            self.table[code] = (kind.name, kind.names, units)
 
     def known(self, code: Any) -> bool:
         """True if the kind's codec is loaded, so an index outside its FIELDS is a real error."""
