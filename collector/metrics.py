@@ -107,6 +107,9 @@ class Metrics:
         self.readings = Counter("readings_total", "Readings, by channel and outcome (written, rejected).")
         self.dead_letters = Counter("dead_letters_total", "Messages or readings dead-lettered, by reason.")
         self.dedup_hits = Counter("dedup_hits_total", "Redelivered batches recognised and skipped.")
+        self.ignored = Counter(
+            "ignored_total", "Entries left out of a stored message, by reason (unknown_status_key)."
+        )
         self.not_durable = Counter(
             "not_durable_total", "Writer.submit refusals (message left unacknowledged, retried)."
         )

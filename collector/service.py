@@ -29,7 +29,6 @@ from collector.deadletter import DeadLetters
 from collector.dedup import Dedup
 from collector.ingest import Message, MqttInput
 from collector.metrics import Metrics, MetricsServer
-from collector.model import Point
 from collector.validate import Kind, Validator, load_kinds
 from collector.writer import NotDurable
 
@@ -37,13 +36,14 @@ log = logging.getLogger(__name__)
 
 
 class WriterLike(Protocol):
-    """What the pipeline needs from collector/writer.py's `Writer`."""
+    """What the pipeline needs from collector/writer.py's `Writer`: one entry point for every
+    channel, `submit_lines(body, n)` (n newline-separated lines, returns once they are durable)."""
 
     @property
     def stats(self) -> Mapping[str, object]: ...
 
     async def start(self) -> None: ...
-    async def submit(self, points: list[Point]) -> None: ...
+    async def submit_lines(self, body: bytes, n: int) -> None: ...
     async def close(self, drain: bool = True, timeout_s: float = 30.0) -> None: ...
 
 
@@ -115,10 +115,6 @@ class Pipeline:
         self.dedup = Dedup(config.dedup.window, config.dedup.max_gateways)
         self.liveness = Liveness(config, metrics, clock())
         self.not_durable = not_durable or NotDurable
-        # Writers that take line protocol directly (collector/writer.py) get the hot path.
-        self._submit_lines: Callable[[bytes, int], Awaitable[None]] | None = getattr(
-            writer, "submit_lines", None
-        )
         self.clock = clock
         self._order: deque[Message] = deque()
         self._done: set[int] = set()
@@ -212,9 +208,9 @@ class Pipeline:
         self.metrics.dead_letters.inc(reason=reason)
 
     async def process(self, msg: Message) -> None:
+        """One message through decode and validate into line protocol, then `submit_lines`: the one
+        route of every channel. Refusals are dead-lettered with their reason and counted."""
         cfg = self.config
-        points: list[Point] = []
-        lines: list[str] = []
         try:
             gw, channel = decode.parse_topic(cfg.mqtt.topic_prefix, msg.topic)
         except decode.Refused as r:
@@ -231,7 +227,9 @@ class Pipeline:
         try:
             if channel == decode.STATUS:
                 status = decode.decode_status(msg.payload, max_bytes=cfg.decode.max_payload)
-                points, rejects = self.validator.status(gw, status, now_ms)
+                lines, rejects, ignored = self.validator.status_lines(gw, status, now_ms)
+                if ignored:
+                    self.metrics.ignored.inc(ignored, reason="unknown_status_key")
                 for rej in rejects:
                     self._dead(rej.reason, rej.detail, msg)
             else:
@@ -242,13 +240,7 @@ class Pipeline:
                     self.metrics.dedup_hits.inc()
                     self.metrics.messages.inc(channel=channel, outcome="duplicate")
                     return
-                if self._submit_lines is not None and channel == decode.UP:
-                    # The hot path: readings straight to line protocol, no Point per reading.
-                    lines, bad_readings = self.validator.batch_lines(gw, batch, now_ms)
-                    written = len(lines)
-                else:
-                    points, bad_readings = self.validator.batch(gw, batch, now_ms)
-                    written = len(points)
+                lines, bad_readings = self.validator.batch_lines(gw, batch, now_ms)
                 for index, rej in bad_readings:
                     self._dead(
                         rej.reason, f"reading {index}: {rej.detail}", msg, _reading_bytes(batch, index)
@@ -258,17 +250,14 @@ class Pipeline:
             self._dead(r.reason, r.detail, msg)
             self.metrics.messages.inc(channel=channel, outcome="refused")
             return
-        submit_lines = self._submit_lines
-        if lines and submit_lines is not None:
+        if lines:
             body = "\n".join(lines).encode()
-            await self._durable(lambda: submit_lines(body, written))
-            self.metrics.write_seconds.observe(time.monotonic() - msg.received)
-        elif points:
-            await self._durable(lambda: self.writer.submit(points))
+            n = len(lines)
+            await self._durable(lambda: self.writer.submit_lines(body, n))
             self.metrics.write_seconds.observe(time.monotonic() - msg.received)
         if channel != decode.STATUS:
             self.dedup.add(gw, channel, batch.boot, batch.seq, batch.t0)
-            self.metrics.readings.inc(written, channel=channel, outcome="written")
+            self.metrics.readings.inc(len(lines), channel=channel, outcome="written")
         self.metrics.messages.inc(channel=channel, outcome="ok")
 
     async def _durable(self, submit: Callable[[], Awaitable[None]]) -> None:
