@@ -1,7 +1,7 @@
 """The collector service: input -> decode -> validate -> dedup -> writer, acknowledged when durable.
 
 `Pipeline` is the wiring between the stages and owns the acknowledgement rule: a message is
-acknowledged only once every reading in it is durable (Writer.submit returned) or dead-lettered, and
+acknowledged only once every reading in it is durable (Writer.submit_lines returned) or dead-lettered, and
 acknowledgements leave in the order the messages arrived (MQTT 5, 4.6). A message whose readings
 could not be made durable (`NotDurable`) is retried with backoff while it holds its place; at
 shutdown it is left unacknowledged, so the broker redelivers it to the next session.
