@@ -164,7 +164,10 @@ def _fast_specs(kind: Kind) -> tuple[_FastSpec, ...]:
 
 def _fields_text(specs: tuple[_FastSpec, ...], fields: dict[object, object]) -> str | None:
     """`k=v,...` for a map whose values all have their field's type and range, in ascending index
-    order (as gateways encode it), else None: the general path then judges (and sorts) it."""
+    order (as gateways encode it), else None: the general path then judges (and sorts) it.
+
+    Another type (an int to widen included) or a value out of range (NaN included) returns None.
+    Dispatching on the value's own type first, as before the type checks, measured fastest."""
     parts: list[str] = []
     last = -1
     n = len(specs)
@@ -174,19 +177,21 @@ def _fields_text(specs: tuple[_FastSpec, ...], fields: dict[object, object]) -> 
         last = index
         key, want, lo, hi = specs[index]
         t = type(value)
-        if t is not want:  # another type (or an int to widen): the general path says which
-            return None
-        if t is bool:
-            parts.append(key + ("true" if value else "false"))
-        elif not lo <= value <= hi:  # type: ignore[operator]  # also false for NaN
-            return None
-        elif t is float:
+        if t is float:
+            if want is not float or not lo <= value <= hi:  # type: ignore[operator]
+                return None
             text = repr(value)
             if text[-2:] == ".0":
                 text = text[:-2]
             parts.append(key + text)
-        else:
+        elif t is int:
+            if want is not int or not lo <= value <= hi:  # type: ignore[operator]
+                return None
             parts.append(f"{key}{value}i")
+        elif t is bool and want is bool:
+            parts.append(key + ("true" if value else "false"))
+        else:
+            return None
     return ",".join(parts) if parts else None
 
 
