@@ -38,7 +38,8 @@ pytestmark = pytest.mark.integration
 NOW_MS = int(time.time() * 1000) - 60_000
 GOOD = ("gw-good-1", "gw-good-2")
 REGISTRY = {
-    gw: {"site": "s", "district": "d"} for gw in (*GOOD, "gw-poison", "gw-spec", "gw-victim", "gw-flood")
+    gw: {"site": "s", "district": "d"}
+    for gw in (*GOOD, "gw-poison", "gw-spec", "gw-victim", "gw-flood", "gw-dup")
 }
 BAD_IDS = ("gw 1", "gw,1", "gw=1", 'gw"1', "gw-1\U0001f600", "gw-\u200b1", "gw-\u202e1")
 INFLUX_TYPE = {bool: "boolean", int: "integer", float: "float"}
@@ -79,15 +80,16 @@ def test_hostile_gateways_do_not_spoil_good_ones(
         # An int where a float is due is widened, not refused: stored as the float 36.0.
         cbor2.dumps({0: 1, 1: 1, 2: 4, 3: NOW_MS, 4: [["WIDE-int", 4, 0, {0: 36}]]}),
     ]
-    one_reading = b"\x81\x84" + cbor2.dumps("DUP-fields") + b"\x04\x00"
+    # Water readings from a gateway of their own, so no other finding can hide these (kind 3: ph).
+    one_reading = b"\x81\x84" + cbor2.dumps("DUP-fields") + b"\x03\x00"
     duplicates = [
         # t0 twice
         raw_map(
-            *header(10, NOW_MS), (3, cbor2.dumps(NOW_MS + 5)), (4, cbor2.dumps([["DUP-t0", 4, 0, {0: 36.6}]]))
+            *header(10, NOW_MS), (3, cbor2.dumps(NOW_MS + 5)), (4, cbor2.dumps([["DUP-t0", 3, 0, {0: 7.0}]]))
         ),
-        # a fields map {0: 37.5, 0: 38.5}
+        # a fields map {0: 7.5, 0: 8.5}
         raw_map(
-            *header(11, NOW_MS), (4, one_reading + raw_map((0, cbor2.dumps(37.5)), (0, cbor2.dumps(38.5))))
+            *header(11, NOW_MS), (4, one_reading + raw_map((0, cbor2.dumps(7.5)), (0, cbor2.dumps(8.5))))
         ),
     ]
     dup_status = raw_map(("v", cbor2.dumps(1)), ("state", cbor2.dumps("online")), ("state", cbor2.dumps("x")))
@@ -113,9 +115,9 @@ def test_hostile_gateways_do_not_spoil_good_ones(
                     pub.publish(f"city/{gw}/up", encode_batch(1, seq, good_readings(gw, seq)))
                 if seq == 2:
                     for payload in duplicates:
-                        pub.publish("city/gw-poison/up", payload)
+                        pub.publish("city/gw-dup/up", payload)
                     pub.publish("city/gw-spec/status", spoof)
-                    pub.publish("city/gw-spec/status", dup_status)
+                    pub.publish("city/gw-dup/status", dup_status)
                     for bad in BAD_IDS:
                         pub.publish(f"city/{bad}/up", encode_batch(1, 0, good_readings("X", 0)))
                     pub.publish("city/gw-stranger/up", encode_batch(1, 0, good_readings("Y", 0)))
@@ -129,8 +131,15 @@ def test_hostile_gateways_do_not_spoil_good_ones(
     collector = run_collector(config, scenario)
     m = collector.metrics
     assert collector.input.acks_sent == sent
+    # Every check runs and each failure names its finding, so one run shows all that is wrong.
+    problems: list[str] = []
 
-    # Every good reading exactly once, value for value.
+    def check(ok: bool, finding: str, what: object) -> None:
+        if not ok:
+            problems.append(f"{finding}: {what}")
+
+    # Every good reading exactly once, value for value (finding 1: the poison sent first must not
+    # have fixed a wrong type that makes InfluxDB refuse them).
     kinds = {k.name: k for k in load_kinds().values()}
     for gw in GOOD:
         for seq in range(n_good):
@@ -139,40 +148,61 @@ def test_hostile_gateways_do_not_spoil_good_ones(
                 rows = influxdb.points(
                     DB, f"SELECT * FROM \"{kind.name}\" WHERE sensor = '{sensor}' AND time = {ts}ms"
                 )
-                assert len(rows) == 1, (sensor, ts, rows)
+                check(len(rows) == 1, "1 good reading stored once", (sensor, ts, rows))
                 for name, v in zip(kind.names, values, strict=True):
                     # (InfluxDB's JSON writes the float 18.0 as 18: the types are checked below.)
-                    assert rows[0][name] == v, (sensor, name, rows[0][name], v)
-                    assert type(v) is float or type(rows[0][name]) is type(v), (sensor, name)
+                    got = rows[0].get(name) if rows else None
+                    check(got == v, "1 good value", (sensor, name, got, v))
+                    check(type(v) is float or type(got) is type(v), "1 good value's type", (sensor, name))
         for kind in kinds.values():
             rows = influxdb.points(DB, f"SELECT count(*) FROM \"{kind.name}\" WHERE gw = '{gw}'")
-            assert max(v for k, v in rows[0].items() if k.startswith("count_")) == n_good, (gw, kind.name)
+            count = max((v for k, v in rows[0].items() if k.startswith("count_")), default=0) if rows else 0
+            check(count == n_good, "1 good readings counted", (gw, kind.name, count))
     # Each measurement's field types are the registry's, for every field a good reading carried.
     for kind in kinds.values():
-        assert field_types(influxdb, kind.name) == {f.name: INFLUX_TYPE[f.type] for f in kind.fields}, (
-            kind.name
+        want = {f.name: INFLUX_TYPE[f.type] for f in kind.fields}
+        check(
+            field_types(influxdb, kind.name) == want,
+            "1 field types",
+            (kind.name, field_types(influxdb, kind.name)),
         )
-
-    # Nothing of the hostile cases: no refused reading, no spoofed status field, no foreign gateway.
-    therm = influxdb.points(DB, 'SELECT * FROM "thermometer" WHERE sensor =~ /^(BAD|DUP)-/')
-    assert therm == []
+    bad = influxdb.points(DB, 'SELECT * FROM "thermometer" WHERE sensor =~ /^BAD-/')
+    check(bad == [], "1 poisoned readings stored", bad)
     widened = influxdb.points(DB, "SELECT * FROM \"thermometer\" WHERE sensor = 'WIDE-int'")
-    assert [(r["body_c"], r["gw"]) for r in widened] == [(36, "gw-poison")]  # a float: the type check above
-    assert influxdb.points(DB, "SELECT * FROM \"gateway_status\" WHERE gw = 'gw-victim'") == []
+    check([(r.get("body_c"), r["gw"]) for r in widened] == [(36, "gw-poison")], "1 widened int", widened)
+
+    # Finding 2: the spoofed status is gw-spec's, with no gw/site/district field.
+    victim = influxdb.points(DB, "SELECT * FROM \"gateway_status\" WHERE gw = 'gw-victim'")
+    check(victim == [], "2 WHERE gw='gw-victim' finds the spoof", victim)
     spec = influxdb.points(DB, "SELECT * FROM \"gateway_status\" WHERE gw = 'gw-spec'")
-    assert [(r["state"], r["boot"], r["site"]) for r in spec] == [("online", 3, "s")]
-    assert set(field_types(influxdb, "gateway_status")) == {"state", "boot", "errors_total"}
+    check(
+        [(r.get("state"), r.get("boot"), r.get("site")) for r in spec] == [("online", 3, "s")], "2 spec", spec
+    )
+    status_fields = set(field_types(influxdb, "gateway_status"))
+    check(status_fields == {"state", "boot", "errors_total"}, "2 status fields", status_fields)
+
+    # Finding 3: nothing of a payload with a duplicate key.
+    dup = influxdb.points(DB, 'SELECT * FROM "water" WHERE sensor =~ /^DUP-/')
+    check(dup == [], "3 duplicate-key readings stored", dup)
+    # (`::tag`: on the code before the fix the spoof's `gw` field shadowed the tag.)
+    dup_rows = influxdb.points(DB, 'SELECT * FROM "gateway_status" WHERE "gw"::tag = \'gw-dup\'')
+    check(dup_rows == [], "3 duplicate-key status stored", dup_rows)
+
+    # Finding 4: no gateway outside the alphabet or the registry.
     gateways = {r["value"] for r in influxdb.points(DB, 'SHOW TAG VALUES WITH KEY = "gw"')}
-    assert gateways == {*GOOD, "gw-poison", "gw-spec", "gw-flood"}
+    check(gateways == {*GOOD, "gw-poison", "gw-spec", "gw-flood"}, "4 gateways stored", sorted(gateways))
+
+    # Finding 5: the flood stops at its bounds.
     flood_sensors = {
         r["value"]
         for r in influxdb.points(
             DB, 'SHOW TAG VALUES FROM "thermometer" WITH KEY = "sensor" WHERE gw = \'gw-flood\''
         )
     }
-    assert len(flood_sensors) == 20
+    check(len(flood_sensors) == 20, "5 flood sensors (max_sensors_per_gateway 20)", len(flood_sensors))
     errors = influxdb.points(DB, 'SELECT count("count") FROM "sensor_errors" WHERE gw = \'gw-flood\'')
-    assert errors[0]["count"] == 32  # max_error_codes_per_gateway
+    n_errors = errors[0]["count"] if errors else 0
+    check(n_errors == 32, "5 flood error names (max_error_codes_per_gateway 32)", n_errors)
 
     # Each refusal counted, by reason, in the dead-letter store and the metrics.
     dead = DeadLetters(config.storage.dead_letter_path)
@@ -180,15 +210,19 @@ def test_hostile_gateways_do_not_spoil_good_ones(
         counts = dict(dead.counts)
     finally:
         dead.close()
-    assert counts == {
+    want_counts = {
         "field_type": 4,
         "duplicate_key": 3,
         "bad_gateway_id": len(BAD_IDS),
         "unknown_gateway": 1,
         "too_many_sensors": 10,  # the flood's F-20..F-29
         "too_many_error_codes": 1,  # one dead letter for the status: 8 names over the bound
-    }, counts
+    }
+    check(counts == want_counts, "refusals counted", counts)
     for reason, n in counts.items():
-        assert m.dead_letters.get(reason=reason) == n, reason
-    assert m.ignored.get(reason="unknown_status_key") == 3  # gw, site, district
-    assert m.readings.get(channel="up", outcome="rejected") == 4 + 10  # poison, flood
+        check(m.dead_letters.get(reason=reason) == n, "refusal metric", reason)
+    ignored = m.ignored.get(reason="unknown_status_key")
+    check(ignored == 3, "2 unknown status keys counted (gw, site, district)", ignored)
+    rejected = m.readings.get(channel="up", outcome="rejected")
+    check(rejected == 4 + 10, "readings rejected (poison, flood)", rejected)
+    assert problems == [], "\n".join(problems)
