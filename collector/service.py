@@ -112,6 +112,13 @@ class Pipeline:
         self.metrics = metrics
         self._ack = ack
         self.validator = Validator(config.decode, load_kinds() if kinds is None else kinds, config.gateways)
+        n_gw = len(config.gateways)
+        if not n_gw:
+            log.info("no gateway registry: any gateway id in the protocol's alphabet is accepted")
+        elif config.decode.accept_unregistered:
+            log.info("gateway registry of %d; others accepted (decode.accept_unregistered)", n_gw)
+        else:
+            log.info("gateway registry of %d; others refused as unknown_gateway", n_gw)
         self.dedup = Dedup(config.dedup.window, config.dedup.max_gateways)
         self.liveness = Liveness(config, metrics, clock())
         self.not_durable = not_durable or NotDurable
