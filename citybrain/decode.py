@@ -91,22 +91,38 @@ _MIN_TS = 1_577_836_800_000  # 2020-01-01T00:00:00Z: older stamps come from an u
 
 
 class Kinds:
-    """Kind code -> (name, FIELDS, UNITS), loaded lazily from devices/<kind>/codec.py."""
+    """Kind code -> (name, FIELDS, UNITS): names from the kind registry (devices/registry.py), units
+    from the kind's codec (its sim_encode half), loaded lazily."""
 
     def __init__(self) -> None:
-        import devices
+        from devices import registry
 
         self.table: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
-        for i, kind in enumerate(devices.KINDS):
+        self._validator: Any = None
+        for code, kind in registry.by_code().items():
             try:
-                codec = devices.load(kind)
-            except Exception:  # a kind not built yet, or broken: show its indices, never crash
-                self.table[i + 1] = (kind, (), ())
-                continue
-            code = getattr(codec, "KIND_CODE", i + 1)
-            fields = tuple(getattr(codec, "FIELDS", ()))
-            units = tuple(getattr(codec, "UNITS", ("",) * len(fields)))
-            self.table[code] = (kind, fields, units)
+                units = tuple(getattr(kind.codec(), "UNITS", ()))
+            except Exception:  # a codec that does not import: names without units, never a crash
+                units = ()
+            self.table[code] = (kind.name, kind.names, units)
+
+    def refusal(self, reading: list[Any]) -> str | None:
+        """Why the collector would refuse this reading for its values (a field's type or range by
+        the kind registry, a sensor id, ...): its own validator's verdict, time left out (the
+        caller judges a saved payload's time itself)."""
+        import time
+
+        from collector.config import DecodeConfig
+        from collector.validate import Reject, Validator, load_kinds
+
+        if self._validator is None:
+            self._validator = Validator(DecodeConfig(), load_kinds(), {})
+        sensor, code, _dt, fields = reading
+        now_ms = int(time.time() * 1000)
+        verdict = self._validator.reading("gw", now_ms, [sensor, code, 0, fields], now_ms)
+        if isinstance(verdict, Reject) and verdict.reason not in ("unknown_kind", "bad_field"):
+            return f"{verdict.reason}: {verdict.detail}"
+        return None
 
     def known(self, code: Any) -> bool:
         """True if the kind's codec is loaded, so an index outside its FIELDS is a real error."""
@@ -195,6 +211,9 @@ def interpret_batch(m: Any, kinds: Kinds, alarm: bool) -> tuple[dict[str, Any], 
             named[name] = {"value": _value(fields[idx]), "unit": unit}
             if name.startswith("#") and kinds.known(code):
                 problems.append(f"reading {i}: field index {idx!r} is not in {kinds.name(code)} FIELDS")
+        why = kinds.refusal(r)
+        if why is not None:
+            problems.append(f"reading {i}: the collector refuses it: {why}")
         ts = t0 + dt_ms
         if ts < _MIN_TS:
             problems.append(f"reading {i}: timestamp {iso_ms(ts)} is before 2020 (unsynced clock)")

@@ -151,6 +151,16 @@ class DecodeConfig:
     min_time: str = "2020-01-01T00:00:00Z"  # timestamps before this are refused
     max_id_len: int = 64  # characters in a sensor id, gateway id or tag value
     max_string_len: int = 256  # characters in a string field value
+    # Cardinality bounds per gateway, counted since the collector started (docs/collector.md,
+    # "Bounds"): new series past them are dead-lettered, so one gateway cannot exhaust the
+    # database's series limit for everyone.
+    max_sensors_per_gateway: int = 1024  # distinct sensor ids (readings, alarms, status errors)
+    max_alarm_codes_per_gateway: int = 32  # distinct alarm codes (the `code` tag of `alarm`)
+    max_error_codes_per_gateway: int = 32  # distinct error names in status `errors`
+    # With a gateway registry (`[gateways.*]` or service.gateways_file), messages from ids not in it
+    # are dead-lettered as unknown_gateway; true accepts them (tagged `gw` only). Without a registry
+    # every id in the protocol's alphabet is accepted whatever this says.
+    accept_unregistered: bool = False
 
 
 @dataclass(frozen=True)
@@ -294,7 +304,8 @@ def _build(cls: type, table: object, where: str) -> Any:
     return cls(**values)
 
 
-_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# A gateway id, as docs/protocol.md defines it (provisioning/fleet.py allows a subset of it).
+GATEWAY_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 def _check(config: Config) -> None:
@@ -334,8 +345,11 @@ def _check(config: Config) -> None:
     if config.service.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"service.log_level: {config.service.log_level!r} is not a log level")
     min_time_ms(config.decode)
+    for key in ("max_sensors_per_gateway", "max_alarm_codes_per_gateway", "max_error_codes_per_gateway"):
+        if getattr(config.decode, key) < 1:
+            raise ConfigError(f"decode.{key}: must be at least 1")
     for gw, info in config.gateways.items():
-        if not _ID_RE.fullmatch(gw):
+        if not GATEWAY_ID.fullmatch(gw):
             raise ConfigError(f"gateways.{gw}: a gateway id is 1-64 of A-Z a-z 0-9 _ . : -")
         for tag in (info.site, info.district):
             if tag and (

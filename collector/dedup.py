@@ -9,7 +9,7 @@ broker redelivers what we had not acknowledged. The window is an exact set (no B
 false positives that would drop a new batch), bounded twice: `window` keys per gateway and
 `max_gateways` gateways, each evicted least-recently-used first. Evictions are counted.
 
-A key is recorded only after its points are durable (`add` after `Writer.submit` returned), so a
+A key is recorded only after its points are durable (`add` after `Writer.submit_lines` returned), so a
 write that failed is never mistaken for a duplicate when the message comes back.
 
 The window lives in memory and is empty after a restart. That is safe: a point is deterministic from

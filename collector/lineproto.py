@@ -77,7 +77,8 @@ def series_key(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
     return s
 
 
-def _field_key(name: str) -> str:
+def field_key(name: str) -> str:
+    """`name=` escaped (a field key and its equals sign), cached like series keys."""
     s = _field_cache.get(name)
     if s is None:
         s = _key(name, "field key") + "="
@@ -137,7 +138,7 @@ def _body(p: Point) -> str:
     try:
         body = ",".join([fcache[k] + fmt[type(v)](v) for k, v in fields])
     except KeyError:  # a new field key or an unusual value type: the slow path, same result
-        body = ",".join([_field_key(k) + _value(v) for k, v in fields])
+        body = ",".join([field_key(k) + _value(v) for k, v in fields])
     key = _series_cache.get((p.measurement, p.tags))
     if key is None:
         key = series_key(p.measurement, p.tags)

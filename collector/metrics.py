@@ -126,6 +126,9 @@ class Metrics:
             "dead_letter_store", "Dead-letter store state (entries, bytes, truncated payloads), by stat name."
         )
         self.dedup_hits = Counter("dedup_hits_total", "Redelivered batches recognised and skipped.")
+        self.ignored = Counter(
+            "ignored_total", "Entries left out of a stored message, by reason (unknown_status_key)."
+        )
         self.not_durable = Counter(
             "not_durable_total", "Writer.submit refusals (message left unacknowledged, retried)."
         )

@@ -1,7 +1,7 @@
 """The collector service: input -> decode -> validate -> dedup -> writer, acknowledged when durable.
 
 `Pipeline` is the wiring between the stages and owns the acknowledgement rule: a message is
-acknowledged only once every reading in it is durable (Writer.submit returned) or dead-lettered, and
+acknowledged only once every reading in it is durable (Writer.submit_lines returned) or dead-lettered, and
 acknowledgements leave in the order the messages arrived (MQTT 5, 4.6). A message whose readings
 could not be made durable (`NotDurable`) is retried with backoff while it holds its place; at
 shutdown it is left unacknowledged, so the broker redelivers it to the next session.
@@ -30,7 +30,6 @@ from collector.dedup import Dedup
 from collector.health import Health
 from collector.ingest import Message, MqttInput
 from collector.metrics import Metrics, MetricsServer
-from collector.model import Point
 from collector.validate import Kind, Validator, load_kinds
 from collector.writer import NotDurable, Submitted
 
@@ -38,13 +37,13 @@ log = logging.getLogger(__name__)
 
 
 class WriterLike(Protocol):
-    """What the pipeline needs from collector/writer.py's `Writer`."""
+    """What the pipeline needs from collector/writer.py's `Writer`: one entry point for every
+    channel, `submit_lines(body, n)` (n newline-separated lines, returns once they are durable)."""
 
     @property
     def stats(self) -> Mapping[str, object]: ...
 
     async def start(self) -> None: ...
-    async def submit(self, points: list[Point]) -> Submitted: ...
     async def submit_lines(self, body: bytes, n: int) -> Submitted: ...
     async def close(self, drain: bool = True, timeout_s: float = 30.0) -> None: ...
 
@@ -114,13 +113,16 @@ class Pipeline:
         self.metrics = metrics
         self._ack = ack
         self.validator = Validator(config.decode, load_kinds() if kinds is None else kinds, config.gateways)
+        n_gw = len(config.gateways)
+        if not n_gw:
+            log.info("no gateway registry: any gateway id in the protocol's alphabet is accepted")
+        elif config.decode.accept_unregistered:
+            log.info("gateway registry of %d; others accepted (decode.accept_unregistered)", n_gw)
+        else:
+            log.info("gateway registry of %d; others refused as unknown_gateway", n_gw)
         self.dedup = Dedup(config.dedup.window, config.dedup.max_gateways)
         self.liveness = Liveness(config, metrics, clock())
         self.not_durable = not_durable or NotDurable
-        # Writers that take line protocol directly (collector/writer.py) get the hot path.
-        self._submit_lines: Callable[[bytes, int], Awaitable[Submitted]] | None = getattr(
-            writer, "submit_lines", None
-        )
         self.clock = clock
         self._order: deque[Message] = deque()
         self._done: set[int] = set()
@@ -218,9 +220,9 @@ class Pipeline:
         self.metrics.dead_letters.inc(reason=reason)
 
     async def process(self, msg: Message) -> None:
+        """One message through decode and validate into line protocol, then `submit_lines`: the one
+        route of every channel. Refusals are dead-lettered with their reason and counted."""
         cfg = self.config
-        points: list[Point] = []
-        lines: list[str] = []
         try:
             gw, channel = decode.parse_topic(cfg.mqtt.topic_prefix, msg.topic)
         except decode.Refused as r:
@@ -237,7 +239,9 @@ class Pipeline:
         try:
             if channel == decode.STATUS:
                 status = decode.decode_status(msg.payload, max_bytes=cfg.decode.max_payload)
-                points, rejects = self.validator.status(gw, status, now_ms)
+                lines, rejects, ignored = self.validator.status_lines(gw, status, now_ms)
+                if ignored:
+                    self.metrics.ignored.inc(ignored, reason="unknown_status_key")
                 for rej in rejects:
                     self._dead(rej.reason, rej.detail, msg, gw=gw)
             else:
@@ -248,13 +252,7 @@ class Pipeline:
                     self.metrics.dedup_hits.inc()
                     self.metrics.messages.inc(channel=channel, outcome="duplicate")
                     return
-                if self._submit_lines is not None and channel == decode.UP:
-                    # The hot path: readings straight to line protocol, no Point per reading.
-                    lines, bad_readings = self.validator.batch_lines(gw, batch, now_ms)
-                    written = len(lines)
-                else:
-                    points, bad_readings = self.validator.batch(gw, batch, now_ms)
-                    written = len(points)
+                lines, bad_readings = self.validator.batch_lines(gw, batch, now_ms)
                 for index, rej in bad_readings:
                     self._dead(
                         rej.reason, f"reading {index}: {rej.detail}", msg, _reading_bytes(batch, index), gw
@@ -265,13 +263,10 @@ class Pipeline:
             self.metrics.messages.inc(channel=channel, outcome="refused")
             return
         done = Submitted()  # nothing to write (every reading refused, an empty status)
-        submit_lines = self._submit_lines
-        if lines and submit_lines is not None:
+        if lines:
             body = "\n".join(lines).encode()
-            done = await self._durable(lambda: submit_lines(body, written))
-            self.metrics.write_seconds.observe(time.monotonic() - msg.received)
-        elif points:
-            done = await self._durable(lambda: self.writer.submit(points))
+            n = len(lines)
+            done = await self._durable(lambda: self.writer.submit_lines(body, n))
             self.metrics.write_seconds.observe(time.monotonic() - msg.received)
         if channel != decode.STATUS:
             self.dedup.add(gw, channel, batch.boot, batch.seq, batch.t0)

@@ -1,37 +1,73 @@
-"""Validate stage: raw readings -> points, each bad one -> a reject with a reason. Sans-I/O.
+"""Validate stage: raw readings and statuses -> line protocol, each bad one -> a reject with a reason.
+Sans-I/O.
 
-Every value that reaches InfluxDB passes here: kind code known, field index inside the kind's FIELDS,
-types kept apart (bool / int / float / text, as the CBOR major type said), ints inside int64, floats
-finite, timestamps between `decode.min_time` and now + `decode.max_future`, ids and tag values that
-cannot break line protocol (no control or line-separator characters, no trailing backslash, bounded
-length). A reject names the reading so the dead letter says which one; the rest of the batch is kept.
+Every value that reaches InfluxDB passes here, on every channel (`/up`, `/alarm`, `/status`):
+
+- ids: a gateway id is the protocol's alphabet (`A-Z a-z 0-9 _ . : -`, 1-64) and, when the
+  collector has a gateway registry, one of its gateways; sensor ids, alarm codes and tag values
+  cannot break line protocol or hide what they are (no control, line-separator, format (zero-width,
+  bidi override), private-use or unassigned characters, no trailing backslash, bounded length);
+- readings: kind code known, field index inside the kind's fields, and each value of the type the
+  kind registry gives (devices/registry.py) and inside its range: a value of another type is
+  `field_type` (an int where a float is due is widened, nothing else is converted), a value out of
+  range `out_of_range`, a NaN or infinity `not_finite`; the whole reading is refused, never stored
+  with some fields left out; timestamps between `decode.min_time` and now + `decode.max_future`;
+- statuses: only the documented keys become fields, each with its documented type; unknown keys
+  are ignored and counted (never a field: `gw` in a status must not shadow the `gw` tag);
+- cardinality: per gateway, at most `decode.max_sensors_per_gateway` sensor ids,
+  `max_alarm_codes_per_gateway` alarm codes and `max_error_codes_per_gateway` error names.
+
+A reject names the reading so the dead letter says which one; the rest of the batch is kept.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from collector import lineproto
-from collector.config import DecodeConfig, GatewayInfo, min_time_ms
+from collector.config import GATEWAY_ID, DecodeConfig, GatewayInfo, min_time_ms
 from collector.decode import Batch
 from collector.model import FieldValue, Point
 
 log = logging.getLogger(__name__)
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+_FLOAT_MAX = 1.7976931348623157e308  # finite: `-max <= x <= max` is false for NaN and infinities
 ALARM_MEASUREMENT = "alarm"
 STATUS_MEASUREMENT = "gateway_status"
 ERRORS_MEASUREMENT = "sensor_errors"
-_STATUS_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 # Characters that end or corrupt a line-protocol line, or that no id should contain: C0/C1 controls,
 # DEL, and the Unicode line/paragraph separators some parsers treat as newlines.
 _BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
+# Unicode categories refused in any text (beyond ASCII): controls, format characters (zero-width
+# space and joiners, bidi overrides: an id that looks like another), surrogates, private use,
+# unassigned, line and paragraph separators.
+_HIDDEN = frozenset(("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"))
+# An alarm code or an error name: a tag value from a fixed vocabulary (codecs' alarm(),
+# devices.common.errors.NAMES), so the gateway-id alphabet fits it.
+CODE = GATEWAY_ID
 
+# The status keys (docs/protocol.md "Status", edge.protocol.encode_status) that become fields, with
+# their types: uint is an int >= 0. `ts` is the point's time and `errors` becomes `sensor_errors`.
+_UINT = "uint"
+STATUS_FIELDS: dict[str, type | str] = {
+    "v": _UINT,
+    "state": str,
+    "fw": str,
+    "img": str,  # the board image hash (provisioning manifest), absent on Linux gateways
+    "boot": _UINT,
+    "uptime_s": _UINT,
+    "heap_free": _UINT,
+    "spool_bytes": _UINT,
+    "spool_records": _UINT,
+    "spool_dropped": _UINT,
+    "clock_synced": bool,
+}
 
 _SERIES_CACHE_MAX = 200_000  # series heads kept by batch_lines; a city district has ~10^4-10^5
 
@@ -41,26 +77,44 @@ class Reject(NamedTuple):
     detail: str
 
 
+class FieldSpec(NamedTuple):
+    """A kind's field: its value type (bool, int or float) and inclusive range (None: no bound)."""
+
+    name: str
+    type: type
+    lo: float | None = None
+    hi: float | None = None
+
+
 @dataclass(frozen=True)
 class Kind:
     code: int
     name: str  # the measurement
-    fields: tuple[str, ...]
+    fields: tuple[FieldSpec, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
 
 
 def load_kinds() -> dict[int, Kind]:
-    """The kind table from devices/<kind>/codec.py (KIND_CODE, FIELDS); a kind that fails to import is
-    logged and left out, so its readings are dead-lettered as unknown_kind rather than crashing."""
-    import devices
+    """The kind registry (devices/registry.py) with Python types: bool, int, float."""
+    from devices import registry
 
-    kinds: dict[int, Kind] = {}
-    for name in devices.KINDS:
-        try:
-            mod = devices.load(name)
-            kinds[int(mod.KIND_CODE)] = Kind(int(mod.KIND_CODE), name, tuple(mod.FIELDS))
-        except Exception as exc:  # a broken codec module must not stop the other kinds
-            log.error("device kind %s unavailable: %s", name, exc)
-    return kinds
+    types = {registry.BOOL: bool, registry.INT: int, registry.FLOAT: float}
+    return {
+        code: Kind(code, k.name, tuple(FieldSpec(f.name, types[f.type], f.lo, f.hi) for f in k.fields))
+        for code, k in registry.by_code().items()
+    }
+
+
+def _hidden(text: str) -> str | None:
+    if text.isascii():
+        return None
+    for c in text:
+        if unicodedata.category(c) in _HIDDEN:
+            return f"invisible or format character U+{ord(c):04X}"
+    return None
 
 
 def check_text(text: object, max_len: int, *, is_id: bool = True) -> str | None:
@@ -74,6 +128,9 @@ def check_text(text: object, max_len: int, *, is_id: bool = True) -> str | None:
         return f"{len(text)} characters > {max_len}"
     if _BAD_CHARS.search(text):
         return "control or line-separator character"
+    hidden = _hidden(text)
+    if hidden is not None:
+        return hidden
     if is_id:
         if not text:
             return "empty"
@@ -84,33 +141,79 @@ def check_text(text: object, max_len: int, *, is_id: bool = True) -> str | None:
     return None
 
 
-def _fields_text(keys: tuple[str, ...], fields: dict[object, object]) -> str | None:
-    """`k=v,...` for a map of plain bool/int/float values in ascending index order (as gateways
-    encode it), else None: the general path then judges (and sorts) it."""
+def _type_name(value: object) -> str:
+    return {bool: "bool", int: "int", float: "float", str: "text"}.get(type(value), type(value).__name__)
+
+
+# Per field for the fast path: (escaped "name=", type, lo, hi) with the bounds always set: a float
+# field without a range gets the finite floats (so NaN and infinities fail), an int field int64.
+_FastSpec = tuple[str, type, float, float]
+
+
+def _fast_specs(kind: Kind) -> tuple[_FastSpec, ...]:
+    out = []
+    for f in kind.fields:
+        if f.lo is not None and f.hi is not None:
+            lo, hi = f.lo, f.hi
+        elif f.type is float:
+            lo, hi = -_FLOAT_MAX, _FLOAT_MAX
+        else:
+            lo, hi = INT64_MIN, INT64_MAX
+        out.append((lineproto.field_key(f.name), f.type, lo, hi))
+    return tuple(out)
+
+
+def _fields_text(specs: tuple[_FastSpec, ...], fields: dict[object, object]) -> str | None:
+    """`k=v,...` for a map whose values all have their field's type and range, in ascending index
+    order (as gateways encode it), else None: the general path then judges (and sorts) it.
+
+    Another type (an int to widen included) or a value out of range (NaN included) returns None.
+    Dispatching on the value's own type first, as before the type checks, measured fastest."""
     parts: list[str] = []
     last = -1
-    n = len(keys)
+    n = len(specs)
     for index, value in fields.items():
         if type(index) is not int or not last < index < n:
             return None
         last = index
+        key, want, lo, hi = specs[index]
         t = type(value)
         if t is float:
-            if value - value != 0.0:  # type: ignore[operator]  # NaN or infinity
+            if want is not float or not lo <= value <= hi:  # type: ignore[operator]
                 return None
             text = repr(value)
             if text[-2:] == ".0":
                 text = text[:-2]
-            parts.append(keys[index] + text)
-        elif t is bool:
-            parts.append(keys[index] + ("true" if value else "false"))
+            parts.append(key + text)
         elif t is int:
-            if not INT64_MIN <= value <= INT64_MAX:  # type: ignore[operator]
+            if want is not int or not lo <= value <= hi:  # type: ignore[operator]
                 return None
-            parts.append(f"{keys[index]}{value}i")
-        else:  # text, and everything that is refused: the general path says why
+            parts.append(f"{key}{value}i")
+        elif t is bool and want is bool:
+            parts.append(key + ("true" if value else "false"))
+        else:
             return None
     return ",".join(parts) if parts else None
+
+
+class _Seen:
+    """What one gateway has created: sensor ids, alarm codes, error names (each bounded)."""
+
+    __slots__ = ("sensors", "alarm_codes", "error_codes")
+
+    def __init__(self) -> None:
+        self.sensors: set[str] = set()
+        self.alarm_codes: set[str] = set()
+        self.error_codes: set[str] = set()
+
+
+def _admit(seen: set[str], item: str, bound: int) -> bool:
+    if item in seen:
+        return True
+    if len(seen) >= bound:
+        return False
+    seen.add(item)
+    return True
 
 
 class Validator:
@@ -123,16 +226,26 @@ class Validator:
         self.config = config
         self.kinds = kinds
         self.gateways = gateways or {}
+        # Only a registry can say a gateway is unknown; without one every well-formed id passes.
+        self.registered_only = bool(self.gateways) and not config.accept_unregistered
         self.min_ms = min_time_ms(config)
         self.max_future_ms = int(config.max_future * 1000)
-        # batch_lines caches: (gw, kind code, sensor) -> escaped "measurement,tags " (only for good
-        # ids), kind code -> escaped "field=" keys by index.
+        self._seen: dict[str, _Seen] = {}
+        # batch_lines caches: (gw, kind code, sensor) -> escaped "measurement,tags " (only for good,
+        # admitted ids), kind code -> per field (escaped "name=", type, lo, hi).
         self._series: dict[tuple[str, int, str], str] = {}
-        self._fields_eq: dict[int, tuple[str, ...]] = {}
+        self._specs: dict[int, tuple[_FastSpec, ...]] = {}
 
     def check_gateway(self, gw: str) -> Reject | None:
-        why = check_text(gw, self.config.max_id_len)
-        return None if why is None else Reject("bad_gateway_id", f"gateway id {gw!r}: {why}"[:300])
+        """Refuse a gateway id outside the protocol's alphabet, or not in the registry (if any)."""
+        if not GATEWAY_ID.fullmatch(gw):
+            return Reject(
+                "bad_gateway_id",
+                f"gateway id {gw!r}: not 1-64 of A-Z a-z 0-9 _ . : - (docs/protocol.md)"[:300],
+            )
+        if self.registered_only and gw not in self.gateways:
+            return Reject("unknown_gateway", f"gateway {gw!r} is not in the gateway registry")
+        return None
 
     def _tags(self, gw: str, **extra: str) -> tuple[tuple[str, str], ...]:
         info = self.gateways.get(gw)
@@ -148,23 +261,38 @@ class Validator:
             return Reject("time_in_future", f"timestamp {ts} ms is {(ts - now_ms) // 1000} s ahead")
         return None
 
-    def _value(self, value: object) -> FieldValue | Reject:
-        if type(value) is bool:
-            return value
-        if type(value) is int:
-            if not INT64_MIN <= value <= INT64_MAX:
-                return Reject("out_of_range", f"integer {value} outside int64")
-            return value
-        if type(value) is float:
-            if not math.isfinite(value):
+    def _seen_by(self, gw: str) -> _Seen:
+        seen = self._seen.get(gw)
+        if seen is None:
+            seen = self._seen[gw] = _Seen()
+        return seen
+
+    def _admit_sensor(self, gw: str, sensor: str) -> Reject | None:
+        bound = self.config.max_sensors_per_gateway
+        if _admit(self._seen_by(gw).sensors, sensor, bound):
+            return None
+        return Reject(
+            "too_many_sensors", f"sensor {sensor!r}: gateway {gw} already has {bound} sensor ids"[:300]
+        )
+
+    def _field(self, spec: FieldSpec, value: object) -> FieldValue | Reject:
+        """`value` as the field's type (an int widened to a float where a float is due), or why not."""
+        t = type(value)
+        want = spec.type
+        if t is not want:
+            if want is float and t is int and INT64_MIN <= value <= INT64_MAX:  # type: ignore[operator]
+                value = float(value)  # type: ignore[arg-type]  # widened (docs/protocol.md)
+                t = float
+            else:
+                return Reject("field_type", f"{_type_name(value)} where {want.__name__} is due"[:200])
+        if t is float:
+            if value - value != 0.0:  # type: ignore[operator]  # NaN or infinity
                 return Reject("not_finite", f"float {value}")
-            return value
-        if type(value) is str:
-            why = check_text(value, self.config.max_string_len, is_id=False)
-            if why is not None:
-                return Reject("bad_string", f"string field: {why}")
-            return value
-        return Reject("bad_type", f"field value of type {type(value).__name__}")
+        elif t is int and not INT64_MIN <= value <= INT64_MAX:  # type: ignore[operator]
+            return Reject("out_of_range", f"integer {value} outside int64")
+        if spec.lo is not None and spec.hi is not None and not spec.lo <= value <= spec.hi:  # type: ignore[operator]
+            return Reject("out_of_range", f"{value!r} outside {spec.lo!r}..{spec.hi!r}")
+        return value  # type: ignore[return-value]
 
     def reading(
         self, gw: str, t0: int, item: object, now_ms: int, alarm: str | None = None
@@ -181,6 +309,9 @@ class Validator:
         kind = self.kinds.get(code)
         if kind is None:
             return Reject("unknown_kind", f"kind code {code} (known: {sorted(self.kinds)})")
+        too_many = self._admit_sensor(gw, sensor)
+        if too_many is not None:
+            return too_many
         if type(dt) is not int or not INT64_MIN <= dt <= INT64_MAX:
             return Reject("bad_reading", f"dt must be an int, got {dt!r}"[:200])
         ts = t0 + dt
@@ -193,10 +324,11 @@ class Validator:
         for index, raw in fields.items():
             if type(index) is not int or not 0 <= index < len(kind.fields):
                 return Reject("bad_field", f"{kind.name} has no field index {index!r}"[:200])
-            value = self._value(raw)
+            spec = kind.fields[index]
+            value = self._field(spec, raw)
             if isinstance(value, Reject):
-                return Reject(value.reason, f"{kind.name}.{kind.fields[index]}: {value.detail}")
-            values.append((index, kind.fields[index], value))
+                return Reject(value.reason, f"{kind.name}.{spec.name}: {value.detail}")
+            values.append((index, spec.name, value))
         if not values:
             return Reject("no_fields", "a reading needs at least one field")
         values.sort()
@@ -204,9 +336,13 @@ class Validator:
             tags = self._tags(gw, sensor=sensor)
             measurement = kind.name
         else:
-            why = check_text(alarm, self.config.max_id_len)
-            if why is not None:
-                return Reject("bad_alarm", f"alarm code {alarm!r}: {why}"[:300])
+            if not CODE.fullmatch(alarm):
+                return Reject("bad_alarm", f"alarm code {alarm!r}: not 1-64 of A-Z a-z 0-9 _ . : -"[:300])
+            bound = self.config.max_alarm_codes_per_gateway
+            if not _admit(self._seen_by(gw).alarm_codes, alarm, bound):
+                return Reject(
+                    "too_many_alarm_codes", f"alarm code {alarm!r}: gateway {gw} already has {bound}"
+                )
             tags = self._tags(gw, sensor=sensor, kind=kind.name, code=alarm)
             measurement = ALARM_MEASUREMENT
         return Point(measurement, tags, tuple((name, v) for _, name, v in values), ts)
@@ -217,8 +353,9 @@ class Validator:
         The same judgement and the same bytes as `lineproto.encode(self.batch(...)[0])`
         (tests/unit/test_collector_lines.py checks both ways), without a Point per reading: the
         escaped series key of a (gateway, kind, sensor) and each kind's escaped field keys are
-        computed once, and a reading that is unusual in any way (wrong shape, a text value, a value
-        out of range, ...) takes the general path so its verdict and reason are the general ones."""
+        computed once, and a reading that is unusual in any way (wrong shape, a value of another
+        type or out of range, ...) takes the general path so its verdict and reason are the
+        general ones."""
         if batch.alarm is not None:
             return self._lines_slow(gw, batch, now_ms)
         lines: list[str] = []
@@ -228,7 +365,7 @@ class Validator:
         lo = max(self.min_ms - t0, INT64_MIN)
         hi = min(now_ms + self.max_future_ms - t0, INT64_MAX)
         series = self._series
-        prefixes = self._fields_eq
+        specs = self._specs
         for i, item in enumerate(batch.readings):
             if type(item) is list and len(item) == 4:
                 sensor, code, dt, fields = item
@@ -238,7 +375,7 @@ class Validator:
                     if head is None:
                         head = self._series_head(gw, code, sensor)
                 if head is not None and type(dt) is int and lo <= dt <= hi and type(fields) is dict:
-                    text = _fields_text(prefixes[code], fields)
+                    text = _fields_text(specs[code], fields)
                     if text is not None:
                         lines.append(f"{head}{text} {t0 + dt}")
                         continue
@@ -246,13 +383,18 @@ class Validator:
         return lines, rejects
 
     def _series_head(self, gw: str, code: int, sensor: str) -> str | None:
-        """`measurement,tags ` for a reading's series, cached; None if the general path must judge."""
+        """`measurement,tags ` for a reading's series, cached; None if the general path must judge.
+
+        The sensor is admitted here as `reading` admits it (after its id and kind are known), so
+        both paths count the same sensors."""
         kind = self.kinds.get(code)
         if kind is None or check_text(sensor, self.config.max_id_len) is not None:
             return None
+        if self._admit_sensor(gw, sensor) is not None:
+            return None
         try:
-            if code not in self._fields_eq:
-                self._fields_eq[code] = tuple(lineproto._field_key(name) for name in kind.fields)
+            if code not in self._specs:
+                self._specs[code] = _fast_specs(kind)
             head = lineproto.series_key(kind.name, self._tags(gw, sensor=sensor)) + " "
             head.encode()  # a lone surrogate has no UTF-8: the general path refuses it
         except (lineproto.LineProtocolError, UnicodeEncodeError):
@@ -291,7 +433,8 @@ class Validator:
             rejects.append((index, Reject("unserializable", str(exc))))
 
     def batch(self, gw: str, batch: Batch, now_ms: int) -> tuple[list[Point], list[tuple[int, Reject]]]:
-        """Points for the good readings and (index, reject) for the bad ones."""
+        """Points for the good readings and (index, reject) for the bad ones: the general path,
+        the oracle `batch_lines` is checked against."""
         points: list[Point] = []
         rejects: list[tuple[int, Reject]] = []
         for i, item in enumerate(batch.readings):
@@ -302,12 +445,29 @@ class Validator:
                 points.append(result)
         return points, rejects
 
-    def status(self, gw: str, status: Mapping[str, object], now_ms: int) -> tuple[list[Point], list[Reject]]:
+    def status_lines(
+        self, gw: str, status: Mapping[str, object], now_ms: int
+    ) -> tuple[list[str], list[Reject], int]:
+        """`status` as line protocol: (lines, rejects, unknown keys ignored)."""
+        points, rejects, ignored = self.status(gw, status, now_ms)
+        lines: list[str] = []
+        for p in points:
+            try:
+                lines.append(lineproto.line(p).decode())
+            except lineproto.LineProtocolError as exc:
+                rejects.append(Reject("unserializable", str(exc)))
+        return lines, rejects, ignored
+
+    def status(
+        self, gw: str, status: Mapping[str, object], now_ms: int
+    ) -> tuple[list[Point], list[Reject], int]:
         """A status map (edge/protocol.py `encode_status`) -> one `gateway_status` point, plus one
-        `sensor_errors` point per (sensor, error code) from its `errors` map.
+        `sensor_errors` point per (sensor, error code) from its `errors` map; and the number of
+        keys ignored because the protocol does not define them.
 
         Time is the map's `ts` (UTC ms) when the gateway clock is synced, else the arrival time. `None`
-        values mean "not known" and are left out; other unusable entries are rejected one by one."""
+        values mean "not known" and are left out; a documented key with a value of another type is
+        rejected (and left out); rejects of one kind are grouped, one per reason."""
         rejects: list[Reject] = []
         ts = now_ms
         raw_ts = status.get("ts")
@@ -320,43 +480,76 @@ class Validator:
                 )
         points: list[Point] = []
         fields: list[tuple[str, FieldValue]] = []
+        ignored = 0
         for key, raw in sorted(status.items()):
-            if key == "ts" or raw is None:
+            if key == "ts":
                 continue
-            if not _STATUS_KEY.fullmatch(key):
-                rejects.append(Reject("bad_status", f"status key {key!r} is not an identifier"[:200]))
-                continue
-            if key == "errors" and isinstance(raw, dict):
-                total, bad = self._sensor_errors(gw, raw, ts, points)
-                rejects.extend(bad)
+            if key == "errors":
+                if raw is None:
+                    continue
+                if not isinstance(raw, dict):
+                    rejects.append(Reject("bad_status", f"errors is {_type_name(raw)}, not a map"))
+                    continue
+                total = self._sensor_errors(gw, raw, ts, points, rejects)
                 fields.append(("errors_total", total))
                 continue
-            value = self._value(raw)
-            if isinstance(value, Reject):
-                rejects.append(Reject("bad_status", f"status {key}: {value.detail}"))
+            want = STATUS_FIELDS.get(key)
+            if want is None:
+                ignored += 1  # a newer gateway's key, or a spoof (`gw`, `site`): never a field
                 continue
-            fields.append((key, value))
+            if raw is None:
+                continue
+            why = self._status_value(want, raw)
+            if why is not None:
+                rejects.append(Reject("bad_status", f"status {key}: {why}"[:200]))
+                continue
+            fields.append((key, raw))  # type: ignore[arg-type]
         if fields:
             points.insert(0, Point(STATUS_MEASUREMENT, self._tags(gw), tuple(fields), ts))
         else:
             rejects.append(Reject("bad_status", "status has no usable entries"))
-        return points, rejects
+        return points, _grouped(rejects), ignored
+
+    def _status_value(self, want: type | str, raw: object) -> str | None:
+        t = type(raw)
+        if want == _UINT:
+            if t is not int or not 0 <= raw <= INT64_MAX:  # type: ignore[operator]
+                return f"{_type_name(raw)} {raw!r} where a uint is due"
+        elif t is not want:
+            return f"{_type_name(raw)} where {want.__name__ if isinstance(want, type) else want} is due"
+        elif t is str:
+            return check_text(raw, self.config.max_string_len, is_id=False)
+        return None
 
     def _sensor_errors(
-        self, gw: str, errors: dict[object, object], ts: int, out: list[Point]
-    ) -> tuple[int, list[Reject]]:
+        self, gw: str, errors: dict[object, object], ts: int, out: list[Point], rejects: list[Reject]
+    ) -> int:
         """`{sensor: {code_name: count}}` -> `sensor_errors` points; returns the total count."""
         total = 0
-        rejects: list[Reject] = []
+        seen = self._seen_by(gw)
         for sensor, codes in errors.items():
             why = check_text(sensor, self.config.max_id_len)
             if why is not None or not isinstance(codes, dict):
                 rejects.append(Reject("bad_status", f"errors entry {sensor!r}: {why or 'not a map'}"[:200]))
                 continue
+            too_many = self._admit_sensor(gw, sensor)  # type: ignore[arg-type]
+            if too_many is not None:
+                rejects.append(too_many)
+                continue
             for code, count in codes.items():
-                why = check_text(code, self.config.max_id_len)
-                if why is not None or type(count) is not int or not 0 <= count <= INT64_MAX:
-                    rejects.append(Reject("bad_status", f"errors {sensor!r}.{code!r} = {count!r}"[:200]))
+                if not isinstance(code, str) or not CODE.fullmatch(code):
+                    rejects.append(Reject("bad_status", f"errors {sensor!r}: error name {code!r}"[:200]))
+                    continue
+                if type(count) is not int or not 0 <= count <= INT64_MAX:
+                    rejects.append(Reject("bad_status", f"errors {sensor!r}.{code} = {count!r}"[:200]))
+                    continue
+                bound = self.config.max_error_codes_per_gateway
+                if not _admit(seen.error_codes, code, bound):
+                    rejects.append(
+                        Reject(
+                            "too_many_error_codes", f"error name {code!r}: gateway {gw} already has {bound}"
+                        )
+                    )
                     continue
                 total += count
                 out.append(
@@ -367,4 +560,21 @@ class Validator:
                         ts,
                     )
                 )
-        return total, rejects
+        return total
+
+
+def _grouped(rejects: list[Reject]) -> list[Reject]:
+    """One reject per reason (the first one's detail, plus how many more): a hostile status with a
+    thousand bad entries is one dead letter per reason, not a thousand copies of its payload."""
+    first: dict[str, Reject] = {}
+    more: dict[str, int] = {}
+    for r in rejects:
+        if r.reason in first:
+            more[r.reason] += 1
+        else:
+            first[r.reason] = r
+            more[r.reason] = 0
+    return [
+        r if not more[reason] else Reject(reason, f"{r.detail} (and {more[reason]} more)")
+        for reason, r in first.items()
+    ]

@@ -15,9 +15,8 @@ from typing import Any
 
 import cbor2
 
-from devices import KINDS, load
 from hil.rig import INTERPRETERS, Rig, RigError, TornWrite
-from hil.verify import Report, readings_of
+from hil.verify import Report, codecs_by_code, readings_of
 
 
 @dataclass
@@ -105,7 +104,7 @@ def power_cut(interpreter: str, *, kills: int = 2, save: str | None = None, seed
 # The newest record counts as "being written when the power failed" only if its bytes reached the
 # file this shortly before the kill; otherwise that kill stays a plain SIGKILL and the next one tries.
 TEAR_MAX_AGE_S = 0.1
-CODECS = {c.KIND_CODE: c for c in (load(name) for name in KINDS)}
+CODECS = codecs_by_code()
 _TEAR_ATTEMPTS = 5  # kills per tear before giving up (the streams append every ~35 ms)
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import cbor2
 
-from devices import KINDS, load
+from devices import registry
 
 READ_MARGIN_S = 0.3
 
@@ -129,12 +129,9 @@ class Report:
         }
 
 
-def _codecs() -> dict[int, Any]:
-    out = {}
-    for name in KINDS:
-        codec = load(name)
-        out[codec.KIND_CODE] = codec
-    return out
+def codecs_by_code() -> dict[int, Any]:
+    """Kind code -> codec module, from the kind registry (devices/registry.py)."""
+    return {code: kind.codec() for code, kind in registry.by_code().items()}
 
 
 def typed(fields: Sequence[Any]) -> tuple[tuple[str, Any], ...]:
@@ -177,7 +174,7 @@ def verify(
     polled: Mapping[str, Iterable[tuple[str, Fields]]] | None = None,
     read_margin_s: float = READ_MARGIN_S,
 ) -> Report:
-    codecs = _codecs()
+    codecs = codecs_by_code()
     by_name = {c.KIND: c for c in codecs.values()}
     kinds: dict[str, KindReport] = {}
 

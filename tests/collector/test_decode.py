@@ -136,3 +136,85 @@ def test_mutated_batches_never_escape(noise: bytes, where: int) -> None:
         assert exc.reason and exc.detail
     else:
         assert isinstance(result.readings, list) and result.version == 1
+
+
+def cbor_map(*pairs: tuple[object, object]) -> bytes:
+    """A CBOR map written pair by pair, so it can hold a key twice (cbor2 cannot write that)."""
+    assert len(pairs) < 24
+    return bytes([0xA0 + len(pairs)]) + b"".join(cbor2.dumps(k) + cbor2.dumps(v) for k, v in pairs)
+
+
+class Raw:
+    """Bytes spliced into a hand-written CBOR map as one value."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def raw_map(*pairs: tuple[object, object]) -> bytes:
+    out = bytes([0xA0 + len(pairs)])
+    for k, v in pairs:
+        out += cbor2.dumps(k) + (v.data if isinstance(v, Raw) else cbor2.dumps(v))
+    return out
+
+
+def reading_with(fields: bytes) -> Raw:
+    """`[["T-1", 4, 0, <fields>]]` with the fields map given as bytes."""
+    return Raw(b"\x81\x84" + cbor2.dumps("T-1") + b"\x04\x00" + fields)
+
+
+@pytest.mark.parametrize(
+    ("payload", "kind"),
+    [
+        # t0 twice: which one is the batch's time (and its dedup key)?
+        (cbor_map((0, 1), (1, 7), (2, 42), (3, NOW_MS), (3, NOW_MS + 1), (4, [])), "up"),
+        # a fields map {0: 37.5, 0: 38.5}: a reader that keeps the first stores another temperature
+        (
+            raw_map((0, 1), (1, 7), (2, 42), (3, NOW_MS), (4, reading_with(cbor_map((0, 37.5), (0, 38.5))))),
+            "up",
+        ),
+        # an alarm with two codes
+        (
+            raw_map(
+                (0, 1),
+                (1, 7),
+                (2, 1),
+                (3, NOW_MS),
+                (4, reading_with(cbor_map((0, 39.0)))),
+                (5, "fever"),
+                (5, "none"),
+            ),
+            "alarm",
+        ),
+        (cbor_map(("v", 1), ("state", "online"), ("state", "offline")), "status"),
+        (
+            raw_map(
+                ("v", 1), ("errors", Raw(raw_map(("P-1", Raw(cbor_map(("bad_crc", 1), ("bad_crc", 9)))))))
+            ),
+            "status",
+        ),
+    ],
+    ids=["batch_t0_twice", "fields_key_twice", "alarm_code_twice", "status_state_twice", "errors_code_twice"],
+)
+def test_duplicate_map_keys_are_refused(payload: bytes, kind: str) -> None:
+    # The same payloads with each key once decode (so the refusal is about the duplicate alone).
+    with pytest.raises(decode.Refused) as exc:
+        if kind == "status":
+            decode.decode_status(payload, max_bytes=65536)
+        else:
+            decode.decode_batch(payload, max_bytes=65536, alarm=kind == "alarm")
+    assert exc.value.reason == "duplicate_key", exc.value
+    assert "uplicate" in exc.value.detail
+
+
+def test_same_maps_without_the_duplicate_decode() -> None:
+    fields = reading_with(cbor_map((0, 37.5), (2, 7)))
+    b = decode.decode_batch(raw_map((0, 1), (1, 7), (2, 42), (3, NOW_MS), (4, fields)), max_bytes=65536)
+    assert b.readings == [["T-1", 4, 0, {0: 37.5, 2: 7}]]
+    status = raw_map(
+        ("v", 1), ("errors", Raw(raw_map(("P-1", Raw(cbor_map(("bad_crc", 1), ("timeout", 9)))))))
+    )
+    assert decode.decode_status(status, max_bytes=65536) == {
+        "v": 1,
+        "errors": {"P-1": {"bad_crc": 1, "timeout": 9}},
+    }

@@ -10,17 +10,16 @@ import math
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import cbor2
 import pytest
 
-from collector.config import Config, GatewayInfo, MetricsConfig, MqttConfig
+from collector.config import Config, DecodeConfig, GatewayInfo, MetricsConfig, MqttConfig
 from collector.deadletter import DeadLetters
 from collector.ingest import Message
 from collector.metrics import Metrics, MetricsServer
-from collector.model import Point
 from collector.service import Pipeline
 from collector.validate import load_kinds
 from collector.writer import NotDurable, Submitted
@@ -29,10 +28,11 @@ NOW_MS = int(time.time() * 1000)
 
 
 class FakeWriter:
-    """Same interface as collector.writer.Writer; `fail` NotDurables first, `gate` holds submits."""
+    """Same interface as collector.writer.Writer (`submit_lines`, the one entry point); `fail`
+    NotDurables first, `gate` holds the submits of a sensor."""
 
     def __init__(self) -> None:
-        self.batches: list[list[Point]] = []
+        self.batches: list[list[str]] = []
         self.fail = 0
         self.gates: dict[str, asyncio.Event] = {}
 
@@ -43,18 +43,30 @@ class FakeWriter:
     async def start(self) -> None:
         pass
 
-    async def submit(self, points: Sequence[Point]) -> Submitted:
-        sensor = dict(points[0].tags).get("sensor", "")
+    async def submit_lines(self, body: bytes, n: int) -> Submitted:
+        lines = body.decode().split("\n")
+        assert len(lines) == n
+        sensor = tags(lines[0]).get("sensor", "")
         if sensor in self.gates:
             await self.gates[sensor].wait()
         if self.fail:
             self.fail -= 1
             raise NotDurable("database down and spool full")
-        self.batches.append(list(points))
-        return Submitted(stored=len(points))
+        self.batches.append(lines)
+        return Submitted(stored=len(lines))
 
     async def close(self, drain: bool = True, timeout_s: float = 30.0) -> None:
         pass
+
+
+def measurement(line: str) -> str:
+    return line.split(",", 1)[0]
+
+
+def tags(line: str) -> dict[str, str]:
+    """The tags of a line whose ids need no escaping (these tests' ids)."""
+    head = line.split(" ", 1)[0]
+    return dict(kv.split("=", 1) for kv in head.split(",")[1:])
 
 
 def batch(seq: int, readings: list[object], boot: int = 1, **extra: object) -> bytes:
@@ -107,7 +119,7 @@ def test_good_batch_written_then_acked_and_redelivery_skipped(h: Harness) -> Non
     assert h.acked == [1, 2]
     assert len(h.writer.batches) == 1
     p = h.writer.batches[0][0]
-    assert p.measurement == "parking" and dict(p.tags) == {
+    assert measurement(p) == "parking" and tags(p) == {
         "district": "d1",
         "gw": "gw-1",
         "sensor": "P-1",
@@ -175,7 +187,7 @@ def test_hostile_payloads_dead_lettered_good_readings_kept(h: Harness) -> None:
         20,
         [
             ["P-1", 1, 0, {0: True}],
-            ["P-2", 1, 0, {3: math.nan}],
+            ["P-2", 2, 0, {0: math.nan}],
             ["P-3\nx", 1, 0, {0: True}],
             ["P-4", 99, 0, {0: True}],
             ["P-5", 1, 10 * 60_000, {0: True}],
@@ -191,7 +203,7 @@ def test_hostile_payloads_dead_lettered_good_readings_kept(h: Harness) -> None:
 
     asyncio.run(go())
     assert h.acked == [*range(100, 100 + len(hostile)), 200]
-    assert [dict(p.tags)["sensor"] for b in h.writer.batches for p in b] == ["P-1", "P-6"]
+    assert [tags(p)["sensor"] for b in h.writer.batches for p in b] == ["P-1", "P-6"]
     reasons = {r: n for r, n in h.dead.counts.items()}
     assert reasons == {
         "bad_cbor": 1,
@@ -225,9 +237,9 @@ def test_alarm_and_status(h: Harness) -> None:
     asyncio.run(go())
     assert h.acked == [1, 2]
     alarm = h.writer.batches[0][0]
-    assert alarm.measurement == "alarm" and dict(alarm.tags)["code"] == "fever"
-    status_points = h.writer.batches[1]
-    assert [p.measurement for p in status_points] == ["gateway_status", "sensor_errors"]
+    assert measurement(alarm) == "alarm" and tags(alarm)["code"] == "fever"
+    status_lines = h.writer.batches[1]
+    assert [measurement(p) for p in status_lines] == ["gateway_status", "sensor_errors"]
     assert h.pipeline.liveness.last_seen.keys() == {"gw-1"}
 
 
@@ -286,11 +298,11 @@ def test_metrics_and_healthz_over_http(h: Harness) -> None:
 
 
 def test_a_stage_bug_dead_letters_instead_of_blocking_acks(h: Harness) -> None:
-    async def boom(points: Sequence[Point]) -> None:
+    async def boom(body: bytes, n: int) -> None:
         raise RuntimeError("bug")
 
     async def go() -> None:
-        h.writer.submit = boom  # type: ignore[method-assign]
+        h.writer.submit_lines = boom  # type: ignore[method-assign]
         h.pipeline.offer(msg("city/gw-1/up", batch(1, [["P-1", 1, 0, {0: True}]]), 1))
         h.pipeline.offer(msg("city/gw-1/up", b"junk", 2))
         await h.settle()
@@ -320,3 +332,53 @@ def test_work_in_flight_is_capped_and_excess_waits_in_order(tmp_path: Path) -> N
     h.dead.close()
     assert h.acked == [0, 1, 2, 3, 4]
     assert h.metrics.waiting.get() == 0
+
+
+def test_hostile_gateway_cannot_poison_spoof_or_overflow(tmp_path: Path) -> None:
+    """Issue 8, findings 1, 2, 4 and 5 through the pipeline: each refusal dead-lettered by reason
+    and counted; the good readings of the same messages written; nothing else reaches the writer."""
+    config = Config(
+        decode=DecodeConfig(max_sensors_per_gateway=3),
+        gateways={"gw-1": GatewayInfo(site="s1", district="d1"), "gw-spec": GatewayInfo()},
+    )
+    h = Harness(tmp_path, config)
+    poison = batch(
+        1,
+        [
+            ["T-1", 4, 0, {0: "36.6"}],
+            ["T-2", 4, 1, {0: True}],
+            ["T-3", 4, 2, {0: 36}],  # widened: written as 36.0
+            ["T-1", 4, 3, {0: 36.6, 2: 1.5}],
+            ["T-4", 4, 4, {0: 36.6}],  # a fourth sensor id: over the bound
+        ],
+    )
+    spoof = cbor2.dumps({"gw": "gw-victim", "site": "x", "state": "online", "rogue_key": 1})
+
+    async def go() -> None:
+        h.pipeline.offer(msg("city/gw-1/up", poison, 1))
+        h.pipeline.offer(msg("city/gw-spec/status", spoof, 2))
+        h.pipeline.offer(msg("city/gw-\u200b1/up", batch(2, [["T-1", 4, 0, {0: 36.6}]]), 3))
+        h.pipeline.offer(msg("city/gw-stranger/up", batch(3, [["T-1", 4, 0, {0: 36.6}]]), 4))
+        await h.settle()
+
+    asyncio.run(go())
+    h.dead.close()
+    assert h.acked == [1, 2, 3, 4]
+    lines = [line for b in h.writer.batches for line in b]
+    assert lines == [
+        f"thermometer,district=d1,gw=gw-1,sensor=T-3,site=s1 body_c=36 {NOW_MS + 2}",
+        f'gateway_status,gw=gw-spec state="online" {lines[1].rsplit(" ", 1)[1]}',
+    ]
+    assert dict(h.dead.counts) == {
+        "field_type": 3,
+        "too_many_sensors": 1,
+        "bad_gateway_id": 1,
+        "unknown_gateway": 1,
+    }
+    for reason, n in h.dead.counts.items():
+        assert h.metrics.dead_letters.get(reason=reason) == n
+    assert h.metrics.readings.get(channel="up", outcome="rejected") == 4
+    assert h.metrics.readings.get(channel="up", outcome="written") == 1
+    assert h.metrics.ignored.get(reason="unknown_status_key") == 3
+    assert h.metrics.messages.get(channel="up", outcome="refused") == 2
+    assert h.pipeline.liveness.last_seen.keys() == {"gw-1", "gw-spec"}  # refused ids are not tracked

@@ -48,7 +48,7 @@ def collector_process(
             "mqtt": {"receive_maximum": 50},
             "writer": {"flush_interval": "50ms"},
             "service": {"drain_timeout": "10s"},
-            "gateways": {"gw-1": {"site": "wulin-p3", "district": "xihu"}},
+            "gateways": {"gw-1": {"site": "wulin-p3", "district": "xihu"}, "gw-2": {}},
         },
     )
 
@@ -129,7 +129,8 @@ def test_every_reading_exactly_once_with_types_and_hostile_traffic(
     for seq in range(30):
         t = NOW_MS + seq * 1000
         readings = [
-            (f"P-{seq:02d}", 1, t, (seq % 2 == 0, 1, seq, 12.5, None, None, 3600, -71)),
+            (f"P-{seq:02d}", 1, t, (seq % 2 == 0, 1, seq, 125, None, None, 3600, -71)),
+            # water_level_cm sent as an int: a float is due, so it is widened (and stored as 20.0)
             (f"井盖-{seq}", 2, t + 1, (1.5, False, None, 20, 0.0, None, 3500, None)),
             (f"W-{seq}", 3, t + 2, (7.25, 1.0, None, None, None, None, None, None, 18.0)),
             (f"T-{seq}", 4, t - 3, (36.6, 21.0, seq, 30, True)),
@@ -198,7 +199,7 @@ def test_every_reading_exactly_once_with_types_and_hostile_traffic(
     by_key = {(r["sensor"], name, r["time"]): r for name, rs in rows.items() for r in rs}
     assert len(by_key) == len(sent)
     kinds = load_kinds()
-    names = {k.name: k.fields for k in kinds.values()}
+    names = {k.name: k.names for k in kinds.values()}
     for sensor, name, ts, fields in sent:
         row = by_key[(sensor, name, ts)]
         assert row["site"] == "wulin-p3" and row["district"] == "xihu"
@@ -212,7 +213,7 @@ def test_every_reading_exactly_once_with_types_and_hostile_traffic(
         "occupied": "boolean",
         "event": "integer",
         "seq": "integer",
-        "mag_x": "float",
+        "mag_x": "integer",
         "battery_mv": "integer",
         "rssi_dbm": "integer",
     }
@@ -224,6 +225,13 @@ def test_every_reading_exactly_once_with_types_and_hostile_traffic(
         "mask": "boolean",
     }
     assert field_types(influxdb, "water") == {"ph": "float", "turbidity_ntu": "float", "temp_c": "float"}
+    assert field_types(influxdb, "manhole") == {
+        "tilt_deg": "float",
+        "open": "boolean",
+        "water_level_cm": "float",  # sent as 20, widened
+        "ch4_ppm": "float",
+        "battery_mv": "integer",
+    }
 
     # The good readings inside partly bad batches landed; the bad ones did not.
     ok = influxdb.points(DB, 'SELECT * FROM "parking" WHERE sensor =~ /^ok-/')

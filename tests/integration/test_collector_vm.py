@@ -117,7 +117,7 @@ def test_every_reading_exactly_once_in_victoriametrics(
     asyncio.run(main())
 
     # Expected samples: (series name, sensor) -> {timestamp: value as VictoriaMetrics stores it}.
-    kind_fields = {k.name: k.fields for k in load_kinds().values()}
+    kind_fields = {k.name: k.names for k in load_kinds().values()}
     want: dict[tuple[str, str], dict[int, float]] = {}
     for seq in range(n_batches):
         for sensor, kind, ts, values in readings(seq):

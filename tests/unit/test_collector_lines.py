@@ -12,12 +12,15 @@ from hypothesis import strategies as st
 from collector import lineproto
 from collector.config import DecodeConfig, GatewayInfo
 from collector.decode import Batch
+from collector.validate import FieldSpec as F
 from collector.validate import Kind, Reject, Validator, load_kinds
 
 NOW_MS = 1_780_000_000_000
 KINDS = {
-    1: Kind(1, "parking", ("occupied", "event", "seq", "mag_x")),
-    4: Kind(4, "thermometer", ("temp_c", "skin", "battery_mv")),
+    1: Kind(1, "parking", (F("occupied", bool), F("event", int), F("seq", int), F("mag_x", float))),
+    4: Kind(
+        4, "thermometer", (F("temp_c", float, -50.0, 60.0), F("skin", bool), F("battery_mv", int, 0, 5000))
+    ),
 }
 GATEWAYS = {"gw-1": GatewayInfo(site="wulin p3", district="xi,hu")}  # tags that need escaping
 
@@ -125,3 +128,32 @@ readings = st.one_of(
 @given(gw=st.sampled_from(["gw-1", "gw-2", "g w"]), items=st.lists(readings, max_size=8))
 def test_fast_path_equals_general_path(gw: str, items: list[object]) -> None:
     same(Validator(DecodeConfig(), KINDS, GATEWAYS), gw, items)
+
+
+real_readings = st.tuples(
+    st.sampled_from(["P-1", "T-2", "W-3", "M-4", "x y", "T-\u200b2"]),
+    st.sampled_from([1, 2, 3, 4]),
+    st.integers(-1000, 1000),
+    st.dictionaries(
+        st.integers(0, 9),
+        st.one_of(
+            st.booleans(),
+            st.integers(-10_000, 300_000),
+            st.floats(-1000.0, 300_000.0),
+            st.sampled_from([36.6, 7.25, 0.0, -0.0, 45.0, 45.000001, math.nan]),
+            st.text(max_size=3),
+        ),
+        max_size=9,
+    ),
+).map(list)
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(real_readings, max_size=10), bound=st.integers(1, 4))
+def test_fast_path_equals_general_path_on_the_registry(items: list[object], bound: int) -> None:
+    """The real kinds' types and ranges, and a small sensor bound, judged alike by both paths."""
+    config = DecodeConfig(max_sensors_per_gateway=bound)
+    fast = Validator(config, load_kinds(), GATEWAYS)
+    slow = Validator(config, load_kinds(), GATEWAYS)
+    batch = Batch(1, 1, 1, NOW_MS, items)
+    assert fast.batch_lines("gw-1", batch, NOW_MS) == general(slow, "gw-1", batch)

@@ -21,7 +21,7 @@ def _batch() -> bytes:
     e = protocol.BatchEncoder(512)
     e.begin(3, 42, T0)
     assert e.add("P-00001", 1, T0 + 1500, (True, 1, 17, None, None, None, 3612, -97))
-    assert e.add("西湖-井盖-07", 2, T0 - 250, (False,))
+    assert e.add("西湖-井盖-07", 2, T0 - 250, (2.5, False))
     return bytes(e.finish())
 
 
@@ -34,8 +34,9 @@ def _run(args: list[str], stdin: bytes = b"") -> tuple[int, str, str]:
         "decode.add_arguments(p)\n"
         "sys.exit(decode.run(p.parse_args(sys.argv[1:])))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code, *args], input=stdin, capture_output=True, timeout=60,
-                       cwd=str(ROOT))
+    r = subprocess.run(
+        [sys.executable, "-c", code, *args], input=stdin, capture_output=True, timeout=60, cwd=str(ROOT)
+    )
     return r.returncode, r.stdout.decode("utf-8"), r.stderr.decode("utf-8")
 
 
@@ -53,8 +54,10 @@ def test_raw_file_text_output(tmp_path: Path) -> None:
 
 def test_hex_stdin_with_spaces_and_json() -> None:
     hexs = _batch().hex()
-    spaced = "\n".join(" ".join(hexs[i:i + 2] for i in range(j, min(j + 32, len(hexs)), 2))
-                       for j in range(0, len(hexs), 32))
+    spaced = "\n".join(
+        " ".join(hexs[i : i + 2] for i in range(j, min(j + 32, len(hexs)), 2))
+        for j in range(0, len(hexs), 32)
+    )
     rc, out, err = _run(["--json", "--topic", "city/gw-01/up"], spaced.encode())
     assert rc == 0, err
     doc = json.loads(out)
@@ -93,7 +96,7 @@ def test_alarm_status_reply_guessed() -> None:
         (b"\x83\x01\x02\x03", [], "not a citybrain payload"),
         (_batch(), ["--topic", "city/gw-01/nonsense"], "last part must be one of"),
         (_batch(), ["--topic", "status"], "text keys"),
-        (_batch()[:-3], [], "truncated"),
+        (_batch()[:-2], [], "truncated"),
     ],
 )
 def test_garbage_exits_1_without_traceback(stdin: bytes, args: list[str], message: str) -> None:
@@ -142,11 +145,15 @@ def test_protocol_doc_examples_are_what_the_code_makes() -> None:
     command.encode_reply(reply, "op-20260101-001", True, None, {"sources": 1})
     made = [
         bytes(e.finish()),
-        bytes(protocol.encode_alarm(alarm, 7, 3, "fever", "体温-东门-2", 4, T0 + 1250,
-                                    (38.5, 21.25, 89, 40, True))),
+        bytes(
+            protocol.encode_alarm(
+                alarm, 7, 3, "fever", "体温-东门-2", 4, T0 + 1250, (38.5, 21.25, 89, 40, True)
+            )
+        ),
         protocol.will_payload("1.0.0", 7),
-        cbor.dumps({"id": "op-20260101-001", "op": "set",
-                    "args": {"kind": "water", "deadband": {"ph": 0.05}}}),
+        cbor.dumps(
+            {"id": "op-20260101-001", "op": "set", "args": {"kind": "water", "deadband": {"ph": 0.05}}}
+        ),
         bytes(reply),
     ]
     shown = re.findall(r"`([0-9a-f]{40,})`", doc)
@@ -154,3 +161,20 @@ def test_protocol_doc_examples_are_what_the_code_makes() -> None:
     for h in shown:
         _, problems, _ = decode.decode(h.encode(), None)
         assert problems == []
+
+
+def test_values_the_collector_refuses_are_reported() -> None:
+    """The same verdict as the collector's validator: the kind registry's types and ranges."""
+    import cbor2
+
+    readings = [
+        ["T-1", 4, 0, {0: "36.6"}],
+        ["T-2", 4, 1, {0: 36}],
+        ["T-3", 4, 2, {0: 50.0}],
+        ["T\u200b4", 4, 3, {0: 36.6}],
+    ]
+    doc, problems, _ = decode.decode(cbor2.dumps({0: 1, 1: 3, 2: 1, 3: T0, 4: readings}), None)
+    assert len(doc["readings"]) == 4
+    assert [p.split(": ")[0] for p in problems] == ["reading 0", "reading 2", "reading 3"], problems
+    assert "field_type: thermometer.body_c: text where float is due" in problems[0]
+    assert "out_of_range" in problems[1] and "bad_sensor_id" in problems[2]
