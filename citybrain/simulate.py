@@ -96,9 +96,9 @@ class KindRun:
     refused: Counter[str] = field(default_factory=Counter)  # batches the decode stage refused
 
 
-def default_sensors(codec: ModuleType, kind: str, n: int) -> list[Any]:
-    """Sensor ids as the kind names them (`codec.sensor_name(addr)` where it has one)."""
-    namer = getattr(codec, "sensor_name", None)
+def default_sensors(host: ModuleType, kind: str, n: int) -> list[Any]:
+    """Sensor ids as the kind names them (its sim_encode's `sensor_name(addr)` where it has one)."""
+    namer = getattr(host, "sensor_name", None)
     if namer is not None:
         return [namer(i) for i in range(1, n + 1)]
     return [f"{kind[:1].upper()}-{i:03d}" for i in range(1, n + 1)]
@@ -127,7 +127,8 @@ def simulate_kind(kind: str, args: argparse.Namespace, out: Any) -> KindRun:
     codec = devices.load(kind, "codec")
     sim_mod = devices.load(kind, "sim")
     run = KindRun(kind, codec.KIND_CODE, tuple(codec.FIELDS))
-    sim = sim_mod.Simulator(default_sensors(codec, kind, args.sensors), seed=args.seed)
+    host = devices.load(kind, "sim_encode")
+    sim = sim_mod.Simulator(default_sensors(host, kind, args.sensors), seed=args.seed)
     if args.fault:
         sim.set_fault(args.fault, args.fault_rate)
     stream_framed = transport(kind) == "serial"
