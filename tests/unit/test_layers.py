@@ -92,3 +92,16 @@ def test_edge_reads_only_the_codec_contract() -> None:
     assert {n: str(f) for n, f in reads.items() if n not in contract} == {}
     doc = (ROOT / "docs" / "devices.md").read_text()
     assert [n for n in sorted(contract) if f"`{n}`" not in doc] == []
+
+
+def _imports_under(folder: str) -> list[str]:
+    files = sorted((ROOT / folder).rglob("*.py"))
+    return [f"{f.relative_to(ROOT)}: {name}" for f in files for name in _imports(f)]
+
+
+def test_the_cli_does_not_import_the_hil_rig() -> None:
+    """citybrain/ (the installed CLI: simulate, decode, gateway, provision) needs no test rig:
+    `simulate --publish HOST:PORT` uses a broker it is given; the rig's services start one."""
+    found = _imports_under("citybrain")
+    assert any(": devices" in line for line in found)
+    assert [line for line in found if line.split(": ")[1].split(".")[0] == "hil"] == []
