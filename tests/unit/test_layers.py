@@ -99,6 +99,14 @@ def _imports_under(folder: str) -> list[str]:
     return [f"{f.relative_to(ROOT)}: {name}" for f in files for name in _imports(f)]
 
 
+def test_the_mqtt_client_imports_nothing_from_devices() -> None:
+    """edge/mqtt/ is transport: its backoff jitter comes from the interpreter's `random`, not from the
+    simulators' generator in devices/common (a sideways import into the device layer)."""
+    found = _imports_under("edge/mqtt")
+    assert any(": edge.mqtt" in line for line in found)  # the walk sees the package's own imports
+    assert [line for line in found if line.split(": ")[1].split(".")[0] == "devices"] == []
+
+
 def test_the_cli_does_not_import_the_hil_rig() -> None:
     """citybrain/ (the installed CLI: simulate, decode, gateway, provision) needs no test rig:
     `simulate --publish HOST:PORT` uses a broker it is given; the rig's services start one."""
