@@ -92,17 +92,18 @@ _MIN_TS = 1_577_836_800_000  # 2020-01-01T00:00:00Z: older stamps come from an u
 
 class Kinds:
     """Kind code -> (name, FIELDS, UNITS): names from the kind registry (devices/registry.py), units
-    from the kind's codec (its sim_encode half), loaded lazily."""
+    from the kind's host half (devices/<kind>/sim_encode.py), loaded lazily."""
 
     def __init__(self) -> None:
+        import devices
         from devices import registry
 
         self.table: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
         self._validator: Any = None
         for code, kind in registry.by_code().items():
             try:
-                units = tuple(getattr(kind.codec(), "UNITS", ()))
-            except Exception:  # a codec that does not import: names without units, never a crash
+                units = tuple(devices.load(kind.name, "sim_encode").UNITS)
+            except Exception:  # no host half, or a broken one: names without units, never a crash
                 units = ()
             self.table[code] = (kind.name, kind.names, units)
 

@@ -4,8 +4,9 @@ For each device kind: the simulator's frames go through the kind's codec (a seri
 as one byte stream, so garbage and truncated frames must resynchronise; Modbus and MQTT frames one
 by one), each reading is stamped with its simulated time and streamed into CBOR batches with
 edge.protocol, and every batch is decoded back as `citybrain decode` reads it (and must pass the
-collector's decode stage). With --publish the batches and alarms go through a private Mosquitto
-started for the run (never the machine's :1883) and are decoded from what a subscriber received.
+collector's decode stage). With --publish HOST:PORT the batches and alarms go through that MQTT
+broker (a test broker you run: this command starts none) and are decoded from what a subscriber
+received.
 
 Checks, per kind: no decoded reading that the simulator did not send (a made-up reading is a bug
 at any fault rate), and, without --fault, every reading arrives and round-trips exactly. Exit 0
@@ -14,7 +15,7 @@ when they hold, 1 when not, 2 on a usage error.
 examples:
   citybrain simulate --kind parking --count 5          frames and decoded readings
   citybrain simulate --fault garbage --fault-rate 0.3 -q   error counts per kind
-  citybrain simulate --publish -q                      round trip through a private broker
+  citybrain simulate --publish 127.0.0.1:18830 -q      round trip through a test broker
 """
 
 from __future__ import annotations
@@ -68,8 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gateway", default="sim-gw", help="gateway id in the topics (default sim-gw)")
     parser.add_argument(
         "--publish",
-        action="store_true",
-        help="start a private Mosquitto and round-trip every batch and alarm through it",
+        type=broker_address,
+        metavar="HOST:PORT",
+        help="round-trip every batch and alarm through this MQTT broker (anonymous; a test broker: "
+        "the readings are made up)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only the summary, not every frame")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -96,9 +99,9 @@ class KindRun:
     refused: Counter[str] = field(default_factory=Counter)  # batches the decode stage refused
 
 
-def default_sensors(codec: ModuleType, kind: str, n: int) -> list[Any]:
-    """Sensor ids as the kind names them (`codec.sensor_name(addr)` where it has one)."""
-    namer = getattr(codec, "sensor_name", None)
+def default_sensors(host: ModuleType, kind: str, n: int) -> list[Any]:
+    """Sensor ids as the kind names them (its sim_encode's `sensor_name(addr)` where it has one)."""
+    namer = getattr(host, "sensor_name", None)
     if namer is not None:
         return [namer(i) for i in range(1, n + 1)]
     return [f"{kind[:1].upper()}-{i:03d}" for i in range(1, n + 1)]
@@ -127,7 +130,8 @@ def simulate_kind(kind: str, args: argparse.Namespace, out: Any) -> KindRun:
     codec = devices.load(kind, "codec")
     sim_mod = devices.load(kind, "sim")
     run = KindRun(kind, codec.KIND_CODE, tuple(codec.FIELDS))
-    sim = sim_mod.Simulator(default_sensors(codec, kind, args.sensors), seed=args.seed)
+    host = devices.load(kind, "sim_encode")
+    sim = sim_mod.Simulator(default_sensors(host, kind, args.sensors), seed=args.seed)
     if args.fault:
         sim.set_fault(args.fault, args.fault_rate)
     stream_framed = transport(kind) == "serial"
@@ -261,19 +265,23 @@ def round_trip_local(runs: list[KindRun]) -> None:
             take_back(run, payload, alarm=True)
 
 
-def round_trip_broker(runs: list[KindRun], gateway: str, timeout: float = 60.0) -> int:
-    """Publish every payload at QoS 1 to a private Mosquitto and decode what a subscriber gets.
+def round_trip_broker(
+    runs: list[KindRun], gateway: str, broker: tuple[str, int], timeout: float = 60.0
+) -> None:
+    """Publish every payload at QoS 1 to the MQTT broker `broker` (host, port) and decode what a
+    subscriber gets back from it.
 
-    Returns the broker's port (for the summary). Each kind goes to its own gateway id
-    (`<gateway>-<kind>`), so a message's topic says which kind decoded it.
+    Each kind goes to its own gateway id (`<gateway>-<kind>`), so a message's topic says which kind
+    decoded it; messages of other gateways on the same broker are ignored. The broker is the
+    caller's: this command starts no server (scripts/demo and the tests start a private Mosquitto
+    from hil/services.py and pass its port).
     """
     import paho.mqtt.client as mqtt
 
-    from hil.services import Mosquitto
-
+    host, port = broker
     by_gw = {f"{gateway}-{run.kind}": run for run in runs}
     expected = sum(len(r.batches) + len(r.alarm_payloads) for r in runs)
-    received: list[tuple[str, bytes]] = []
+    received: list[tuple[str, str, bytes]] = []
     lock = threading.Lock()
     all_in = threading.Event()
     subscribed = threading.Event()
@@ -282,45 +290,50 @@ def round_trip_broker(runs: list[KindRun], gateway: str, timeout: float = 60.0) 
         subscribed.set()
 
     def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        parsed = protocol.parse_topic(msg.topic)
+        if parsed is None or parsed[0] not in by_gw:
+            return  # another gateway's traffic on a shared broker
         with lock:
-            received.append((msg.topic, bytes(msg.payload)))
+            received.append((parsed[0], parsed[1], bytes(msg.payload)))
             if len(received) >= expected:
                 all_in.set()
 
-    with Mosquitto() as broker:
-        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{gateway}-collector")
-        sub.on_subscribe = on_subscribe
-        sub.on_message = on_message
-        sub.connect("127.0.0.1", broker.port)
-        sub.loop_start()
-        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=gateway)
-        try:
-            sub.subscribe(f"{protocol.PREFIX}/+/+", qos=1)
-            if not subscribed.wait(timeout):
-                raise TimeoutError("no SUBACK from the private broker")
-            pub.connect("127.0.0.1", broker.port)
-            pub.loop_start()
-            infos = []
-            for gw, run in by_gw.items():
-                up, alarm = protocol.topic(gw, protocol.UP), protocol.topic(gw, protocol.ALARM)
-                infos += [pub.publish(up, p, qos=1) for p in run.batches]
-                infos += [pub.publish(alarm, p, qos=1) for p in run.alarm_payloads]
-            for info in infos:
-                info.wait_for_publish(timeout)
-            if expected:
-                all_in.wait(timeout)
-        finally:
-            pub.disconnect()
-            pub.loop_stop()
-            sub.disconnect()
-            sub.loop_stop()
-        port = broker.port
-    for topic, payload in received:
-        parsed = protocol.parse_topic(topic)
-        if parsed is None or parsed[0] not in by_gw:
-            continue
-        take_back(by_gw[parsed[0]], payload, alarm=parsed[1] == protocol.ALARM)
-    return port
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{gateway}-collector")
+    sub.on_subscribe = on_subscribe
+    sub.on_message = on_message
+    sub.connect(host, port)
+    sub.loop_start()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=gateway)
+    try:
+        sub.subscribe(f"{protocol.PREFIX}/+/+", qos=1)
+        if not subscribed.wait(timeout):
+            raise TimeoutError(f"no SUBACK from the broker at {host}:{port}")
+        pub.connect(host, port)
+        pub.loop_start()
+        infos = []
+        for gw, run in by_gw.items():
+            up, alarm = protocol.topic(gw, protocol.UP), protocol.topic(gw, protocol.ALARM)
+            infos += [pub.publish(up, p, qos=1) for p in run.batches]
+            infos += [pub.publish(alarm, p, qos=1) for p in run.alarm_payloads]
+        for info in infos:
+            info.wait_for_publish(timeout)
+        if expected:
+            all_in.wait(timeout)
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        sub.disconnect()
+        sub.loop_stop()
+    for gw, channel, payload in received:
+        take_back(by_gw[gw], payload, alarm=channel == protocol.ALARM)
+
+
+def broker_address(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (argparse type for --publish)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:18830)")
+    return host, int(port)
 
 
 def _lost_and_invented(run: KindRun) -> tuple[int, int]:
@@ -400,8 +413,9 @@ def run(args: argparse.Namespace) -> int:
         encode_batches(r, boot=1, batch_bytes=args.batch_bytes)
     transport = "local"
     if args.publish:
-        port = round_trip_broker(runs, args.gateway)
-        transport = f"private mosquitto on 127.0.0.1:{port}"
+        round_trip_broker(runs, args.gateway, args.publish)
+        host, port = args.publish
+        transport = f"mqtt broker {host}:{port}"
     else:
         round_trip_local(runs)
     rows = [summarize(r, faulty=args.fault is not None) for r in runs]

@@ -204,7 +204,7 @@ def enc(w, value):
     else:
         for base in (int, float, str, dict):  # a subclass (IntEnum, OrderedDict...) as its base
             if isinstance(value, base):
-                enc(w, base(value))
+                enc(w, base(value))  # type: ignore[arg-type]  # mypy cannot narrow `base` per loop turn
                 return
         raise CBORError("cannot encode %s" % t.__name__)
 

@@ -15,7 +15,7 @@ except ImportError:  # CPython
     _TICKS_PERIOD = 1 << 30
 
     def ticks_ms():
-        return int(_time.monotonic() * 1000) & (_TICKS_PERIOD - 1)
+        return int(_time.monotonic() * 1000) & (_TICKS_PERIOD - 1)  # type: ignore[attr-defined]  # CPython
 
     def ticks_diff(a, b):
         d = (a - b) & (_TICKS_PERIOD - 1)

@@ -188,7 +188,7 @@ def _kind_settings(s, codec, path, errs):
     db = s["deadband"]
     if db:
         fields = codec.FIELDS
-        analog = getattr(codec, "ANALOG", ())
+        analog = codec.ANALOG
         for name in db:
             v = db[name]
             if name not in fields:

@@ -46,7 +46,7 @@ class ReportFilter:
         self.codec = codec
         self.max_silence_ms = max_silence_ms
         fields = codec.FIELDS
-        analog = getattr(codec, "ANALOG", ())
+        analog = codec.ANALOG
         band = [None] * len(fields)  # None = not analog: any change reports
         for i in analog:
             band[i] = default_deadband
@@ -55,7 +55,7 @@ class ReportFilter:
             for name in deadbands:
                 self.set_deadband(name, deadbands[name])
         # Fields that change in every frame by design (frame sequence numbers) are not news.
-        self.counters = getattr(codec, "COUNTERS", ())
+        self.counters = codec.COUNTERS
         self.slots = {}
         self._last = array("d")
         if sensors:

@@ -11,11 +11,11 @@ has a firmware problem the operator must see. Unknown keys are ignored (lid firm
 "ts" (the lid's own clock, Unix seconds) is checked but not kept: NB-IoT lids' clocks drift, so
 the gateway stamps the time of arrival.
 
-This module is what a gateway runs: decode and what the agent reads (KIND, FIELDS, ANALOG,
-ALARM_LIMITS, MAX_PAYLOAD, alarm, is_event). Making payloads (encode), UNITS and the other public
-limits (MAX_DEPTH, MAX_ID_CHARS) live in sim_encode.py, reached as attributes of this module
-(`codec.encode`, `codec.MAX_ID_CHARS`) through `__getattr__` below: a board image leaves sim_*
-modules out, and every module global costs a board heap for the whole run.
+This module is what a gateway runs: decode and what the agent reads from a codec (the contract
+in docs/devices.md: KIND, KIND_CODE, FIELDS, ANALOG, COUNTERS, ALARM_LIMITS, MAX_PAYLOAD, alarm,
+is_event). Making payloads (encode), UNITS and the other public limits (MAX_DEPTH, MAX_ID_CHARS)
+live in sim_encode.py, which hosts import by name (`from devices.manhole import sim_encode`): a
+board image leaves sim_* modules out, and every module global costs a board heap for the whole run.
 """
 
 import json
@@ -71,6 +71,7 @@ _SPEC = (
 # fmt: on
 
 ANALOG = (0, 3, 4, 5, 6, 7)
+COUNTERS = ()  # no field changes by design in every message
 
 ALARM_LIMITS = {
     "overflow_cm": 150.0,  # water in the chamber above this: "overflow" (set per well depth)
@@ -156,16 +157,6 @@ def decode(buf, start=0, end=-1, sensor_id=None):
                 return n, DecodeError(_BAD_VALUE, key)
         vals[i] = v
     return n, (dev, tuple(vals))
-
-
-def __getattr__(name):
-    """Anything else (encode, UNITS, MAX_DEPTH, MAX_ID_CHARS) is sim_encode's. A board image leaves
-    sim_encode out: there the name is simply not an attribute (edge.rules asks for COUNTERS)."""
-    try:
-        from devices.manhole import sim_encode
-    except ImportError:
-        raise AttributeError(name) from None
-    return getattr(sim_encode, name)
 
 
 def alarm(fields, limits=None):

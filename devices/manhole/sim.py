@@ -12,11 +12,11 @@ CRC) the tilt sent as a string, "stuck" the previous frame again, "silence" None
 
 from devices.common.faults import check_fault
 from devices.common.rng import Rng
-from devices.manhole import codec
+from devices.manhole import sim_encode
 
 
 def _q(v, d):
-    """Quantise to d decimals exactly as codec.encode will write it."""
+    """Quantise to d decimals exactly as sim_encode.encode will write it."""
     scale = 10**d
     return int(v * scale + 0.5) / scale
 
@@ -110,7 +110,7 @@ class Simulator:
             frame, self.last_reading = self._last_frame
             return frame
         if mode is None or mode == "stuck":
-            frame = codec.encode(lid.dev, fields, ts=ts)
+            frame = sim_encode.encode(lid.dev, fields, ts=ts)
             self.last_reading = (lid.dev, fields)
             self._last_frame = (frame, self.last_reading)
             return frame
@@ -124,7 +124,7 @@ class Simulator:
                 out[i] = self.rng.below(256)
             out[0] = 0x80 | out[0]  # never '{' or whitespace: cannot start a JSON document
             return bytes(out)
-        frame = codec.encode(lid.dev, fields, ts=ts, corrupt="tilt_deg" if mode == "bad_crc" else None)
+        frame = sim_encode.encode(lid.dev, fields, ts=ts, corrupt="tilt_deg" if mode == "bad_crc" else None)
         if mode == "truncate":
             return frame[: 1 + self.rng.below(len(frame) - 1)]
         return frame

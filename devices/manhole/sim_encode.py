@@ -1,5 +1,5 @@
 """The host-side half of the manhole codec: payloads from readings, units and the public limits,
-for simulators, tests and host tools; reached as `codec.encode`, `codec.MAX_ID_CHARS` etc.
+for simulators, tests and host tools, which import it by name (`from devices.manhole import sim_encode`).
 
 Named sim_* so that `provisioning.firmware.modules_for` leaves it off a board image: a gateway only
 decodes, and loaded code (every function, every module global) costs heap on MicroPython. The

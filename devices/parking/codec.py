@@ -14,11 +14,12 @@ length, every range and the type/occupied consistency are checked before a readi
 On a CRC failure only the bytes up to the next sync inside the claimed frame are skipped: a
 truncated frame then costs one error and the frame that follows it still decodes.
 
-This module is what a gateway runs: decode and what the agent reads (KIND, FIELDS, ANALOG,
-COUNTERS, ALARM_LIMITS, alarm, is_event). Making frames (encode, pack, sensor_addr, sensor_name),
-UNITS and the public frame constants (HEARTBEAT, MAG_LIMIT, ...) live in sim_encode.py, reached
-as attributes of this module (`codec.encode`, `codec.MAG_LIMIT`) through `__getattr__` below: a
-board image leaves sim_* modules out, and every module global costs a board heap for the whole run.
+This module is what a gateway runs: decode and what the agent reads from a codec (the contract
+in docs/devices.md: KIND, KIND_CODE, FIELDS, ANALOG, COUNTERS, ALARM_LIMITS, alarm, is_event).
+Making frames (encode, pack, sensor_addr, sensor_name), UNITS and the public frame constants
+(HEARTBEAT, MAG_LIMIT, ...) live in sim_encode.py, which hosts import by name
+(`from devices.parking import sim_encode`): a board image leaves sim_* modules out, and every
+module global costs a board heap for the whole run.
 """
 
 from devices.common.compat import const
@@ -145,16 +146,6 @@ def decode(buf, start=0, end=-1, sensor_id=None):
     seq = buf[p + 3] | (buf[p + 4] << 8)
     # The sensor id is the address as "P-" and five digits (sim_encode.sensor_name).
     return total, ("P-%05d" % addr, (occupied, ftype, seq, mx, my, mz, batt, rssi))
-
-
-def __getattr__(name):
-    """Anything else (encode, pack, sensor_addr, sensor_name, UNITS, HEARTBEAT, MAG_LIMIT, ...) is
-    sim_encode's. A board image leaves sim_encode out: there the name is simply not an attribute."""
-    try:
-        from devices.parking import sim_encode
-    except ImportError:
-        raise AttributeError(name) from None
-    return getattr(sim_encode, name)
 
 
 def alarm(fields, limits=None):

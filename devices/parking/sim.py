@@ -15,7 +15,7 @@ import math
 
 from devices.common.faults import check_fault
 from devices.common.rng import Rng
-from devices.parking import codec
+from devices.parking import sim_encode
 
 
 class _Bay:
@@ -24,7 +24,7 @@ class _Bay:
 
     def __init__(self, addr):
         self.addr = addr
-        self.sid = codec.sensor_name(addr)
+        self.sid = sim_encode.sensor_name(addr)
         self.base = None  # earth field seen by this sensor, mG (x, y, z)
         self.drift = [0.0, 0.0, 0.0]
         self.car = (0.0, 0.0, 0.0)
@@ -62,7 +62,7 @@ class Simulator:
         self.bays = []
         p_occupied = mean_stay_s / float(mean_stay_s + mean_vacant_s)
         for s in sensors:
-            b = _Bay(codec.sensor_addr(s))
+            b = _Bay(sim_encode.sensor_addr(s))
             # Earth field at Hangzhou ~ 480 mG, inclination ~ 45 deg; the sensor's heading is random.
             h = rng.uniform(0.0, 6.2832)
             b.base = (340.0 * math.cos(h), 340.0 * math.sin(h), -340.0 + rng.gauss(0.0, 15.0))
@@ -111,13 +111,13 @@ class Simulator:
         out = []
         for k in range(3):
             v = round(b.base[k] + car[k] + d[k] + rng.gauss(0.0, self.noise_mg))
-            out.append(max(-codec.MAG_LIMIT, min(codec.MAG_LIMIT, v)))
-        b.batt = max(float(codec.BATT_MIN), b.batt - rng.uniform(0.0, 2.0 * self.drain_mv))
+            out.append(max(-sim_encode.MAG_LIMIT, min(sim_encode.MAG_LIMIT, v)))
+        b.batt = max(float(sim_encode.BATT_MIN), b.batt - rng.uniform(0.0, 2.0 * self.drain_mv))
         batt = round(b.batt + rng.gauss(0.0, 2.0))
-        batt = max(codec.BATT_MIN, min(codec.BATT_MAX, batt))
+        batt = max(sim_encode.BATT_MIN, min(sim_encode.BATT_MAX, batt))
         rssi = None
         if self.radio:
-            rssi = max(codec.RSSI_MIN, min(-20, round(b.rssi_mean + rng.gauss(0.0, 2.5))))
+            rssi = max(sim_encode.RSSI_MIN, min(-20, round(b.rssi_mean + rng.gauss(0.0, 2.5))))
         return out[0], out[1], out[2], batt, rssi
 
     def _due(self, now_ms):
@@ -139,15 +139,15 @@ class Simulator:
         b = self._due(now_ms)
         if b is None:
             return None
-        event = codec.HEARTBEAT
+        event = sim_encode.HEARTBEAT
         if not b.stuck and b.t_change <= b.t_beat and b.t_change <= now_ms:
             b.occupied = not b.occupied
             if b.occupied:
                 b.car = self._car()
-                event = codec.ARRIVAL
+                event = sim_encode.ARRIVAL
                 b.t_change = now_ms + self._exp_ms(self.mean_stay_ms)
             else:
-                event = codec.DEPARTURE
+                event = sim_encode.DEPARTURE
                 b.t_change = now_ms + self._exp_ms(self.mean_vacant_ms)
             b.t_beat = now_ms + self.heartbeat_ms  # a report restarts the heartbeat period
         else:
@@ -164,7 +164,7 @@ class Simulator:
             if b.stuck:
                 b.frozen = (occupied, mx, my, mz, batt, rssi)
         fields = (occupied, event, seq, mx, my, mz, batt, rssi)
-        frame = codec.encode(b.addr, fields)
+        frame = sim_encode.encode(b.addr, fields)
         fault = self.fault
         if fault is None or fault == "stuck" or not self.rng.chance(self.rate):
             self.last_reading = (b.sid, fields)
@@ -189,5 +189,5 @@ class Simulator:
         g = bytearray(4 + rng.below(29))
         for i in range(len(g)):
             v = rng.below(256)
-            g[i] = v if v != codec.SYNC0 else 0x00
+            g[i] = v if v != sim_encode.SYNC0 else 0x00
         return bytes(g)

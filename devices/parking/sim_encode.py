@@ -1,5 +1,6 @@
 """The host-side half of the parking codec: frames from readings, sensor ids, units and the frame
-constants, for simulators, tests and host tools; reached as `codec.encode`, `codec.MAG_LIMIT` etc.
+constants, for simulators, tests and host tools, which import it by name
+(`from devices.parking import sim_encode`).
 
 Named sim_* so that `provisioning.firmware.modules_for` leaves it off a board image: a gateway only
 decodes, and loaded code (every function, every module global) costs heap on MicroPython. The

@@ -16,11 +16,11 @@ line decodes. A `$` with no LF within MAX_LINE bytes is consumed as BAD_LENGTH, 
 spewing noise cannot stall the parser. Every line is a person screened, so each reading is an
 event (see is_event).
 
-This module is what a gateway runs: decode and what the agent reads (KIND, FIELDS, ANALOG,
-COUNTERS, ALARM_LIMITS, alarm, is_event). Making lines (encode, frame, check_id), UNITS and the
-public limits (MAX_LINE, BODY_MIN, ...) live in sim_encode.py, reached as attributes of this
-module (`codec.encode`, `codec.MAX_LINE`) through `__getattr__` below: a board image leaves sim_*
-modules out, and every module global costs a board heap for the whole run.
+This module is what a gateway runs: decode and what the agent reads from a codec (the contract
+in docs/devices.md: KIND, KIND_CODE, FIELDS, ANALOG, COUNTERS, ALARM_LIMITS, alarm, is_event).
+Making lines (encode, frame, check_id), UNITS and the public limits (MAX_LINE, BODY_MIN, ...)
+live in sim_encode.py, which hosts import by name (`from devices.thermometer import sim_encode`):
+a board image leaves sim_* modules out, and every module global costs a board heap for the whole run.
 """
 
 from devices.common.compat import const
@@ -224,16 +224,6 @@ def decode(buf, start=0, end=-1, sensor_id=None):
     except UnicodeError:
         return n, DecodeError(_BAD_SYNTAX, "station id")  # not UTF-8
     return n, (sid, (body / 100.0, amb / 10.0, seq, dist, flags == 1))
-
-
-def __getattr__(name):
-    """Anything else (encode, frame, check_id, UNITS, MAX_LINE, BODY_MIN, ...) is sim_encode's. A
-    board image leaves sim_encode out: there the name is simply not an attribute."""
-    try:
-        from devices.thermometer import sim_encode
-    except ImportError:
-        raise AttributeError(name) from None
-    return getattr(sim_encode, name)
 
 
 def alarm(fields, limits=None):

@@ -14,7 +14,7 @@ import math
 
 from devices.common.faults import check_fault
 from devices.common.rng import Rng
-from devices.thermometer import codec, sim_encode
+from devices.thermometer import sim_encode
 
 
 class _Station:
@@ -108,7 +108,7 @@ class Simulator:
             if st.stuck:
                 st.frozen = (body, amb, dist)
         fields = (body, amb, seq, dist, rng.chance(self.mask_rate))
-        line = codec.encode(st.sid, fields)
+        line = sim_encode.encode(st.sid, fields)
         fault = self.fault
         if fault is None or fault == "stuck" or not rng.chance(self.rate):
             self.last_reading = (st.sid, fields)

@@ -1,6 +1,6 @@
 """The host-side half of the thermometer codec: lines from readings, station id checks, units and
-the public limits, for simulators, tests and host tools; reached as `codec.encode`,
-`codec.MAX_LINE` etc.
+the public limits, for simulators, tests and host tools, which import it by name
+(`from devices.thermometer import sim_encode`).
 
 Named sim_* so that `provisioning.firmware.modules_for` leaves it off a board image: a gateway only
 decodes, and loaded code (every function, every module global) costs heap on MicroPython. The

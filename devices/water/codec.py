@@ -56,6 +56,7 @@ WORD_ORDERS = ("ABCD", "CDAB")
 DEFAULT_WORD_ORDER = "ABCD"  # what a slave's config gets when it names no word_order
 
 ANALOG = (0, 1, 2, 3, 4, 5, 6, 7, 8)
+COUNTERS = ()
 
 ALARM_LIMITS = {
     "level_max_m": 3.0,  # "overflow": water above this level (m) at the station

@@ -32,23 +32,15 @@ def backoff_delays(base=1, cap=60, rng=None):
 
     Attempt n waits uniform(0, min(cap, base * 2**n)), so a thousand gateways that lost the same
     broker spread their reconnects over the whole window instead of arriving together. `rng`
-    needs `.uniform(lo, hi)` (devices.common.rng.Rng); the default one is seeded from os.urandom.
+    needs `.uniform(lo, hi)`; the default is the interpreter's `random` module, which both seed
+    from a true random source at start (CPython from os.urandom, the unix port from the OS, an
+    ESP32 from its hardware RNG), so gateways booted together do not draw together.
     Start a new generator after a connection that stayed up, to reset the exponent.
     """
     if rng is None:
-        from devices.common.rng import Rng
+        import random
 
-        try:
-            import os
-
-            seed = int.from_bytes(os.urandom(4), "big")
-        except (ImportError, AttributeError, OSError):
-            seed = ticks_ms()
-        rng = Rng(seed)
-    # xorshift's first outputs are nearly linear in a small seed (ticks_ms where os.urandom is
-    # missing): discard them, or a fleet booted together would reconnect together.
-    for _ in range(4):
-        rng.next32()
+        rng = random
     hi = base
     while True:
         yield rng.uniform(0, min(cap, hi))

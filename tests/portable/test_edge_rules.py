@@ -7,9 +7,12 @@ FIRST, EVENT, ALARM, CHANGE, DEADBAND, SILENCE = 1, 2, 3, 4, 5, 6
 
 
 class FakeCodec:
+    """The part of the codec contract (docs/devices.md) the rule filter reads."""
+
     KIND = "fake"
     FIELDS = ("open", "level", "temp")
     ANALOG = (1, 2)
+    COUNTERS = ()
 
     @staticmethod
     def is_event(fields):

@@ -6,14 +6,14 @@ decoding through start/end offsets in a larger buffer gives the same answer as t
 """
 
 from devices.common.errors import BAD_SYNTAX, BAD_VALUE, DecodeError
-from devices.manhole import codec, vectors
+from devices.manhole import codec, sim_encode, vectors
 from devices.manhole.sim import Simulator
 from tests.portable import codec_check
 
 
 def test_metadata():
     assert codec.KIND == "manhole" and codec.KIND_CODE == 2
-    assert len(codec.FIELDS) == len(codec.UNITS)
+    assert len(codec.FIELDS) == len(sim_encode.UNITS)
     assert all(0 <= i < len(codec.FIELDS) for i in codec.ANALOG)
 
 
@@ -54,7 +54,7 @@ def test_sensor_id_must_match():
 
 
 def test_limits_are_the_decoders():
-    """codec.MAX_ID_CHARS and MAX_DEPTH (sim_encode's public copies) are the edges decode enforces,
+    """sim_encode.MAX_ID_CHARS and MAX_DEPTH (sim_encode's public copies) are the edges decode enforces,
     and each field's range is exactly the documented one: the decoder checks its own copies."""
 
     def decode(dev="MH-1", extra="", **values):
@@ -65,10 +65,10 @@ def test_limits_are_the_decoders():
             text += ',"%s":%s' % (k, keys[k])
         return codec.decode((text + "}").encode())[1]
 
-    assert decode("M" * codec.MAX_ID_CHARS)[0] == "M" * codec.MAX_ID_CHARS
-    r = decode("M" * (codec.MAX_ID_CHARS + 1))
+    assert decode("M" * sim_encode.MAX_ID_CHARS)[0] == "M" * sim_encode.MAX_ID_CHARS
+    r = decode("M" * (sim_encode.MAX_ID_CHARS + 1))
     assert isinstance(r, DecodeError) and r.code == BAD_VALUE
-    k = codec.MAX_DEPTH - 1  # the message itself is one level
+    k = sim_encode.MAX_DEPTH - 1  # the message itself is one level
     assert decode(extra=',"x":' + "[" * k + "]" * k)[0] == "MH-1"
     r = decode(extra=',"x":' + "[" * (k + 1) + "]" * (k + 1))
     assert isinstance(r, DecodeError) and r.code == BAD_SYNTAX
@@ -93,12 +93,12 @@ def test_encode_round_trip():
         ("雨水井-7", (180.0, True, True, 1000.0, 1000000.0, 2000.0, 5000, 0)),
         ('q"uo\\te', (12.3, False, True, None, None, 0.07, 3300, None)),
     ):
-        assert codec_check.same(codec.decode(codec.encode(dev, fields, ts=1764140000))[1], (dev, fields))
+        assert codec_check.same(codec.decode(sim_encode.encode(dev, fields, ts=1764140000))[1], (dev, fields))
 
 
 def test_encode_matches_vector():
     name, hx, consumed, expected = vectors.VECTORS[0]
-    assert codec.encode(expected[0], expected[1], ts=1764140000).hex() == hx
+    assert sim_encode.encode(expected[0], expected[1], ts=1764140000).hex() == hx
 
 
 def test_simulator_round_trip():

@@ -4,7 +4,7 @@ from binascii import unhexlify
 
 from devices.common.crc import crc16_modbus
 from devices.common.errors import BAD_LENGTH, UNSUPPORTED
-from devices.parking import codec, vectors
+from devices.parking import codec, sim_encode, vectors
 from devices.parking.sim import Simulator
 from tests.portable import codec_check
 
@@ -24,7 +24,7 @@ def test_vectors_byte_by_byte():
 def test_good_vectors_encode_back():
     for name, hx, consumed, expected in vectors.VECTORS:
         if isinstance(expected, tuple) and consumed == len(hx) // 2:
-            assert codec.encode(expected[0], expected[1]) == unhexlify(hx), name
+            assert sim_encode.encode(expected[0], expected[1]) == unhexlify(hx), name
 
 
 def _frames(sim, frames, t_step_ms=5000):
@@ -55,11 +55,11 @@ def test_simulator_round_trip():
         assert reading is not None
         n, r = codec.decode(f)
         assert n == len(f) and codec_check.same(r, reading)
-        assert codec.encode(reading[0], reading[1]) == f
+        assert sim_encode.encode(reading[0], reading[1]) == f
         ids.add(reading[0])
         if codec.is_event(reading[1]):
             events += 1
-            assert reading[1][0] == (reading[1][1] == codec.ARRIVAL)
+            assert reading[1][0] == (reading[1][1] == sim_encode.ARRIVAL)
     assert count == 300
     assert events > 10  # cars did come and go
     assert ids == set(["P-00012", "P-00013", "P-00101", "P-65534"])
@@ -75,7 +75,7 @@ def test_simulator_is_deterministic_and_events_alternate():
         if sid in seqs:
             assert fields[2] == (seqs[sid] + 1) & 0xFFFF  # no gap without faults
         seqs[sid] = fields[2]
-        if fields[1] != codec.HEARTBEAT:
+        if fields[1] != sim_encode.HEARTBEAT:
             if sid in last:
                 assert last[sid] != fields[1]  # arrival, departure, arrival, ...
             last[sid] = fields[1]
@@ -120,7 +120,7 @@ def test_fault_modes_never_give_a_wrong_reading():
                 rx.feed(f, expected)
         last = ("P-00099", (False, 0, 0, 1, 2, 3, 3600, -80))  # flushes a trailing stub
         expected.append(last)
-        rx.feed(codec.encode(last[0], last[1]), expected)
+        rx.feed(sim_encode.encode(last[0], last[1]), expected)
         # every good frame arrived, in order, exactly; every faulty one was an error, never a reading
         assert not expected and rx.readings == sent + 1, mode
         if mode == "garbage":
@@ -136,7 +136,7 @@ def test_stuck_sensor_repeats_values():
     sim.set_fault("stuck", 1.0)
     seen = None
     for f, (sid, fields) in _frames(sim, 30):
-        assert fields[1] == codec.HEARTBEAT  # a stuck sensor sees no car come or go
+        assert fields[1] == sim_encode.HEARTBEAT  # a stuck sensor sees no car come or go
         frozen = (fields[0],) + fields[3:]  # occupied, field, battery, rssi
         assert seen is None or frozen == seen
         seen = frozen
@@ -148,24 +148,24 @@ def test_alarm_and_event_rules():
     assert codec.alarm(fields) == "low_battery"
     assert codec.alarm(fields, {"low_battery_mv": 3200}) is None
     assert codec.alarm((False, 0, 1, 0, 0, 0, 3300, -90)) is None
-    assert codec.is_event((True, codec.ARRIVAL, 1, 0, 0, 0, 3600, None))
-    assert codec.is_event((False, codec.DEPARTURE, 1, 0, 0, 0, 3600, None))
-    assert not codec.is_event((True, codec.HEARTBEAT, 1, 0, 0, 0, 3600, None))
-    assert len(codec.FIELDS) == len(codec.UNITS) == 8 and codec.KIND_CODE == 1
+    assert codec.is_event((True, sim_encode.ARRIVAL, 1, 0, 0, 0, 3600, None))
+    assert codec.is_event((False, sim_encode.DEPARTURE, 1, 0, 0, 0, 3600, None))
+    assert not codec.is_event((True, sim_encode.HEARTBEAT, 1, 0, 0, 0, 3600, None))
+    assert len(codec.FIELDS) == len(sim_encode.UNITS) == 8 and codec.KIND_CODE == 1
     for i in codec.ANALOG + codec.COUNTERS:
         assert 0 <= i < len(codec.FIELDS)
 
 
 def test_len_limits_are_the_decoders():
-    """codec.MIN_LEN/MAX_LEN (sim_encode's public copies) are the LEN edges decode enforces, as the
+    """sim_encode.MIN_LEN/MAX_LEN (sim_encode's public copies) are the LEN edges decode enforces, as the
     vectors' extremes pin the field ranges: the decoder checks its own compile-time copies."""
     for ln, code in (
-        (codec.MIN_LEN - 1, BAD_LENGTH),
-        (codec.MIN_LEN, UNSUPPORTED),
-        (codec.MAX_LEN, UNSUPPORTED),
-        (codec.MAX_LEN + 1, BAD_LENGTH),
+        (sim_encode.MIN_LEN - 1, BAD_LENGTH),
+        (sim_encode.MIN_LEN, UNSUPPORTED),
+        (sim_encode.MAX_LEN, UNSUPPORTED),
+        (sim_encode.MAX_LEN + 1, BAD_LENGTH),
     ):
-        f = bytearray([codec.SYNC0, codec.SYNC1, ln, 1, 0, 9]) + bytearray(max(0, ln - 3))  # type 9
+        f = bytearray([sim_encode.SYNC0, sim_encode.SYNC1, ln, 1, 0, 9]) + bytearray(max(0, ln - 3))  # type 9
         crc = crc16_modbus(f)
         f += bytearray([crc & 0xFF, crc >> 8])
         n, r = codec.decode(f)
@@ -197,7 +197,7 @@ def test_encode_refuses_what_decode_would_reject():
                         ("P-00001", good[:7] + (1,)), ("P-00001", (True, 3) + good[2:]),
                         ("P-12", good), ("P-0001x", good)):
         try:
-            codec.encode(sid, fields)
+            sim_encode.encode(sid, fields)
         except ValueError:
             continue
         raise AssertionError("encoded %r %r" % (sid, fields))

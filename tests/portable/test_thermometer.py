@@ -3,7 +3,7 @@
 from binascii import unhexlify
 
 from devices.common.errors import BAD_SYNTAX, BAD_VALUE, DecodeError
-from devices.thermometer import codec, vectors
+from devices.thermometer import codec, sim_encode, vectors
 from devices.thermometer.sim import Simulator
 from tests.portable import codec_check
 
@@ -24,11 +24,11 @@ def test_good_vectors_encode_back():
     for name, hx, consumed, expected in vectors.VECTORS:
         if isinstance(expected, tuple) and consumed == len(hx) // 2 and name != "one_decimal_body" \
                 and name != "lowercase_checksum":
-            assert codec.encode(expected[0], expected[1]) == unhexlify(hx), name
+            assert sim_encode.encode(expected[0], expected[1]) == unhexlify(hx), name
 
 
 def test_checksum_is_over_utf8_bytes():
-    line = codec.encode("杭州东站-3", (36.52, 22.4, 1, 45, True))
+    line = sim_encode.encode("杭州东站-3", (36.52, 22.4, 1, 45, True))
     star = line.index(b"*")
     x = 0
     for c in line[1:star]:
@@ -64,7 +64,7 @@ def test_simulator_round_trip():
         assert reading is not None
         n, r = codec.decode(f)
         assert n == len(f) and codec_check.same(r, reading)
-        assert codec.encode(reading[0], reading[1]) == f
+        assert sim_encode.encode(reading[0], reading[1]) == f
         sid, fields = reading
         ids.add(sid)
         if sid in seqs:
@@ -118,7 +118,7 @@ def test_fault_modes_never_give_a_wrong_reading():
                 rx.feed(f, expected)
         last = ("END", (36.5, 20.0, 0, None, False))  # flushes a trailing stub
         expected.append(last)
-        rx.feed(codec.encode(last[0], last[1]), expected)
+        rx.feed(sim_encode.encode(last[0], last[1]), expected)
         # every good line arrived, in order, exactly; every faulty one was an error, never a reading
         assert not expected and rx.readings == sent + 1, mode
         if mode == "garbage":
@@ -133,43 +133,43 @@ def test_garbage_spewing_station_cannot_stall_the_parser():
     rx = codec_check.Receiver(codec)
     noise = b"$" + b"\x01\x02noise" * 40
     rx.feed(noise, [])
-    assert rx.errors >= 2 and len(rx.buf) < codec.MAX_LINE  # consumed, not hoarded
-    good = codec.encode("GATE-01", (36.5, 20.0, 1, 50, True))
+    assert rx.errors >= 2 and len(rx.buf) < sim_encode.MAX_LINE  # consumed, not hoarded
+    good = sim_encode.encode("GATE-01", (36.5, 20.0, 1, 50, True))
     rx.feed(good, [("GATE-01", (36.5, 20.0, 1, 50, True))])
     assert rx.readings == 1
 
 
 def test_limits_are_the_decoders():
-    """codec.MAX_ID and the ranges (sim_encode's public copies) are the edges decode enforces: the
+    """sim_encode.MAX_ID and the ranges (sim_encode's public copies) are the edges decode enforces: the
     decoder checks its own compile-time copies, so each edge is tried and one step past it."""
 
     def line(station, body, amb, dist):
         sign = "-" if amb < 0 else ""
         amb = abs(amb)
         tail = ",1,%d.%02d,%s%d.%d,%d,00" % (body // 100, body % 100, sign, amb // 10, amb % 10, dist)
-        return codec.decode(codec.frame(station, tail.encode()))[1]
+        return codec.decode(sim_encode.frame(station, tail.encode()))[1]
 
     body, amb, dist = 3650, 200, 50
-    assert line(b"S" * codec.MAX_ID, body, amb, dist)[0] == "S" * codec.MAX_ID
-    r = line(b"S" * (codec.MAX_ID + 1), body, amb, dist)
+    assert line(b"S" * sim_encode.MAX_ID, body, amb, dist)[0] == "S" * sim_encode.MAX_ID
+    r = line(b"S" * (sim_encode.MAX_ID + 1), body, amb, dist)
     assert isinstance(r, DecodeError) and r.code == BAD_SYNTAX
     for b, a, d in (
-        (codec.BODY_MIN, amb, dist),
-        (codec.BODY_MAX, amb, dist),
-        (body, codec.AMBIENT_MIN, dist),
-        (body, codec.AMBIENT_MAX, dist),
-        (body, amb, codec.DIST_MIN),
-        (body, amb, codec.DIST_MAX),
+        (sim_encode.BODY_MIN, amb, dist),
+        (sim_encode.BODY_MAX, amb, dist),
+        (body, sim_encode.AMBIENT_MIN, dist),
+        (body, sim_encode.AMBIENT_MAX, dist),
+        (body, amb, sim_encode.DIST_MIN),
+        (body, amb, sim_encode.DIST_MAX),
     ):
         sid, fields = line(b"G", b, a, d)
         assert fields[0] == b / 100.0 and fields[1] == a / 10.0 and fields[3] == d, (b, a, d)
     for b, a, d in (
-        (codec.BODY_MIN - 1, amb, dist),
-        (codec.BODY_MAX + 1, amb, dist),
-        (body, codec.AMBIENT_MIN - 1, dist),
-        (body, codec.AMBIENT_MAX + 1, dist),
-        (body, amb, codec.DIST_MIN - 1),
-        (body, amb, codec.DIST_MAX + 1),
+        (sim_encode.BODY_MIN - 1, amb, dist),
+        (sim_encode.BODY_MAX + 1, amb, dist),
+        (body, sim_encode.AMBIENT_MIN - 1, dist),
+        (body, sim_encode.AMBIENT_MAX + 1, dist),
+        (body, amb, sim_encode.DIST_MIN - 1),
+        (body, amb, sim_encode.DIST_MAX + 1),
     ):
         r = line(b"G", b, a, d)
         assert isinstance(r, DecodeError) and r.code == BAD_VALUE, (b, a, d, r)
@@ -192,7 +192,7 @@ def test_alarm_and_event_rules():
     assert codec.alarm((37.4, 20.0, 1, 50, True), {"fever_c": 37.5}) is None
     assert codec.alarm((37.5, 20.0, 1, 50, True), {"fever_c": 37.5}) == "fever"
     assert codec.is_event((36.5, 20.0, 1, None, False))  # every person screened is reported
-    assert len(codec.FIELDS) == len(codec.UNITS) == 5 and codec.KIND_CODE == 4
+    assert len(codec.FIELDS) == len(sim_encode.UNITS) == 5 and codec.KIND_CODE == 4
     for i in codec.ANALOG + codec.COUNTERS:
         assert 0 <= i < len(codec.FIELDS)
 
@@ -215,7 +215,7 @@ def test_encode_refuses_what_decode_would_reject():
                         ("A", (36.5, 60.1) + good[2:]),
                         ("A", good[:2] + (65536,) + good[3:]), ("A", good[:3] + (251, True))):
         try:
-            codec.encode(sid, fields)
+            sim_encode.encode(sid, fields)
         except ValueError:
             continue
         raise AssertionError("encoded %r %r" % (sid, fields))

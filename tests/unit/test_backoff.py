@@ -1,8 +1,9 @@
 """edge.mqtt.client.backoff_delays: exponential windows up to a cap, full jitter inside each window,
 and no thundering herd — a fleet that lost the same broker must not reconnect together.
 
-The generator is the real xorshift (devices.common.rng.Rng); the only addition is a subclass that
-records the window each draw was asked for, so the exponent can be checked exactly.
+The tests draw from the simulators' seeded xorshift (devices.common.rng.Rng), so they are reproducible;
+the only addition is a subclass that records the window each draw was asked for, so the exponent can
+be checked exactly. The default source, the interpreter's `random`, is checked across processes.
 """
 
 from __future__ import annotations
@@ -111,14 +112,33 @@ def test_a_fleet_spreads_every_attempt_over_its_window() -> None:
         assert worst_bucket(list(values), min(60.0, 2.0**n)) < 0.10, n
 
 
-def test_default_generators_are_seeded_per_gateway() -> None:
-    """Without an rng each generator seeds itself from os.urandom: two gateways never share a sequence."""
+def test_default_generators_do_not_repeat_each_other() -> None:
+    """Without an rng the draws come from the interpreter's `random`: no two generators share a run."""
     runs = [tuple(take(backoff_delays(1.0, 60.0), 6)) for _ in range(50)]
     assert len(set(runs)) == 50
     firsts = [r[0] for r in runs]
     assert max(firsts) - min(firsts) > 0.5
 
 
-def test_adjacent_small_seeds_still_spread_the_first_attempt() -> None:
-    firsts = [next(backoff_delays(1.0, 60.0, Rng(k))) for k in range(1, 201)]
-    assert worst_bucket(firsts, 1.0) < 0.10
+_DEFAULT_DRAWS = (
+    "from edge.mqtt.client import backoff_delays\n"
+    "g = backoff_delays(1.0, 60.0)\n"
+    "print([next(g) for _ in range(6)])"
+)
+
+
+def test_gateways_started_together_draw_their_own_delays() -> None:
+    """The default jitter source (the interpreter's `random`) is seeded anew in every process, on
+    CPython and on MicroPython: three gateways started together do not retry in step."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    micropython = Path(sys.executable).parent / "micropython"
+    for interpreter in (sys.executable, str(micropython)):
+        runs = [subprocess.run([interpreter, "-c", _DEFAULT_DRAWS], cwd=root, capture_output=True, text=True,
+                               timeout=30) for _ in range(3)]
+        assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+        draws = [r.stdout for r in runs]
+        assert all(d.startswith("[") for d in draws) and len(set(draws)) == 3, (interpreter, draws)

@@ -16,6 +16,7 @@ import pytest
 
 import devices
 from citybrain import cli
+from hil.services import Mosquitto
 
 COMMANDS = sorted(cli.COMMANDS)
 
@@ -135,17 +136,19 @@ def test_simulate_same_seed_same_output(capsys: pytest.CaptureFixture[str]) -> N
 def test_simulate_bad_option_values(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["simulate", "--sensors", "0"]) == 2
     assert "--sensors" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["simulate", "--publish", "localhost"])
+    assert exc.value.code == 2 and "HOST:PORT" in capsys.readouterr().err
 
 
 @pytest.mark.integration
-def test_simulate_publish_through_private_broker(capsys: pytest.CaptureFixture[str]) -> None:
+def test_simulate_publish_through_a_broker(capsys: pytest.CaptureFixture[str], mosquitto: Mosquitto) -> None:
     kinds = [k for k in devices.KINDS if _kind_ready(k)]
     if not kinds:
         pytest.skip("no device kind ready yet")
     argv = [a for k in kinds for a in ("--kind", k)]
-    code, summary = _simulate(capsys, "--publish", "--count", "40", *argv)
-    assert summary["transport"].startswith("private mosquitto on 127.0.0.1:")
-    assert not summary["transport"].endswith(":1883")
+    code, summary = _simulate(capsys, "--publish", f"127.0.0.1:{mosquitto.port}", "--count", "40", *argv)
+    assert summary["transport"] == f"mqtt broker 127.0.0.1:{mosquitto.port}"
     for row in summary["kinds"]:
         assert row["problems"] == [] and row["round_trip_ok"], row
     assert code == 0

@@ -178,3 +178,15 @@ def test_values_the_collector_refuses_are_reported() -> None:
     assert [p.split(": ")[0] for p in problems] == ["reading 0", "reading 2", "reading 3"], problems
     assert "field_type: thermometer.body_c: text where float is due" in problems[0]
     assert "out_of_range" in problems[1] and "bad_sensor_id" in problems[2]
+
+
+def test_every_kind_shows_its_units() -> None:
+    """Units come from each kind's host half (sim_encode), imported by name: a codec no longer
+    forwards unknown names to it, so a lookup on the codec would find no units at all."""
+    from devices import registry
+
+    table = decode.Kinds().table
+    assert sorted(table) == sorted(registry.by_code())
+    for name, fields, units in table.values():
+        assert len(units) == len(fields) and any(units), name
+    assert table[1][2][3] == "mG" and table[4][2][0] == "°C"

@@ -25,3 +25,91 @@ def test_devices_import_nothing_from_edge() -> None:
     upward = [f"{f.relative_to(ROOT)}: {name}" for f in files for name in _imports(f)
               if name == "edge" or name.startswith("edge.")]
     assert upward == []
+
+
+# A CPython gateway built from every kind's sample source (edge.main's path: load_config, then the
+# agent with its sources), reporting the device modules it ended up holding.
+_GATEWAY = r"""
+import json, sys
+from edge.main import load_config
+from edge.agent import Agent
+from edge.ports.posix import PosixPort
+agent = Agent(load_config(sys.argv[1]), PosixPort(False))
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("devices."))))
+"""
+
+
+def test_a_gateway_loads_only_the_codecs_never_simulator_code(tmp_path: Path) -> None:
+    """The agent reads a codec through its contract (docs/devices.md) and nothing else: a codec no
+    longer forwards unknown names to its sim_encode half, so asking for an optional name (COUNTERS,
+    N_REGISTERS) cannot load simulator code into a running gateway."""
+    import json
+    import subprocess
+    import sys
+
+    import devices
+
+    sources = [json.loads((ROOT / "devices" / k / "sample.json").read_text()) for k in devices.KINDS]
+    cfg = {"gateway_id": "gw-layers", "broker": {"host": "127.0.0.1"}, "site_broker": {"host": "127.0.0.1"},
+           "store": {"dir": str(tmp_path / "spool")}, "sources": sources}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    out = subprocess.run([sys.executable, "-c", _GATEWAY, str(tmp_path / "config.json")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    loaded = json.loads(out.stdout)
+    assert {f"devices.{k}.codec" for k in devices.KINDS} <= set(loaded)
+    host_side = [m for m in loaded if m.rsplit(".", 1)[1].startswith(("sim", "vectors"))]
+    assert host_side == []
+
+
+def _codec_reads(path: Path) -> set[str]:
+    """Names edge code reads from a codec: `codec.X`, `self.codec.X`, `getattr/hasattr(codec, "X")`."""
+
+    def is_codec(node: ast.AST) -> bool:
+        return (isinstance(node, ast.Name) and node.id == "codec") or (
+            isinstance(node, ast.Attribute) and node.attr == "codec")
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Attribute) and is_codec(node.value):
+            names.add(node.attr)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id in ("getattr", "hasattr") and len(node.args) >= 2 and is_codec(node.args[0])
+              and isinstance(node.args[1], ast.Constant)):
+            names.add(str(node.args[1].value))
+    return names
+
+
+def test_edge_reads_only_the_codec_contract() -> None:
+    """The contract in docs/devices.md is the whole of what the board reads from a codec: a new read
+    in edge/ must be added there (and to every codec) first."""
+    from tests.portable.test_codec_contract import OPTIONAL, REQUIRED
+
+    contract = {name for name, _ in REQUIRED + OPTIONAL}
+    files = sorted((ROOT / "edge").rglob("*.py"))
+    reads = {name: f.relative_to(ROOT) for f in files for name in _codec_reads(f)}
+    assert {"FIELDS", "decode", "ANALOG", "COUNTERS"} <= set(reads)  # the walk sees what it must
+    assert {n: str(f) for n, f in reads.items() if n not in contract} == {}
+    doc = (ROOT / "docs" / "devices.md").read_text()
+    assert [n for n in sorted(contract) if f"`{n}`" not in doc] == []
+
+
+def _imports_under(folder: str) -> list[str]:
+    files = sorted((ROOT / folder).rglob("*.py"))
+    return [f"{f.relative_to(ROOT)}: {name}" for f in files for name in _imports(f)]
+
+
+def test_the_mqtt_client_imports_nothing_from_devices() -> None:
+    """edge/mqtt/ is transport: its backoff jitter comes from the interpreter's `random`, not from the
+    simulators' generator in devices/common (a sideways import into the device layer)."""
+    found = _imports_under("edge/mqtt")
+    assert any(": edge.mqtt" in line for line in found)  # the walk sees the package's own imports
+    assert [line for line in found if line.split(": ")[1].split(".")[0] == "devices"] == []
+
+
+def test_the_cli_does_not_import_the_hil_rig() -> None:
+    """citybrain/ (the installed CLI: simulate, decode, gateway, provision) needs no test rig:
+    `simulate --publish HOST:PORT` uses a broker it is given; the rig's services start one."""
+    found = _imports_under("citybrain")
+    assert any(": devices" in line for line in found)
+    assert [line for line in found if line.split(": ")[1].split(".")[0] == "hil"] == []

@@ -15,20 +15,20 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from devices.common.errors import DecodeError
-from devices.parking import codec
+from devices.parking import codec, sim_encode
 
 SETTINGS = settings(max_examples=300, deadline=None)
 
-mag = st.integers(-codec.MAG_LIMIT, codec.MAG_LIMIT)
+mag = st.integers(-sim_encode.MAG_LIMIT, sim_encode.MAG_LIMIT)
 readings = st.tuples(
-    st.integers(codec.ADDR_MIN, codec.ADDR_MAX).map(codec.sensor_name),
+    st.integers(sim_encode.ADDR_MIN, sim_encode.ADDR_MAX).map(sim_encode.sensor_name),
     st.sampled_from([(False, 0), (True, 0), (True, 1), (False, 2)]),
     st.integers(0, 0xFFFF),
     mag,
     mag,
     mag,
-    st.integers(codec.BATT_MIN, codec.BATT_MAX),
-    st.one_of(st.none(), st.integers(codec.RSSI_MIN, 0)),
+    st.integers(sim_encode.BATT_MIN, sim_encode.BATT_MAX),
+    st.one_of(st.none(), st.integers(sim_encode.RSSI_MIN, 0)),
 ).map(lambda t: (t[0], (t[1][0], t[1][1], *t[2:])))
 
 
@@ -38,10 +38,10 @@ def check_reading(data: bytes, start: int, consumed: int, result: Any) -> None:
     assert type(f[0]) is bool and all(type(v) is int for v in f[1:7])
     assert f[7] is None or type(f[7]) is int
     assert f[1] in (0, 1, 2) and 0 <= f[2] <= 0xFFFF
-    assert all(-codec.MAG_LIMIT <= v <= codec.MAG_LIMIT for v in f[3:6])
-    assert codec.BATT_MIN <= f[6] <= codec.BATT_MAX
-    assert f[7] is None or codec.RSSI_MIN <= f[7] <= 0
-    assert codec.encode(sid, f) == data[start:start + consumed]  # canonical: nothing was made up
+    assert all(-sim_encode.MAG_LIMIT <= v <= sim_encode.MAG_LIMIT for v in f[3:6])
+    assert sim_encode.BATT_MIN <= f[6] <= sim_encode.BATT_MAX
+    assert f[7] is None or sim_encode.RSSI_MIN <= f[7] <= 0
+    assert sim_encode.encode(sid, f) == data[start:start + consumed]  # canonical: nothing was made up
 
 
 def decode_all(data: bytes) -> tuple[list[Any], int]:
@@ -65,7 +65,7 @@ def decode_all(data: bytes) -> tuple[list[Any], int]:
 @SETTINGS
 @given(readings)
 def test_decode_inverts_encode(reading: Any) -> None:
-    frame = codec.encode(*reading)
+    frame = sim_encode.encode(*reading)
     assert codec.decode(frame) == (len(frame), reading)
     assert codec.decode(b"\x00" + frame + b"\xaa\x55", 1, 1 + len(frame)) == (len(frame), reading)
 
@@ -79,7 +79,7 @@ def test_random_bytes_never_raise(data: bytes) -> None:
 @SETTINGS
 @given(st.lists(readings, min_size=1, max_size=4), st.data())
 def test_mutated_frames_never_give_a_wrong_reading(items: list[Any], data: st.DataObject) -> None:
-    wire = bytearray(b"".join(codec.encode(*r) for r in items))
+    wire = bytearray(b"".join(sim_encode.encode(*r) for r in items))
     for _ in range(data.draw(st.integers(1, 4))):
         op = data.draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
         i = data.draw(st.integers(0, max(0, len(wire) - 1)))
@@ -102,7 +102,7 @@ def test_mutated_frames_never_give_a_wrong_reading(items: list[Any], data: st.Da
 @SETTINGS
 @given(st.lists(readings, min_size=1, max_size=4), st.data())
 def test_one_flipped_bit_costs_exactly_its_frame(items: list[Any], data: st.DataObject) -> None:
-    frames = [codec.encode(*r) for r in items]
+    frames = [sim_encode.encode(*r) for r in items]
     k = data.draw(st.integers(0, len(frames) - 1))
     hit = bytearray(frames[k])
     hit[data.draw(st.integers(0, len(hit) - 1))] ^= 1 << data.draw(st.integers(0, 7))
@@ -110,7 +110,7 @@ def test_one_flipped_bit_costs_exactly_its_frame(items: list[Any], data: st.Data
     # Traffic goes on after the hit: a LEN flipped upwards waits for up to MAX_LEN more bytes
     # before its CRC can fail, and the frames it held back then decode.
     flush = ("P-00007", (False, 0, 1, 2, 3, 4, 3500, -70))
-    frames += [codec.encode(*flush)] * 4
+    frames += [sim_encode.encode(*flush)] * 4
     got, errors = decode_all(b"".join(frames))
     assert got == items[:k] + items[k + 1:] + [flush] * 4
     assert errors
@@ -124,7 +124,7 @@ def test_every_frame_survives_noise_between_frames(chunks: list[Any]) -> None:
     want = []
     for noise, reading in chunks:
         wire += noise.replace(b"\xaa", b"\x00")
-        wire += codec.encode(*reading)
+        wire += sim_encode.encode(*reading)
         want.append(reading)
     got, _ = decode_all(bytes(wire))
     assert got == want
@@ -135,7 +135,7 @@ def test_every_frame_survives_noise_between_frames(chunks: list[Any]) -> None:
 def test_truncated_frame_does_not_swallow_the_next(items: list[Any], data: st.DataObject) -> None:
     wire = bytearray()
     want = []
-    frames = [codec.encode(*r) for r in items]
+    frames = [sim_encode.encode(*r) for r in items]
     for k, reading in enumerate(items):
         frame = frames[k]
         if k % 2 == 0 and k < len(items) - 1:
@@ -163,4 +163,4 @@ def test_readme_examples_decode_as_shown() -> None:
         data = bytes.fromhex(hx)
         reading = ast.literal_eval(shown)
         assert codec.decode(data) == (len(data), reading)
-        assert codec.encode(*reading) == data
+        assert sim_encode.encode(*reading) == data
