@@ -391,7 +391,7 @@ def _register_map(v, raw, codec, sp, errs):
             r += 1
         codes += (f, 2 * (reg - reads[r][0]), tc, eo)
         div = 1
-        if 0 < abs(sc) < 1:  # 0.01 as a divisor of 100: 725 / 100 is exactly 7.25, 725 * 0.01 is not
+        if 0 < abs(sc) < 1:  # 0.1 as a divisor of 10: 3 / 10 is exactly 0.3, 3 * 0.1 is not
             d = round(1 / sc)
             if d and abs(1 / sc - d) < 1e-6 * abs(d):
                 sc, div = 1, d

@@ -11,7 +11,7 @@ word order: ABCD = high word first, CDAB = low word first):
     int32 / uint32                  two registers
 
 A value is `raw * mul / div + off`, always a float (a field keeps one type in the database).
-edge.config turns a scale like 0.01 into div 100 (725 / 100 is exactly 7.25; 725 * 0.01 is not).
+edge.config turns a scale like 0.1 into div 10 (3 / 10 is exactly 0.3; 3 * 0.1 is not).
 
 A compiled entry is 4 bytes of `codes`: field index, byte offset in its read's data, type, word
 order; `scales` is None (all plain) or 3 floats per entry: mul, div, off.
