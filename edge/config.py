@@ -117,6 +117,10 @@ GATEWAY = {
 }
 
 TRANSPORTS = ("serial", "modbus", "mqtt")
+# Register map value types: the index is the type code devices.common.regmap decodes (its names
+# are kept here, off the board's resident heap); WIDTHS is registers per value.
+TYPES = ("float32", "int16", "uint16", "int32", "uint32")
+WIDTHS = (2, 1, 1, 2, 2)
 BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)  # what edge.ports.tty can set
 
 # Least values of integer keys, whatever their section (a key means one thing everywhere).
@@ -254,6 +258,7 @@ def _modbus(s, codec, path, errs):
     slaves = []
     addresses = {}
     sensors = {}
+    plans = []  # distinct read plans: slaves with the same layout share one (and its compiled form)
     for j, sl in enumerate(s["slaves"]):
         sp = "%s.slaves[%d]" % (path, j)
         v = _check(sl, SLAVE, sp, errs)
@@ -280,6 +285,14 @@ def _modbus(s, codec, path, errs):
         if v["poll_ms"] is None:
             v["poll_ms"] = s["poll_ms"]
         _register_map(v, sl, codec, sp, errs)
+        plan = v.get("plan")
+        for q in plans:
+            if q == plan:
+                v["plan"] = q
+                break
+        else:
+            if plan is not None:
+                plans.append(plan)
         slaves.append(v)
     s["slaves"] = slaves
 
@@ -309,12 +322,11 @@ def _register_map(v, raw, codec, sp, errs):
     in its read's data, type, word order), "scales": None or 3 numbers per entry (mul, div, off)},
     entries in register order (devices.common.regmap). The plan is made here, not in the source,
     so the grouping code is not resident on a board (this module is dropped after boot)."""
-    from devices.common.regmap import T_FLOAT32, TYPES, WIDTHS, WORD_ORDERS
-
     n_errs = len(errs)
     fields = codec.FIELDS
+    orders = codec.WORD_ORDERS  # index = the word order code
     wo = v["word_order"]
-    order = WORD_ORDERS.index(wo) if wo in WORD_ORDERS else 0
+    order = orders.index(wo) if wo in orders else 0
     m = v["map"]
     entries = []  # (register, width, field index, type, order, scale, offset)
     if m is None:
@@ -323,7 +335,7 @@ def _register_map(v, raw, codec, sp, errs):
             errs.append("%s.register: %d leaves no room for the %d registers of the map" % (
                 sp, base, 2 * len(fields)))
         for i in range(len(fields)):
-            entries.append((base + 2 * i, 2, i, T_FLOAT32, order, 1, 0))
+            entries.append((base + 2 * i, 2, i, 0, order, 1, 0))  # float32
     else:
         if isinstance(raw, dict) and "register" in raw:
             errs.append("%s.register: not with a map (its registers are absolute): drop one" % sp)
@@ -353,11 +365,10 @@ def _register_map(v, raw, codec, sp, errs):
             if ewo is not None:
                 if w == 1:
                     errs.append("%s.word_order: a %s is one register: it has no word order" % (ep, t))
-                elif ewo not in WORD_ORDERS:
-                    errs.append("%s.word_order: %r is not ABCD or CDAB%s" % (
-                        ep, ewo, _hint(ewo, WORD_ORDERS)))
+                elif ewo not in orders:
+                    errs.append("%s.word_order: %r is not ABCD or CDAB%s" % (ep, ewo, _hint(ewo, orders)))
                 else:
-                    eo = WORD_ORDERS.index(ewo)
+                    eo = orders.index(ewo)
             sc = e["scale"]
             if not (-1e30 < sc < 1e30) or sc == 0:  # NaN fails too
                 errs.append("%s.scale: %r is not a nonzero finite number" % (ep, sc))

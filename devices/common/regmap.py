@@ -1,60 +1,48 @@
 """Register maps: Modbus register words to numbers, by type, word order, scale and offset (pure).
 
 A vendor's map says, per quantity, at which register it sits and how it is coded. The gateway
-config names it (edge.config checks it and compiles it into a read plan); this module does the
-per-poll part on the board, so it is small and allocates nothing but the values it returns.
+config names it (edge.config checks it and compiles it into a read plan, off the board's resident
+heap); this module is the per-poll part, so it is small, defines no public names beyond its two
+functions (each is an interned name for the whole run on a board) and allocates nothing but the
+values it returns.
 
-Types (registers are big-endian on the wire; a 32-bit value spans two registers in the slave's
-word order: ABCD = high word first, CDAB = low word first):
+Type codes, the index of their name in edge.config.TYPES (registers are big-endian on the wire;
+a 32-bit value spans two registers in the slave's word order):
 
-    float32  IEEE 754 single        int16 / uint16   one register
-    int32 / uint32                  two registers
+    0 float32 (IEEE 754 single)   1 int16   2 uint16   3 int32   4 uint32
 
-A value is `raw * mul / div + off`, always a float (a field keeps one type in the database).
-edge.config turns a scale like 0.1 into div 10 (3 / 10 is exactly 0.3; 3 * 0.1 is not).
+Word orders (devices.water.codec.WORD_ABCD / WORD_CDAB): 0 ABCD = high word first, 1 CDAB = low
+word first. A value is `raw * mul / div + off`, always a float (a field keeps one type in the
+database); edge.config turns a scale like 0.1 into div 10 (3 / 10 is exactly 0.3; 3 * 0.1 is not).
 
 A compiled entry is 4 bytes of `codes`: field index, byte offset in its read's data, type, word
-order; `scales` is None (all plain) or 3 floats per entry: mul, div, off.
+order; `scales` is None (all plain) or 3 numbers per entry: mul, div, off.
 """
 
 import struct
 
 from devices.common.compat import const
 
-T_FLOAT32 = const(0)
-T_INT16 = const(1)
-T_UINT16 = const(2)
-T_INT32 = const(3)
-T_UINT32 = const(4)
-TYPES = ("float32", "int16", "uint16", "int32", "uint32")  # index = type code
-WIDTHS = (2, 1, 1, 2, 2)  # registers per value, by type code
-
-WORD_ABCD = const(0)
-WORD_CDAB = const(1)
-WORD_ORDERS = ("ABCD", "CDAB")
+_FLOAT32 = const(0)
+_INT16 = const(1)
+_UINT16 = const(2)
+_INT32 = const(3)
+_CDAB = const(1)
 
 _scratch = bytearray(4)
 
 
-def word_order_code(name):
-    """"ABCD"/"CDAB" (config text) to WORD_ABCD/WORD_CDAB; anything else is a ValueError."""
-    if name == "ABCD":
-        return WORD_ABCD
-    if name == "CDAB":
-        return WORD_CDAB
-    raise ValueError("word_order must be ABCD or CDAB, not %r" % (name,))
-
-
-def value(buf, p, typ, order=WORD_ABCD, mul=1, div=1, off=0):
-    """The number the register bytes at buf[p:] hold, as a float: raw * mul / div + off."""
-    if typ == T_INT16 or typ == T_UINT16:
+def value(buf, p, t, w=0, a=1, b=1, c=0):
+    """The number the register bytes at buf[p:] hold, as a float: type t (code), word order w,
+    raw * a / b + c (mul, div, off; short names: each argument name is interned on a board)."""
+    if t == _INT16 or t == _UINT16:
         v = (buf[p] << 8) | buf[p + 1]
-        if typ == T_INT16 and v > 0x7FFF:
+        if t == _INT16 and v > 0x7FFF:
             v -= 0x10000
     else:
-        hi = p + 2 if order == WORD_CDAB else p
-        lo = p if order == WORD_CDAB else p + 2
-        if typ == T_FLOAT32:
+        hi = p + 2 if w == _CDAB else p
+        lo = p if w == _CDAB else p + 2
+        if t == _FLOAT32:
             s = _scratch
             s[0] = buf[hi]
             s[1] = buf[hi + 1]
@@ -62,13 +50,18 @@ def value(buf, p, typ, order=WORD_ABCD, mul=1, div=1, off=0):
             s[3] = buf[lo + 1]
             v = struct.unpack(">f", s)[0]
         else:
-            h = (buf[hi] << 8) | buf[hi + 1]
-            if typ == T_INT32 and h > 0x7FFF:
-                h -= 0x10000
+            v = (buf[hi] << 8) | buf[hi + 1]
+            if t == _INT32 and v > 0x7FFF:
+                v -= 0x10000
             # In floats: a 32-bit int would be a heap-allocated long on a board (small ints are 31 bits).
-            v = h * 65536.0 + ((buf[lo] << 8) | buf[lo + 1])
-    if mul != 1 or div != 1 or off != 0:
-        return v * mul / div + off
+            v = v * 65536.0 + ((buf[lo] << 8) | buf[lo + 1])
+    # One operation per step that is not the identity: on a board each float result is a heap object.
+    if a != 1:
+        v = v * a
+    if b != 1:
+        v = v / b
+    if c != 0:
+        v = v + c
     return float(v)
 
 

@@ -18,7 +18,7 @@ import struct
 
 from devices.common.compat import const
 from devices.common.errors import BAD_VALUE, DecodeError
-from devices.common.regmap import T_FLOAT32, WORD_ABCD, WORD_CDAB, value, word_order_code  # noqa: F401
+from devices.common.regmap import value
 
 KIND = "water"
 KIND_CODE = const(3)
@@ -51,6 +51,9 @@ RANGES = (
 N_VALUES = const(9)
 N_REGISTERS = const(18)
 DATA_LEN = const(36)
+WORD_ABCD = const(0)  # the word order codes devices.common.regmap reads (ABCD: high word first)
+WORD_CDAB = const(1)
+WORD_ORDERS = ("ABCD", "CDAB")  # index = code
 DEFAULT_WORD_ORDER = "ABCD"  # what a slave's config gets when it names no word_order
 
 ANALOG = (0, 1, 2, 3, 4, 5, 6, 7, 8)
@@ -67,6 +70,15 @@ ALARM_LIMITS = {
 # No probe measures 1e-30 of anything: such values are what a float whose low word is zero looks
 # like when read in the wrong word order, so they are rejected rather than stored.
 _TINY = 1e-30
+
+def word_order_code(name):
+    """"ABCD"/"CDAB" (config text) to WORD_ABCD/WORD_CDAB; anything else is a ValueError."""
+    if name == "ABCD":
+        return WORD_ABCD
+    if name == "CDAB":
+        return WORD_CDAB
+    raise ValueError("word_order must be ABCD or CDAB, not %r" % (name,))
+
 
 def bad_field(vals):
     """The index of the first value outside its field's range (NaN, inf, tiny included), or -1.
@@ -90,7 +102,7 @@ def decode(buf, start=0, end=-1, sensor_id=None, word_order=WORD_ABCD):
         return 0, None
     vals = [None] * N_VALUES
     for i in range(N_VALUES):
-        vals[i] = value(buf, start + 4 * i, T_FLOAT32, word_order)
+        vals[i] = value(buf, start + 4 * i, 0, word_order)  # float32
     i = bad_field(vals)
     if i >= 0:
         return DATA_LEN, DecodeError(BAD_VALUE, FIELDS[i])

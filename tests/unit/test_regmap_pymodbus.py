@@ -9,11 +9,12 @@ import pytest
 from pymodbus.client.mixin import ModbusClientMixin
 
 from devices.common import regmap
+from devices.water.codec import WORD_CDAB
+from edge.config import TYPES
 from tests.portable.test_regmap import VECTORS
 
 DT = ModbusClientMixin.DATATYPE
-PYMODBUS_TYPE = {regmap.T_FLOAT32: DT.FLOAT32, regmap.T_INT16: DT.INT16, regmap.T_UINT16: DT.UINT16,
-                 regmap.T_INT32: DT.INT32, regmap.T_UINT32: DT.UINT32}
+PYMODBUS_TYPE = {code: getattr(DT, name.upper()) for code, name in enumerate(TYPES)}
 
 
 @pytest.mark.parametrize(("name", "hx", "typ", "order", "scale", "want"), VECTORS,
@@ -23,7 +24,7 @@ def test_vector_matches_pymodbus(name: str, hx: str, typ: int, order: int, scale
     data = bytes.fromhex(hx)
     registers = [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
     # pymodbus' "little" word order is CDAB: low register first, each register big-endian.
-    words: Literal["big", "little"] = "little" if order == regmap.WORD_CDAB else "big"
+    words: Literal["big", "little"] = "little" if order == WORD_CDAB else "big"
     raw = ModbusClientMixin.convert_from_registers(registers, PYMODBUS_TYPE[typ], word_order=words)
     assert isinstance(raw, int | float)
     mul, div, off = scale
