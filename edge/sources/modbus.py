@@ -14,7 +14,6 @@ reading is taken only when every read of the slave answered; a field the map lac
 """
 
 import asyncio
-from array import array
 
 from devices.common.errors import DecodeError
 from devices.common.regmap import decode
@@ -29,16 +28,26 @@ _BAD_VALUE = const(4)  # devices.common.errors.BAD_VALUE (tests/portable/test_mo
 class _Slave:
     __slots__ = ("address", "sensor", "poll_ms", "function", "reads", "codes", "scales", "due", "misses")
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, seen):
         self.address = cfg["address"]
         self.sensor = cfg["sensor"]
         self.poll_ms = cfg["poll_ms"]
         self.function = cfg["function"]
         plan = cfg["plan"]  # {"reads": [[start, count, end entry], ...], "codes", "scales"}
-        self.reads = tuple(tuple(r) for r in plan["reads"])
-        self.codes = bytes(plan["codes"])
-        sc = plan["scales"]
-        self.scales = None if sc is None else array("d", sc)
+        # Slaves with the same layout share one plan object (edge.config) and so its compiled form.
+        first = seen.get(id(plan))
+        if first is None:
+            seen[id(plan)] = self
+            self.reads = tuple(tuple(r) for r in plan["reads"])
+            self.codes = bytes(plan["codes"])
+            sc = plan["scales"]
+            # A tuple, not an array('d'): its items are objects already (ints stay small ints), so a
+            # poll does not box 3 new floats per value to read them.
+            self.scales = None if sc is None else tuple(sc)
+        else:
+            self.reads = first.reads
+            self.codes = first.codes
+            self.scales = first.scales
         self.due = ticks_ms()
         self.misses = 0
 
@@ -48,7 +57,8 @@ class ModbusSource(Source):
         Source.__init__(self, cfg, port, accept)
         self.baud = cfg["baud"]
         self.timeout_ms = cfg["timeout_ms"]
-        self.slaves = [_Slave(s) for s in cfg["slaves"]]
+        seen = {}
+        self.slaves = [_Slave(s, seen) for s in cfg["slaves"]]
         self.vals = [None] * len(self.codec.FIELDS)  # the slave being read; reused every poll
         self.master = None
 
