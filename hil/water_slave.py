@@ -216,7 +216,11 @@ async def serve(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m hil.water_slave", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m hil.water_slave", description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  python -m hil.water_slave --port /dev/pts/3 --slaves 1:ABCD,2:CDAB --now-ms 0\n"
+               "  python -m hil.water_slave --port /dev/pts/3 --config devices/water/sample.json")
     ap.add_argument("--port", required=True, help="serial device, e.g. /dev/pts/3 or /dev/ttyUSB0")
     ap.add_argument("--slaves", default="1", help="slave ids with word order, e.g. 1:ABCD,2:CDAB")
     ap.add_argument("--config", type=Path, default=None,
