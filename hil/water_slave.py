@@ -83,9 +83,21 @@ def bank(entries: Sequence[Entry], fields: Sequence[float]) -> dict[int, int]:
     return out
 
 
+def scaled(raw: float, scale: float, offset: float) -> float:
+    """raw * scale + offset as the gateway documents it (devices/water/README.md): a scale whose
+    inverse is a whole number is a division by it (725 / 100, exactly 7.25)."""
+    v = float(raw)
+    inv = 1 / scale
+    if abs(scale) < 1 and abs(inv - round(inv)) < 1e-6 * abs(round(inv)):
+        v = v / round(inv)
+    elif scale != 1:
+        v = v * scale
+    return v + offset if offset else v
+
+
 def served(entries: Sequence[Entry], registers: Mapping[int, int]) -> tuple[float | None, ...]:
-    """The fields those registers mean, by pymodbus' conversion (independent of the gateway's):
-    raw * scale + offset; None for a field the map does not have."""
+    """The fields those registers mean, the raw numbers by pymodbus' conversion (independent of the
+    gateway's), then `scaled`; None for a field the map does not have."""
     from pymodbus.client.mixin import ModbusClientMixin
 
     out: list[float | None] = [None] * len(codec.FIELDS)
@@ -94,7 +106,7 @@ def served(entries: Sequence[Entry], registers: Mapping[int, int]) -> tuple[floa
         regs = [registers[reg + i] for i in range(n)]
         raw = ModbusClientMixin.convert_from_registers(regs, _pymodbus_type(typ), word_order=_words(order))
         assert isinstance(raw, int | float)
-        out[codec.FIELDS.index(field)] = raw * scale + offset if typ != "float32" else float(raw)
+        out[codec.FIELDS.index(field)] = scaled(raw, scale, offset)
     return tuple(out)
 
 
