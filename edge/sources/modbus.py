@@ -9,8 +9,9 @@ A dead port (USB adapter pulled) raises out of the master and the bus is reopene
 
 Each slave is read by its register map's plan (compiled by edge.config: the fewest reads the map
 allows): one request per read, decoded straight from the master's buffer into one value list per
-source (devices.common.regmap), so a poll allocates only the values and the reading's tuple. A
-reading is taken only when every read of the slave answered; a field the map lacks is None.
+source (devices.common.regmap), so a poll allocates little beyond the values and the reading's
+tuple (bench/modbus_map.py). A reading is taken only when every read of the slave answered; a
+field the map lacks is None.
 """
 
 import asyncio
