@@ -51,13 +51,22 @@ from devices.manhole.sim import Simulator as LidSim
 from devices.parking.sim import Simulator as ParkingSim
 from devices.thermometer.sim import Simulator as ThermometerSim
 from edge.store.log import HEADER, MAGIC
-from hil.services import Mosquitto, ServiceError, find_binary, stop_process
+from hil.services import (
+    Mosquitto,
+    ServiceError,
+    find_binary,
+    micropython32_binary,
+    micropython_binary,
+    stop_process,
+)
 from hil.verify import Emission, Outage, Report, verify
 from hil.water_slave import station
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
+# What the tests run every scenario under; "micropython32" (the 32-bit build, hil.services) is also
+# accepted, for the board-heap guard and by hand: a board's pointers are 32 bits wide.
 INTERPRETERS = ("cpython", "micropython")
+ALL_INTERPRETERS = (*INTERPRETERS, "micropython32")
 PREFIX = "hil"
 WATER_NOW_MS = 13 * 3600 * 1000  # the slaves' register snapshot: early afternoon
 # The unix port loads .mpy bytecode into its heap (a board freezes it into flash): the agent with
@@ -332,21 +341,22 @@ class AgentProcess:
     def __init__(
         self, interpreter: str, config_path: Path, workdir: Path, *, heap: str = MICROPYTHON_HEAP
     ) -> None:
-        if interpreter not in INTERPRETERS:
-            raise ValueError(f"interpreter must be one of {INTERPRETERS}")
+        if interpreter not in ALL_INTERPRETERS:
+            raise ValueError(f"interpreter must be one of {ALL_INTERPRETERS}")
         self.interpreter = interpreter
         self.config_path = config_path
         self.workdir = workdir
         self.log_path = workdir / f"agent-{interpreter}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = dict(os.environ)
-        if interpreter == "micropython":
+        if interpreter != "cpython":
             tree = build_micropython_tree(config_path, workdir / "mpy")
             self.env["MICROPYPATH"] = f".frozen:{tree}"
-            exe = VENV_BIN / "micropython"
-            if not exe.exists():
-                raise RigError(f"{exe} not found")
-            self.cmd = [str(exe), "-X", f"heapsize={heap}", "-m", "edge.main", str(config_path)]
+            try:
+                exe = micropython32_binary() if interpreter == "micropython32" else micropython_binary()
+            except ServiceError as exc:
+                raise RigError(str(exc)) from None
+            self.cmd = [exe, "-X", f"heapsize={heap}", "-m", "edge.main", str(config_path)]
             self.cwd = str(workdir)
         else:
             self.cmd = [sys.executable, "-m", "citybrain.cli", "gateway", "run", "--config", str(config_path)]

@@ -16,7 +16,7 @@ from typing import Any
 import cbor2
 
 from devices import KINDS, load
-from hil.rig import INTERPRETERS, Rig, RigError, TornWrite
+from hil.rig import ALL_INTERPRETERS, Rig, RigError, TornWrite
 from hil.verify import Report, readings_of
 
 
@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("scenario", choices=sorted(SCENARIOS))
-    ap.add_argument("--interpreter", choices=INTERPRETERS, default="cpython")
+    ap.add_argument("--interpreter", choices=ALL_INTERPRETERS, default="cpython")
     ap.add_argument("--save", help="write the run (emissions, payloads, outages) as JSON for hil.verify")
     ap.add_argument("--seed", type=int, default=None)
     args = ap.parse_args(argv)
