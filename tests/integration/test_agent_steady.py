@@ -36,14 +36,19 @@ def test_steady_state_every_reading_once(interpreter: str) -> None:
     assert out.leftovers == []
 
 
-def test_micropython_agent_with_two_serial_and_one_mqtt_source_runs_in_128k() -> None:
-    """A regression guard for the agent's heap on the 64-bit unix port, loaded as .mpy.
+@pytest.mark.parametrize(("interpreter", "heap"), [("micropython32", "96K"), ("micropython", "128K")])
+def test_micropython_agent_with_two_serial_and_one_mqtt_source_runs_in_board_heap(
+    interpreter: str, heap: str, micropython32: str
+) -> None:
+    """A regression guard for the agent's heap, loaded as .mpy, on both unix ports.
 
-    The issue's source mix (parking and thermometers on serial, manhole lids over MQTT) runs
-    at `-X heapsize=128K` and fails at 120K (measured: docs/benchmarks.md, "Memory"), so a
-    heap regression of a few KB fails here. The free-heap goal itself is bench/edge_memory.py's.
+    The issue's source mix (parking and thermometers on serial, manhole lids over MQTT), every
+    reading verified. The 32-bit build (a board's word size) runs it in 96K: the goal's 128 KB board
+    less the 32 KB it keeps free; it passes at 88K and fails at 80K. The 64-bit port, which needs
+    ~1.45 times the heap for the same objects, stays a second guard at 128K (fails at 120K).
+    Measured: docs/benchmarks.md, "Memory". The free-heap goal itself is bench/edge_memory.py's.
     """
-    out = scenarios.board_heap("micropython", heap="128K")
+    out = scenarios.board_heap(interpreter, heap=heap)
     report = out.report
     assert report.ok, report.summary()
     for kind in KINDS:
