@@ -22,7 +22,7 @@ from edge.mqtt.packets import Will
 from edge.store import Log
 
 _ALARM_QUEUE = const(16)
-_SENSORS_TRACKED = const(512)
+_RECENT = const(8)  # sensors remembered with their stamps while a burst shares one millisecond
 _ANCHORS_KEPT = const(16)
 _NTP_RETRY_MS = const(10000)
 _ALARM_BYTES = const(256)
@@ -97,7 +97,11 @@ class Agent:
         self.wake = asyncio.Event()
         self.stopping = False
         self.crashed = None
-        self._last_up = {}  # sensor -> uptime ms of its last reading
+        # Stamps of the latest burst (see accept): no table per sensor, whatever the sensor count.
+        self._recent = [None] * _RECENT
+        self._stamps = [0] * _RECENT
+        self._n_recent = 0
+        self._hi = -1  # the latest stamp given
         self.flush_requested = False
         self.connects = 0
         self.ntp_retry_ms = _NTP_RETRY_MS  # while the clock is unknown (tests shorten it)
@@ -129,14 +133,34 @@ class Agent:
         A point is identified downstream by (sensor, timestamp): two readings of one sensor in
         the same millisecond (an arrival and a heartbeat read in one go) would overwrite each
         other in the database. So each sensor's times strictly increase, by 1 ms if need be.
+
+        Uptime never goes back, so only a stamp given at or after this millisecond can collide,
+        i.e. one of the current burst. The burst's sensors are kept in a fixed list of _RECENT
+        (emptied when uptime passes the latest stamp); past that many in one burst, a sensor
+        not in the list gets one more than the latest stamp, which is above any it had.
         """
         up = self.clock.uptime_ms()
-        last = self._last_up.get(sensor)
-        if last is not None and up <= last:
-            up = last + 1
-        elif last is None and len(self._last_up) >= _SENSORS_TRACKED:
-            self._last_up = {}  # a flood of unknown ids: forget, rather than grow the heap
-        self._last_up[sensor] = up
+        hi = self._hi
+        if up > hi:
+            self._n_recent = 0  # every earlier stamp is below `up`
+        n = self._n_recent
+        recent = self._recent
+        stamps = self._stamps
+        i = 0
+        while i < n and recent[i] != sensor:
+            i += 1
+        if i < n:
+            if up <= stamps[i]:
+                up = stamps[i] + 1
+            stamps[i] = up
+        elif n < _RECENT:
+            recent[n] = sensor
+            stamps[n] = up
+            self._n_recent = n + 1
+        elif up <= hi:
+            up = hi + 1
+        if up > hi:
+            self._hi = up
         offset = self.clock.offset_ms()
         ts = None if offset is None else offset + up
         w = self._rec

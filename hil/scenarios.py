@@ -184,10 +184,12 @@ def commands(interpreter: str, *, save: str | None = None, seed: int = 5) -> Out
 
 
 def board_heap(
-    interpreter: str, *, heap: str = "128K", seconds: float = 4.0, save: str | None = None, seed: int = 1
+    interpreter: str, *, heap: str = "128K", seconds: float = 4.0, save: str | None = None, seed: int = 1,
+    parking: int = 4,
 ) -> Outcome:
     """Serial parking and thermometers, MQTT lids (the issue's source mix) on a 128K MicroPython heap."""
-    return _scenario(interpreter, save, lambda rig, out: rig.run(seconds), seed=seed, water=(), heap=heap)
+    return _scenario(interpreter, save, lambda rig, out: rig.run(seconds), seed=seed, water=(), heap=heap,
+                     parking=parking)
 
 
 SCENARIOS: dict[str, Callable[..., Outcome]] = {

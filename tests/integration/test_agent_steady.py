@@ -55,3 +55,22 @@ def test_micropython_agent_with_two_serial_and_one_mqtt_source_runs_in_board_hea
         assert report.kinds[kind].received >= report.kinds[kind].expected > 0, report.summary()
     assert out.status is not None and out.status["errors"] == {}
     assert out.leftovers == []
+
+
+def test_a_gateway_with_128_parking_bays_runs_on_the_32bit_build_in_112k(micropython32: str) -> None:
+    """128 bays on one serial bus (plus 2 thermometers and 2 lids) on a board's word size.
+
+    The agent once kept its own table of every sensor's last stamp beside the rules' table; it grew
+    as sensors first reported and, at the 128th, asked a fragmented 128K heap for one 1,336-byte
+    block and died (MemoryError in the parking source). Now the rules' table, allocated at start,
+    is the only per-sensor memory. Measured: passes at 104K, dies at 100K; 112K leaves room for
+    run-to-run differences in fragmentation.
+    """
+    out = scenarios.board_heap("micropython32", heap="112K", parking=128)
+    report = out.report
+    assert report.ok, report.summary()
+    assert report.kinds["parking"].received >= report.kinds["parking"].expected > 128, report.summary()
+    for kind in KINDS:
+        assert report.kinds[kind].received >= report.kinds[kind].expected > 0, report.summary()
+    assert out.status is not None and out.status["errors"] == {}
+    assert out.leftovers == []
