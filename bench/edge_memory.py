@@ -186,8 +186,13 @@ def main():
         for k in rep:
             errors[k] = rep[k]
     mods = sorted(m for m in sys.modules if m.startswith("devices"))
+    unmade = 0  # batch buffers the pool never made (it makes them when first needed)
+    for b in agent.batcher.pool or ():
+        if type(b) is int:
+            unmade += 1
     print(json.dumps({"tag": "done", "free_before_import": F0, "live": LIVE, "modules": mods,
-                      "errors": errors, "overflow": [getattr(s, "overflow", 0) for s in agent.sources]}))
+                      "errors": errors, "overflow": [getattr(s, "overflow", 0) for s in agent.sources],
+                      "unmade": unmade}))
 
 try:
     main()
@@ -469,6 +474,7 @@ def analyse(lines: list[str], n: int, uplink: Uplink | None, image_bytes: int, i
         "image_kinds": image_kinds,
         "image_bytes": image_bytes,
         "errors": done["errors"],
+        "batch_buffers_unmade": done.get("unmade", 0),
         "overflow": done["overflow"],
         "agent_log": [ln.rstrip() for ln in lines
                       if not ln.startswith("{") and not ln.lstrip().startswith(_MEM_INFO)][-40:],
@@ -517,6 +523,9 @@ def report(fig: dict[str, Any], args: argparse.Namespace) -> int:
     print(f"peak live heap  {fig['peak_alloc']} B -> free on a 128 KB heap {fig['free_at_128k']} B "
           f"(goal >= {GOAL_FREE}); this includes the bench driver's own "
           f"{fig['live_by_stage'].get('driver', 0)} B, which a board's main.py does not carry")
+    print(f"batch buffers   {fig['batch_buffers_unmade']} of the pool's never made in this run (each "
+          f"~2.5 KB, made when first needed: a slower broker may take them; if the heap refuses, "
+          f"the uplink waits for a free one)")
     print("gc.mem_alloc    " + "  ".join(f"{s['readings']}:{s['alloc']}" for s in fig["alloc_by_readings"]))
     print(f"growth slope    {fig['growth_bytes_per_10k']:+.1f} B per 10,000 readings "
           f"(goal <= {args.max_growth}; {fig['samples']} samples)")
