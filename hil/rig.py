@@ -51,13 +51,22 @@ from devices.manhole.sim import Simulator as LidSim
 from devices.parking.sim import Simulator as ParkingSim
 from devices.thermometer.sim import Simulator as ThermometerSim
 from edge.store.log import HEADER, MAGIC
-from hil.services import Mosquitto, ServiceError, find_binary, stop_process
+from hil.services import (
+    Mosquitto,
+    ServiceError,
+    find_binary,
+    micropython32_binary,
+    micropython_binary,
+    stop_process,
+)
 from hil.verify import Emission, Outage, Report, verify
 from hil.water_slave import bank, map_entries, served, station
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
+# What the tests run every scenario under; "micropython32" (the 32-bit build, hil.services) is also
+# accepted, for the board-heap guard and by hand: a board's pointers are 32 bits wide.
 INTERPRETERS = ("cpython", "micropython")
+ALL_INTERPRETERS = (*INTERPRETERS, "micropython32")
 PREFIX = "hil"
 WATER_NOW_MS = 13 * 3600 * 1000  # the slaves' register snapshot: early afternoon
 # The unix port loads .mpy bytecode into its heap (a board freezes it into flash): the agent with
@@ -398,25 +407,26 @@ class AgentProcess:
     def __init__(
         self, interpreter: str, config_path: Path, workdir: Path, *, heap: str = MICROPYTHON_HEAP
     ) -> None:
-        if interpreter not in INTERPRETERS:
-            raise ValueError(f"interpreter must be one of {INTERPRETERS}")
+        if interpreter not in ALL_INTERPRETERS:
+            raise ValueError(f"interpreter must be one of {ALL_INTERPRETERS}")
         self.interpreter = interpreter
         self.config_path = config_path
         self.workdir = workdir
         self.log_path = workdir / f"agent-{interpreter}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = dict(os.environ)
-        if interpreter == "micropython":
+        if interpreter != "cpython":
             tree = build_micropython_tree(config_path, workdir / "mpy")
             self.env["MICROPYPATH"] = f".frozen:{tree}"
-            exe = VENV_BIN / "micropython"
-            if not exe.exists():
-                raise RigError(f"{exe} not found")
+            try:
+                exe = micropython32_binary() if interpreter == "micropython32" else micropython_binary()
+            except ServiceError as exc:
+                raise RigError(str(exc)) from None
             # nohup: SIGHUP ignored, as docs/gateway.md says to run the unix port. It opens ttys
             # without O_NOCTTY, so an agent that leads its session (systemd, setsid) takes its
             # first serial port as controlling terminal and is killed by SIGHUP when that adapter
             # is pulled; ignored, the hang-up is only the EOF that the agent reopens the port on.
-            self.cmd = [find_binary("nohup"), str(exe), "-X", f"heapsize={heap}", "-m", "edge.main",
+            self.cmd = [find_binary("nohup"), exe, "-X", f"heapsize={heap}", "-m", "edge.main",
                         str(config_path)]
             self.cwd = str(workdir)
         else:
