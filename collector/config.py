@@ -133,6 +133,9 @@ class WriterConfig:
     batch_size: int = 5000  # points per database write
     flush_interval: float = _duration("1s")  # longest a point waits for its batch to fill
     timeout: float = _duration("10s")  # one database write
+    # A submit that waited this long for room (database healthy but slower than the traffic) is
+    # spooled, and so is what follows until the database keeps up: a burst waits, a backlog spools.
+    backlog_timeout: float = _duration("10s")
 
 
 @dataclass(frozen=True)

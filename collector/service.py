@@ -325,6 +325,7 @@ def build_writer(config: Config, dead_letters: DeadLetters) -> WriterLike:
         dead_letters,
         batch_points=config.writer.batch_size,
         batch_age_s=config.writer.flush_interval,
+        backlog_timeout_s=config.writer.backlog_timeout,
     )
 
 
