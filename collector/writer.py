@@ -317,7 +317,7 @@ class Writer:
 
     def _age_flush(self) -> None:
         self._batch_timer = None
-        if self._slot_free() or self._can_queue():
+        if self._can_queue():
             self._flush()
         # else: the batch goes when a request finishes (`_write_done`)
 
@@ -334,8 +334,12 @@ class Writer:
 
     def _write_done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        if self._batch and not self._closing and (self._slot_free() or self._can_queue()):
-            self._flush()  # a slot freed up: what gathered meanwhile goes now
+        if self._batch and not self._closing:
+            if self._slot_free():
+                self._flush()  # a slot freed up: what gathered meanwhile goes now
+            elif self._batch_lines >= self.batch_points and self._can_queue():
+                self._flush()  # full, and there is room in the queue again
+            # else: batches are queued for every slot; this one keeps growing (fewer, larger writes)
         self._wake_room()
 
     async def _write_direct(self, entries: list[_Entry]) -> None:
