@@ -173,6 +173,22 @@ def test_a_sustained_backlog_is_spooled_and_drained_alongside(tmp_path: Path) ->
     )
 
 
+def test_held_submits_are_spooled_at_once_when_the_database_fails(tmp_path: Path) -> None:
+    points = [pt(i) for i in range(60)]
+
+    async def t(rig: Rig) -> None:
+        # The first request hangs, then fails: everything behind it was held by backpressure.
+        rig.stub.script.append(Reply(503, "down", delay_s=0.3))
+        # Held submits must not sit out backlog_timeout_s (an hour): the failure spools them.
+        await asyncio.wait_for(asyncio.gather(*(rig.writer.submit([p]) for p in points)), 30)
+        s = rig.writer.stats
+        assert s["submits_held"] > 0 and s["points_spooled"] > 0 and s["points_spooled_backlog"] == 0
+        await until(lambda: rig.spool.rows == 0 and not rig.writer.stats["inflight_batches"])
+        assert sorted(rig.stub.stored) == sorted(lines_of(points))  # each once
+
+    run(t, tmp_path, batch_points=5, max_concurrent=1, max_queued_batches=1, backlog_timeout_s=3600.0)
+
+
 def test_database_down_spools_then_drains_in_order(tmp_path: Path) -> None:
     async def t(rig: Rig) -> None:
         stub = rig.stub
