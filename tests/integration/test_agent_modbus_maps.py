@@ -12,7 +12,7 @@ import cbor2
 import pytest
 
 from hil.rig import INTERPRETERS, Rig
-from hil.verify import _codecs, readings_of
+from hil.verify import codecs_by_code, readings_of
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ def test_agent_reads_vendor_register_maps(interpreter: str) -> None:
         water = report.kinds["water"]
         assert water.received >= 6 and water.invented == 0, report.summary()
         assert rig.sub is not None
-        codecs = _codecs()
+        codecs = codecs_by_code()
         sensors = {r[0] for p in rig.sub.payloads("up") for r in readings_of(cbor2.loads(p), codecs)}
         assert sensors == {"W-01", "WQ-Gongchen-03", "WQ-Sanbao-Sluice-04"}, sensors
         status = rig.last_status()
