@@ -175,3 +175,72 @@ def test_reply():
     w = bytearray()
     command.encode_reply(w, None, False, command.E_BAD_CBOR)
     assert cbor.loads(w) == {"id": None, "ok": False, "error": "bad_cbor", "result": None}
+
+
+RECEIPT_HEX = "a40001010702841828182a182d182d03820303"  # boot 7: batches 40-42 and 45, alarm 3
+
+
+def test_receipt_vector():
+    w = bytearray()
+    protocol.encode_receipt(w, 7, [40, 42, 45, 45], [3, 3])
+    assert _hex(w) == RECEIPT_HEX
+    assert protocol.decode_receipt(binascii.unhexlify(RECEIPT_HEX)) == (7, [40, 42, 45, 45], [3, 3])
+    w = bytearray()
+    protocol.encode_receipt(w, 0, [], [])
+    assert _hex(w) == "a400010100028003" + "80"
+    assert protocol.decode_receipt(w) == (0, [], [])
+    assert protocol.topic("gw-01", protocol.ACK) == "city/gw-01/ack"
+
+
+def test_receipt_decode_whole_split_and_bytewise_prefixes_refused():
+    data = binascii.unhexlify(RECEIPT_HEX)
+    for cut in range(len(data)):  # every proper prefix is short, never a crash or a partial receipt
+        try:
+            protocol.decode_receipt(data[:cut])
+            raise AssertionError("prefix of %d bytes accepted" % cut)
+        except cbor.CBORError:
+            pass
+
+
+def test_receipt_large_seqs_and_unknown_keys():
+    w = bytearray()
+    protocol.encode_receipt(w, 2**32, [0, 2**32 + 5], [])
+    assert protocol.decode_receipt(w) == (2**32, [0, 2**32 + 5], [])
+    # A later compatible key (9: uint, 10: array of uints) is skipped.
+    data = binascii.unhexlify("a6" + RECEIPT_HEX[2:] + "0901" + "0a820102")
+    assert protocol.decode_receipt(data) == (7, [40, 42, 45, 45], [3, 3])
+
+
+def test_receipt_refusals():
+    bad = (
+        "a40002010702800380",  # version 2
+        "a3000102800380",  # no boot
+        "a40001010702830102030380",  # odd range count
+        "a400010107028202010380",  # lo > hi
+        "a400010107020103800380",  # ranges not an array (and key 3 twice)
+        "a4000101070280038000",  # trailing byte
+        "a400010107026161" + "0380",  # text where ranges are due
+        "a40001010702800380a0",  # trailing map
+        "a5000101070280038003",  # key 3 twice
+        "820102",  # not a map
+        "a400010107029f0102ff0380",  # indefinite array
+        "",
+    )
+    for h in bad:
+        try:
+            protocol.decode_receipt(binascii.unhexlify(h))
+            raise AssertionError("accepted %s" % h)
+        except cbor.CBORError:
+            pass
+    w = bytearray()
+    try:
+        protocol.encode_receipt(w, 1, [1], [])
+        raise AssertionError("odd ranges encoded")
+    except ValueError:
+        pass
+
+
+def test_in_ranges():
+    r = [40, 42, 45, 45]
+    assert [s for s in range(38, 48) if protocol.in_ranges(s, r)] == [40, 41, 42, 45]
+    assert not protocol.in_ranges(0, [])

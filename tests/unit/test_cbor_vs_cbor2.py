@@ -227,3 +227,34 @@ def test_decode_command_never_raises(data: bytes) -> None:
         assert isinstance(r, command.CommandError)
         codes = (command.E_BAD_CBOR, command.E_BAD_COMMAND, command.E_UNKNOWN_OP, command.E_VERSION)
         assert r.code in codes
+
+
+seq_ranges = st.lists(
+    st.tuples(st.integers(0, 2**40), st.integers(0, 2**20)).map(lambda t: [t[0], t[0] + t[1]]),
+    max_size=32,
+).map(lambda rs: [n for r in rs for n in r])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=2**40), seq_ranges, seq_ranges)
+def test_receipt_matches_cbor2(boot: int, up: list[int], alarm: list[int]) -> None:
+    """A receipt is exactly cbor2's canonical encoding of its map, and cbor2's bytes decode back."""
+    from edge import protocol
+
+    w = bytearray()
+    protocol.encode_receipt(w, boot, up, alarm)
+    expected = cbor2.dumps({0: 1, 1: boot, 2: up, 3: alarm}, canonical=True)
+    assert bytes(w) == expected
+    assert protocol.decode_receipt(expected) == (boot, up, alarm)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64))
+def test_decode_receipt_never_crashes(data: bytes) -> None:
+    """Any bytes: a receipt or a CBORError, nothing else."""
+    from edge import cbor, protocol
+
+    try:
+        protocol.decode_receipt(data)
+    except cbor.CBORError:
+        pass
