@@ -20,11 +20,25 @@ returns False (not connected) the gateway's news stays marked and goes out at a 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+import cbor2
 
 from edge import protocol
 
-MAX_RANGES = 32  # the protocol's cap per channel and receipt
+MAX_RANGES = protocol.RECEIPT_RANGES  # the protocol's cap per channel and receipt
+
+
+def encode_receipt(boot: int, up: Sequence[int], alarm: Sequence[int]) -> bytes:
+    """A receipt's bytes (docs/protocol.md, "Receipt"): `up` and `alarm` flat inclusive seq ranges
+    `lo0, hi0, lo1, hi1, ...`. Preferred serialization, as every sender writes; the gateway's reader
+    is `edge.protocol.decode_receipt` (the encoder lives here: a board never sends a receipt)."""
+    for seqs in (up, alarm):
+        if len(seqs) % 2 or len(seqs) > 2 * MAX_RANGES or any(n < 0 for n in seqs):
+            raise ValueError(f"bad receipt ranges {seqs!r}")
+    return cbor2.dumps({0: protocol.VERSION, 1: boot, 2: list(up), 3: list(alarm)}, canonical=True)
+
+
 _BOOTS_KEPT = 2
 
 
@@ -116,11 +130,8 @@ class Receipts:
             for boot, b in boots.items():
                 if not b.dirty:
                     continue
-                w = bytearray()
-                protocol.encode_receipt(
-                    w, boot, [s for r in b.up for s in r], [s for r in b.alarm for s in r]
-                )
-                if self.publish(protocol.topic(gw, protocol.ACK, self.prefix), bytes(w)):
+                payload = encode_receipt(boot, [s for r in b.up for s in r], [s for r in b.alarm for s in r])
+                if self.publish(protocol.topic(gw, protocol.ACK, self.prefix), payload):
                     b.dirty = False
                     n += 1
                 else:

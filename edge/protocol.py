@@ -38,6 +38,7 @@ _R_BOOT = const(1)
 _R_UP = const(2)
 _R_ALARM = const(3)
 _RECEIPT_RANGES = const(32)  # at most this many (lo, hi) ranges per channel in one receipt
+RECEIPT_RANGES = _RECEIPT_RANGES
 
 _MAX_READINGS = const(0xFFFF)  # a uint16 count: the longest readings header, reserved by begin
 
@@ -203,10 +204,13 @@ def encode_status(
     ts,
     errors,
     image=None,
+    unreceipted=None,
 ):
     """The retained status map. `ts` is UTC ms, or None while the clock is unsynced;
     `errors` is {sensor: {code_name: count}}; `image` the board image's hash (key `img`, left out
-    when None). Writes into `w` (bytearray or cbor.Writer)."""
+    when None); `unreceipted` (readings, age ms of the oldest) awaiting a receipt (keys
+    `unreceipted` and `unreceipted_age_s`, left out when None: receipts off). Writes into `w`
+    (bytearray or cbor.Writer)."""
     pairs = (
         ("v", VERSION),
         ("state", state),
@@ -224,6 +228,8 @@ def encode_status(
     )
     if image is None:
         pairs = pairs[:-1]
+    if unreceipted is not None:
+        pairs += (("unreceipted", unreceipted[0]), ("unreceipted_age_s", unreceipted[1] // 1000))
     cbor.enc_map_pairs(w, pairs, len(pairs))
 
 
@@ -238,24 +244,8 @@ def will_payload(fw, boot):
 
 
 # ---------------------------------------------------------------- receipts (`<prefix>/<gw>/ack`)
-
-
-def encode_receipt(w, boot, up, alarm):
-    """A receipt: batches (`up`) and alarms (`alarm`) of gateway boot `boot` that are durable,
-    each a flat sequence of inclusive seq ranges `lo0, hi0, lo1, hi1, ...` (at most 32 ranges).
-    Writes `{0: 1, 1: boot, 2: [..up..], 3: [..alarm..]}` into `w` (bytearray or cbor.Writer)."""
-    if len(up) & 1 or len(alarm) & 1 or len(up) > 2 * _RECEIPT_RANGES or len(alarm) > 2 * _RECEIPT_RANGES:
-        raise ValueError("bad receipt ranges")
-    w.append(0xA4)
-    w.append(_R_V)
-    cbor.enc_head(w, 0, VERSION)
-    w.append(_R_BOOT)
-    cbor.enc_head(w, 0, boot)
-    for key, seqs in ((_R_UP, up), (_R_ALARM, alarm)):
-        w.append(key)
-        cbor.enc_head(w, 4, len(seqs))
-        for n in seqs:
-            cbor.enc_head(w, 0, n)
+# The gateway only reads receipts; the collector writes them (collector/receipts.py
+# `encode_receipt`), so a board does not carry the encoder.
 
 
 def _uint(buf, pos, major):
@@ -263,16 +253,16 @@ def _uint(buf, pos, major):
     definite argument; CBORError otherwise (or when the bytes end)."""
     b = buf[pos]
     if b >> 5 != major:
-        raise cbor.CBORError("receipt: type")
+        raise cbor.CBORError  # type
     ai = b & 0x1F
     pos += 1
     if ai < 24:
         return ai, pos
     if ai > 27:
-        raise cbor.CBORError("receipt: length")
+        raise cbor.CBORError  # length
     n = 1 << (ai - 24)
     if pos + n > len(buf):
-        raise cbor.CBORError("receipt: short")
+        raise cbor.CBORError  # short
     v = 0
     for i in range(pos, pos + n):
         v = (v << 8) | buf[i]
@@ -295,15 +285,15 @@ def decode_receipt(buf):
             key, pos = _uint(buf, pos, 0)
             if key < 8:
                 if seen & (1 << key):
-                    raise cbor.CBORError("receipt: duplicate key")
+                    raise cbor.CBORError  # duplicate key
                 seen |= 1 << key
             if buf[pos] >> 5 == 4:
                 count, pos = _uint(buf, pos, 4)
                 if count > 2 * _RECEIPT_RANGES:
-                    raise cbor.CBORError("receipt: too many ranges")
+                    raise cbor.CBORError  # too many ranges
                 out = up if key == _R_UP else alarm if key == _R_ALARM else None
                 if out is not None and count & 1:
-                    raise cbor.CBORError("receipt: odd range count")
+                    raise cbor.CBORError  # odd range count
                 for _ in range(count):
                     v, pos = _uint(buf, pos, 0)
                     if out is not None:
@@ -311,7 +301,7 @@ def decode_receipt(buf):
                 if out is not None:
                     for i in range(0, count, 2):
                         if out[i] > out[i + 1]:
-                            raise cbor.CBORError("receipt: range lo > hi")
+                            raise cbor.CBORError  # range lo > hi
             else:
                 v, pos = _uint(buf, pos, 0)
                 if key == _R_V:
@@ -319,19 +309,11 @@ def decode_receipt(buf):
                 elif key == _R_BOOT:
                     boot = v
                 elif key == _R_UP or key == _R_ALARM:
-                    raise cbor.CBORError("receipt: ranges not an array")
+                    raise cbor.CBORError  # ranges not an array
         if pos != len(buf):
-            raise cbor.CBORError("receipt: trailing bytes")
+            raise cbor.CBORError  # trailing bytes
     except IndexError:
-        raise cbor.CBORError("receipt: short") from None
+        raise cbor.CBORError from None  # short
     if version != VERSION or boot is None:
-        raise cbor.CBORError("receipt: version or boot")
+        raise cbor.CBORError  # version or boot
     return boot, up, alarm
-
-
-def in_ranges(seq, ranges):
-    """True if `seq` lies in one of the flat inclusive ranges [lo0, hi0, lo1, hi1, ...]."""
-    for i in range(0, len(ranges), 2):
-        if ranges[i] <= seq <= ranges[i + 1]:
-            return True
-    return False
