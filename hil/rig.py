@@ -490,7 +490,7 @@ class Rig:
         self.bus: ModbusBus | None = None
         self.sub: Subscriber | None = None
         self.agent: AgentProcess | None = None
-        self.broker = Mosquitto(workdir=str(self.dir / "mosquitto"))
+        self.broker = Mosquitto(workdir=str(self.dir / "mosquitto"), **(broker_options or {}))
         self._closed = False
         self._procs: list[subprocess.Popen[bytes]] = []  # everything started, to prove it is gone
         try:
