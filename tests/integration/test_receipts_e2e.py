@@ -78,8 +78,11 @@ def db(influxdb: InfluxDB) -> Iterator[InfluxDB]:
     yield influxdb
 
 
+Key = tuple[str, str, int]  # (measurement, sensor, ts)
+
+
 def broker_crash_with_collector_away(interpreter: str, receipts: bool, influx: InfluxDB,
-                                     tmp: Path) -> tuple[set[tuple[str, str, int]], list[tuple[str, str, int]]]:
+                                     tmp: Path) -> tuple[set[Key], list[Key]]:
     """Collector away, the gateway publishes, the broker is SIGKILLed inside its autosave window and
     restarted, the collector comes back. Returns (what the gateway sent, what InfluxDB holds)."""
     with make_rig(interpreter, receipts, tmp) as rig:
