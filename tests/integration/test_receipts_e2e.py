@@ -35,14 +35,14 @@ def make_rig(interpreter: str, receipts: bool, tmp: Path) -> Rig:
 
 
 def make_collector(rig: Rig, influx: InfluxDB, tmp: Path, receipts: bool, name: str = "col-1",
-                   **settings: dict[str, Any]) -> Collector:
+                   settings: dict[str, dict[str, Any]] | None = None) -> Collector:
     tables: dict[str, dict[str, Any]] = {
         "mqtt": {"topic_prefix": PREFIX, "reconnect_min": "1s", "reconnect_max": "1s"},
         "writer": {"flush_interval": "50ms", "timeout": "2s"},
         "receipts": {"enabled": receipts},
         "service": {"drain_timeout": "5s"},
     }
-    for k, v in settings.items():
+    for k, v in (settings or {}).items():
         tables[k] = {**tables.get(k, {}), **v}
     return Collector(rig.broker.port, {"url": influx.url, "db": DB}, client_id=name,
                      workdir=str(tmp / name), settings=tables)
@@ -128,3 +128,68 @@ def test_without_receipts_the_broker_crash_loses_what_it_held(db: InfluxDB, tmp_
     sent, stored = broker_crash_with_collector_away("cpython", False, db, tmp_path)
     print(f"receipts off: {len(set(stored))} of {len(sent)} readings stored")
     assert sent and len(set(stored)) < len(sent)
+
+
+def settle(rig: Rig, influx: InfluxDB, what: str, timeout: float = 45) -> tuple[set[Key], list[Key]]:
+    """Sensors quiet: wait until the gateway's log is drained (everything receipted) and InfluxDB
+    holds every reading sent; then a moment for late duplicates. (sent, stored)."""
+    wait_until(lambda: drained(rig) and len(set(stored_readings(influx))) >= len(sent_readings(rig)),
+               timeout, what)
+    time.sleep(1.0)
+    return sent_readings(rig), stored_readings(influx)
+
+
+def assert_exactly_once(sent: set[Key], stored: list[Key]) -> None:
+    assert sent, "nothing was sent"
+    assert len(stored) == len(set(stored)), "a reading stored twice"
+    assert set(stored) == sent, (f"{len(sent - set(stored))} of {len(sent)} readings lost, "
+                                 f"{len(set(stored) - sent)} unexpected")
+
+
+@pytest.mark.parametrize("interpreter", INTERPRETERS)
+def test_broker_killed_repeatedly_under_load_with_the_collector_online(
+        interpreter: str, db: InfluxDB, tmp_path: Path) -> None:
+    with make_rig(interpreter, True, tmp_path) as rig:
+        col = make_collector(rig, db, tmp_path, True)
+        col.start()
+        try:
+            rig.start_agent()
+            for _ in range(3):
+                rig.run(2.0)
+                rig.broker.kill()  # SIGKILL: what arrived since the last autosave is gone
+                rig.run(0.3)
+                rig._start_broker()
+            rig.run(2.0)
+            sent, stored = settle(rig, db, "every reading stored after three broker crashes")
+            assert_exactly_once(sent, stored)
+            assert col.metric("receipts_total", outcome="sent") > 0
+        finally:
+            col.kill()
+
+
+def test_collector_killed_between_its_write_and_its_receipt(db: InfluxDB, tmp_path: Path) -> None:
+    """The collector writes, then dies (SIGKILL) before its coalesced receipt goes out: it had
+    already PUBACKed the broker, so only the gateway's re-send (same boot and seq) brings the batches
+    back; the restarted collector writes them again (the same points) and receipts them."""
+    with make_rig("cpython", True, tmp_path) as rig:
+        # Receipts every 30 s: the write happens, the receipt waits, the kill lands in between.
+        col = make_collector(rig, db, tmp_path, True, settings={"receipts": {"interval": "30s"}})
+        col.start()
+        try:
+            rig.start_agent()
+            rig.run(2.0)
+            wait_until(lambda: stored_readings(db), 20, "points written")
+            assert col.metric("receipts_total", outcome="sent") == 0
+            col.kill()
+            written = set(stored_readings(db))
+            st = rig.last_status()
+            assert st is not None and st["unreceipted"] > 0  # the gateway still holds them
+            col.tables["receipts"]["interval"] = "250ms"
+            col.start()  # the same session: nothing to redeliver, the broker had its PUBACKs
+            rig.run(1.0)
+            sent, stored = settle(rig, db, "re-sent batches stored and receipted")
+            assert_exactly_once(sent, stored)
+            assert written <= set(stored)
+            assert col.metric("receipts_total", outcome="sent") > 0
+        finally:
+            col.kill()
