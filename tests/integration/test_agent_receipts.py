@@ -129,3 +129,57 @@ def test_without_receipts_the_puback_drains_the_log(
             assert len(obs.readings()) == 10
 
     run(main())
+
+
+def test_receipts_dropped_at_random_nothing_lost_nothing_doubled_log_drains(
+        mosquitto: Mosquitto, ttys: Callable[[], str], influxdb: Any,  # noqa: F811 - the fixture
+        tmp_path: Path) -> None:
+    """The real collector (a process) receipts into InfluxDB; the gateway loses two receipts in
+    three on the way in (as a lossy link or a swallowing proxy would): cumulative receipts and
+    re-sends still drain its log, every reading is stored, and none twice."""
+    import random
+
+    from collector.validate import load_kinds
+    from hil.services import Collector
+
+    influxdb.create_database("citybrain")
+    col = Collector(mosquitto.port, {"url": influxdb.url, "db": "citybrain"}, client_id="col-drop",
+                    workdir=str(tmp_path / "col"),
+                    settings={"writer": {"flush_interval": "50ms"}, "receipts": {"interval": "100ms"}})
+    col.start()
+    cfg = make_cfg(mosquitto, tmp_path / "spool", [thermometer(ttys())], trust_os_clock=True,
+                   uplink={"receipts": True, "receipt_timeout_ms": 500, "batch_max": 4})
+    rng = random.Random(12)
+    n = 120
+
+    async def main() -> None:
+        async with running(cfg, TestPort(clock_valid=True)) as agent:
+            real = agent._on_receipt
+            dropped = [0]
+
+            def lossy(payload: Any) -> None:
+                if rng.random() < 2 / 3:
+                    dropped[0] += 1
+                    return
+                real(payload)
+
+            agent._on_receipt = lossy  # type: ignore[method-assign]
+            await until(lambda: agent.client.connected, "connected")
+            for i in range(n):
+                take(agent, 0, f"T-{i % 5}", temp(i))
+                if i % 10 == 9:
+                    await asyncio.sleep(0.1)
+            await until(lambda: agent.log.pending == 0, "the log drained", timeout=60)
+            assert dropped[0] > 0 and agent.receipts_got > 0
+            assert agent.batcher.resent > 0  # some batches were only healed by a re-send
+
+    try:
+        run(main())
+        name = load_kinds()[4].name
+        rows = influxdb.points("citybrain", f'SELECT * FROM "{name}"')
+        keys = [(r["sensor"], r["time"]) for r in rows]
+        assert len(keys) == len(set(keys)) == n, (len(keys), len(set(keys)), n)
+        assert sorted(r["seq"] for r in rows) == list(range(n))
+        assert col.metric("dedup_hits_total") > 0  # re-sent batches were recognised and receipted
+    finally:
+        col.kill()
