@@ -183,3 +183,32 @@ def test_receipts_dropped_at_random_nothing_lost_nothing_doubled_log_drains(
         assert col.metric("dedup_hits_total") > 0  # re-sent batches were recognised and receipted
     finally:
         col.kill()
+
+
+def test_log_budget_counts_records_waiting_for_a_receipt(
+        mosquitto: Mosquitto, ttys: Callable[[], str], tmp_path: Path) -> None:  # noqa: F811
+    """No collector receipts anything: the broker PUBACKs every batch, yet the records stay in the
+    log, so the log fills to its budget and evicts its oldest, counted (with receipts off the same
+    traffic drains on PUBACK and nothing is evicted)."""
+    cfg = make_cfg(mosquitto, tmp_path / "spool", [thermometer(ttys())], trust_os_clock=True,
+                   store={"segment_bytes": 1024, "budget_bytes": 4096},
+                   uplink={"receipts": True, "receipt_timeout_ms": 60000, "batch_max": 10})
+    n = 400
+
+    async def main() -> None:
+        async with running(cfg, TestPort(clock_valid=True)) as agent:
+            await until(lambda: agent.client.connected, "connected")
+            for i in range(n):
+                take(agent, 0, f"T-{i % 5}", temp(i))
+                if i % 20 == 0:
+                    await asyncio.sleep(0.05)
+            await until(lambda: agent.batcher.records_in_flight > 0 and not agent._sent, "PUBACKed")
+            log = agent.log
+            assert log.dropped_records > 0
+            # Evicted from flash while in a batch: still in that batch's buffer, not lost.
+            assert log.pending + log.dropped_records + log.evicted_in_flight == n
+            assert log.flash_bytes <= 4096
+            st = cbor2.loads(agent.status_payload())
+            assert st["spool_dropped"] == log.dropped_records and st["unreceipted"] > 0
+
+    run(main())
