@@ -376,10 +376,12 @@ class CollectorProc(Collector):
         spool_max: str = "512MiB",
         name: str = "bench-collector",
         dedup_window: int = 0,
+        receipts: bool = True,
     ) -> None:
         settings: dict[str, dict[str, object]] = {
             "storage": {"spool_max_bytes": spool_max},
             "service": {"log_level": "WARNING"},
+            "receipts": {"enabled": receipts},
         }
         if SETTINGS.get("tuned"):
             settings["mqtt"] = {"receive_maximum": SETTINGS["receive_maximum"]}
@@ -581,6 +583,7 @@ def throughput(
     sample_s: float = 0,
     profile: str | None = None,
     dedup_window: int = 0,
+    receipts: bool = True,
 ) -> dict[str, Any]:
     """One collector run over the workload. With `sample_s`, the collector's RSS is sampled that
     often; with `profile`, py-spy records its stacks (collapsed format) into that file."""
@@ -589,7 +592,7 @@ def throughput(
         Mosquitto(workdir=str(tmp / "mosquitto"), persistence=False) as broker,
         store_cls(tmp / "db") as store,
     ):
-        coll = CollectorProc(tmp, broker, store, dedup_window=dedup_window)
+        coll = CollectorProc(tmp, broker, store, dedup_window=dedup_window, receipts=receipts)
         rss: list[tuple[float, float]] = []
         pub = Publisher(wl, broker.port, rate)
         try:
@@ -772,11 +775,12 @@ def _run_throughput(args: argparse.Namespace, tmp: Path, fig: dict[str, Any]) ->
     # The ceiling is taken before and after the collector run (fresh database each time) and
     # averaged: on a shared machine the database's own speed drifts by tens of percent.
     before = None if args.no_ceiling else ceiling(wl, tmp / "before", store_cls)
-    r = throughput(wl, tmp, store_cls, profile=args.profile)
+    r = throughput(wl, tmp, store_cls, profile=args.profile, receipts=args.receipts == "on")
     problems = list(r["problems"])
     status = 0
     fig.update(
         mode="throughput",
+        receipts=args.receipts,
         store=store_cls.name,
         readings=wl.readings,
         gateways=args.gateways,
@@ -800,7 +804,7 @@ def _run_throughput(args: argparse.Namespace, tmp: Path, fig: dict[str, Any]) ->
     )
     print(
         f"workload        {wl.readings:,} readings, {wl.n_batches:,} messages of {PER_BATCH}, "
-        f"{args.gateways} gateways, {dict(wl.expected)}; store {store_cls.name}"
+        f"{args.gateways} gateways, {dict(wl.expected)}; store {store_cls.name}; receipts {args.receipts}"
     )
     print(
         f"settings        {'tuned (--tuned)' if args.tuned else 'the collector defaults'}: writer.batch_size "
@@ -874,6 +878,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spool-max", default="16MiB", help="the collector's spool bound for --outage")
     ap.add_argument(
         "--no-pin", action="store_true", help="do not pin the database and the rest to separate CPUs"
+    )
+    ap.add_argument(
+        "--receipts",
+        choices=("on", "off"),
+        default="on",
+        help="the collector's receipts to gateways (receipts.enabled; default on, as shipped)",
     )
     ap.add_argument("--dedup-window", type=int, default=0, help="collector dedup.window (default: its own)")
     ap.add_argument("--profile", metavar="FILE", help="py-spy the collector into FILE (collapsed stacks)")

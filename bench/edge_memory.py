@@ -51,6 +51,7 @@ import cbor2  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 
 from bench import baseline  # noqa: E402
+from collector.receipts import encode_receipt  # noqa: E402
 from hil.services import MICROPYTHON32, Mosquitto  # noqa: E402
 from provisioning.firmware import build, mpy_cross  # noqa: E402
 
@@ -215,6 +216,7 @@ class Uplink:
         self.readings = 0
         self.batches = 0
         self.status_heap: list[int] = []
+        self.seen: set[tuple[int, int]] = set()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-uplink")
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
@@ -224,6 +226,12 @@ class Uplink:
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
         doc = cbor2.loads(msg.payload)
         if msg.topic.endswith("/up"):
+            # Plays the collector: a receipt per batch (the agent keeps a batch until receipted;
+            # docs/protocol.md, "Receipt"); a re-sent batch is counted once.
+            self.client.publish(msg.topic[:-2] + "ack", encode_receipt(doc[1], [doc[2], doc[2]], []), qos=1)
+            if (doc[1], doc[2]) in self.seen:
+                return
+            self.seen.add((doc[1], doc[2]))
             self.batches += 1
             self.readings += len(doc[4])
         elif isinstance(doc, dict) and doc.get("heap_free") is not None:

@@ -2,7 +2,7 @@
 
 The input is one payload: a file of raw CBOR (as published on MQTT), or hex text (spaces and line
 breaks allowed, e.g. pasted from a broker log); `-` or no file reads stdin. The payload type (batch,
-alarm, status, command, reply) comes from --topic when given, else from the keys. Field indices are
+alarm, status, command, reply, receipt) comes from --topic when given, else from the keys. Field indices are
 resolved to names and units through each device kind's FIELDS/UNITS (devices/<kind>/codec.py).
 """
 
@@ -22,8 +22,10 @@ examples:
 exit status: 0 decoded; 1 unreadable input, not CBOR, or not the payload type expected.
 """
 
-TYPES = ("up", "alarm", "status", "cmd", "reply")
-_TYPE_NAMES = {"up": "batch", "alarm": "alarm", "status": "status", "cmd": "command", "reply": "reply"}
+TYPES = ("up", "alarm", "status", "cmd", "reply", "ack")
+_TYPE_NAMES = {
+    "up": "batch", "alarm": "alarm", "status": "status", "cmd": "command", "reply": "reply", "ack": "receipt"
+}
 
 
 class Garbage(Exception):
@@ -36,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--topic",
         metavar="TOPIC",
-        help="payload type: up, alarm, status, cmd or reply, or a full topic such as city/gw-01/up "
+        help="payload type: up, alarm, status, cmd, reply or ack, or a full topic such as city/gw-01/up "
         "(default: guess from the keys)",
     )
     parser.add_argument(
@@ -146,6 +148,8 @@ def guess_type(m: Any) -> str:
     if isinstance(m, dict):
         if 0 in m and 4 in m:
             return "alarm" if 5 in m else "up"
+        if set(m) == {0, 1, 2, 3} and isinstance(m[2], list):
+            return "ack"
         if "state" in m:
             return "status"
         if "op" in m:
@@ -255,6 +259,22 @@ def interpret_text_map(m: Any, kind: str) -> tuple[dict[str, Any], list[str]]:
     return out, problems
 
 
+def interpret_receipt(raw: bytes) -> tuple[dict[str, Any], list[str]]:
+    """A receipt, read by the gateway's own reader (edge.protocol.decode_receipt): a refusal is the
+    one problem, named as the gateway would see it."""
+    from edge import cbor, protocol
+
+    try:
+        boot, up, alarm = protocol.decode_receipt(raw)
+    except cbor.CBORError:
+        raise Garbage("not a receipt the gateway accepts (docs/protocol.md, Receipt)") from None
+
+    def ranges(flat: list[int]) -> list[str]:
+        return [f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in zip(flat[::2], flat[1::2], strict=True)]
+
+    return {"type": "receipt", "v": 1, "boot": boot, "up": ranges(up), "alarm": ranges(alarm)}, []
+
+
 def render_text(doc: dict[str, Any], size: int) -> str:
     lines = []
     if doc["type"] in ("batch", "alarm"):
@@ -276,6 +296,8 @@ def render_text(doc: dict[str, Any], size: int) -> str:
             if k in ("type", "ts_time"):
                 continue
             text = "true" if v is True else "false" if v is False else "null" if v is None else str(v)
+            if doc["type"] == "receipt" and isinstance(v, list):
+                text = ", ".join(v) or "-"
             if k == "ts" and "ts_time" in doc:
                 text += f"  ({doc['ts_time']})"
             lines.append(f"  {k}: {text}")
@@ -294,7 +316,9 @@ def decode(data: bytes, topic: str | None, fmt: str = "auto") -> tuple[dict[str,
     except cbor.CBORError as exc:
         raise Garbage(f"not a CBOR payload ({len(raw)} bytes): {exc}") from None
     kind = topic_type(topic) if topic else guess_type(m)
-    if kind in ("up", "alarm"):
+    if kind == "ack":
+        doc, problems = interpret_receipt(raw)
+    elif kind in ("up", "alarm"):
         doc, problems = interpret_batch(m, Kinds(), kind == "alarm")
     else:
         doc, problems = interpret_text_map(m, kind)

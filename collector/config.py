@@ -173,6 +173,15 @@ class DedupConfig:
 
 
 @dataclass(frozen=True)
+class ReceiptsConfig:
+    """End-to-end delivery receipts to the gateways (docs/protocol.md, "Receipt")."""
+
+    enabled: bool = True  # publish receipts on <prefix>/<gw>/ack once batches are durable
+    interval: float = _duration("250ms")  # at most one receipt per gateway and boot this often
+    max_ranges: int = 32  # seq ranges per channel carried in each receipt (1..32)
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     host: str = "127.0.0.1"
     port: int = 9108  # 0 disables the HTTP endpoint
@@ -216,6 +225,7 @@ class Config:
     writer: WriterConfig = WriterConfig()
     decode: DecodeConfig = DecodeConfig()
     dedup: DedupConfig = DedupConfig()
+    receipts: ReceiptsConfig = ReceiptsConfig()
     metrics: MetricsConfig = MetricsConfig()
     health: HealthConfig = HealthConfig()
     service: ServiceConfig = ServiceConfig()
@@ -229,6 +239,7 @@ _SECTIONS: dict[str, type] = {
     "writer": WriterConfig,
     "decode": DecodeConfig,
     "dedup": DedupConfig,
+    "receipts": ReceiptsConfig,
     "metrics": MetricsConfig,
     "health": HealthConfig,
     "service": ServiceConfig,
@@ -333,6 +344,10 @@ def _check(config: Config) -> None:
         raise ConfigError("writer.batch_size: must be at least 1")
     if config.dedup.window < 1 or config.dedup.max_gateways < 1:
         raise ConfigError("dedup.window and dedup.max_gateways: must be at least 1")
+    if not 1 <= config.receipts.max_ranges <= 32:
+        raise ConfigError("receipts.max_ranges: must be 1 to 32 (the protocol's cap)")
+    if config.receipts.interval <= 0:
+        raise ConfigError("receipts.interval: must be more than 0")
     if config.health.dead_letter_spike < 0:
         raise ConfigError("health.dead_letter_spike: must be 0 or more")
     if config.storage.dead_letter_payload_max < 1:

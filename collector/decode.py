@@ -56,6 +56,23 @@ def parse_topic(prefix: str, topic: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
+def batch_key(payload: bytes, max_bytes: int) -> tuple[int, int] | None:
+    """(boot, seq) of a batch or alarm this stage refused, when its header still holds them (two
+    uints under keys 1 and 2), else None: what the receipt of a message dead-lettered whole names."""
+    if len(payload) > max_bytes:
+        return None
+    try:
+        m = cbor2.loads(payload)
+    except Exception:  # any malformed input: there is no key to find
+        return None
+    if not isinstance(m, dict):
+        return None
+    boot, seq = m.get(K_BOOT), m.get(K_SEQ)
+    if type(boot) is int and type(seq) is int and 0 <= boot < 2**64 and 0 <= seq < 2**64:
+        return boot, seq
+    return None
+
+
 def decode_cbor(payload: bytes, max_bytes: int) -> object:
     """Exactly one CBOR item, no more than `max_bytes`; anything else is refused, never raised raw.
 

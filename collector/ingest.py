@@ -104,6 +104,8 @@ class MqttInput:
         self.subscribed = asyncio.Event()
         self.acks_sent = 0
         self.acks_stale = 0
+        self.publishes = 0
+        self.publishes_dropped = 0
         self.connects = 0
         self._started = False
 
@@ -132,6 +134,16 @@ class MqttInput:
             return False
         self._client.ack(msg.mid, msg.qos)
         self.acks_sent += 1
+        return True
+
+    def publish(self, topic: str, payload: bytes) -> bool:
+        """Publish QoS 1, not retained (call from the loop; paho queues it like an ack). False while
+        disconnected: the message is not queued (a receipt is cumulative, the next one heals it)."""
+        if not self.connected:
+            self.publishes_dropped += 1
+            return False
+        self._client.publish(topic, payload, qos=1, retain=False)
+        self.publishes += 1
         return True
 
     async def close(self) -> None:

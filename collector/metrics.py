@@ -125,6 +125,11 @@ class Metrics:
         self.dead_letter_store = Gauge(
             "dead_letter_store", "Dead-letter store state (entries, bytes, truncated payloads), by stat name."
         )
+        self.receipts = Counter(
+            "receipts_total",
+            "Receipts to gateways: sent (published), marked (batches and alarms receipted), "
+            "dropped (not published: broker connection down; the next receipt carries them).",
+        )
         self.dedup_hits = Counter("dedup_hits_total", "Redelivered batches recognised and skipped.")
         self.ignored = Counter(
             "ignored_total", "Entries left out of a stored message, by reason (unknown_status_key)."

@@ -30,6 +30,7 @@ from collector.dedup import Dedup
 from collector.health import Health
 from collector.ingest import Message, MqttInput
 from collector.metrics import Metrics, MetricsServer
+from collector.receipts import Receipts
 from collector.validate import Kind, Validator, load_kinds
 from collector.writer import NotDurable, Submitted
 
@@ -106,8 +107,10 @@ class Pipeline:
         kinds: dict[int, Kind] | None = None,
         not_durable: type[BaseException] | None = None,
         clock: Callable[[], float] = time.time,
+        receipts: Receipts | None = None,
     ) -> None:
         self.config = config
+        self.receipts = receipts
         self.writer = writer
         self.dead_letters = dead_letters
         self.metrics = metrics
@@ -180,6 +183,7 @@ class Pipeline:
             log.exception("processing %s failed; payload dead-lettered as internal_error", msg.topic)
             self.metrics.messages.inc(channel="-", outcome="error")
             self._dead("internal_error", f"{type(exc).__name__}: {exc}", msg)
+            self._receipt_refused(msg)
         self._done.add(id(msg))
         self._release()
 
@@ -249,6 +253,8 @@ class Pipeline:
                     msg.payload, max_bytes=cfg.decode.max_payload, alarm=channel == decode.ALARM
                 )
                 if self.dedup.seen(gw, channel, batch.boot, batch.seq, batch.t0):
+                    # Receipted again: the gateway re-sends only what it has no receipt for.
+                    self._receipt(gw, channel, batch.boot, batch.seq)
                     self.metrics.dedup_hits.inc()
                     self.metrics.messages.inc(channel=channel, outcome="duplicate")
                     return
@@ -261,6 +267,8 @@ class Pipeline:
         except decode.Refused as r:
             self._dead(r.reason, r.detail, msg, gw=gw)
             self.metrics.messages.inc(channel=channel, outcome="refused")
+            if channel != decode.STATUS:
+                self._receipt_refused(msg)  # dead-lettered on purpose: re-sending cannot mend it
             return
         done = Submitted()  # nothing to write (every reading refused, an empty status)
         if lines:
@@ -277,7 +285,27 @@ class Pipeline:
                 self.metrics.readings.inc(done.spooled, channel=channel, outcome="spooled")
             if done.refused:
                 self.metrics.readings.inc(done.refused, channel=channel, outcome="db_refused")
+            self._receipt(gw, channel, batch.boot, batch.seq)
         self.metrics.messages.inc(channel=channel, outcome="ok")
+
+    def _receipt(self, gw: str, channel: str, boot: int, seq: int) -> None:
+        if self.receipts is not None:
+            self.receipts.durable(gw, channel, boot, seq)
+
+    def _receipt_refused(self, msg: Message) -> None:
+        """A batch or alarm dead-lettered whole: receipt it if its header names (boot, seq), so
+        its gateway does not re-send, forever, what will be refused again."""
+        if self.receipts is None:
+            return
+        try:
+            gw, channel = decode.parse_topic(self.config.mqtt.topic_prefix, msg.topic)
+        except decode.Refused:
+            return
+        if channel == decode.STATUS or self.validator.check_gateway(gw) is not None:
+            return
+        key = decode.batch_key(msg.payload, self.config.decode.max_payload)
+        if key is not None:
+            self._receipt(gw, channel, key[0], key[1])
 
     async def _durable(self, submit: Callable[[], Awaitable[Submitted]]) -> Submitted:
         """`submit()` until it returns (the readings are durable), backing off after NotDurable."""
@@ -399,6 +427,12 @@ class Collector:
         self.dead_letters = open_dead_letters(config)
         self.writer = writer_factory(config, self.dead_letters)
         self.input = MqttInput(config.mqtt, self._offer)
+        rc = config.receipts
+        self.receipts = (
+            Receipts(config.mqtt.topic_prefix, self.input.publish, max_ranges=rc.max_ranges)
+            if rc.enabled
+            else None
+        )
         self.pipeline = Pipeline(
             config,
             writer=self.writer,
@@ -407,10 +441,12 @@ class Collector:
             ack=self.input.ack,
             kinds=kinds,
             not_durable=not_durable,
+            receipts=self.receipts,
         )
         self.server: MetricsServer | None = None
         self._liveness_task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
+        self._receipts_task: asyncio.Task[None] | None = None
         self.health_watch = Health(
             config.health, time.monotonic(), self.writer.stats, self.dead_letters.added
         )
@@ -435,6 +471,11 @@ class Collector:
             self.metrics.dead_letters_dropped.mirror(dl.pop(f"dead_letter_dropped_{cause}"), cause=cause)
         for key, value in dl.items():
             self.metrics.dead_letter_store.set(value, stat=key)
+        if self.receipts is not None:
+            r = self.receipts
+            self.metrics.receipts.mirror(float(r.sent), outcome="sent")
+            self.metrics.receipts.mirror(float(r.marked), outcome="marked")
+            self.metrics.receipts.mirror(float(r.held), outcome="held")
 
     def health(self) -> tuple[bool, dict[str, object]]:
         """(taking data, detail): detail["status"] is ok, degraded (with "reasons") or down."""
@@ -469,6 +510,12 @@ class Collector:
             self.health_watch.sample(time.monotonic(), self.writer.stats, self.dead_letters.added)
             self.dead_letters.flush_log()
 
+    async def _send_receipts(self, receipts: Receipts) -> None:
+        """Coalesce: at most one receipt per gateway and boot every receipts.interval."""
+        while True:
+            await asyncio.sleep(self.config.receipts.interval)
+            receipts.flush()
+
     async def _watch_liveness(self) -> None:
         while True:
             await asyncio.sleep(self.config.metrics.liveness_interval)
@@ -482,13 +529,17 @@ class Collector:
             log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, self.server.port)
         self._liveness_task = asyncio.get_running_loop().create_task(self._watch_liveness())
         self._health_task = asyncio.get_running_loop().create_task(self._watch_health())
+        if self.receipts is not None:
+            self._receipts_task = asyncio.get_running_loop().create_task(self._send_receipts(self.receipts))
         await self.input.start()
 
     async def stop(self) -> None:
         """Drain: finish in-flight writes and send their acks, disconnect, then close the writer."""
         drained = await self.pipeline.drain(self.config.service.drain_timeout)
+        if self.receipts is not None:
+            self.receipts.flush()  # what the drain made durable, before the DISCONNECT
         await self.input.close()
-        for task in (self._liveness_task, self._health_task):
+        for task in (self._liveness_task, self._health_task, self._receipts_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

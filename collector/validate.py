@@ -67,6 +67,8 @@ STATUS_FIELDS: dict[str, type | str] = {
     "spool_records": _UINT,
     "spool_dropped": _UINT,
     "clock_synced": bool,
+    "unreceipted": _UINT,  # readings sent and awaiting the collector's receipt (receipts on)
+    "unreceipted_age_s": _UINT,  # age of the oldest batch awaiting a receipt
 }
 
 _SERIES_CACHE_MAX = 200_000  # series heads kept by batch_lines; a city district has ~10^4-10^5

@@ -5,9 +5,10 @@ the uplink (connect, alarms first, batches in a bounded window, acks back to the
 commands) and housekeeping (log group-sync, clock, status timer). The runtime differences
 (serial ports, clock source, heap, reboot) come from a `port` object: edge/ports/.
 
-A reading counts as taken when `accept` has appended it to the log; from there only a PUBACK
-removes it. Alarms are also published at once on `<prefix>/<gw>/alarm` (best effort, bounded
-queue, drops counted); the batch stream is the record.
+A reading counts as taken when `accept` has appended it to the log; from there only the
+collector's receipt for its batch removes it (uplink.receipts, the default; docs/protocol.md
+"Receipt"), or without receipts the broker's PUBACK. Alarms are also published at once on
+`<prefix>/<gw>/alarm` (best effort, bounded queue, drops counted); the batch stream is the record.
 """
 
 import asyncio
@@ -88,8 +89,13 @@ class Agent:
         # _unsent, is published again before anything is built), and acks free buffers in
         # publish order. (The pool had one more, ~2.5 KB on a board, which no bench run made.)
         cap = min(_BATCH_CAP, _BATCH_ROOM + _READING_BYTES * up["batch_max"])
+        # With receipts a batch keeps its buffer until receipted, so the pool also bounds the
+        # batches awaiting a receipt (docs/gateway.md, "Receipts").
         self.batcher = Batcher(self.boot, n_fields.get, self.anchors.get, up["batch_max"], cap,
-                               up["max_inflight"])
+                               up["max_inflight"], up["receipts"])
+        self.receipts_got = 0
+        self.receipts_bad = 0  # a receipt that is not one (docs/protocol.md): counted, ignored
+        self._last_resend = 0
         self._carry = []
         self._unsent = None  # a built batch the client refused (connection lost): sent first
         self._sent = []  # (pid, seq) of batches published and not yet acked
@@ -117,6 +123,7 @@ class Agent:
         self._last_batch = 0
         prefix = cfg["prefix"]
         self.topics = {leaf: protocol.topic(gw, leaf, prefix) for leaf in protocol.LEAVES}
+        self._ack_topic = self.topics[protocol.ACK].encode()  # as the client hands topics over
         b = cfg["broker"]
         cid = b["client_id"] or gw
         will = protocol.will_payload(VERSION, self.boot)
@@ -206,6 +213,15 @@ class Agent:
                 self.connects += 1
                 delays = None
                 await self.client.subscribe(self.topics[protocol.CMD], 1)
+                if up["receipts"]:
+                    try:
+                        await self.client.subscribe(self.topics[protocol.ACK], 1)
+                    except MQTTError as exc:
+                        if not self.client.connected:
+                            raise
+                        # Refused (an old ACL): batches are re-sent until receipts can come.
+                        self.port.log("uplink: %s" % exc)
+                    self.batcher.resend_all()  # the broker may have lost what it PUBACKed
                 await self.publish_status()
                 await self._pump()
             except (MQTTError, OSError) as exc:
@@ -227,9 +243,10 @@ class Agent:
         while not self.stopping:
             if not client.connected:
                 raise client.error
-            # Acks, in publish order: each acked batch may move the log's ack cursor.
+            # Acks, in publish order: each acked batch may move the log's ack cursor (with
+            # receipts, a PUBACK only frees the window: _on_receipt moves the cursor).
             while sent and client.acked(sent[0][0]):
-                upto = self.batcher.acked(sent.pop(0)[1])
+                upto = self.batcher.puback(sent.pop(0)[1], ticks_ms())
                 if upto is not None:
                     self.log.ack(upto)
             while self.alarms:
@@ -249,6 +266,15 @@ class Agent:
                 await command.handle(self, self.commands.pop(0))
             if self._unsent is not None:
                 await self._publish_batch(self._unsent)
+            if (up["receipts"] and len(sent) < up["max_inflight"] and ticks_diff(
+                    ticks_ms(), self._last_resend) >= 1000 // max(1, up["replay_batches_per_s"])):
+                # Not receipted in time, or not since a reconnect: the same bytes again, paced
+                # like the backlog replay (alarms and commands went first, above).
+                batch = self.batcher.due(ticks_ms(), up["receipt_timeout_ms"])
+                if batch is not None:
+                    self._last_resend = ticks_ms()
+                    await self._publish_batch(batch)
+                    continue
             if len(sent) < up["max_inflight"]:
                 # A batch is due when asked for, when records are carried over, when a full batch
                 # is pending, or when the oldest pending record is batch_age_ms old.
@@ -301,6 +327,7 @@ class Agent:
             self._unsent = batch  # refused before it got a slot: publish it first after reconnect
             raise
         self._unsent = None
+        batch.pid = pid
         self._sent.append((pid, batch.seq))
         return True
 
@@ -317,10 +344,13 @@ class Agent:
     def status_payload(self):
         log = self.log
         w = bytearray()
+        waiting = None
+        if self.up_cfg["receipts"]:
+            waiting = self.batcher.unreceipted(ticks_ms())
         protocol.encode_status(
             w, "online", VERSION, self.boot, self.clock.uptime_ms() // 1000, self.port.mem_free(),
             log.pending_bytes, log.pending, log.dropped_records + self.batcher.unstampable,
-            self.clock.synced(), self.clock.now_ms(), self.status(), self.image)
+            self.clock.synced(), self.clock.now_ms(), self.status(), self.image, waiting)
         return bytes(w)
 
     async def publish_status(self):
@@ -334,11 +364,29 @@ class Agent:
         return self.log.pending
 
     def _on_message(self, topic, payload, retain=False, dup=False):
+        if topic == self._ack_topic:
+            self._on_receipt(payload)
+            return
         if len(self.commands) < 8:
             self.commands.append(bytes(payload))
         else:
             self.commands_dropped += 1  # an operator sends a handful; a flood is refused, counted
         self.wake.set()
+
+    def _on_receipt(self, payload):
+        """A receipt (decoded at once: `payload` views the client's receive buffer): the records
+        of the batches it names leave the log."""
+        try:
+            boot, up, _alarms = protocol.decode_receipt(payload)
+        except cbor.CBORError:
+            self.receipts_bad += 1
+            return
+        self.receipts_got += 1
+        if boot == self.boot:  # an earlier boot's batches were re-batched under this one
+            upto = self.batcher.receipted(up)
+            if upto is not None:
+                self.log.ack(upto)
+                self.wake.set()
 
     # -- housekeeping ----------------------------------------------------------------------
 

@@ -6,6 +6,11 @@ A batch keeps its sequence number across reconnects (it is re-sent byte for byte
 collector's (gw, boot, seq) de-duplication recognises a redelivery. PUBACKs may complete out of
 order; the log is acked only up to the oldest batch still in flight.
 
+Receipts (`receipts=True`, docs/protocol.md "Receipt"): a PUBACK then only says the broker has a
+batch (`puback`), and the batch is delivered when the collector's receipt names its seq
+(`receipted`). Until then it keeps its payload, so `due` can hand it out again, byte for byte, when
+no receipt came within a timeout or after a reconnect (`resend_all`).
+
 Stamping: a record logged before the clock was known carries (boot, uptime); `anchor(boot)` gives
 that boot's UTC-minus-uptime offset once known. A record of the *current* boot without an anchor
 ends the batch (it waits for the clock); one of an *older* boot without an anchor can never be
@@ -13,6 +18,7 @@ stamped honestly and is counted in `unstampable` and skipped, never sent with a 
 """
 
 from edge import cbor, protocol, record
+from edge.compat import ticks_diff
 
 
 class Batch:
@@ -23,11 +29,15 @@ class Batch:
         self.last_rid = last_rid
         self.count = count  # readings in the payload
         self.used = used  # log records it accounts for (readings + skipped ones)
-        self.acked = payload is None
+        self.acked = payload is None  # delivered: PUBACKed, or receipted with receipts on
+        self.pid = 0  # the packet id while the broker has not PUBACKed it (its buffer is the client's)
+        self.sent_at = None  # ticks of its last PUBACK (receipts on); None: due for a re-send
+        self.first_at = None  # ticks of its first PUBACK: the age of the oldest unreceipted
+        self.tries = 0  # re-sends so far: each doubles its timeout (up to 16x)
 
 
 class Batcher:
-    def __init__(self, boot, n_fields_of, anchor, batch_max=50, capacity=4096, pool=0):
+    def __init__(self, boot, n_fields_of, anchor, batch_max=50, capacity=4096, pool=0, receipts=False):
         """`pool` > 0: up to that many batch buffers of `capacity` bytes, reused.
 
         A batch is then encoded straight into a free buffer and published from it (its payload is
@@ -53,6 +63,8 @@ class Batcher:
         self.unstampable = 0
         self.corrupt = 0
         self.records_in_flight = 0  # log records covered by batches not yet released
+        self.receipts = receipts
+        self.resent = 0  # batches handed out again by `due`
 
     def build(self, records):
         """Encode the next batch from `records` [(rid, payload), ...] (oldest first).
@@ -139,6 +151,63 @@ class Batcher:
                 break
         return self.release()
 
+    def puback(self, seq, now):
+        """The broker PUBACKed batch `seq` (at ticks `now`): delivered without receipts; with
+        receipts it now waits for one (its re-send clock starts). Returns what `release` does."""
+        for b in self.inflight:
+            if b.seq == seq:
+                b.pid = 0
+                if self.receipts:
+                    b.sent_at = now
+                    if b.first_at is None:
+                        b.first_at = now
+                else:
+                    b.acked = True
+                break
+        return self.release()
+
+    def receipted(self, ranges):
+        """The collector made these seqs durable (flat inclusive ranges [lo0, hi0, ...] of this
+        boot): mark them delivered. Returns what `release` does."""
+        for b in self.inflight:
+            if not b.acked:
+                for i in range(0, len(ranges) - 1, 2):
+                    if ranges[i] <= b.seq <= ranges[i + 1]:
+                        b.acked = True
+                        break
+        return self.release()
+
+    def due(self, now, timeout_ms):
+        """The oldest batch PUBACKed `timeout_ms` ago (doubled per earlier re-send, up to 16x: a
+        collector down for hours does not get a broker queue full of copies), or marked by
+        `resend_all`, with no receipt: to be re-sent with its seq and bytes; None if there is
+        none. Its clock restarts."""
+        for b in self.inflight:
+            if not b.acked and not b.pid and b.first_at is not None and (
+                    b.sent_at is None or ticks_diff(now, b.sent_at) >= timeout_ms << min(b.tries, 4)):
+                b.sent_at = now
+                b.tries += 1
+                self.resent += 1
+                return b
+        return None
+
+    def resend_all(self):
+        """After a reconnect: every PUBACKed, unreceipted batch is due at once (the broker may
+        have lost it; the ones it has not PUBACKed the client re-sends itself)."""
+        for b in self.inflight:
+            if b.first_at is not None:
+                b.sent_at = None
+
+    def unreceipted(self, now):
+        """(records in batches PUBACKed but not receipted, age in ms of the oldest such batch)."""
+        n = 0
+        age = 0
+        for b in self.inflight:
+            if not b.acked and b.first_at is not None:
+                n += b.count
+                age = max(age, ticks_diff(now, b.first_at))
+        return n, age
+
     def release(self):
         """Pop the delivered batches at the head; the record id the log may ack up to, or None.
 
@@ -147,7 +216,8 @@ class Batcher:
         """
         upto = None
         inflight = self.inflight
-        while inflight and inflight[0].acked:
+        # A batch receipted before its PUBACK keeps its buffer: the client may still re-send it.
+        while inflight and inflight[0].acked and not inflight[0].pid:
             b = inflight.pop(0)
             if b.buf is not None:
                 self.pool.append(b.buf)

@@ -54,6 +54,10 @@ UPLINK = {
     "max_inflight": (int, None, "batches published and not yet acknowledged (default 4 on CPython; 2 on "
                      "MicroPython boards, where each holds a batch buffer of ~2.5 KB)"),
     "replay_batches_per_s": (int, 20, "pace of backlog replay after an outage (live alarms go first)"),
+    "receipts": (bool, True, "keep a reading in the log until the collector's receipt says it is durable, "
+                 "not only until the broker's PUBACK (docs/protocol.md, Receipt)"),
+    "receipt_timeout_ms": (int, 15000, "re-send a batch (same boot and seq) this long after its PUBACK "
+                           "without a receipt (doubling per re-send, up to 16x), and after every reconnect"),
     "backoff_base_ms": (int, 1000, "first reconnect delay; doubles up to the cap, full jitter"),
     "backoff_cap_ms": (int, 120000, "longest reconnect delay"),
     "status_every_s": (int, 60, "retained status period"),
@@ -126,9 +130,9 @@ BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)  # what edge.ports
 # Least values of integer keys, whatever their section (a key means one thing everywhere).
 _MIN = {"keepalive_s": 1, "budget_bytes": 4096, "segment_bytes": 1024, "sync_every_ms": 0,
         "sync_every_bytes": 0, "batch_max": 1, "batch_age_ms": 1, "max_inflight": 1,
-        "replay_batches_per_s": 1, "backoff_base_ms": 1, "backoff_cap_ms": 1, "status_every_s": 1,
-        "poll_ms": 100, "timeout_ms": 1, "max_silence_s": 0, "register": 0, "max_gap_registers": 0,
-        "max_read_registers": 1}
+        "replay_batches_per_s": 1, "receipt_timeout_ms": 100, "backoff_base_ms": 1, "backoff_cap_ms": 1,
+        "status_every_s": 1, "poll_ms": 100, "timeout_ms": 1, "max_silence_s": 0, "register": 0,
+        "max_gap_registers": 0, "max_read_registers": 1}
 
 
 def _closest(key, known):

@@ -21,7 +21,8 @@ ALARM = "alarm"
 STATUS = "status"
 CMD = "cmd"
 REPLY = "reply"
-LEAVES = (UP, ALARM, STATUS, CMD, REPLY)
+ACK = "ack"
+LEAVES = (UP, ALARM, STATUS, CMD, REPLY, ACK)
 
 # Batch map keys (docs/protocol.md; collector/decode.py has the same table).
 _K_V = const(0)
@@ -30,6 +31,14 @@ _K_SEQ = const(2)
 _K_T0 = const(3)
 _K_READINGS = const(4)
 _K_ALARM = const(5)
+
+# Receipt map keys (docs/protocol.md, "Receipt").
+_R_V = const(0)
+_R_BOOT = const(1)
+_R_UP = const(2)
+_R_ALARM = const(3)
+_RECEIPT_RANGES = const(32)  # at most this many (lo, hi) ranges per channel in one receipt
+RECEIPT_RANGES = _RECEIPT_RANGES
 
 _MAX_READINGS = const(0xFFFF)  # a uint16 count: the longest readings header, reserved by begin
 
@@ -195,10 +204,13 @@ def encode_status(
     ts,
     errors,
     image=None,
+    unreceipted=None,
 ):
     """The retained status map. `ts` is UTC ms, or None while the clock is unsynced;
     `errors` is {sensor: {code_name: count}}; `image` the board image's hash (key `img`, left out
-    when None). Writes into `w` (bytearray or cbor.Writer)."""
+    when None); `unreceipted` (readings, age ms of the oldest) awaiting a receipt (keys
+    `unreceipted` and `unreceipted_age_s`, left out when None: receipts off). Writes into `w`
+    (bytearray or cbor.Writer)."""
     pairs = (
         ("v", VERSION),
         ("state", state),
@@ -216,6 +228,8 @@ def encode_status(
     )
     if image is None:
         pairs = pairs[:-1]
+    if unreceipted is not None:
+        pairs += (("unreceipted", unreceipted[0]), ("unreceipted_age_s", unreceipted[1] // 1000))
     cbor.enc_map_pairs(w, pairs, len(pairs))
 
 
@@ -227,3 +241,79 @@ def will_payload(fw, boot):
     w = bytearray()
     cbor.enc_map_pairs(w, (("v", VERSION), ("state", "offline"), ("fw", fw), ("boot", boot)), 4)
     return bytes(w)
+
+
+# ---------------------------------------------------------------- receipts (`<prefix>/<gw>/ack`)
+# The gateway only reads receipts; the collector writes them (collector/receipts.py
+# `encode_receipt`), so a board does not carry the encoder.
+
+
+def _uint(buf, pos, major):
+    """(argument, next pos) of the header at `pos`, which must be of major type `major` with a
+    definite argument; CBORError otherwise (or when the bytes end)."""
+    b = buf[pos]
+    if b >> 5 != major:
+        raise cbor.CBORError  # type
+    ai = b & 0x1F
+    pos += 1
+    if ai < 24:
+        return ai, pos
+    if ai > 27:
+        raise cbor.CBORError  # length
+    n = 1 << (ai - 24)
+    if pos + n > len(buf):
+        raise cbor.CBORError  # short
+    v = 0
+    for i in range(pos, pos + n):
+        v = (v << 8) | buf[i]
+    return v, pos + n
+
+
+def decode_receipt(buf):
+    """(boot, up, alarm) from a receipt's bytes, `up` and `alarm` flat lists of inclusive seq
+    ranges [lo0, hi0, ...]; a CBORError for anything else (wrong type, version other than 1,
+    odd count or lo > hi, more than 32 ranges, trailing bytes). Keys other than 0-3 holding a
+    uint or an array of uints are skipped (compatible additions); keys 0 and 1 are required."""
+    try:
+        n, pos = _uint(buf, 0, 5)
+        boot = None
+        version = None
+        up = []
+        alarm = []
+        seen = 0
+        for _ in range(n):
+            key, pos = _uint(buf, pos, 0)
+            if key < 8:
+                if seen & (1 << key):
+                    raise cbor.CBORError  # duplicate key
+                seen |= 1 << key
+            if buf[pos] >> 5 == 4:
+                count, pos = _uint(buf, pos, 4)
+                if count > 2 * _RECEIPT_RANGES:
+                    raise cbor.CBORError  # too many ranges
+                out = up if key == _R_UP else alarm if key == _R_ALARM else None
+                if out is not None and count & 1:
+                    raise cbor.CBORError  # odd range count
+                for _ in range(count):
+                    v, pos = _uint(buf, pos, 0)
+                    if out is not None:
+                        out.append(v)
+                if out is not None:
+                    for i in range(0, count, 2):
+                        if out[i] > out[i + 1]:
+                            raise cbor.CBORError  # range lo > hi
+            else:
+                v, pos = _uint(buf, pos, 0)
+                if key == _R_V:
+                    version = v
+                elif key == _R_BOOT:
+                    boot = v
+                elif key == _R_UP or key == _R_ALARM:
+                    raise cbor.CBORError  # ranges not an array
+        if pos != len(buf):
+            raise cbor.CBORError  # trailing bytes
+    except IndexError:
+        raise cbor.CBORError from None  # short
+    if version != VERSION or boot is None:
+        raise cbor.CBORError  # version or boot
+    return boot, up, alarm

@@ -70,7 +70,7 @@ def run(interpreter: str, seconds: float, seed: int) -> int:
     try:
         influx.start()
         influx.create_database(DB)
-        rig = Rig(interpreter, seed=seed)
+        rig = Rig(interpreter, seed=seed, receipts=True)  # a collector runs: it receipts
         coll = collector(rig, influx)
         # The collector's session must exist before the first batch: a broker queues messages only
         # for subscriptions it already knows (in production the collector runs first, always).

@@ -496,6 +496,9 @@ class Rig:
         tick_s: float = 0.02,
         heap: str = MICROPYTHON_HEAP,
         workdir: str | None = None,
+        receipts: bool = False,
+        receipt_timeout_ms: int = 3000,
+        broker_options: dict[str, Any] | None = None,
     ) -> None:
         self.interpreter = interpreter
         self.gw = gw
@@ -511,7 +514,7 @@ class Rig:
         self.bus: ModbusBus | None = None
         self.sub: Subscriber | None = None
         self.agent: AgentProcess | None = None
-        self.broker = Mosquitto(workdir=str(self.dir / "mosquitto"))
+        self.broker = Mosquitto(workdir=str(self.dir / "mosquitto"), **(broker_options or {}))
         self._closed = False
         self._procs: list[subprocess.Popen[bytes]] = []  # everything started, to prove it is gone
         try:
@@ -570,7 +573,9 @@ class Rig:
                 "store": {"dir": str(self.spool()), "sync_every_ms": sync_every_ms,
                           "segment_bytes": 16384},
                 "uplink": {"batch_age_ms": batch_age_ms, "status_every_s": status_every_s,
-                           "backoff_base_ms": 200, "backoff_cap_ms": 1000, "batch_max": 40},
+                           "backoff_base_ms": 200, "backoff_cap_ms": 1000, "batch_max": 40,
+                           # Off unless a collector runs beside the rig (no one else receipts).
+                           "receipts": receipts, "receipt_timeout_ms": receipt_timeout_ms},
                 "sources": sources,
             }
             self.config_path = self.dir / "gateway.json"

@@ -28,12 +28,13 @@ LISTEN = re.compile(r"^[A-Za-z0-9_.:-]+$")
 CONF_DIR = re.compile(r"^/[A-Za-z0-9_.@+/-]*$")
 
 # What each service role may do on the broker (topics under the fleet prefix). The collector reads
-# everything gateways send, also through MQTT 5 shared subscriptions; the operator sends commands
-# and reads their replies and the gateways' status.
+# everything gateways send, also through MQTT 5 shared subscriptions, and writes each gateway's
+# receipts (`ack`); the operator sends commands and reads their replies and the gateways' status.
 ROLES: dict[str, tuple[tuple[str, str], ...]] = {
     "collector": (
         ("read", "+/up"), ("read", "+/alarm"), ("read", "+/status"),
         ("read", "$share/+/{p}/+/up"), ("read", "$share/+/{p}/+/alarm"), ("read", "$share/+/{p}/+/status"),
+        ("write", "+/ack"),
     ),
     "operator": (("write", "+/cmd"), ("read", "+/reply"), ("read", "+/status")),
 }

@@ -5,9 +5,9 @@ gateway listener and the auth settings, for mosquitto.conf's `include_dir`). Tog
 gateway id in a topic trustworthy:
 
 - the ACL names every account: a gateway may write only `<prefix>/<its id>/{up,alarm,status,reply}`
-  and read its own `cmd`; a service account gets the rules of its role. There are no `pattern`
-  lines, because a pattern applies to every account, service accounts included (an operator could
-  otherwise publish `<prefix>/operator/up` and pass for a gateway);
+  and read its own `cmd` and `ack` (receipts); a service account gets the rules of its role. There
+  are no `pattern` lines, because a pattern applies to every account, service accounts included
+  (an operator could otherwise publish `<prefix>/operator/up` and pass for a gateway);
 - `use_username_as_clientid true` on the listener: the broker replaces a client's id by its
   username, so gateway A connecting with client id `gw-B` cannot kick B off (nor fire B's will).
 
@@ -30,7 +30,7 @@ from provisioning.tls import broker_cert_path, broker_key_path
 DEFAULT_CONF_DIR = "/etc/mosquitto/citybrain"
 DEFAULT_LISTEN = "0.0.0.0"
 GATEWAY_WRITES = ("up", "alarm", "status", "reply")
-GATEWAY_READS = ("cmd",)
+GATEWAY_READS = ("cmd", "ack")  # commands, and the collector's receipts (docs/protocol.md)
 
 
 def gateway_config(fleet: Fleet, gid: str) -> dict[str, Any]:

@@ -38,7 +38,9 @@ GW = "gw-behave"
 Y2000_MS = 946684800000  # what an unset board RTC says at boot
 MIN_VALID_UTC_MS = 1577836800000  # 2020-01-01: edge/clock.py's threshold for a set clock
 HANG_GUARD = 30.0  # a bound so a bug fails the test instead of hanging it, not a speed goal
-FAST = {"batch_age_ms": 200, "status_every_s": 1, "backoff_base_ms": 100, "backoff_cap_ms": 400}
+# No collector runs here: the broker's PUBACK is delivery (receipts: tests/integration/test_receipts.py).
+FAST = {"batch_age_ms": 200, "status_every_s": 1, "backoff_base_ms": 100, "backoff_cap_ms": 400,
+        "receipts": False}
 
 
 class TestPort(PosixPort):

@@ -172,6 +172,20 @@ def test_security_matrix(rig: tuple[Rig, Mosquitto]) -> None:
     # it matches two of A's subscriptions).
     assert set(a.topics()) == {"city/gw-a/cmd"}, a.got
 
+    # Receipts: the collector reaches B's `ack`; A (subscribed to `#` and to B's ack) hears only
+    # its own; a gateway cannot forge a receipt for another, nor the operator for anyone.
+    b.sub("city/gw-b/ack")
+    a.sub("city/gw-b/ack")
+    a.got.clear()
+    collector.pub("city/gw-b/ack", b"receipt-b")
+    a.pub("city/gw-b/ack", b"forged")
+    ops.pub("city/gw-b/ack", b"forged")
+    r.barrier(collector, "city/gw-a/ack", [a])
+    r.barrier(collector, "city/gw-b/ack", [b])
+    assert ("city/gw-b/ack", b"receipt-b") in b.got
+    assert not [m for m in b.got if m[1] == b"forged"], b.got
+    assert set(a.topics()) == {"city/gw-a/ack"}, a.got
+
     # Client-id takeover: A's credentials with B's client id must not kick B nor fire B's will.
     a2 = r.client("gw-a", Fleet.load(r.dir).password("gw-a"), client_id="gw-b")
     r.barrier(a2, "city/gw-a/up", [collector])  # a takeover (and B's will) happens before A's CONNACK

@@ -101,3 +101,51 @@ def test_pooled_batch_bytes_match_copied_batch_bytes():
     copied = batcher.Batcher(3, _n, lambda boot: None, batch_max=5)
     pooled = batcher.Batcher(3, _n, lambda boot: None, batch_max=5, capacity=512, pool=1)
     assert bytes(pooled.build(recs)[0].payload) == copied.build(recs)[0].payload
+
+
+def test_receipts_puback_frees_window_only_receipt_delivers():
+    b = batcher.Batcher(1, _n, lambda boot: None, batch_max=2, capacity=256, pool=3, receipts=True)
+    recs = _records(6)
+    for i in range(3):
+        batch, _ = b.build(recs[2 * i:])
+        batch.pid = 10 + i
+    assert b.puback(0, 1000) is None and b.puback(1, 1000) is None  # PUBACK: nothing delivered
+    assert b.unreceipted(3000) == (4, 2000)  # batch 2 not PUBACKed yet: not counted
+    assert b.receipted([1, 1]) is None  # out of order: batch 0 still unreceipted
+    assert b.receipted([0, 0]) == 3  # 0 and 1 receipted: records up to 3 may go
+    assert b.unreceipted(3000) == (0, 0)
+    # Receipted before its PUBACK: the client may still re-send from its buffer, so it is held.
+    assert b.receipted([2, 2]) is None
+    assert len(b.pool) == 2
+    assert b.puback(2, 3000) == 5
+    assert len(b.pool) == 3 and b.inflight == []
+
+
+def test_receipts_due_after_timeout_doubling_and_after_reconnect():
+    b = batcher.Batcher(1, _n, lambda boot: None, batch_max=2, receipts=True)
+    recs = _records(4)
+    first, _ = b.build(recs)
+    second, _ = b.build(recs[2:])
+    first.pid, second.pid = 1, 2
+    assert b.due(0, 100) is None  # never PUBACKed: the client owns re-sending it
+    b.puback(0, 0)
+    b.puback(1, 50)
+    assert b.due(99, 100) is None
+    again = b.due(100, 100)
+    assert again is first and bytes(again.payload) == bytes(first.payload) and again.seq == 0
+    assert b.due(120, 100) is None  # first's clock restarted; second is due only at 150
+    assert b.due(150, 100) is second
+    assert b.due(299, 100) is None  # first's second re-send waits twice as long: 100 + 200
+    assert b.due(300, 100) is first
+    b.resend_all()  # a reconnect: both due at once, oldest first
+    assert b.due(301, 100) is first and b.due(301, 100) is second and b.due(301, 100) is None
+    assert b.resent == 5
+    assert b.receipted([0, 1]) == 3
+
+
+def test_without_receipts_puback_delivers():
+    b = batcher.Batcher(1, _n, lambda boot: None, batch_max=2)
+    batch, _ = b.build(_records(2))
+    batch.pid = 7
+    assert b.puback(0, 0) == 1
+    assert b.due(10**6, 1) is None and b.unreceipted(0) == (0, 0)

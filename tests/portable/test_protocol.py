@@ -131,6 +131,11 @@ def test_will_and_status():
     protocol.encode_status(w, "online", "1.0.0", 3, 5, 1000, 0, 0, 0, False, None, {}, "3f2a9c1d0e12")
     d = cbor.loads(w)
     assert d["img"] == "3f2a9c1d0e12" and len(d) == 13
+    # With receipts on: readings awaiting a receipt and the age of the oldest, in seconds.
+    w = bytearray()
+    protocol.encode_status(w, "online", "1.0.0", 3, 5, 1000, 0, 0, 0, False, None, {}, None, (120, 4999))
+    d = cbor.loads(w)
+    assert d["unreceipted"] == 120 and d["unreceipted_age_s"] == 4 and "img" not in d and len(d) == 14
 
 
 def _cmd(m):
@@ -175,3 +180,56 @@ def test_reply():
     w = bytearray()
     command.encode_reply(w, None, False, command.E_BAD_CBOR)
     assert cbor.loads(w) == {"id": None, "ok": False, "error": "bad_cbor", "result": None}
+
+
+RECEIPT_HEX = "a40001010702841828182a182d182d03820303"  # boot 7: batches 40-42 and 45, alarm 3
+
+
+def test_receipt_vector():
+    """The gateway reads receipts (the collector writes them: tests/unit/test_cbor_vs_cbor2.py)."""
+    assert protocol.decode_receipt(binascii.unhexlify(RECEIPT_HEX)) == (7, [40, 42, 45, 45], [3, 3])
+    assert protocol.decode_receipt(binascii.unhexlify("a40001010002800380")) == (0, [], [])
+    # 4- and 8-byte arguments: boot 65536, batches 0..2**32 + 5
+    data = binascii.unhexlify("a4000101" + "1a00010000" + "0282" + "00" + "1b0000000100000005" + "0380")
+    assert protocol.decode_receipt(data) == (65536, [0, 2**32 + 5], [])
+    assert protocol.topic("gw-01", protocol.ACK) == "city/gw-01/ack"
+
+
+def test_receipt_every_prefix_refused():
+    data = binascii.unhexlify(RECEIPT_HEX)
+    for cut in range(len(data)):  # every proper prefix is short: an error, never a partial receipt
+        try:
+            protocol.decode_receipt(data[:cut])
+            raise AssertionError("prefix of %d bytes accepted" % cut)
+        except cbor.CBORError:
+            pass
+
+
+def test_receipt_unknown_keys_skipped():
+    # A later compatible key (9: uint, 10: array of uints) is skipped.
+    data = binascii.unhexlify("a6" + RECEIPT_HEX[2:] + "0901" + "0a820102")
+    assert protocol.decode_receipt(data) == (7, [40, 42, 45, 45], [3, 3])
+
+
+def test_receipt_refusals():
+    bad = (
+        "a40002010702800380",  # version 2
+        "a3000102800380",  # no boot
+        "a40001010702830102030380",  # odd range count
+        "a400010107028202010380",  # lo > hi
+        "a400010107020103800380",  # ranges not an array
+        "a4000101070280038000",  # trailing byte
+        "a400010107026161" + "0380",  # text where ranges are due
+        "a40001010702800380a0",  # trailing map
+        "a5000101070280038003",  # key 3 twice
+        "820102",  # not a map
+        "a400010107029f0102ff0380",  # indefinite array
+        "a40001010702" + "98" + "42" + "00" * 66 + "0380",  # 33 ranges: over the cap
+        "",
+    )
+    for h in bad:
+        try:
+            protocol.decode_receipt(binascii.unhexlify(h))
+            raise AssertionError("accepted %s" % h)
+        except cbor.CBORError:
+            pass

@@ -227,3 +227,43 @@ def test_decode_command_never_raises(data: bytes) -> None:
         assert isinstance(r, command.CommandError)
         codes = (command.E_BAD_CBOR, command.E_BAD_COMMAND, command.E_UNKNOWN_OP, command.E_VERSION)
         assert r.code in codes
+
+
+seq_ranges = st.lists(
+    st.tuples(st.integers(0, 2**40), st.integers(0, 2**20)).map(lambda t: [t[0], t[0] + t[1]]),
+    max_size=32,
+).map(lambda rs: [n for r in rs for n in r])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=2**40), seq_ranges, seq_ranges)
+def test_receipt_matches_cbor2(boot: int, up: list[int], alarm: list[int]) -> None:
+    """The collector's receipt is cbor2's canonical encoding of the documented map, and the gateway's
+    reader decodes it back exactly."""
+    from collector.receipts import encode_receipt
+    from edge import protocol
+
+    data = encode_receipt(boot, up, alarm)
+    assert data == cbor2.dumps({0: 1, 1: boot, 2: up, 3: alarm}, canonical=True)
+    assert protocol.decode_receipt(data) == (boot, up, alarm)
+    # cbor2's default (non-canonical) writer gives the same bytes here: ints and arrays only.
+    assert protocol.decode_receipt(cbor2.dumps({0: 1, 1: boot, 2: up, 3: alarm})) == (boot, up, alarm)
+
+
+def test_receipt_vector_is_the_collectors_encoding() -> None:
+    from collector.receipts import encode_receipt
+    from tests.portable.test_protocol import RECEIPT_HEX
+
+    assert encode_receipt(7, [40, 42, 45, 45], [3, 3]).hex() == RECEIPT_HEX
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64))
+def test_decode_receipt_never_crashes(data: bytes) -> None:
+    """Any bytes: a receipt or a CBORError, nothing else."""
+    from edge import cbor, protocol
+
+    try:
+        protocol.decode_receipt(data)
+    except cbor.CBORError:
+        pass

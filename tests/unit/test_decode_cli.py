@@ -87,6 +87,20 @@ def test_alarm_status_reply_guessed() -> None:
     assert rc == 0 and "reply" in out and "unknown_op" in out
 
 
+def test_receipt_shown_as_ranges() -> None:
+    """A receipt (docs/protocol.md's vector) guessed from its keys, or named by its topic."""
+    vector = "a40001010702841828182a182d182d03820303"
+    rc, out, _ = _run([], vector.encode())
+    assert rc == 0 and "receipt  (19 bytes)" in out and "up: 40-42, 45" in out and "alarm: 3" in out
+    rc, out, _ = _run(["--json", "--topic", "city/gw-01/ack"], vector.encode())
+    doc = json.loads(out)
+    assert doc["type"] == "receipt" and doc["boot"] == 7 and doc["gw"] == "gw-01"
+    assert doc["up"] == ["40-42", "45"] and doc["alarm"] == ["3"]
+    # One the gateway would refuse (lo > hi) is refused here with the same verdict.
+    rc, _, err = _run(["--topic", "ack"], b"a400010107028202010380")
+    assert rc == 1 and "not a receipt the gateway accepts" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize(
     ("stdin", "args", "message"),
     [

@@ -1,0 +1,214 @@
+"""The gateway's side of receipts (docs/protocol.md "Receipt"), in-process against a real Mosquitto:
+this test plays the collector with paho, so it decides exactly which receipts the agent gets.
+
+With receipts on, a PUBACK only frees the window: the records stay in the log (and in status as
+`unreceipted`) until a receipt names their batch; a batch not receipted within the timeout is
+re-sent with the same boot, seq and bytes; a receipt for another boot or a hostile one is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import paho.mqtt.client as mqtt
+import pytest
+
+from collector.receipts import encode_receipt
+from edge import protocol
+from hil.services import Mosquitto
+from tests.integration.test_agent_behaviour import (  # noqa: F401 - fixtures
+    GW,
+    Observer,
+    TestPort,
+    make_cfg,
+    observe,
+    run,
+    running,
+    take,
+    temp,
+    thermometer,
+    ttys,
+    until,
+)
+
+pytestmark = pytest.mark.integration
+
+
+class Receipter:
+    """Publishes receipts on city/<GW>/ack, as a collector would."""
+
+    def __init__(self, port: int) -> None:
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fake-collector")
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.lock = threading.Lock()
+
+    def send(self, payload: bytes) -> None:
+        self.client.publish(protocol.topic(GW, protocol.ACK), payload, qos=1).wait_for_publish(10)
+
+    def receipt(self, boot: int, up: list[int], alarm: list[int] | None = None) -> None:
+        self.send(encode_receipt(boot, up, alarm or []))
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def batches(obs: Observer) -> list[tuple[int, int, bytes]]:
+    return [(p[1], p[2], cbor2.dumps(p)) for p in obs.leaf("up")]
+
+
+def test_records_stay_until_receipted_and_unreceipted_batches_are_resent(
+        mosquitto: Mosquitto, observe: Callable[[], Observer],  # noqa: F811 - the fixtures
+        ttys: Callable[[], str], tmp_path: Path) -> None:  # noqa: F811
+    obs = observe()
+    cfg = make_cfg(mosquitto, tmp_path / "spool", [thermometer(ttys())], trust_os_clock=True,
+                   uplink={"receipts": True, "receipt_timeout_ms": 600, "batch_max": 5})
+    port = TestPort(clock_valid=True)
+    rc = Receipter(mosquitto.port)
+
+    async def main() -> None:
+        async with running(cfg, port) as agent:
+            await until(lambda: agent.client.connected, "connected")
+            await asyncio.sleep(0.3)  # the ack subscription is made after connect
+            for i in range(10):
+                take(agent, 0, "T-1", temp(i))
+            await until(lambda: len({s for _, s, _ in batches(obs)}) >= 2, "two batches published")
+            await until(lambda: not agent._sent, "PUBACKs")
+            assert agent.log.pending == 10  # PUBACKed, not receipted: still in the log
+            first = {(b, s): p for b, s, p in batches(obs)}
+            # No receipt within 600 ms: the same batches again, byte for byte.
+            await until(lambda: len(batches(obs)) >= 4, "re-sends")
+            for b, s, p in batches(obs):
+                assert first[(b, s)] == p
+            assert agent.batcher.resent >= 2
+            st: dict[str, Any] = cbor2.loads(agent.status_payload())
+            assert st["unreceipted"] == 10 and st["spool_records"] == 10
+            # Hostile or foreign receipts change nothing.
+            rc.send(cbor2.dumps({0: 2, 1: agent.boot, 2: [0, 100], 3: []}))  # version 2
+            rc.receipt(agent.boot + 1, [0, 100])
+            await until(lambda: agent.receipts_bad == 1 and agent.receipts_got == 1, "bad receipts seen")
+            assert agent.log.pending == 10
+            # Batch 1 only: nothing may leave the log yet (batch 0 is older).
+            rc.receipt(agent.boot, [1, 1])
+            await until(lambda: agent.receipts_got == 2, "receipt for batch 1")
+            assert agent.log.pending == 10
+            rc.receipt(agent.boot, [0, 1])
+            await until(lambda: agent.log.pending == 0, "log drained by the receipt")
+            st = cbor2.loads(agent.status_payload())
+            assert st["unreceipted"] == 0 and st["unreceipted_age_s"] == 0
+            n = len(batches(obs))
+            await asyncio.sleep(1.5)
+            assert len(batches(obs)) == n  # receipted: never re-sent
+
+    try:
+        run(main())
+    finally:
+        rc.close()
+
+
+def test_without_receipts_the_puback_drains_the_log(
+        mosquitto: Mosquitto, observe: Callable[[], Observer],  # noqa: F811 - the fixtures
+        ttys: Callable[[], str], tmp_path: Path) -> None:  # noqa: F811
+    obs = observe()
+    cfg = make_cfg(mosquitto, tmp_path / "spool", [thermometer(ttys())], trust_os_clock=True,
+                   uplink={"receipts": False, "batch_max": 5})
+
+    async def main() -> None:
+        async with running(cfg, TestPort(clock_valid=True)) as agent:
+            await until(lambda: agent.client.connected, "connected")
+            for i in range(10):
+                take(agent, 0, "T-1", temp(i))
+            await until(lambda: agent.log.pending == 0, "delivery")
+            assert "unreceipted" not in cbor2.loads(agent.status_payload())
+            assert len(obs.readings()) == 10
+
+    run(main())
+
+
+def test_receipts_dropped_at_random_nothing_lost_nothing_doubled_log_drains(
+        mosquitto: Mosquitto, ttys: Callable[[], str], influxdb: Any,  # noqa: F811 - the fixture
+        tmp_path: Path) -> None:
+    """The real collector (a process) receipts into InfluxDB; the gateway loses two receipts in
+    three on the way in (as a lossy link or a swallowing proxy would): cumulative receipts and
+    re-sends still drain its log, every reading is stored, and none twice."""
+    import random
+
+    from collector.validate import load_kinds
+    from hil.services import Collector
+
+    influxdb.create_database("citybrain")
+    col = Collector(mosquitto.port, {"url": influxdb.url, "db": "citybrain"}, client_id="col-drop",
+                    workdir=str(tmp_path / "col"),
+                    settings={"writer": {"flush_interval": "50ms"}, "receipts": {"interval": "100ms"}})
+    col.start()
+    cfg = make_cfg(mosquitto, tmp_path / "spool", [thermometer(ttys())], trust_os_clock=True,
+                   uplink={"receipts": True, "receipt_timeout_ms": 500, "batch_max": 4})
+    rng = random.Random(12)
+    n = 120
+
+    async def main() -> None:
+        async with running(cfg, TestPort(clock_valid=True)) as agent:
+            real = agent._on_receipt
+            dropped = [0]
+
+            def lossy(payload: Any) -> None:
+                if rng.random() < 2 / 3:
+                    dropped[0] += 1
+                    return
+                real(payload)
+
+            agent._on_receipt = lossy  # type: ignore[method-assign]
+            await until(lambda: agent.client.connected, "connected")
+            for i in range(n):
+                take(agent, 0, f"T-{i % 5}", temp(i))
+                if i % 10 == 9:
+                    await asyncio.sleep(0.1)
+            await until(lambda: agent.log.pending == 0, "the log drained", timeout=60)
+            assert dropped[0] > 0 and agent.receipts_got > 0
+            assert agent.batcher.resent > 0  # some batches were only healed by a re-send
+
+    try:
+        run(main())
+        name = load_kinds()[4].name
+        rows = influxdb.points("citybrain", f'SELECT * FROM "{name}"')
+        keys = [(r["sensor"], r["time"]) for r in rows]
+        assert len(keys) == len(set(keys)) == n, (len(keys), len(set(keys)), n)
+        assert sorted(r["seq"] for r in rows) == list(range(n))
+        assert col.metric("dedup_hits_total") > 0  # re-sent batches were recognised and receipted
+    finally:
+        col.kill()
+
+
+def test_log_budget_counts_records_waiting_for_a_receipt(
+        mosquitto: Mosquitto, ttys: Callable[[], str], tmp_path: Path) -> None:  # noqa: F811
+    """No collector receipts anything: the broker PUBACKs every batch, yet the records stay in the
+    log, so the log fills to its budget and evicts its oldest, counted (with receipts off the same
+    traffic drains on PUBACK and nothing is evicted)."""
+    cfg = make_cfg(mosquitto, tmp_path / "spool", [thermometer(ttys())], trust_os_clock=True,
+                   store={"segment_bytes": 1024, "budget_bytes": 4096},
+                   uplink={"receipts": True, "receipt_timeout_ms": 60000, "batch_max": 10})
+    n = 400
+
+    async def main() -> None:
+        async with running(cfg, TestPort(clock_valid=True)) as agent:
+            await until(lambda: agent.client.connected, "connected")
+            for i in range(n):
+                take(agent, 0, f"T-{i % 5}", temp(i))
+                if i % 20 == 0:
+                    await asyncio.sleep(0.05)
+            await until(lambda: agent.batcher.records_in_flight > 0 and not agent._sent, "PUBACKed")
+            log = agent.log
+            assert log.dropped_records > 0
+            # Evicted from flash while in a batch: still in that batch's buffer, not lost.
+            assert log.pending + log.dropped_records + log.evicted_in_flight == n
+            assert log.flash_bytes <= 4096
+            st = cbor2.loads(agent.status_payload())
+            assert st["spool_dropped"] == log.dropped_records and st["unreceipted"] > 0
+
+    run(main())
