@@ -496,6 +496,7 @@ class Rig:
         tick_s: float = 0.02,
         heap: str = MICROPYTHON_HEAP,
         workdir: str | None = None,
+        broker_port: int | None = None,
     ) -> None:
         self.interpreter = interpreter
         self.gw = gw
@@ -511,7 +512,10 @@ class Rig:
         self.bus: ModbusBus | None = None
         self.sub: Subscriber | None = None
         self.agent: AgentProcess | None = None
-        self.broker = Mosquitto(workdir=str(self.dir / "mosquitto"))
+        # broker_port: an MQTT listener the caller runs (a NATS node's, say); the rig does not start,
+        # restart or stop it. Otherwise the rig's own Mosquitto.
+        self._own_broker = broker_port is None
+        self.broker = Mosquitto(broker_port, workdir=str(self.dir / "mosquitto"))
         self._closed = False
         self._procs: list[subprocess.Popen[bytes]] = []  # everything started, to prove it is gone
         try:
@@ -723,6 +727,8 @@ class Rig:
         self._start_broker()
 
     def _start_broker(self) -> None:
+        if not self._own_broker:
+            return
         self.broker.start()
         if self.broker.proc is not None:
             self._procs.append(self.broker.proc)
@@ -826,7 +832,8 @@ class Rig:
             self.bus.close()
         for d in self.devices:
             d.close()
-        self.broker.stop()
+        if self._own_broker:
+            self.broker.stop()
         if self._own_dir:
             import shutil
 
