@@ -29,6 +29,7 @@ from collector.deadletter import DeadLetters
 from collector.dedup import Dedup
 from collector.health import Health
 from collector.ingest import Message, MqttInput
+from collector.jetstream import NatsInput
 from collector.metrics import Metrics, MetricsServer
 from collector.validate import Kind, Validator, load_kinds
 from collector.writer import NotDurable, Submitted
@@ -397,7 +398,11 @@ class Collector:
         self.metrics = Metrics()
         self.dead_letters = open_dead_letters(config)
         self.writer = writer_factory(config, self.dead_letters)
-        self.input = MqttInput(config.mqtt, self._offer)
+        self.input: MqttInput | NatsInput = (  # one config key: service.input
+            MqttInput(config.mqtt, self._offer)
+            if config.service.input == "mqtt"
+            else NatsInput(config, self._offer)
+        )
         self.pipeline = Pipeline(
             config,
             writer=self.writer,

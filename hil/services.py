@@ -661,13 +661,16 @@ class NatsNode(HttpService):
     """One `nats-server` (2.9, Debian's) of a `NatsCluster`: client, cluster-route, MQTT and monitoring
     listeners on free loopback ports, JetStream with file storage in its own dir.
 
-    Ready means the monitoring port's /healthz answers 200: JetStream is up and, in a cluster, the node
-    has found the meta leader. Started, stopped (SIGTERM, a clean shutdown), killed (SIGKILL) and
-    paused one node at a time; the data dir survives a kill, as a disk would.
+    Ready means /healthz?js-server-only=true answers 200 (JetStream up, the node current with the meta
+    leader) and the MQTT listener answers a CONNECT with a CONNACK. The full /healthz is not waited
+    for: after a restart, nats-server 2.9 reports its MQTT retained-message consumer "not current"
+    for a minute or more while MQTT clients are already served. Started, stopped (SIGTERM, a clean
+    shutdown), killed (SIGKILL) and paused one node at a time; the data dir survives a kill, as a disk
+    would.
     """
 
     name = "nats"
-    health_path = "/healthz"
+    health_path = "/healthz?js-server-only=true"
 
     def __init__(
         self,
@@ -678,8 +681,10 @@ class NatsNode(HttpService):
         cluster_port: int | None = None,
         workdir: str | None = None,
         extra_config: str = "",
+        mqtt_replicas: int = 1,
     ) -> None:
         super().__init__(workdir=workdir)  # self.port: the monitoring (HTTP) port
+        self.mqtt_replicas = mqtt_replicas
         self.server_name = server_name
         self.cluster_name = cluster_name
         self.client_port = free_port()
@@ -708,6 +713,8 @@ jetstream {{
 }}
 mqtt {{
   listen: 127.0.0.1:{self.mqtt_port}
+  # MQTT sessions and retained messages live in JetStream streams: as many copies as the uplink.
+  stream_replicas: {self.mqtt_replicas}
 }}{cluster}
 {self.extra_config}
 """
@@ -722,8 +729,24 @@ mqtt {{
         return f"nats://127.0.0.1:{self.client_port}"
 
     def wait_ready(self, deadline: float) -> None:
-        super().wait_ready(deadline)  # /healthz: JetStream up and the meta leader known
+        super().wait_ready(deadline)
         wait_for_port(self.mqtt_port, deadline - time.monotonic(), self.proc)
+        # The listener accepts before it can serve: a CONNECT waits until the node has made its
+        # MQTT session streams (a meta leader is needed). Ready is a CONNACK.
+        self._poll_ready(deadline, "MQTT CONNACK", self._mqtt_connack)
+
+    def _mqtt_connack(self) -> str | None:
+        client_id = f"ready-probe-{self.server_name}".encode()
+        var = b"\x00\x04MQTT\x04\x02\x00\x1e"  # MQTT 3.1.1, clean session, keepalive 30 s
+        body = var + len(client_id).to_bytes(2, "big") + client_id
+        try:
+            with socket.create_connection(("127.0.0.1", self.mqtt_port), timeout=2.0) as s:
+                s.sendall(bytes([0x10, len(body)]) + body)
+                ack = s.recv(4)
+                s.sendall(b"\xe0\x00")  # DISCONNECT
+        except OSError as exc:
+            return f"MQTT: {exc}"
+        return None if ack == b"\x20\x02\x00\x00" else f"CONNACK {ack!r}"
 
     def varz(self, path: str = "/varz") -> dict[str, Any]:
         status, body = http_request(self.url + path, timeout=5)
@@ -747,7 +770,8 @@ class NatsCluster:
         ports = [free_port() for _ in range(size)]
         self.nodes = [
             NatsNode(f"n{i + 1}", cluster_name=cluster_name, routes=ports, cluster_port=ports[i],
-                     workdir=str(self.dir / f"n{i + 1}"), extra_config=extra_config)
+                     workdir=str(self.dir / f"n{i + 1}"), extra_config=extra_config,
+                     mqtt_replicas=min(size, 3))
             for i in range(size)
         ]
 
