@@ -45,6 +45,7 @@ from collector.ingest import Message
 log = logging.getLogger(__name__)
 
 CHANNELS = ("up", "alarm", "status")
+_STREAM_NAME_IN_USE = 10058  # JetStream's err_code: a stream of that name exists with another config
 
 
 def topic_subject(topic: str) -> str:
@@ -93,8 +94,10 @@ async def ensure_stream(js: Any, n: NatsConfig, prefix: str) -> None:
     cfg = stream_config(n, prefix)
     try:
         await js.add_stream(cfg)
-    except nats.js.errors.BadRequestError:  # exists with another config: bring it to this one
-        await js.update_stream(cfg)
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != _STREAM_NAME_IN_USE:
+            raise  # insufficient storage for max_bytes x replicas, say: said in the retry warning
+        await js.update_stream(cfg)  # exists with another config: bring it to this one
 
 
 def connect_options(n: NatsConfig) -> dict[str, Any]:
@@ -136,6 +139,7 @@ class NatsInput:
         self.connects = 0
         self.fetch_errors = 0
         self._status_sub: Any = None
+        self._closing = False
 
     async def start(self) -> None:
         """Connect in the background: a cluster that is down at start is retried, not fatal."""
@@ -148,7 +152,7 @@ class NatsInput:
 
     async def _disconnected_cb(self) -> None:
         self.connected = False
-        log.warning("NATS disconnected")
+        (log.info if self._closing else log.warning)("NATS disconnected")
 
     async def _error_cb(self, exc: Exception) -> None:
         log.debug("NATS: %s", exc)
@@ -259,6 +263,7 @@ class NatsInput:
 
     async def close(self) -> None:
         """Stop pulling, let the acknowledgements already given go out, and disconnect."""
+        self._closing = True
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
