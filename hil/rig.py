@@ -497,6 +497,7 @@ class Rig:
         heap: str = MICROPYTHON_HEAP,
         workdir: str | None = None,
         broker_port: int | None = None,
+        agent_brokers: Sequence[int] = (),
     ) -> None:
         self.interpreter = interpreter
         self.gw = gw
@@ -513,7 +514,8 @@ class Rig:
         self.sub: Subscriber | None = None
         self.agent: AgentProcess | None = None
         # broker_port: an MQTT listener the caller runs (a NATS node's, say); the rig does not start,
-        # restart or stop it. Otherwise the rig's own Mosquitto.
+        # restart or stop it. Otherwise the rig's own Mosquitto. agent_brokers: the agent's broker
+        # endpoints (its config's broker.port, then broker.endpoints), if not that one broker.
         self._own_broker = broker_port is None
         self.broker = Mosquitto(broker_port, workdir=str(self.dir / "mosquitto"))
         self._closed = False
@@ -564,11 +566,13 @@ class Rig:
                                          interval_s=max(0.02, 1.0 / speed))
                 sources.append({"kind": "manhole", "transport": "mqtt", "topic": site_topic + "/#",
                                 "sensors": ids, "max_silence_s": 0})
-            broker = {"host": "127.0.0.1", "port": self.broker.port, "keepalive_s": 10}
+            broker: dict[str, Any] = {"host": "127.0.0.1", "port": self.broker.port, "keepalive_s": 10}
             self.config = {
                 "gateway_id": gw,
                 "prefix": PREFIX,
-                "broker": broker,
+                "broker": {**broker, "port": agent_brokers[0],
+                           "endpoints": [f"127.0.0.1:{p}" for p in agent_brokers[1:]]}
+                if agent_brokers else broker,
                 "site_broker": dict(broker),
                 "trust_os_clock": True,
                 "store": {"dir": str(self.spool()), "sync_every_ms": sync_every_ms,

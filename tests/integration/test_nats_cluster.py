@@ -148,3 +148,30 @@ def test_a_dot_in_a_topic_level_drops_the_mqtt_client(cluster: NatsCluster) -> N
         client.disconnect()
         client.loop_stop()
     assert "not supported for MQTT topics" in cluster.nodes[0].log_tail(5000)
+
+
+@pytest.mark.parametrize("interpreter", INTERPRETERS)
+def test_agent_moves_to_the_next_endpoint_when_its_node_is_killed(
+    interpreter: str, cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """broker.endpoints: the agent's node is SIGKILLed under load; the next attempt (same backoff)
+    goes to the next node, its session and in-flight batches with it; every reading arrives once."""
+    n1, n2, n3 = cluster.nodes
+    with Rig(interpreter, broker_port=n3.mqtt_port, agent_brokers=[n1.mqtt_port, n2.mqtt_port], lids=0,
+             water=(), workdir=str(tmp_path / "rig")) as rig:
+        rig.start_agent()
+        rig.run(2.0)
+        assert n1.varz("/connz")["num_connections"] >= 1  # the agent is on the first endpoint
+        n1.kill()
+        rig.run(3.0)
+        wait_until(lambda: n2.varz("/connz")["num_connections"] >= 1, 20, "the agent on n2")
+        n1.start()
+        rig.run(1.0)
+        rig.drain()
+        report = rig.verify()
+        assert report.ok, report.summary()
+        for kind in ("parking", "thermometer"):
+            assert report.kinds[kind].received >= report.kinds[kind].expected > 5, report.summary()
+        assert rig.agent is not None and "uplink:" in rig.agent.log_tail(20000)  # the drop was seen
+        rig.stop_agent()
+    assert rig.leftovers() == []
