@@ -4,9 +4,10 @@ Why: docs/scaling.md sizes collectors for one Mosquitto with shared subscription
 to the cluster (issue 13) needs to know what the cluster costs per reading and whether a second
 collector adds throughput there too.
 
-The workload is bench/collector_throughput.py's (50-reading batches of the simulators' kind mix,
-pre-encoded, from many gateway ids, QoS 1 from its publisher subprocess, MQTT 3.1.1). Four runs,
-each with a fresh broker and a fresh InfluxDB 1.x (hil.services): Mosquitto with one collector
+The collectors run with their shipped defaults. The workload is bench/collector_throughput.py's
+(50-reading batches of the simulators' kind mix, pre-encoded, from many gateway ids, QoS 1 from
+its publisher subprocess, MQTT 3.1.1). Four runs, each with a fresh broker and a fresh InfluxDB
+1.x (hil.services): Mosquitto with one collector
 and with two (a share group), then a 3-node NATS cluster on loopback (JetStream R3, file storage;
 the publisher on one node's MQTT listener) with one collector and with two (service.input = "nats",
 one durable consumer). The clock runs from the first publish until InfluxDB counts every reading;
@@ -38,13 +39,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import collector_throughput as ct  # noqa: E402
+from collector.config import MqttConfig  # noqa: E402
 from hil.services import Collector, Mosquitto, NatsCluster  # noqa: E402
 
 
 def collector_settings(kind: str, cluster: NatsCluster | None, shared: bool) -> dict[str, dict[str, object]]:
+    # The collector's shipped defaults (what a user gets); the NATS in-flight bound is the MQTT one.
     settings: dict[str, dict[str, object]] = {
-        "mqtt": {"receive_maximum": ct.RECEIVE_MAXIMUM},
-        "writer": {"batch_size": ct.BATCH_SIZE, "flush_interval": ct.FLUSH},
+        "mqtt": {},
         "storage": {"spool_max_bytes": "512MiB"},
         "service": {"log_level": "WARNING"},
     }
@@ -53,7 +55,7 @@ def collector_settings(kind: str, cluster: NatsCluster | None, shared: bool) -> 
         settings["service"]["input"] = "nats"
         settings["nats"] = {
             "servers": ",".join(cluster.nats_urls),
-            "max_ack_pending": ct.RECEIVE_MAXIMUM,
+            "max_ack_pending": MqttConfig().receive_maximum,
             "fetch_batch": 250,
             "max_bytes": "256MiB",  # three nodes on one disk: the test nodes hold 1 GB each
         }
