@@ -160,3 +160,36 @@ def test_two_collectors_share_one_durable_consumer_and_survive_a_kill_9(
     finally:
         a.kill()
         b.kill()
+
+
+def test_nothing_is_acknowledged_to_jetstream_until_it_is_durable(
+    tmp_path: Path, cluster: NatsCluster, influxdb: InfluxDB
+) -> None:
+    """InfluxDB stopped and the spool bounded small: the collector cannot make readings durable, so
+    JetStream holds them unacknowledged (the consumer's ack-pending count); when the database is
+    back every reading is stored exactly once and nothing stays pending."""
+    influxdb.create_database(DB)
+    c = nats_collector(tmp_path, "nats-hold", cluster, influxdb)
+    c.tables["storage"]["spool_max_bytes"] = "4KiB"
+    c.tables["writer"]["timeout"] = "1s"
+    try:
+        c.start()
+        influxdb.stop()
+        pub = Publisher(cluster.nodes[0].mqtt_port, batches=120)
+        pub.close()
+        # Held: delivered to the collector, not acknowledged, and none of it in the database.
+        wait_until(lambda: asyncio.run(consumer_info(cluster))["num_ack_pending"] > 0, 30, "messages held")
+        time.sleep(2.0)
+        info = asyncio.run(consumer_info(cluster))
+        assert info["num_ack_pending"] > 0 and info["num_pending"] + info["num_ack_pending"] > 0
+        assert c.metric("not_durable_total") > 0
+        influxdb.start()
+        want = pub.batches * PER_BATCH
+        wait_until(lambda: stored(influxdb) >= want, 90, "every reading stored after the outage")
+        time.sleep(0.5)
+        assert stored(influxdb) == want
+        check_exactly_once(influxdb, pub.batches)
+        wait_until(lambda: asyncio.run(consumer_info(cluster))["num_ack_pending"] == 0, 30, "all acked")
+        assert c.stop() == 0
+    finally:
+        c.kill()
