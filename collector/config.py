@@ -109,6 +109,24 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class NatsConfig:
+    """The JetStream input (service.input = "nats"); the topic prefix stays mqtt.topic_prefix."""
+
+    servers: str = "nats://127.0.0.1:4222"  # comma-separated; the client reconnects to any of them
+    user: str = ""
+    password: str = ""  # prefer CITYBRAIN_NATS_PASSWORD
+    stream: str = "CITY_UPLINK"
+    durable: str = "collectors"  # the pull consumer every collector of the city shares
+    replicas: int = 3
+    max_age: float = _duration("7d")  # the stream's bound by age...
+    max_bytes: int = _size("10GiB")  # ...and by bytes; past either, the oldest messages go (discard old)
+    max_ack_pending: int = 1000  # the consumer's cap on delivered, unacknowledged messages
+    ack_wait: float = _duration("60s")  # unacknowledged this long: redelivered (dedup drops a repeat)
+    fetch_batch: int = 100
+    manage_stream: bool = True  # create the stream and consumer if missing (else provisioning does)
+
+
+@dataclass(frozen=True)
 class InfluxConfig:
     version: int = 1  # 1: /write (db, rp, user, password); 2: /api/v2/write (org, bucket, token)
     url: str = "http://127.0.0.1:8086"
@@ -203,6 +221,7 @@ class HealthConfig:
 class ServiceConfig:
     drain_timeout: float = _duration("30s")  # at shutdown: longest wait for in-flight writes
     log_level: str = "INFO"
+    input: str = "mqtt"  # "mqtt": one broker ([mqtt]); "nats": the JetStream cluster ([nats])
     # Refusals are logged once per (reason, gateway) episode; an episode ends after this much quiet,
     # and a long one gets a reminder line (with the count of suppressed repeats) this often.
     refusal_log_quiet: float = _duration("1m")
@@ -220,6 +239,7 @@ class GatewayInfo:
 @dataclass(frozen=True)
 class Config:
     mqtt: MqttConfig = MqttConfig()
+    nats: NatsConfig = NatsConfig()
     influx: InfluxConfig = InfluxConfig()
     storage: StorageConfig = StorageConfig()
     writer: WriterConfig = WriterConfig()
@@ -234,6 +254,7 @@ class Config:
 
 _SECTIONS: dict[str, type] = {
     "mqtt": MqttConfig,
+    "nats": NatsConfig,
     "influx": InfluxConfig,
     "storage": StorageConfig,
     "writer": WriterConfig,
@@ -249,6 +270,8 @@ _SECTIONS: dict[str, type] = {
 ENV: dict[str, str] = {
     "CITYBRAIN_MQTT_USERNAME": "mqtt.username",
     "CITYBRAIN_MQTT_PASSWORD": "mqtt.password",
+    "CITYBRAIN_NATS_USER": "nats.user",
+    "CITYBRAIN_NATS_PASSWORD": "nats.password",
     "CITYBRAIN_INFLUX_USER": "influx.user",
     "CITYBRAIN_INFLUX_PASSWORD": "influx.password",
     "CITYBRAIN_INFLUX_TOKEN": "influx.token",
@@ -318,8 +341,10 @@ def _build(cls: type, table: object, where: str) -> Any:
     return cls(**values)
 
 
-# A gateway id, as docs/protocol.md defines it (provisioning/fleet.py allows a subset of it).
-GATEWAY_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# A gateway id, as docs/protocol.md defines it (provisioning/fleet.py allows a subset of it). No `.`:
+# nats-server 2.9's MQTT listener disconnects a client publishing a topic with a `.` in it (`.` is
+# NATS's subject separator), so a gateway with such an id could not use the cluster (docs/scaling.md).
+GATEWAY_ID = re.compile(r"[A-Za-z0-9_:-]{1,64}")
 
 
 def _check(config: Config) -> None:
@@ -336,6 +361,20 @@ def _check(config: Config) -> None:
         raise ConfigError(f"mqtt.share_group: {m.share_group!r} must not contain wildcards or '/'")
     if not m.topic_prefix:
         raise ConfigError("mqtt.topic_prefix: must not be empty")
+    if config.service.input not in ("mqtt", "nats"):
+        raise ConfigError(f"service.input: {config.service.input!r} is not mqtt or nats")
+    n = config.nats
+    if config.service.input == "nats" and "." in m.topic_prefix:
+        raise ConfigError(f"mqtt.topic_prefix: {m.topic_prefix!r}: no '.' with service.input = nats")
+    if not [u for u in n.servers.split(",") if u.strip()]:
+        raise ConfigError("nats.servers: give at least one nats://host:port")
+    if not 1 <= n.replicas <= 5:
+        raise ConfigError("nats.replicas: must be 1..5 (JetStream's limit)")
+    if n.max_ack_pending < 1 or n.fetch_batch < 1:
+        raise ConfigError("nats.max_ack_pending and nats.fetch_batch: must be at least 1")
+    for key in ("stream", "durable"):
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", getattr(n, key)):
+            raise ConfigError(f"nats.{key}: 1-64 of A-Z a-z 0-9 _ - (a JetStream name)")
     if config.influx.version not in (1, 2):
         raise ConfigError(f"influx.version: must be 1 or 2, got {config.influx.version}")
     if config.influx.version == 2 and not (config.influx.org and config.influx.bucket):
@@ -368,7 +407,7 @@ def _check(config: Config) -> None:
             raise ConfigError(f"decode.{key}: must be at least 1")
     for gw, info in config.gateways.items():
         if not GATEWAY_ID.fullmatch(gw):
-            raise ConfigError(f"gateways.{gw}: a gateway id is 1-64 of A-Z a-z 0-9 _ . : -")
+            raise ConfigError(f"gateways.{gw}: a gateway id is 1-64 of A-Z a-z 0-9 _ : -")
         for tag in (info.site, info.district):
             if tag and (
                 len(tag) > config.decode.max_id_len or any(ord(c) < 32 or ord(c) == 127 for c in tag)

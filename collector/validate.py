@@ -3,7 +3,7 @@ Sans-I/O.
 
 Every value that reaches InfluxDB passes here, on every channel (`/up`, `/alarm`, `/status`):
 
-- ids: a gateway id is the protocol's alphabet (`A-Z a-z 0-9 _ . : -`, 1-64) and, when the
+- ids: a gateway id is the protocol's alphabet (`A-Z a-z 0-9 _ : -`, 1-64) and, when the
   collector has a gateway registry, one of its gateways; sensor ids, alarm codes and tag values
   cannot break line protocol or hide what they are (no control, line-separator, format (zero-width,
   bidi override), private-use or unassigned characters, no trailing backslash, bounded length);
@@ -49,8 +49,8 @@ _BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
 # unassigned, line and paragraph separators.
 _HIDDEN = frozenset(("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"))
 # An alarm code or an error name: a tag value from a fixed vocabulary (codecs' alarm(),
-# devices.common.errors.NAMES), so the gateway-id alphabet fits it.
-CODE = GATEWAY_ID
+# devices.common.errors.NAMES): never a topic level, so `.` stays allowed.
+CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 # The status keys (docs/protocol.md "Status", edge.protocol.encode_status) that become fields, with
 # their types: uint is an int >= 0. `ts` is the point's time and `errors` becomes `sensor_errors`.
@@ -243,7 +243,7 @@ class Validator:
         if not GATEWAY_ID.fullmatch(gw):
             return Reject(
                 "bad_gateway_id",
-                f"gateway id {gw!r}: not 1-64 of A-Z a-z 0-9 _ . : - (docs/protocol.md)"[:300],
+                f"gateway id {gw!r}: not 1-64 of A-Z a-z 0-9 _ : - (docs/protocol.md)"[:300],
             )
         if self.registered_only and gw not in self.gateways:
             return Reject("unknown_gateway", f"gateway {gw!r} is not in the gateway registry")

@@ -125,6 +125,8 @@ class Agent:
         self.topics = {leaf: protocol.topic(gw, leaf, prefix) for leaf in protocol.LEAVES}
         self._ack_topic = self.topics[protocol.ACK].encode()  # as the client hands topics over
         b = cfg["broker"]
+        self.endpoints = b["endpoints"]  # [(host, port), ...]: the cluster's nodes, tried in turn
+        self._endpoint = 0
         cid = b["client_id"] or gw
         will = protocol.will_payload(VERSION, self.boot)
         # Transmit buffer: the headers of publishes on our topics (payloads are sent from their own
@@ -234,7 +236,17 @@ class Agent:
             # make that later ack a StoreError ("not peeked") that killed the uplink task.
             if delays is None:
                 delays = backoff_delays(up["backoff_base_ms"] / 1000, up["backoff_cap_ms"] / 1000)
+            self._next_endpoint()
             await asyncio.sleep(next(delays))
+
+    def _next_endpoint(self):
+        """The next node of the broker cluster for the next attempt (the session moves with us)."""
+        if len(self.endpoints) > 1:
+            self._endpoint = (self._endpoint + 1) % len(self.endpoints)
+            c = self.client
+            c.host, c.port = self.endpoints[self._endpoint]
+            if c.ssl:
+                c.server_hostname = c.host
 
     async def _pump(self):
         client = self.client

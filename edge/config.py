@@ -38,6 +38,8 @@ BROKER = {
     "ca_file": (str, None, "CA certificate (PEM) to verify the broker with TLS; relative: beside the config"),
     "keepalive_s": (int, 60, "MQTT keepalive (>= 1); the broker declares us offline after 1.5x"),
     "client_id": (str, None, "MQTT client id (default: the gateway id)"),
+    "endpoints": (list, None, "more nodes of the same broker cluster, \"host:port\" each: after host:port, "
+                  "each reconnect attempt tries the next in turn (broker only)"),
 }
 
 STORE = {
@@ -191,6 +193,22 @@ def _check(section, schema, path, errs):
         else:
             out[key] = default
     return out
+
+
+def _endpoints(b, path, allowed, errs):
+    """[(host, port), ...]: broker.host:port first, then each "host:port" of `endpoints`."""
+    eps = [(b["host"], b["port"])]
+    more = b["endpoints"] or ()
+    if more and not allowed:
+        errs.append("%s.endpoints: only the central broker has endpoints" % path)
+        return eps
+    for i, ep in enumerate(more):
+        host, _, port = ep.rpartition(":") if isinstance(ep, str) else ("", "", "")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            errs.append("%s.endpoints[%d]: %r is not \"host:port\" (port 1..65535)" % (path, i, ep))
+        else:
+            eps.append((host, int(port)))
+    return eps
 
 
 def _number(v):
@@ -481,6 +499,8 @@ def validate(raw, platform=None):
             b = cfg[name] = _check(cfg[name], BROKER, "config." + name, errs)
             if b is not None and not 1 <= b["port"] <= 65535:
                 errs.append("config.%s.port: %r is outside 1..65535" % (name, b["port"]))
+            if b is not None:
+                b["endpoints"] = _endpoints(b, "config." + name, name == "broker", errs)
     cfg["store"] = st = _check(cfg["store"] or {}, STORE, "config.store", errs)
     if st is not None and st["segment_bytes"] > st["budget_bytes"]:
         errs.append("config.store.segment_bytes: %r is larger than budget_bytes %r" % (

@@ -499,6 +499,8 @@ class Rig:
         receipts: bool = False,
         receipt_timeout_ms: int = 3000,
         broker_options: dict[str, Any] | None = None,
+        broker_port: int | None = None,
+        agent_brokers: Sequence[int] = (),
     ) -> None:
         self.interpreter = interpreter
         self.gw = gw
@@ -514,7 +516,11 @@ class Rig:
         self.bus: ModbusBus | None = None
         self.sub: Subscriber | None = None
         self.agent: AgentProcess | None = None
-        self.broker = Mosquitto(workdir=str(self.dir / "mosquitto"), **(broker_options or {}))
+        # broker_port: an MQTT listener the caller runs (a NATS node's, say); the rig does not start,
+        # restart or stop it. Otherwise the rig's own Mosquitto (with broker_options). agent_brokers:
+        # the agent's broker endpoints (its config's broker.port, then broker.endpoints), if not that one.
+        self._own_broker = broker_port is None
+        self.broker = Mosquitto(broker_port, workdir=str(self.dir / "mosquitto"), **(broker_options or {}))
         self._closed = False
         self._procs: list[subprocess.Popen[bytes]] = []  # everything started, to prove it is gone
         try:
@@ -563,11 +569,13 @@ class Rig:
                                          interval_s=max(0.02, 1.0 / speed))
                 sources.append({"kind": "manhole", "transport": "mqtt", "topic": site_topic + "/#",
                                 "sensors": ids, "max_silence_s": 0})
-            broker = {"host": "127.0.0.1", "port": self.broker.port, "keepalive_s": 10}
+            broker: dict[str, Any] = {"host": "127.0.0.1", "port": self.broker.port, "keepalive_s": 10}
             self.config = {
                 "gateway_id": gw,
                 "prefix": PREFIX,
-                "broker": broker,
+                "broker": {**broker, "port": agent_brokers[0],
+                           "endpoints": [f"127.0.0.1:{p}" for p in agent_brokers[1:]]}
+                if agent_brokers else broker,
                 "site_broker": dict(broker),
                 "trust_os_clock": True,
                 "store": {"dir": str(self.spool()), "sync_every_ms": sync_every_ms,
@@ -728,6 +736,8 @@ class Rig:
         self._start_broker()
 
     def _start_broker(self) -> None:
+        if not self._own_broker:
+            return
         self.broker.start()
         if self.broker.proc is not None:
             self._procs.append(self.broker.proc)
@@ -831,7 +841,8 @@ class Rig:
             self.bus.close()
         for d in self.devices:
             d.close()
-        self.broker.stop()
+        if self._own_broker:
+            self.broker.stop()
         if self._own_dir:
             import shutil
 

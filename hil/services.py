@@ -655,3 +655,178 @@ class Collector(HttpService):
             if key == want:
                 return float(value)
         return 0.0
+
+
+class NatsNode(HttpService):
+    """One `nats-server` (2.9, Debian's) of a `NatsCluster`: client, cluster-route, MQTT and monitoring
+    listeners on free loopback ports, JetStream with file storage in its own dir.
+
+    Ready means /healthz?js-server-only=true answers 200 (JetStream up, the node current with the meta
+    leader) and the MQTT listener answers a CONNECT with a CONNACK. The full /healthz is not waited
+    for: after a restart, nats-server 2.9 reports its MQTT retained-message consumer "not current"
+    for a minute or more while MQTT clients are already served. Started, stopped (SIGTERM, a clean
+    shutdown), killed (SIGKILL) and paused one node at a time; the data dir survives a kill, as a disk
+    would.
+    """
+
+    name = "nats"
+    health_path = "/healthz?js-server-only=true"
+
+    def __init__(
+        self,
+        server_name: str,
+        *,
+        cluster_name: str = "citybrain",
+        routes: list[int] | None = None,
+        cluster_port: int | None = None,
+        workdir: str | None = None,
+        extra_config: str = "",
+        mqtt_replicas: int = 1,
+    ) -> None:
+        super().__init__(workdir=workdir)  # self.port: the monitoring (HTTP) port
+        self.mqtt_replicas = mqtt_replicas
+        self.server_name = server_name
+        self.cluster_name = cluster_name
+        self.client_port = free_port()
+        self.mqtt_port = free_port()
+        self.cluster_port = cluster_port or free_port()
+        self.routes = list(routes or [])
+        self.extra_config = extra_config
+        self.log_path = self.dir / f"{server_name}.log"
+
+    def config_text(self) -> str:
+        routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.routes if p != self.cluster_port)
+        cluster = "" if not self.routes else f"""
+cluster {{
+  name: {self.cluster_name}
+  listen: 127.0.0.1:{self.cluster_port}
+  routes: [{routes}]
+}}"""
+        return f"""\
+server_name: {self.server_name}
+listen: 127.0.0.1:{self.client_port}
+http: 127.0.0.1:{self.port}
+jetstream {{
+  store_dir: "{self.dir / 'jetstream'}"
+  max_memory_store: 64MB
+  max_file_store: 1GB
+}}
+mqtt {{
+  listen: 127.0.0.1:{self.mqtt_port}
+  # MQTT sessions and retained messages live in JetStream streams: as many copies as the uplink.
+  stream_replicas: {self.mqtt_replicas}
+}}{cluster}
+{self.extra_config}
+"""
+
+    def command(self) -> list[str]:
+        conf = self.dir / "nats.conf"
+        conf.write_text(self.config_text())
+        return [find_binary("nats-server"), "-c", str(conf)]
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.client_port}"
+
+    def wait_ready(self, deadline: float) -> None:
+        super().wait_ready(deadline)
+        wait_for_port(self.mqtt_port, deadline - time.monotonic(), self.proc)
+        # The listener accepts before it can serve: a CONNECT waits until the node has made its
+        # MQTT session streams (a meta leader is needed). Ready is a CONNACK.
+        self._poll_ready(deadline, "MQTT CONNACK", self._mqtt_connack)
+
+    def _mqtt_connack(self) -> str | None:
+        client_id = f"ready-probe-{self.server_name}".encode()
+        var = b"\x00\x04MQTT\x04\x02\x00\x1e"  # MQTT 3.1.1, clean session, keepalive 30 s
+        body = var + len(client_id).to_bytes(2, "big") + client_id
+        try:
+            with socket.create_connection(("127.0.0.1", self.mqtt_port), timeout=2.0) as s:
+                s.sendall(bytes([0x10, len(body)]) + body)
+                ack = s.recv(4)
+                s.sendall(b"\xe0\x00")  # DISCONNECT
+        except OSError as exc:
+            return f"MQTT: {exc}"
+        # 5, not authorized: a node with accounts (the probe has none) answers, which is all we ask.
+        return None if ack in (b"\x20\x02\x00\x00", b"\x20\x02\x00\x05") else f"CONNACK {ack!r}"
+
+    def varz(self, path: str = "/varz") -> dict[str, Any]:
+        status, body = http_request(self.url + path, timeout=5)
+        if status != 200:
+            raise ServiceError(f"{self.server_name} {path}: HTTP {status} {body[:200]!r}")
+        result: dict[str, Any] = json.loads(body)
+        return result
+
+
+class NatsCluster:
+    """A NATS JetStream cluster of `size` nodes on loopback (one `NatsNode` each, full-mesh routes),
+    each with its MQTT listener. `start()` starts them together (a JetStream cluster needs a quorum
+    before any node is healthy); each node is then stopped, killed, paused or started on its own.
+    """
+
+    def __init__(self, size: int = 3, *, workdir: str | None = None, cluster_name: str = "citybrain",
+                 extra_config: str = "", accounts: Path | None = None) -> None:
+        self._own_dir = workdir is None
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="citybrain-nats-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        ports = [free_port() for _ in range(size)]
+        if accounts is not None:
+            # `provision render`'s out/nats/accounts.conf, beside each node's config (nats-server
+            # resolves an include relative to the including file).
+            for i in range(size):
+                node_dir = self.dir / f"n{i + 1}"
+                node_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(accounts, node_dir / "accounts.conf")
+            extra_config = 'include "accounts.conf"\n' + extra_config
+        self.nodes = [
+            NatsNode(f"n{i + 1}", cluster_name=cluster_name, routes=ports, cluster_port=ports[i],
+                     workdir=str(self.dir / f"n{i + 1}"), extra_config=extra_config,
+                     mqtt_replicas=min(size, 3))
+            for i in range(size)
+        ]
+
+    @property
+    def mqtt_ports(self) -> list[int]:
+        return [n.mqtt_port for n in self.nodes]
+
+    @property
+    def nats_urls(self) -> list[str]:
+        return [n.nats_url for n in self.nodes]
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Launch every node that is not running, then wait until each is ready."""
+        deadline = time.monotonic() + timeout
+        waiting = [n for n in self.nodes if n.proc is None or n.proc.poll() is not None]
+        for n in waiting:
+            self._launch(n)
+        for n in waiting:
+            try:
+                n.wait_ready(deadline)
+            except ServiceError as exc:
+                self.stop()
+                raise ServiceError(f"{n.server_name}: {exc}; log: {n.log_tail()}") from None
+
+    @staticmethod
+    def _launch(node: NatsNode) -> None:
+        log = open(node.log_path, "ab")  # noqa: SIM115 - handed to the child, closed in stop()
+        node._log = log
+        node.proc = subprocess.Popen(
+            node.command(), stdout=log, stderr=subprocess.STDOUT, cwd=node.dir, start_new_session=True
+        )
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cleanup()

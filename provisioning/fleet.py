@@ -21,7 +21,9 @@ from provisioning.credentials import mosquitto_hash, new_password
 from provisioning.files import private_dir, write_atomic
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-GATEWAY_ID = NAME
+# A gateway id: a NAME without `.` (nats-server 2.9's MQTT refuses a `.` in a topic, docs/protocol.md);
+# `:` is not in NAME either, as it separates the name in Mosquitto's password file.
+GATEWAY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # Written into the ACL and the broker's config: no spaces, line breaks, MQTT wildcards or `$`.
 PREFIX = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 LISTEN = re.compile(r"^[A-Za-z0-9_.:-]+$")
@@ -198,9 +200,10 @@ class Fleet:
     # -- gateways -------------------------------------------------------------------------------
 
     def check_name_free(self, name: str, *, what: str) -> None:
-        if not NAME.match(name):
+        if not (GATEWAY_ID if what == "gateway id" else NAME).match(name):
+            dot = "" if what == "gateway id" else " or '.'"
             raise FleetError(
-                f"{what} {name!r}: use 1-64 letters, digits, '-', '_' or '.'"
+                f"{what} {name!r}: use 1-64 letters, digits, '-'{',' if dot else ' or'} '_'{dot}"
                 " (it becomes an MQTT username and topic level)"
             )
         if name in self.gateways:

@@ -56,6 +56,13 @@ def test_sample_documents_every_option_with_its_default(tmp_path: Path) -> None:
         ({"decode": {"min_time": "2020-01-01"}}, "needs a time zone"),
         ({"gateways": {"bad id!": {}}}, "gateways.bad id!"),
         ({"gateways": {"gw1": {"site": "a\nb"}}}, "control characters"),
+        ({"gateways": {"gw.1": {}}}, "gateways.gw.1: a gateway id is 1-64 of A-Z a-z 0-9 _ : -"),
+        ({"service": {"input": "kafka"}}, "service.input: 'kafka' is not mqtt or nats"),
+        ({"nats": {"max_ack_pending": 0}}, "nats.max_ack_pending"),
+        ({"nats": {"stream": "a.b"}}, "nats.stream"),
+        ({"nats": {"servers": " , "}}, "nats.servers"),
+        ({"nats": {"max_ack_pendin": 5}}, "did you mean 'max_ack_pending'?"),
+        ({"service": {"input": "nats"}, "mqtt": {"topic_prefix": "hz.city"}}, "no '.' with service.input"),
     ],
 )
 def test_bad_config_names_the_key(data: dict[str, object], message: str) -> None:

@@ -136,9 +136,10 @@ def test_partly_bad_batch_keeps_the_good_readings() -> None:
 
 def test_gateway_id() -> None:
     val = Validator(DecodeConfig(), KINDS, {})  # no registry: any id in the alphabet
-    for good in ("gw-1", "GW_2.a:b", "g" * 64):
+    for good in ("gw-1", "GW_2:b", "g" * 64):
         assert val.check_gateway(good) is None
-    for bad in ("g\nw", "g" * 65, "g\\", " g", "", "网关-1"):
+    # "." is NATS's subject separator: nats-server 2.9 drops an MQTT client publishing it in a topic.
+    for bad in ("g\nw", "g" * 65, "g\\", " g", "", "网关-1", "GW_2.a:b"):
         r = val.check_gateway(bad)
         assert r is not None and r.reason == "bad_gateway_id"
 

@@ -121,7 +121,7 @@ def test_collector_config_ready_kill_restart_stop(
         {"url": influxdb.url, "db": "city"},
         client_id="t-collector",
         workdir=str(tmp_path / "collector"),
-        settings={"writer": {"flush_interval": "50ms"}, "gateways": {"gw.1": {"site": "文三路"}}},
+        settings={"writer": {"flush_interval": "50ms"}, "gateways": {"gw:1": {"site": "文三路"}}},
     )
     # The file it writes is what the collector loads: its own keys, the settings merged in, a
     # gateway id that needs quoting and a non-ASCII value intact.
@@ -129,7 +129,7 @@ def test_collector_config_ready_kill_restart_stop(
     assert (config.mqtt.port, config.mqtt.client_id) == (mosquitto.port, "t-collector")
     assert (config.influx.url, config.influx.db) == (influxdb.url, "city")
     assert config.metrics.port == collector.port and config.storage.spool_path == str(collector.spool_path)
-    assert config.writer.flush_interval == 0.05 and config.gateways["gw.1"].site == "文三路"
+    assert config.writer.flush_interval == 0.05 and config.gateways["gw:1"].site == "文三路"
     try:
         collector.start()  # ready: /healthz says connected and subscribed
         assert collector.metric("mqtt_connected") == 1

@@ -204,3 +204,14 @@ def test_vendor_map_plan():
     # flow (field 7) int32 CDAB at byte 0; ph (0) float32 ABCD at byte 20; nh3n (3) uint16 in read 2
     assert list(plan["codes"]) == [7, 0, 3, 1, 0, 20, 0, 0, 3, 0, 2, 1]
     assert list(plan["scales"]) == [1, 1000, 0, 1, 1, 0, 1, 2, -1]  # 0.001 as a divisor, 0.5 as / 2
+
+
+def test_broker_endpoints_are_host_port_after_the_first():
+    c = config.validate(_with(broker={"host": "n1", "port": 1884, "endpoints": ["n2:1885", "10.0.0.3:1883"]}))
+    assert c["broker"]["endpoints"] == [("n1", 1884), ("n2", 1885), ("10.0.0.3", 1883)]
+    assert config.validate(_with())["broker"]["endpoints"] == [("127.0.0.1", 1883)]
+    msg = _err(_with(broker={"host": "h", "endpoints": ["n2", "n3:0", 5]}))
+    assert "config.broker.endpoints[0]: 'n2' is not \"host:port\"" in msg
+    assert "config.broker.endpoints[1]" in msg and "config.broker.endpoints[2]" in msg
+    assert _err(_with(broker={"host": "h", "endpoints": "n2:1"})) == (
+        "config.broker.endpoints: expected list, got 'n2:1'")
