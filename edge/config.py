@@ -346,9 +346,12 @@ def _register_map(v, raw, codec, sp, errs):
     so the grouping code is not resident on a board (this module is dropped after boot)."""
     n_errs = len(errs)
     fields = codec.FIELDS
-    orders = codec.WORD_ORDERS  # index = the word order code
-    wo = v["word_order"]
-    order = orders.index(wo) if wo in orders else 0
+    order = codec.WORD_ABCD  # the default; a bad word_order is said by the caller
+    if v["word_order"] is not None:
+        try:
+            order = codec.word_order_code(v["word_order"])
+        except ValueError:
+            pass
     m = v["map"]
     entries = []  # (register, width, field index, type, order, scale, offset)
     if m is None:
@@ -387,10 +390,12 @@ def _register_map(v, raw, codec, sp, errs):
             if ewo is not None:
                 if w == 1:
                     errs.append("%s.word_order: a %s is one register: it has no word order" % (ep, t))
-                elif ewo not in orders:
-                    errs.append("%s.word_order: %r is not ABCD or CDAB%s" % (ep, ewo, _hint(ewo, orders)))
                 else:
-                    eo = orders.index(ewo)
+                    try:
+                        eo = codec.word_order_code(ewo)
+                    except ValueError:
+                        errs.append("%s.word_order: %r is not ABCD or CDAB%s" % (
+                            ep, ewo, _hint(ewo, ("ABCD", "CDAB"))))
             sc = e["scale"]
             if not (-1e30 < sc < 1e30) or sc == 0:  # NaN fails too
                 errs.append("%s.scale: %r is not a nonzero finite number" % (ep, sc))

@@ -26,6 +26,7 @@ arrived. Scenarios built from these live in hil/scenarios.py; `python -m hil.rig
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import random
@@ -34,10 +35,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 import tty
 import zlib
+from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +101,7 @@ class TornWrite:
 
 
 TEAR_MODES = ("truncate", "garbage")
+_PLACEHOLDER_SPEED = termios.B50  # a pty's speed until the agent sets its own (the config refuses 50)
 
 
 def last_record(data: bytes) -> tuple[int, int, int] | None:
@@ -147,6 +151,10 @@ class SerialDevice:
     def _plug(self) -> None:
         self.master, self._slave = os.openpty()
         tty.setraw(self._slave)  # no echo, no line discipline before the agent sets it raw itself
+        # A speed no agent config uses: when it is gone, the agent has set the tty up (see `set_up`).
+        attrs = termios.tcgetattr(self._slave)
+        attrs[4] = attrs[5] = _PLACEHOLDER_SPEED
+        termios.tcsetattr(self._slave, termios.TCSANOW, attrs)
         os.set_blocking(self.master, False)
         self.tty = os.ttyname(self._slave)
         if self.link is not None:
@@ -162,6 +170,20 @@ class SerialDevice:
         self.plugged = False
         os.remove(self.link)
         self.close()
+
+    def set_up(self) -> bool:
+        """Whether the agent has set this pty up since it was plugged: its last step (edge/ports/tty.py,
+        the baud) has replaced the placeholder speed, so the raw mode before it, which discards the
+        input not yet read, is done and a frame written now reaches the agent. The settings are the
+        tty's, shared by every fd on it, so the rig's own slave fd shows them."""
+        return termios.tcgetattr(self._slave)[4] != _PLACEHOLDER_SPEED
+
+    def unread(self) -> int:
+        """Bytes written to the pty that the agent has not read yet (FIONREAD on the slave side,
+        which only the agent reads)."""
+        n = array("i", [0])
+        fcntl.ioctl(self._slave, termios.FIONREAD, n)
+        return n[0]
 
     def replug(self) -> None:
         """Plugged back: a new pty (a new /dev/pts number) under the same stable name. The device
@@ -698,8 +720,17 @@ class Rig:
         return TornWrite(mode, path.name, start, end, cut_at, garbled, age,
                          bytes(data[start + HEADER : end]), bytes(data[:start]))
 
-    def unplug(self) -> None:
-        """Pull every serial adapter and the Modbus bus's adapter (the agent keeps running)."""
+    def unplug(self, timeout: float = 10.0) -> None:
+        """Pull every serial adapter and the Modbus bus's adapter (the agent keeps running). The
+        devices fall silent first and are pulled once the agent has read what they wrote (or after
+        `timeout`): a frame written but still unread when the pty goes is recorded as emitted, yet no
+        agent could ever read it, and the verifier would count it lost."""
+        serial = [d for d in self.devices if d.link is not None]
+        for d in serial:
+            d.plugged = False
+        deadline = time.monotonic() + timeout
+        while any(d.unread() for d in serial) and time.monotonic() < deadline:
+            self.run(0.05)
         for d in self.devices:
             if d.link is not None:
                 d.unplug()
@@ -708,24 +739,30 @@ class Rig:
 
     def replug(self, timeout: float = 30.0) -> float:
         """Plug them back: new ptys under the same names, as udev's by-id links do. Returns once
-        the agent holds every serial device's new pty open (its reopen found it), when each device
-        starts to talk again; the time between is an outage for the verifier. Returns that time."""
+        the agent holds every new pty open (its reopen found it; the bus's too, so polls resume
+        from here) and has set each serial one up, when each device starts to talk again; the time
+        between is an outage for the verifier. Returns that time."""
         assert self.agent is not None and self.agent.proc is not None
         waiting = [d for d in self.devices if d.link is not None and not d.plugged]
         for d in waiting:
             d.replug()
         if self.bus is not None:
             self.bus.plug()
+        bus_tty = os.path.realpath(self.bus.path) if self.bus is not None else None
         deadline = time.monotonic() + timeout
         pid = self.agent.proc.pid
-        while waiting:
+        while True:
             held = _open_files(pid)
-            waiting = [d for d in waiting if d.tty not in held]
+            # Open is not enough: setting the tty raw just after discards what is unread (set_up).
+            waiting = [d for d in waiting if d.tty not in held or not d.set_up()]
+            if bus_tty in held:
+                bus_tty = None
+            if not waiting and bus_tty is None:
+                break
             if time.monotonic() > deadline:
-                names = [d.link for d in waiting]
+                names = [d.link for d in waiting] + ([self.bus.path] if self.bus and bus_tty else [])
                 raise RigError(f"the agent did not reopen {names}: {self.agent.log_tail()}")
             self.run(0.05)
-        time.sleep(0.2)  # the agent sets the tty raw (which flushes it) just after opening it
         for d in self.devices:
             d.plugged = True
         return time.time()

@@ -53,7 +53,6 @@ N_REGISTERS = const(18)
 DATA_LEN = const(36)
 WORD_ABCD = const(0)  # the word order codes devices.common.regmap reads (ABCD: high word first)
 WORD_CDAB = const(1)
-WORD_ORDERS = ("ABCD", "CDAB")  # index = code
 DEFAULT_WORD_ORDER = "ABCD"  # what a slave's config gets when it names no word_order
 
 ANALOG = (0, 1, 2, 3, 4, 5, 6, 7, 8)

@@ -57,12 +57,13 @@ def healthz(proc: CollectorProcess) -> tuple[int, dict[str, Any]]:
 
 
 def thermometer_batch(seq: int, gw_readings: int = 3) -> bytes:
-    """Three thermometer readings (body_c a float, as the kind says) and two parking readings."""
+    """Three thermometer readings and two parking readings, each field of the type and in the range
+    the kind registry says (mag_x an int), so the collector passes every one to the database."""
     t = NOW_MS + seq * 1000
     readings: list[tuple[str, int, int, tuple[Any, ...]]] = [
         (f"T-{i}", 4, t + i, (36.5 + i / 10, 21.0, seq, 30, True)) for i in range(gw_readings)
     ]
-    readings += [(f"P-{i}", 1, t + i, (True, 1, seq, 12.5, None, None, 3600, -71)) for i in range(2)]
+    readings += [(f"P-{i}", 1, t + i, (True, 1, seq, 12, None, None, 3600, -71)) for i in range(2)]
     return encode_batch(1, seq, readings)
 
 
@@ -70,7 +71,9 @@ def test_a_field_type_conflict_is_loud_and_never_counted_written(
     tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB, caplog: pytest.LogCaptureFixture
 ) -> None:
     influxdb.create_database(DB)
-    # The series is poisoned: body_c is a string in this shard, so InfluxDB refuses every float.
+    # The shard is poisoned by another tool writing to InfluxDB directly (the collector itself would
+    # dead-letter a string body_c as field_type): body_c is a string here, so InfluxDB refuses every
+    # correctly typed float the collector then sends.
     influxdb.write(DB, f'thermometer,gw=gw-evil,sensor=T-x body_c="36.6" {NOW_MS - 5000}')
     proc = launcher(tmp_path, mosquitto, influxdb, "conflict")
     config = cfg.load(proc.write_config(), env={})
@@ -104,9 +107,11 @@ def test_a_field_type_conflict_is_loud_and_never_counted_written(
     dead = DeadLetters(proc.dead_letter_path)
     try:
         entries = dead.list(reason="db_type_conflict")
+        own = dead.list(reason="field_type")  # the collector passed every reading: the database refused
     finally:
         dead.close()
     assert len(entries) == 12 and {e.gateway for e in entries} == {"gw-1"}
+    assert own == []
     assert all(e.payload.startswith(b"thermometer,") for e in entries)
     # Logged once for the episode (12 refusals, one gateway), then summarised, never 12 lines.
     refused = [r.getMessage() for r in caplog.records if r.name == "collector.refused"]
@@ -146,9 +151,9 @@ def test_dead_letters_bounded_listed_shown_and_replayed_once(
         1,
         7,
         [
-            ("P-now", 1, NOW_MS, (True, 1, 7, 12.5, None, None, 3600, -71)),
-            ("P-ahead", 1, ahead, (False, 1, 7, 12.5, None, None, 3600, -71)),
-            ("P-ahead2", 1, ahead + 1, (True, 1, 7, 12.5, None, None, 3600, -71)),
+            ("P-now", 1, NOW_MS, (True, 1, 7, 12, None, None, 3600, -71)),
+            ("P-ahead", 1, ahead, (False, 1, 7, 12, None, None, 3600, -71)),
+            ("P-ahead2", 1, ahead + 1, (True, 1, 7, 12, None, None, 3600, -71)),
         ],
     )
 

@@ -22,6 +22,7 @@ OPTIONAL = (
     ("N_REGISTERS", "int"),  # modbus: the kind has a register map
     ("WORD_ABCD", "int"),
     ("word_order_code", "call"),
+    ("bad_field", "call"),  # modbus: the kind's range check of a reading read through a register map
 )
 
 
@@ -40,6 +41,9 @@ def test_every_codec_has_the_contract():
         for name, sort in OPTIONAL:
             if hasattr(codec, name):
                 assert _is(getattr(codec, name), sort), "%s.%s is not a %s" % (kind, name, sort)
+        if hasattr(codec, "N_REGISTERS"):  # a modbus kind: edge/ reads the rest of the modbus part
+            for name in ("WORD_ABCD", "word_order_code", "bad_field"):
+                assert hasattr(codec, name), "%s codec has N_REGISTERS but lacks %s" % (kind, name)
         assert codec.KIND == kind
         n = len(codec.FIELDS)
         for i in codec.ANALOG + codec.COUNTERS:
