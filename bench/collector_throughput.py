@@ -16,7 +16,8 @@ every value as a float64: true = 1, false = 0).
 
 The ceiling: the same line protocol (the collector's own stages make it from the same payloads), in
 the same batch sizes, with the writer's concurrency and gzip setting (off), POSTed straight to a
-fresh database by a tight aiohttp loop. collector/ceiling is what the collector costs (goal >= 0.8).
+fresh database by a tight aiohttp loop. collector/ceiling is what the collector costs (goal >= 0.9).
+The collector's CPU per reading (goal <= 4 us) is the figure that holds still on a shared machine.
 
     python bench/collector_throughput.py [--readings 1000000] [--store influx|vm] [--save F] [--baseline F]
     python bench/collector_throughput.py --quick                  # small run, for the test suite
@@ -59,7 +60,8 @@ from edge import protocol  # noqa: E402
 from hil.services import Collector, InfluxDB, Mosquitto, ServiceError, VictoriaMetrics  # noqa: E402
 
 GOAL_RATE = 100_000  # readings/s, end to end
-GOAL_RATIO = 0.8  # collector / ceiling
+GOAL_RATIO = 0.9  # collector / ceiling, with the shipped defaults (issue 8)
+GOAL_CPU_US = 4.0  # collector CPU per reading, all threads (issue 8: >= 250,000 readings per CPU-second)
 PER_BATCH = 50
 DB = "citybrain"
 PREFIX = "city"
@@ -873,6 +875,10 @@ def _run_throughput(args: argparse.Namespace, tmp: Path, fig: dict[str, Any]) ->
     met = r["rate"] >= GOAL_RATE
     print(f"goal            >= {GOAL_RATE:,} readings/s end to end: {'met' if met else 'MISSED'}")
     if not args.quick and not met:
+        status = 1
+    cpu_met = fig["cpu_us_per_reading"] <= GOAL_CPU_US
+    print(f"goal            <= {GOAL_CPU_US} us collector CPU per reading: {'met' if cpu_met else 'MISSED'}")
+    if not args.quick and not cpu_met:
         status = 1
     return problems, status
 
