@@ -19,6 +19,7 @@ CPU time (`time.process_time`), best of `--passes` passes: other processes on a 
 slow the wall clock, not this process's CPU seconds (much).
 
     python bench/collector_checks.py                       # figures now
+    CITYBRAIN_PURE_PYTHON=1 python bench/collector_checks.py   # the same without the mypyc build
     python bench/collector_checks.py --save /tmp/checks.json
     python bench/collector_checks.py --baseline /tmp/checks.json   # batch_lines +15 % fails
 
@@ -56,7 +57,7 @@ def _best_us(fn: Callable[[], None], readings: int, passes: int) -> float:
 
 
 def measure(messages: int, passes: int) -> dict[str, Any]:
-    from collector import decode, lineproto
+    from collector import decode, lineproto, validate
     from collector.config import DecodeConfig
     from collector.validate import Validator, load_kinds
 
@@ -114,6 +115,7 @@ def measure(messages: int, passes: int) -> dict[str, Any]:
         "batch_lines_us": _best_us(hot, n, passes),
         "general_us": _best_us(general, n, passes),
         "format_floor_us": _best_us(format_floor, n, passes),
+        "hotpath_compiled": validate.HOTPATH_COMPILED,
         "floats_per_reading": len(floats) / n,
     }
 
@@ -135,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     fig = measure(args.messages, args.passes)
     dup_cost = fig["cbor_dup_refused_us"] - fig["cbor_dup_allowed_us"]
     print(f"readings         {fig['readings']}  (CPU time per reading, best of {args.passes})")
+    built = (
+        "compiled by mypyc"
+        if fig["hotpath_compiled"]
+        else "pure Python (CITYBRAIN_PURE_PYTHON=1 or no build)"
+    )
+    print(f"hot path         collector/hotpath.py {built}")
     print(
         f"cbor2 decode     {fig['cbor_dup_allowed_us']:.3f} us duplicate keys allowed, "
         f"{fig['cbor_dup_refused_us']:.3f} us refused ({dup_cost:+.3f} us)"

@@ -5,11 +5,13 @@ same reasons, for good, unusual and hostile readings alike."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector import lineproto
+from collector import lineproto, validate
 from collector.config import DecodeConfig, GatewayInfo
 from collector.decode import Batch
 from collector.validate import FieldSpec as F
@@ -23,6 +25,19 @@ KINDS = {
     ),
 }
 GATEWAYS = {"gw-1": GatewayInfo(site="wulin p3", district="xi,hu")}  # tags that need escaping
+
+
+@pytest.fixture(autouse=True, scope="module", params=["as imported", "pure Python"])
+def hotpath(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test twice: with the field formatter the collector imported (the mypyc build of
+    collector/hotpath.py when scripts/setup made one) and with its source run as Python."""
+    active = validate.fields_text
+    if request.param == "pure Python":
+        validate.fields_text = validate.load_pure_hotpath().fields_text
+    try:
+        yield request.param
+    finally:
+        validate.fields_text = active
 
 
 def general(v: Validator, gw: str, batch: Batch) -> tuple[list[str], list[tuple[int, Reject]]]:
