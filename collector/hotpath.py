@@ -1,4 +1,4 @@
-"""One reading's fields as line protocol: the innermost loop of the collector's hot path.
+"""Readings of the usual shape as line protocol: the inner loops of the collector's hot path.
 
 This module is the one part of the collector that may run compiled: `scripts/setup` builds it with
 mypyc (`mypyc collector/hotpath.py`, from the dev dependencies) when a C compiler is there, and
@@ -13,6 +13,8 @@ CPython's own `repr` of the floats, which floats need to round-trip exactly.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 # Per field, by index: (escaped "name=", type, lo, hi), the bounds always set: a float field without
 # a range gets the finite floats (so NaN and infinities fail), an int field int64.
@@ -55,3 +57,43 @@ def fields_text(specs: tuple[FastSpec, ...], fields: dict[object, object]) -> st
         else:
             return None
     return ",".join(parts) if parts else None
+
+
+def readings_lines(
+    gw: str,
+    readings: list[object],
+    t0: int,
+    lo: int,
+    hi: int,
+    series: dict[tuple[str, int, str], str],
+    specs: dict[int, tuple[FastSpec, ...]],
+    series_head: Callable[[str, int, str], str | None],
+    slow: Callable[[int, object], None],
+    lines: list[str],
+) -> None:
+    """Append to `lines` the line of each reading `[sensor, kind, dt, {index: value}]` of the usual
+    shape (`dt` within lo..hi, a known series, values of their field's type and range); hand any
+    other to `slow(index, item)`, in order, so the lines keep the readings' order.
+
+    `series` caches (gw, kind code, sensor) -> `measurement,tags ` and `series_head` makes a missing
+    one (None: the general path must judge the reading); `specs` holds each kind's FastSpecs (there
+    for every code `series_head` accepted)."""
+    i = -1
+    for item in readings:
+        i += 1
+        if type(item) is list and len(item) == 4:
+            sensor = item[0]
+            code = item[1]
+            dt = item[2]
+            fields = item[3]
+            head: str | None = None
+            if type(sensor) is str and type(code) is int:
+                head = series.get((gw, code, sensor))
+                if head is None:
+                    head = series_head(gw, code, sensor)
+            if head is not None and type(dt) is int and lo <= dt <= hi and type(fields) is dict:
+                text = fields_text(specs[code], fields)
+                if text is not None:
+                    lines.append(f"{head}{text} {t0 + dt}")
+                    continue
+        slow(i, item)

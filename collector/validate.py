@@ -83,7 +83,7 @@ def _choose_hotpath() -> tuple[ModuleType, bool]:
 
 
 _hotpath, HOTPATH_COMPILED = _choose_hotpath()
-fields_text: Callable[[tuple[FastSpec, ...], dict[object, object]], str | None] = _hotpath.fields_text
+readings_lines: Callable[..., None] = _hotpath.readings_lines
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 _FLOAT_MAX = 1.7976931348623157e308  # finite: `-max <= x <= max` is false for NaN and infinities
@@ -375,22 +375,13 @@ class Validator:
         # dt bounds for a good timestamp (and an int64 dt, as `reading` requires)
         lo = max(self.min_ms - t0, INT64_MIN)
         hi = min(now_ms + self.max_future_ms - t0, INT64_MAX)
-        series = self._series
-        specs = self._specs
-        for i, item in enumerate(batch.readings):
-            if type(item) is list and len(item) == 4:
-                sensor, code, dt, fields = item
-                head = None
-                if type(sensor) is str and type(code) is int:
-                    head = series.get((gw, code, sensor))
-                    if head is None:
-                        head = self._series_head(gw, code, sensor)
-                if head is not None and type(dt) is int and lo <= dt <= hi and type(fields) is dict:
-                    text = fields_text(specs[code], fields)
-                    if text is not None:
-                        lines.append(f"{head}{text} {t0 + dt}")
-                        continue
-            self._line_slow(gw, t0, item, now_ms, None, i, lines, rejects)
+
+        def slow(index: int, item: object) -> None:
+            self._line_slow(gw, t0, item, now_ms, None, index, lines, rejects)
+
+        readings_lines(
+            gw, batch.readings, t0, lo, hi, self._series, self._specs, self._series_head, slow, lines
+        )
         return lines, rejects
 
     def _series_head(self, gw: str, code: int, sensor: str) -> str | None:

@@ -71,11 +71,13 @@ def test_compiled_equals_source_on_good_readings(data: st.DataObject) -> None:
 
 @needs_build
 def test_the_collector_runs_the_build() -> None:
-    assert validate.HOTPATH_COMPILED and validate.fields_text is hotpath.fields_text
+    assert validate.HOTPATH_COMPILED and validate.readings_lines is hotpath.readings_lines
 
 
 def _chosen(env: dict[str, str]) -> str:
-    code = "from collector import validate; print(validate.HOTPATH_COMPILED, validate.fields_text.__module__)"
+    code = (
+        "from collector import validate; print(validate.HOTPATH_COMPILED, validate.readings_lines.__module__)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True
     )

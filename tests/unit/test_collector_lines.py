@@ -29,15 +29,15 @@ GATEWAYS = {"gw-1": GatewayInfo(site="wulin p3", district="xi,hu")}  # tags that
 
 @pytest.fixture(autouse=True, scope="module", params=["as imported", "pure Python"])
 def hotpath(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every test twice: with the field formatter the collector imported (the mypyc build of
-    collector/hotpath.py when scripts/setup made one) and with its source run as Python."""
-    active = validate.fields_text
+    """Every test twice: with the hot path's inner loops as the collector imported them (the mypyc
+    build of collector/hotpath.py when scripts/setup made one) and with their source run as Python."""
+    active = validate.readings_lines
     if request.param == "pure Python":
-        validate.fields_text = validate.load_pure_hotpath().fields_text
+        validate.readings_lines = validate.load_pure_hotpath().readings_lines
     try:
         yield request.param
     finally:
-        validate.fields_text = active
+        validate.readings_lines = active
 
 
 def general(v: Validator, gw: str, batch: Batch) -> tuple[list[str], list[tuple[int, Reject]]]:
