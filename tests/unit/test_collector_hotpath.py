@@ -4,6 +4,7 @@ and the collector picks the source when the build is missing, stale or switched 
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -25,7 +26,17 @@ needs_build = pytest.mark.skipif(
     not BUILT, reason="collector/hotpath.py is not compiled here (scripts/setup builds it with mypyc)"
 )
 
-ODD_KIND = Kind(9, "odd", (F("a b", bool), F("n", int), F("x", float), F("r", float, -1.0, 1.0)))
+ODD_KIND = Kind(
+    9,
+    "odd",
+    (
+        F("a b", bool),
+        F("n", int),
+        F("x", float),
+        F("r", float, -1.0, 1.0),
+        F("m", int, -(1 << 53) - 1, 1 << 60),
+    ),
+)
 SPECS = [_fast_specs(k) for k in (*load_kinds().values(), ODD_KIND)]
 
 keys = st.one_of(st.integers(-2, 10), st.booleans(), st.sampled_from([0.0, 1.0]), st.text(max_size=2))
@@ -34,6 +45,8 @@ values = st.one_of(
     st.integers(-(1 << 64), 1 << 64),
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([0.0, -0.0, 1.0, 45.0, 1e16, 1e22, 5e-324, 36.6, 0.1 + 0.2]),
+    # the int64 edges: a bound held as a C double would be 2**63 and let 2**63 through
+    st.sampled_from([(1 << 63) - 1, 1 << 63, (1 << 63) + 1, -(1 << 63), -(1 << 63) - 1, (1 << 53) + 1]),
     st.text(max_size=3),
     st.none(),
 )
@@ -105,3 +118,29 @@ def test_without_a_build_the_source_runs(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", str(copy / "hotpath.py")]
+
+
+@needs_build
+def test_compiled_equals_source_at_every_bound() -> None:
+    """Each field's bounds and their neighbours, one field at a time and all fields together.
+
+    Found by this test: bounds typed `float` were held as C doubles by the build, so the int64
+    bound 2**63 - 1 became 2**63 and 2**63 itself passed as an int field's value."""
+    for spec in SPECS:
+        for i, (_, want, lo, hi) in enumerate(spec):
+            if want is int:
+                edges: list[object] = [lo - 1, lo, lo + 1, hi - 1, hi, hi + 1]
+            elif want is float:
+                edges = [
+                    math.nextafter(lo, -math.inf),
+                    lo,
+                    hi,
+                    math.nextafter(hi, math.inf),
+                    math.inf,
+                    math.nan,
+                ]
+            else:
+                edges = [True, False, 0, 1]
+            for value in edges:
+                fields: dict[object, object] = {i: value}
+                assert hotpath.fields_text(spec, fields) == PURE.fields_text(spec, fields), (spec[i], value)

@@ -102,6 +102,14 @@ def test_unusual_and_bad_readings_take_the_general_verdict() -> None:
     )
 
 
+def test_int64_edges_judged_alike() -> None:
+    """2**63 and -2**63 - 1 are refused by both paths, the int64 extremes written by both."""
+    v = Validator(DecodeConfig(), KINDS, GATEWAYS)
+    edges = [(1 << 63) - 1, 1 << 63, -(1 << 63), -(1 << 63) - 1]
+    lines = same(v, "gw-1", [["P-1", 1, i, {1: x}] for i, x in enumerate(edges)])
+    assert len(lines) == 2
+
+
 def test_alarm_batches_use_the_general_path() -> None:
     v = Validator(DecodeConfig(), KINDS, GATEWAYS)
     batch = Batch(1, 1, 1, NOW_MS, [["T-1", 4, 0, {0: 39.5}]], alarm="fever")
@@ -117,6 +125,7 @@ def test_real_kind_table() -> None:
 values = st.one_of(
     st.booleans(),
     st.integers(min_value=-(1 << 64), max_value=1 << 64),
+    st.sampled_from([(1 << 63) - 1, 1 << 63, (1 << 63) + 1, -(1 << 63), -(1 << 63) - 1]),  # int64's edges
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=10),
     st.none(),
