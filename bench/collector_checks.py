@@ -10,12 +10,16 @@ kinds from the device simulators, 50 gateway ids):
   (what collector/decode.py asks for), interleaved;
 - `decode`: collector.decode.decode_batch (strict CBOR, duplicates refused, header checks);
 - `batch_lines`: the hot path, validate + line protocol, joined and encoded as the pipeline does;
-- `general`: the general path it must equal (Validator.batch -> Points -> lineproto.encode).
+- `general`: the general path it must equal (Validator.batch -> Points -> lineproto.encode);
+- `format floor`: `repr()` of every float value and `str()` of every int value of the workload
+  alone, the C formatting `batch_lines` cannot do without (floats must round-trip exactly), so
+  what compiling the hot path could at best remove is `batch_lines` minus this.
 
 CPU time (`time.process_time`), best of `--passes` passes: other processes on a shared machine
 slow the wall clock, not this process's CPU seconds (much).
 
     python bench/collector_checks.py                       # figures now
+    CITYBRAIN_PURE_PYTHON=1 python bench/collector_checks.py   # the same without the mypyc build
     python bench/collector_checks.py --save /tmp/checks.json
     python bench/collector_checks.py --baseline /tmp/checks.json   # batch_lines +15 % fails
 
@@ -53,7 +57,7 @@ def _best_us(fn: Callable[[], None], readings: int, passes: int) -> float:
 
 
 def measure(messages: int, passes: int) -> dict[str, Any]:
-    from collector import decode, lineproto
+    from collector import decode, lineproto, validate
     from collector.config import DecodeConfig
     from collector.validate import Validator, load_kinds
 
@@ -88,6 +92,17 @@ def measure(messages: int, passes: int) -> dict[str, Any]:
         for gw, b in batches:
             lineproto.encode(slow.batch(gw, b, now_ms)[0])
 
+    # the workload's readings are all [sensor, kind, dt, {index: value}] (checked above)
+    values = [x for _, b in batches for r in b.readings for x in r[3].values()]  # type: ignore[index]
+    floats = [x for x in values if type(x) is float]
+    ints = [x for x in values if type(x) is int]
+
+    def format_floor() -> None:
+        for x in floats:
+            repr(x)
+        for i in ints:
+            str(i)
+
     allowed = refused = float("inf")
     for _ in range(passes):  # interleaved, so both see the same machine
         allowed = min(allowed, _best_us(cbor(True), n, 1))
@@ -99,6 +114,9 @@ def measure(messages: int, passes: int) -> dict[str, Any]:
         "decode_us": _best_us(decode_all, n, passes),
         "batch_lines_us": _best_us(hot, n, passes),
         "general_us": _best_us(general, n, passes),
+        "format_floor_us": _best_us(format_floor, n, passes),
+        "hotpath_compiled": validate.HOTPATH_COMPILED,
+        "floats_per_reading": len(floats) / n,
     }
 
 
@@ -119,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     fig = measure(args.messages, args.passes)
     dup_cost = fig["cbor_dup_refused_us"] - fig["cbor_dup_allowed_us"]
     print(f"readings         {fig['readings']}  (CPU time per reading, best of {args.passes})")
+    built = (
+        "compiled by mypyc"
+        if fig["hotpath_compiled"]
+        else "pure Python (CITYBRAIN_PURE_PYTHON=1 or no build)"
+    )
+    print(f"hot path         collector/hotpath.py {built}")
     print(
         f"cbor2 decode     {fig['cbor_dup_allowed_us']:.3f} us duplicate keys allowed, "
         f"{fig['cbor_dup_refused_us']:.3f} us refused ({dup_cost:+.3f} us)"
@@ -128,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         f"batch_lines      {fig['batch_lines_us']:.3f} us  (hot path: types, ranges, bounds, line protocol)"
     )
     print(f"general path     {fig['general_us']:.3f} us  (the oracle: Points, then lineproto.encode)")
+    print(
+        f"format floor     {fig['format_floor_us']:.3f} us  (repr of {fig['floats_per_reading']:.1f} floats "
+        "and str of the ints per reading: C work batch_lines keeps even compiled)"
+    )
     if args.save:
         baseline.save(args.save, fig)
     if saved is not None:

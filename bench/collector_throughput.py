@@ -16,7 +16,8 @@ every value as a float64: true = 1, false = 0).
 
 The ceiling: the same line protocol (the collector's own stages make it from the same payloads), in
 the same batch sizes, with the writer's concurrency and gzip setting (off), POSTed straight to a
-fresh database by a tight aiohttp loop. collector/ceiling is what the collector costs (goal >= 0.8).
+fresh database by a tight aiohttp loop. collector/ceiling is what the collector costs (goal >= 0.9).
+The collector's CPU per reading (goal <= 4 us) is the figure that holds still on a shared machine.
 
     python bench/collector_throughput.py [--readings 1000000] [--store influx|vm] [--save F] [--baseline F]
     python bench/collector_throughput.py --quick                  # small run, for the test suite
@@ -59,7 +60,8 @@ from edge import protocol  # noqa: E402
 from hil.services import Collector, InfluxDB, Mosquitto, ServiceError, VictoriaMetrics  # noqa: E402
 
 GOAL_RATE = 100_000  # readings/s, end to end
-GOAL_RATIO = 0.8  # collector / ceiling
+GOAL_RATIO = 0.9  # collector / ceiling, with the shipped defaults (issue 8)
+GOAL_CPU_US = 4.0  # collector CPU per reading, all threads (issue 8: >= 250,000 readings per CPU-second)
 PER_BATCH = 50
 DB = "citybrain"
 PREFIX = "city"
@@ -399,17 +401,27 @@ class CollectorProc(Collector):
         except ServiceError as exc:
             raise SystemExit(f"bench: collector did not come up: {exc}") from None
 
+    def pid(self) -> int:
+        if self.proc is None:
+            raise SystemExit("bench: the collector is not running")
+        return self.proc.pid
+
     def rss_mb(self) -> float:
-        with open(f"/proc/{self.proc.pid}/status") as f:
+        with open(f"/proc/{self.pid()}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) / 1024
         return 0.0
 
     def cpu_s(self) -> float:
-        with open(f"/proc/{self.proc.pid}/stat") as f:
+        return sum(self.cpu_user_sys())
+
+    def cpu_user_sys(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the collector process, all its threads."""
+        with open(f"/proc/{self.pid()}/stat") as f:
             parts = f.read().rsplit(")", 1)[1].split()
-        return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(parts[11]) / tick, int(parts[12]) / tick
 
 
 # --- checks -----------------------------------------------------------------------------------
@@ -570,7 +582,10 @@ def ceiling(wl: Workload, tmp: Path, store_cls: type[Store]) -> dict[str, Any]:
 
 def _py_spy(pid: int, out: str) -> subprocess.Popen[bytes]:
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    cmd = [exe, "record", "--pid", str(pid), "--threads", "--format", "raw", "--rate", "200", "-o", out]
+    # --gil: sample only the thread holding the GIL, i.e. where the collector's Python CPU goes
+    # (without it, paho's thread waiting in select() and the idle event loop fill half the samples).
+    cmd = [exe, "record", "--pid", str(pid), "--threads", "--gil", "--format", "raw", "--rate", "200"]
+    cmd += ["-o", out]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -596,16 +611,18 @@ def throughput(
         rss: list[tuple[float, float]] = []
         pub = Publisher(wl, broker.port, rate)
         try:
-            cpu0 = coll.cpu_s()
+            user0, sys0 = coll.cpu_user_sys()
             if profile:
-                spy = _py_spy(coll.proc.pid, profile)
+                spy = _py_spy(coll.pid(), profile)
             pub.go()
             while sample_s and pub.proc.poll() is None:
                 rss.append((time.time(), coll.rss_mb()))
                 time.sleep(sample_s)
             timing = pub.result(timeout=7200)
             done = wait_for_all(store, wl, 600, collector=coll)
-            cpu = coll.cpu_s() - cpu0
+            user1, sys1 = coll.cpu_user_sys()
+            cpu_user, cpu_sys = user1 - user0, sys1 - sys0
+            cpu = cpu_user + cpu_sys
             rss.append((time.time(), coll.rss_mb()))
             spooled = coll.metric("writer", stat="points_spooled")
             requests = coll.metric("writer", stat="requests")
@@ -624,6 +641,8 @@ def throughput(
         "total_s": done - first,
         "publish_s": timing["sent"] - first,
         "collector_cpu_s": cpu,
+        "collector_cpu_user_s": cpu_user,
+        "collector_cpu_sys_s": cpu_sys,
         "rss": rss,
         "spooled": spooled,
         "requests": requests,
@@ -789,7 +808,10 @@ def _run_throughput(args: argparse.Namespace, tmp: Path, fig: dict[str, Any]) ->
         total_s=round(r["total_s"], 2),
         publish_s=round(r["publish_s"], 2),
         collector_cpu_s=round(r["collector_cpu_s"], 2),
+        collector_cpu_user_s=round(r["collector_cpu_user_s"], 2),
+        collector_cpu_sys_s=round(r["collector_cpu_sys_s"], 2),
         readings_per_cpu_s=round(wl.readings / max(r["collector_cpu_s"], 1e-9)),
+        cpu_us_per_reading=round(r["collector_cpu_s"] / wl.readings * 1e6, 2),
         collector_rss_mb=round(r["rss"][-1][1], 1),
         spooled=r["spooled"],
         write_requests=r["requests"],
@@ -816,6 +838,11 @@ def _run_throughput(args: argparse.Namespace, tmp: Path, fig: dict[str, Any]) ->
         f"collector       {r['rate']:10,.0f} readings/s end to end ({r['total_s']:.2f} s; publisher done in "
         f"{r['publish_s']:.2f} s); collector CPU {r['collector_cpu_s']:.1f} s = "
         f"{fig['readings_per_cpu_s']:,} readings per CPU-second; RSS {fig['collector_rss_mb']} MB"
+    )
+    print(
+        f"collector CPU   {fig['cpu_us_per_reading']} us per reading "
+        f"(user {r['collector_cpu_user_s']:.2f} s, system {r['collector_cpu_sys_s']:.2f} s): "
+        "the robust figure on a shared machine"
     )
     stages = stage_rates(wl)
     fig.update(stage_rates={k: round(v) for k, v in stages.items()})
@@ -852,6 +879,10 @@ def _run_throughput(args: argparse.Namespace, tmp: Path, fig: dict[str, Any]) ->
     met = r["rate"] >= GOAL_RATE
     print(f"goal            >= {GOAL_RATE:,} readings/s end to end: {'met' if met else 'MISSED'}")
     if not args.quick and not met:
+        status = 1
+    cpu_met = fig["cpu_us_per_reading"] <= GOAL_CPU_US
+    print(f"goal            <= {GOAL_CPU_US} us collector CPU per reading: {'met' if cpu_met else 'MISSED'}")
+    if not args.quick and not cpu_met:
         status = 1
     return problems, status
 

@@ -265,6 +265,13 @@ class Pipeline:
                         rej.reason, f"reading {index}: {rej.detail}", msg, _reading_bytes(batch, index), gw
                     )
                 self.metrics.readings.inc(len(bad_readings), channel=channel, outcome="rejected")
+                # Only the dedup key outlives the write: the decoded readings (and below, the
+                # lines) are freed before the await, not held by up to receive_maximum messages in
+                # flight. Held, they made the allocator touch cold memory for every message:
+                # decode cost 2.0-2.25 us/reading in the running collector against 0.85 with this
+                # (collector CPU 9.3 -> 7.5 us/reading, docs/benchmarks.md).
+                key = (batch.boot, batch.seq, batch.t0)
+                del batch
         except decode.Refused as r:
             self._dead(r.reason, r.detail, msg, gw=gw)
             self.metrics.messages.inc(channel=channel, outcome="refused")
@@ -275,10 +282,11 @@ class Pipeline:
         if lines:
             body = "\n".join(lines).encode()
             n = len(lines)
+            del lines
             done = await self._durable(lambda: self.writer.submit_lines(body, n))
             self.metrics.write_seconds.observe(time.monotonic() - msg.received)
         if channel != decode.STATUS:
-            self.dedup.add(gw, channel, batch.boot, batch.seq, batch.t0)
+            self.dedup.add(gw, channel, *key)
             # Only what the database took is "written"; spooled lines are counted by the writer
             # when drained; lines it refused (a field-type conflict) are dead letters, not writes.
             self.metrics.readings.inc(done.stored, channel=channel, outcome="written")

@@ -22,19 +22,68 @@ A reject names the reading so the dead letter says which one; the rest of the ba
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import logging
+import os
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, NamedTuple
 
-from collector import lineproto
+from collector import hotpath, lineproto
 from collector.config import GATEWAY_ID, DecodeConfig, GatewayInfo, min_time_ms
 from collector.decode import Batch
 from collector.model import FieldValue, Point
 
+if TYPE_CHECKING:
+    from collector.hotpath import FastSpec
+
 log = logging.getLogger(__name__)
+
+HOTPATH_SOURCE = Path(__file__).with_name("hotpath.py")
+# Written by scripts/setup after a mypyc build: the sha256 of the hotpath.py it compiled.
+HOTPATH_BUILD_STAMP = Path(__file__).with_name("hotpath.build")
+
+
+def load_pure_hotpath() -> ModuleType:
+    """collector/hotpath.py run from its source, whether or not a compiled build shadows it."""
+    spec = importlib.util.spec_from_file_location("collector.hotpath_pure", HOTPATH_SOURCE)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {HOTPATH_SOURCE}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _choose_hotpath() -> tuple[ModuleType, bool]:
+    """(module, compiled): the mypyc build of collector.hotpath when it is there and current."""
+    built = hotpath.__file__ or ""
+    if built.endswith(".py"):
+        return hotpath, False  # no build: the pure-Python collector, as from a plain checkout
+    if os.environ.get("CITYBRAIN_PURE_PYTHON"):
+        return load_pure_hotpath(), False
+    digest = hashlib.sha256(HOTPATH_SOURCE.read_bytes()).hexdigest()
+    try:
+        stamp = HOTPATH_BUILD_STAMP.read_text().strip()
+    except OSError:
+        stamp = ""
+    if stamp != digest:
+        # Built from another hotpath.py (edited or checked out since): the source is the truth.
+        log.warning(
+            "%s was not built from the current %s: running the source (rebuild: scripts/setup)",
+            built,
+            HOTPATH_SOURCE,
+        )
+        return load_pure_hotpath(), False
+    return hotpath, True
+
+
+_hotpath, HOTPATH_COMPILED = _choose_hotpath()
+readings_lines: Callable[..., None] = _hotpath.readings_lines
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 _FLOAT_MAX = 1.7976931348623157e308  # finite: `-max <= x <= max` is false for NaN and infinities
@@ -147,12 +196,7 @@ def _type_name(value: object) -> str:
     return {bool: "bool", int: "int", float: "float", str: "text"}.get(type(value), type(value).__name__)
 
 
-# Per field for the fast path: (escaped "name=", type, lo, hi) with the bounds always set: a float
-# field without a range gets the finite floats (so NaN and infinities fail), an int field int64.
-_FastSpec = tuple[str, type, float, float]
-
-
-def _fast_specs(kind: Kind) -> tuple[_FastSpec, ...]:
+def _fast_specs(kind: Kind) -> tuple[FastSpec, ...]:
     out = []
     for f in kind.fields:
         if f.lo is not None and f.hi is not None:
@@ -163,39 +207,6 @@ def _fast_specs(kind: Kind) -> tuple[_FastSpec, ...]:
             lo, hi = INT64_MIN, INT64_MAX
         out.append((lineproto.field_key(f.name), f.type, lo, hi))
     return tuple(out)
-
-
-def _fields_text(specs: tuple[_FastSpec, ...], fields: dict[object, object]) -> str | None:
-    """`k=v,...` for a map whose values all have their field's type and range, in ascending index
-    order (as gateways encode it), else None: the general path then judges (and sorts) it.
-
-    Another type (an int to widen included) or a value out of range (NaN included) returns None.
-    Dispatching on the value's own type first, as before the type checks, measured fastest."""
-    parts: list[str] = []
-    last = -1
-    n = len(specs)
-    for index, value in fields.items():
-        if type(index) is not int or not last < index < n:
-            return None
-        last = index
-        key, want, lo, hi = specs[index]
-        t = type(value)
-        if t is float:
-            if want is not float or not lo <= value <= hi:  # type: ignore[operator]
-                return None
-            text = repr(value)
-            if text[-2:] == ".0":
-                text = text[:-2]
-            parts.append(key + text)
-        elif t is int:
-            if want is not int or not lo <= value <= hi:  # type: ignore[operator]
-                return None
-            parts.append(f"{key}{value}i")
-        elif t is bool and want is bool:
-            parts.append(key + ("true" if value else "false"))
-        else:
-            return None
-    return ",".join(parts) if parts else None
 
 
 class _Seen:
@@ -236,7 +247,7 @@ class Validator:
         # batch_lines caches: (gw, kind code, sensor) -> escaped "measurement,tags " (only for good,
         # admitted ids), kind code -> per field (escaped "name=", type, lo, hi).
         self._series: dict[tuple[str, int, str], str] = {}
-        self._specs: dict[int, tuple[_FastSpec, ...]] = {}
+        self._specs: dict[int, tuple[FastSpec, ...]] = {}
 
     def check_gateway(self, gw: str) -> Reject | None:
         """Refuse a gateway id outside the protocol's alphabet, or not in the registry (if any)."""
@@ -366,22 +377,13 @@ class Validator:
         # dt bounds for a good timestamp (and an int64 dt, as `reading` requires)
         lo = max(self.min_ms - t0, INT64_MIN)
         hi = min(now_ms + self.max_future_ms - t0, INT64_MAX)
-        series = self._series
-        specs = self._specs
-        for i, item in enumerate(batch.readings):
-            if type(item) is list and len(item) == 4:
-                sensor, code, dt, fields = item
-                head = None
-                if type(sensor) is str and type(code) is int:
-                    head = series.get((gw, code, sensor))
-                    if head is None:
-                        head = self._series_head(gw, code, sensor)
-                if head is not None and type(dt) is int and lo <= dt <= hi and type(fields) is dict:
-                    text = _fields_text(specs[code], fields)
-                    if text is not None:
-                        lines.append(f"{head}{text} {t0 + dt}")
-                        continue
-            self._line_slow(gw, t0, item, now_ms, None, i, lines, rejects)
+
+        def slow(index: int, item: object) -> None:
+            self._line_slow(gw, t0, item, now_ms, None, index, lines, rejects)
+
+        readings_lines(
+            gw, batch.readings, t0, lo, hi, self._series, self._specs, self._series_head, slow, lines
+        )
         return lines, rejects
 
     def _series_head(self, gw: str, code: int, sensor: str) -> str | None:

@@ -31,6 +31,8 @@ def test_quick_run_prints_figures_and_saves(tmp_path: Path) -> None:
     for label in (
         "readings/s end to end",
         "readings per CPU-second",
+        "us per reading",
+        "us collector CPU per reading:",
         "ceiling",
         "collector/ceiling",
         "verified",
@@ -41,6 +43,10 @@ def test_quick_run_prints_figures_and_saves(tmp_path: Path) -> None:
     assert fig["readings"] == 20_000 and fig["store"] == "influxdb"
     assert fig["rate"] > 0 and fig["ceiling_rate"] > 0
     assert fig["ratio"] == pytest.approx(fig["rate"] / fig["ceiling_rate"], rel=0.01)
+    cpu = fig["collector_cpu_user_s"] + fig["collector_cpu_sys_s"]
+    assert cpu > 0 and fig["collector_cpu_s"] == pytest.approx(cpu, abs=0.02)
+    # collector_cpu_s is saved rounded to 10 ms, i.e. 0.25 us per reading over 20,000 readings
+    assert fig["cpu_us_per_reading"] == pytest.approx(fig["collector_cpu_s"] / 20_000 * 1e6, abs=0.3)
 
     fig["rate"] = fig["rate"] * 100  # pretend we used to be a hundred times faster
     saved.write_text(json.dumps(fig))

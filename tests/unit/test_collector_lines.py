@@ -5,11 +5,13 @@ same reasons, for good, unusual and hostile readings alike."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector import lineproto
+from collector import lineproto, validate
 from collector.config import DecodeConfig, GatewayInfo
 from collector.decode import Batch
 from collector.validate import FieldSpec as F
@@ -23,6 +25,19 @@ KINDS = {
     ),
 }
 GATEWAYS = {"gw-1": GatewayInfo(site="wulin p3", district="xi,hu")}  # tags that need escaping
+
+
+@pytest.fixture(autouse=True, scope="module", params=["as imported", "pure Python"])
+def hotpath(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test twice: with the hot path's inner loops as the collector imported them (the mypyc
+    build of collector/hotpath.py when scripts/setup made one) and with their source run as Python."""
+    active = validate.readings_lines
+    if request.param == "pure Python":
+        validate.readings_lines = validate.load_pure_hotpath().readings_lines
+    try:
+        yield request.param
+    finally:
+        validate.readings_lines = active
 
 
 def general(v: Validator, gw: str, batch: Batch) -> tuple[list[str], list[tuple[int, Reject]]]:
@@ -87,6 +102,14 @@ def test_unusual_and_bad_readings_take_the_general_verdict() -> None:
     )
 
 
+def test_int64_edges_judged_alike() -> None:
+    """2**63 and -2**63 - 1 are refused by both paths, the int64 extremes written by both."""
+    v = Validator(DecodeConfig(), KINDS, GATEWAYS)
+    edges = [(1 << 63) - 1, 1 << 63, -(1 << 63), -(1 << 63) - 1]
+    lines = same(v, "gw-1", [["P-1", 1, i, {1: x}] for i, x in enumerate(edges)])
+    assert len(lines) == 2
+
+
 def test_alarm_batches_use_the_general_path() -> None:
     v = Validator(DecodeConfig(), KINDS, GATEWAYS)
     batch = Batch(1, 1, 1, NOW_MS, [["T-1", 4, 0, {0: 39.5}]], alarm="fever")
@@ -102,6 +125,7 @@ def test_real_kind_table() -> None:
 values = st.one_of(
     st.booleans(),
     st.integers(min_value=-(1 << 64), max_value=1 << 64),
+    st.sampled_from([(1 << 63) - 1, 1 << 63, (1 << 63) + 1, -(1 << 63), -(1 << 63) - 1]),  # int64's edges
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=10),
     st.none(),
