@@ -1,9 +1,10 @@
 """Run a city block in the loop from a scenario file, or re-judge a saved run.
 
   citybrain hil run city-block                       6 gateways, 60 s, no faults (the demo)
-  citybrain hil run storm --out /tmp/storm           every implemented fault; writes run.json there
+  citybrain hil run storm --out /tmp/storm           every implemented fault; run.json, report.html
   citybrain hil run my-block.toml --seed 7 --keep    a scenario file of your own; keep the temp dir
   citybrain hil verify /tmp/storm/run.json           judge a saved run again (same verdict, no rig)
+  citybrain hil verify run.json --report r.html      ... and draw its report again
   citybrain hil check my-block.toml                  load a scenario file and say what is wrong
 
 Shipped scenarios live in hil/scenarios/*.toml; every key is in docs/hil.md ("Scenario files").
@@ -21,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hil.judge import ALARM, Verdict, judge
+from hil.judge import ALARM, Latency, Verdict, judge
+from hil.report import write_report
 from hil.spec import SpecError, load
 
 
@@ -35,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the run's temp dir (service logs, gateway spools, configs) and print it")
     v = sub.add_parser("verify", help="judge a saved run.json again")
     v.add_argument("run_json")
+    v.add_argument("--report", default=None, help="also write the HTML report to this path")
     c = sub.add_parser("check", help="load a scenario file and report the first problem, if any")
     c.add_argument("scenario")
 
@@ -44,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         data = json.loads(Path(args.run_json).read_text(encoding="utf-8"))
         verdict = judge(data)
         print(verdict_text(data, verdict))
+        if args.report:
+            print(f"wrote {write_report(data, verdict, args.report)}")
         return 0 if verdict.ok else 1
     try:
         scenario = load(args.scenario)
@@ -68,12 +73,12 @@ def run_scenario(scenario: Any, *, seed: int | None = None, out: str | None = No
         workdir = tempfile.mkdtemp(prefix="citybrain-block-")
         print(f"run directory (kept): {workdir}")
     record, leftovers = run_block(scenario, seed=seed, workdir=workdir, progress=_progress(started))
+    verdict = judge(record)
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         path = Path(out) / "run.json"
         path.write_text(json.dumps(record))
-        print(f"wrote {path}")
-    verdict = judge(record)
+        print(f"wrote {path} and {write_report(record, verdict, Path(out) / 'report.html')}")
     print(verdict_text(record, verdict))
     if leftovers:
         print(f"FAIL: processes left running: {leftovers}")
@@ -106,8 +111,11 @@ def verdict_text(record: Mapping[str, Any], verdict: Verdict) -> str:
     lines.append("latency, emission -> queryable in InfluxDB (ms; "
                  f"seen by polling every {record['poller']['period'] * 1000:.0f} ms):")
     lines.append(f"  {'':14s} {'n':>6s} {'p50':>6s} {'p95':>6s} {'p99':>6s} {'max':>6s}")
-    for kind in sorted(verdict.latency, key=lambda k: (k == ALARM, k)):
-        s = verdict.latency[kind].stats()
+    rows = {k: verdict.latency[k] for k in sorted(verdict.latency) if k != ALARM}
+    rows["all readings"] = Latency([x for lat in rows.values() for x in lat.samples])
+    rows[ALARM] = verdict.latency.get(ALARM, Latency())
+    for kind, lat in rows.items():
+        s = lat.stats()
         lines.append(f"  {kind:14s} {s['n']:6d} {_ms(s['p50']):>6s} {_ms(s['p95']):>6s} {_ms(s['p99']):>6s} "
                      f"{_ms(s['max']):>6s}")
     t0 = record["t0"]
@@ -128,8 +136,6 @@ def verdict_text(record: Mapping[str, Any], verdict: Verdict) -> str:
 
 
 def _merged(verdict: Verdict, t0: float, t1: float) -> dict[str, Any]:
-    from hil.judge import Latency
-
     merged = Latency([x for k, lat in verdict.latency.items() if k != ALARM for x in lat.samples])
     return merged.between(t0, t1)
 
