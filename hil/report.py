@@ -163,30 +163,26 @@ def plots(record: Mapping[str, Any], verdict: Verdict) -> list[str]:
     for kind, lat in sorted(verdict.latency.items()):
         p3.dots(kind, _thin([(t - t0, v) for t, v in lat.samples], 1500), COLORS.get(kind, "#333"))
 
-    # 4. backlog: emitted so far minus stored-and-matched so far
-    matched_at = sorted(t0 + 0 + seen for seen in _matched_seen(record, verdict))
-    em_sorted = sorted(emitted)
+    # 4. backlog: readings emitted and not yet stored, counting the ones that were stored in the end
+    # (an optional reading, sent while its gateway was off, never enters it)
+    flights = [(t - t0, t - t0 + v) for kind, lat in verdict.latency.items() if kind not in (ALARM, "water")
+               for t, v in lat.samples]
+    starts = sorted(a for a, _ in flights)
+    ends = sorted(b for _, b in flights)
     backlog: list[tuple[float, float]] = []
     i = j = 0
-    for k in range(n * 2 + 1):
-        t = t0 + k / 2
-        while i < len(em_sorted) and em_sorted[i] <= t:
+    for k in range(n * 4 + 1):
+        t = k / 4
+        while i < len(starts) and starts[i] <= t:
             i += 1
-        while j < len(matched_at) and matched_at[j] <= t:
+        while j < len(ends) and ends[j] <= t:
             j += 1
-        backlog.append((k / 2, float(max(0, i - j))))
-    p4 = Plot("Backlog: readings emitted and not yet stored (gateway spools + broker + collector)",
+        backlog.append((t, float(i - j)))
+    p4 = Plot("Backlog: readings emitted, not yet queryable (gateway spools + broker + collector + DB)",
               "seconds since the timeline started", "readings", n, max(b for _, b in backlog), "backlog")
     shade(p4)
     p4.line("backlog", backlog, COLORS["backlog"])
     return [p.svg() for p in (p1, p2, p3, p4)]
-
-
-def _matched_seen(record: Mapping[str, Any], verdict: Verdict) -> list[float]:
-    """Times (relative to t0) at which emitted, non-polled readings were seen stored."""
-    t0 = record["t0"]
-    return [t + v - t0 for kind, lat in verdict.latency.items() if kind not in (ALARM, "water")
-            for t, v in lat.samples]
 
 
 def _table(title: str, rows: Mapping[str, Tally]) -> str:
@@ -249,3 +245,53 @@ svg.plot {{ display: block; margin: 8px 0 20px; border: 1px solid #ddd; }}
     out = Path(path)
     out.write_text(body, encoding="utf-8")
     return out
+
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--no-first-run", "--hide-scrollbars")
+
+
+def screenshot(html_path: str | Path, png_path: str | Path, *, width: int = 940, height: int = 2400) -> Path:
+    """A PNG of the page as headless Chromium (Debian's `chromium`) draws it; offline (file://)."""
+    import subprocess
+    import tempfile
+
+    from hil.services import find_binary
+
+    out = Path(png_path).resolve()
+    with tempfile.TemporaryDirectory(prefix="citybrain-chromium-") as profile:
+        proc = subprocess.run(
+            [find_binary("chromium"), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+             f"--window-size={width},{height}", f"--screenshot={out}", Path(html_path).resolve().as_uri()],
+            capture_output=True, timeout=120, check=False)
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(f"chromium screenshot failed ({proc.returncode}): {proc.stderr[-500:]!r}")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Draw report.html from a saved run.json, and optionally a PNG of it (docs/hil-report.png)."""
+    import argparse
+    import json
+
+    from hil.judge import judge
+
+    ap = argparse.ArgumentParser(prog="python -m hil.report", description=main.__doc__,
+                                 epilog="example: python -m hil.report /tmp/storm/run.json "
+                                        "--html /tmp/storm/report.html --png docs/hil-report.png")
+    ap.add_argument("run_json")
+    ap.add_argument("--html", required=True)
+    ap.add_argument("--png", default=None)
+    args = ap.parse_args(argv)
+    record = json.loads(Path(args.run_json).read_text(encoding="utf-8"))
+    page = write_report(record, judge(record), args.html)
+    print(f"wrote {page}")
+    if args.png:
+        print(f"wrote {screenshot(page, args.png)}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
