@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("citybrain.gateway", "run the gateway agent on a Linux gateway, or check its config"),
     "provision": ("provisioning.cli", "gateway identity, credentials, broker ACLs, configs, firmware"),
     "hil": ("hil.cli", "run a city block of gateways end to end into InfluxDB from a scenario file"),
+    "demo": ("hil.brain_demo", "the city-block scenario end to end, then what the city brain sees"),
 }
 
 EPILOG = """\

@@ -424,14 +424,19 @@ class Block:
 
 
 def run_block(scenario: Scenario, *, seed: int | None = None, workdir: str | None = None,
-              progress: Callable[[str], None] = print) -> tuple[dict[str, Any], list[int]]:
-    """Run a scenario end to end; (the record for run.json, PIDs left over: must be empty)."""
+              progress: Callable[[str], None] = print,
+              inspect: Callable[[Block], None] | None = None) -> tuple[dict[str, Any], list[int]]:
+    """Run a scenario end to end; (the record for run.json, PIDs left over: must be empty).
+    `inspect(block)` runs after the record is taken, with every service still up (the demo
+    queries InfluxDB there)."""
     block = Block(scenario, seed=seed, workdir=workdir, progress=progress)
     try:
         block.start()
         block.run_timeline()
         block.drain()
         record = block.record()
+        if inspect is not None:
+            inspect(block)
     finally:
         leftovers = block.close()
     return record, leftovers

@@ -18,13 +18,16 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hil.judge import ALARM, Latency, Verdict, judge
 from hil.report import write_report
 from hil.spec import SpecError, load
+
+if TYPE_CHECKING:
+    from hil.block import Block
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_scenario(scenario: Any, *, seed: int | None = None, out: str | None = None, keep: bool = False,
-                 workdir: str | None = None) -> int:
+                 workdir: str | None = None, inspect: Callable[[Block], None] | None = None) -> int:
     import tempfile
 
     from hil.block import run_block
@@ -72,7 +75,8 @@ def run_scenario(scenario: Any, *, seed: int | None = None, out: str | None = No
     if keep and workdir is None:
         workdir = tempfile.mkdtemp(prefix="citybrain-block-")
         print(f"run directory (kept): {workdir}")
-    record, leftovers = run_block(scenario, seed=seed, workdir=workdir, progress=_progress(started))
+    record, leftovers = run_block(scenario, seed=seed, workdir=workdir, progress=_progress(started),
+                                  inspect=inspect)
     verdict = judge(record)
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
