@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hil.judge import ALARM, Latency, Verdict, judge
+from hil.judge import ALARM, Latency, Verdict, judge, recovery
 from hil.report import write_report
 from hil.spec import SpecError, load
 
@@ -122,13 +122,19 @@ def verdict_text(record: Mapping[str, Any], verdict: Verdict) -> str:
         s = lat.stats()
         lines.append(f"  {kind:14s} {s['n']:6d} {_ms(s['p50']):>6s} {_ms(s['p95']):>6s} {_ms(s['p99']):>6s} "
                      f"{_ms(s['max']):>6s}")
-    t0 = record["t0"]
+    recovered = {r["fault"]: r for r in recovery(record, verdict)}
+    if recovered:
+        lines.append("faults (readings' p99 during the fault and in the 30 s after it; backlog = readings "
+                     "emitted, not yet queryable):")
     for start, end, label in record.get("faults", []):
         stop = end if end is not None else start
         during = _merged(verdict, start, max(stop, start + 1))
         after = _merged(verdict, stop, stop + 30)
-        lines.append(f"  fault {label} (at {start - t0:.1f}s): readings p99 during {_ms(during['p99'])} ms "
-                     f"(n {during['n']}), in the 30 s after {_ms(after['p99'])} ms (n {after['n']})")
+        rec = recovered.get(label, {})
+        drained = rec.get("drained_s")
+        back = "not within 60 s" if drained is None else f"{drained:.2f} s after its end"
+        lines.append(f"  {label}: p99 during {_ms(during['p99'])} ms, after {_ms(after['p99'])} ms; "
+                     f"backlog peak {rec.get('peak_backlog', 0)}, back to nominal {back}")
     dead = record.get("dead_letters") or {}
     if dead:
         lines.append(f"collector dead letters: {dead}")

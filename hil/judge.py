@@ -256,3 +256,55 @@ def _compare(
 
 def _plain(tf: Iterable[tuple[str, Any]]) -> list[Any]:
     return [f"{v!r}:{t}" if t not in ("int", "NoneType", "bool") else v for t, v in tf]
+
+
+def backlog_series(
+    record: Mapping[str, Any], verdict: Verdict, step: float = 0.25
+) -> list[tuple[float, int]]:
+    """(seconds since t0, readings emitted and not yet queryable) every `step`, over the run.
+
+    Counted from the readings that were stored in the end (their emission and first sight), so an
+    optional reading, sent into a powered-off gateway, never enters it; water has no emission time
+    and is left out."""
+    t0 = record["t0"]
+    flights = [(t - t0, t - t0 + v) for kind, lat in verdict.latency.items() if kind not in (ALARM, "water")
+               for t, v in lat.samples]
+    if not flights:
+        return []
+    starts = sorted(a for a, _ in flights)
+    ends = sorted(b for _, b in flights)
+    out: list[tuple[float, int]] = []
+    i = j = 0
+    n = int(max(ends) / step) + 2
+    for k in range(n):
+        t = k * step
+        while i < len(starts) and starts[i] <= t:
+            i += 1
+        while j < len(ends) and ends[j] <= t:
+            j += 1
+        out.append((t, i - j))
+    return out
+
+
+def recovery(record: Mapping[str, Any], verdict: Verdict) -> list[dict[str, Any]]:
+    """Per fault: the backlog's peak from its start until it drained, and how long after its end
+    the backlog was back to nominal (at most twice the run's median, plus 5), None if never within
+    60 s."""
+    series = backlog_series(record, verdict)
+    if not series:
+        return []
+    levels = sorted(b for _, b in series)
+    nominal = 2 * levels[len(levels) // 2] + 5
+    t0 = record["t0"]
+    out = []
+    for start, end, label in record.get("faults", []):
+        s, e = start - t0, (end if end is not None else start) - t0
+        drained = next((t - e for t, b in series if t >= e and b <= nominal), None)
+        if drained is not None and drained > 60:
+            drained = None
+        # up to the moment it drained: a later fault's backlog is not this one's
+        until = e + (drained if drained is not None else 60.0)
+        peak = max((b for t, b in series if s <= t <= until), default=0)
+        out.append({"fault": label, "at": s, "end": e, "peak_backlog": peak, "nominal_backlog": nominal,
+                    "drained_s": drained})
+    return out

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hil.judge import ALARM, Tally, Verdict
+from hil.judge import ALARM, Tally, Verdict, backlog_series, recovery
 
 W, H = 860, 260
 PAD_L, PAD_R, PAD_T, PAD_B = 60, 150, 24, 36
@@ -163,21 +163,8 @@ def plots(record: Mapping[str, Any], verdict: Verdict) -> list[str]:
     for kind, lat in sorted(verdict.latency.items()):
         p3.dots(kind, _thin([(t - t0, v) for t, v in lat.samples], 1500), COLORS.get(kind, "#333"))
 
-    # 4. backlog: readings emitted and not yet stored, counting the ones that were stored in the end
-    # (an optional reading, sent while its gateway was off, never enters it)
-    flights = [(t - t0, t - t0 + v) for kind, lat in verdict.latency.items() if kind not in (ALARM, "water")
-               for t, v in lat.samples]
-    starts = sorted(a for a, _ in flights)
-    ends = sorted(b for _, b in flights)
-    backlog: list[tuple[float, float]] = []
-    i = j = 0
-    for k in range(n * 4 + 1):
-        t = k / 4
-        while i < len(starts) and starts[i] <= t:
-            i += 1
-        while j < len(ends) and ends[j] <= t:
-            j += 1
-        backlog.append((t, float(i - j)))
+    # 4. backlog: readings emitted and not yet queryable (hil.judge.backlog_series)
+    backlog = [(t, float(b)) for t, b in backlog_series(record, verdict)] or [(0.0, 0.0)]
     p4 = Plot("Backlog: readings emitted, not yet queryable (gateway spools + broker + collector + DB)",
               "seconds since the timeline started", "readings", n, max(b for _, b in backlog), "backlog")
     shade(p4)
@@ -214,6 +201,12 @@ def write_report(record: Mapping[str, Any], verdict: Verdict, path: str | Path) 
         f"<td>{s[0] - s[5] / 1000:.3f}</td></tr>" for s in alarms[:200])
     faults = "".join(f"<li>{_esc(label)}</li>" for _, _, label in record.get("faults", [])) or "<li>none</li>"
     verdict_word = "OK" if verdict.ok else "FAIL"
+    rec_rows = "".join(
+        f"<tr><td>{_esc(r['fault'])}</td><td>{r['peak_backlog']}</td>"
+        f"<td>{'–' if r['drained_s'] is None else format(r['drained_s'], '.2f')}</td></tr>"
+        for r in recovery(record, verdict))
+    rec_table = ("<h2>Recovery per fault</h2><table><tr><th>fault</th><th>peak backlog (readings)</th>"
+                 f"<th>back to nominal, s after its end</th></tr>{rec_rows}</table>") if rec_rows else ""
     problems = "".join(f"<li>{_esc(s)}</li>" for s in [*verdict.goals_missed, *verdict.samples[:30]])
     body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>citybrain hil: {_esc(sc['name'])}</title>
@@ -234,6 +227,7 @@ svg.plot {{ display: block; margin: 8px 0 20px; border: 1px solid #ddd; }}
 {''.join(plots(record, verdict))}
 <h2>Latency (ms)</h2><table><tr><th></th><th>n</th><th>p50</th><th>p95</th><th>p99</th><th>max</th></tr>
 {lat_rows}</table>
+{rec_table}
 {_table("Per kind", verdict.by_kind())}
 {_table("Per gateway", verdict.by_gateway())}
 {"<h2>Problems</h2><ul>" + problems + "</ul>" if problems else ""}

@@ -149,3 +149,22 @@ def test_a_missed_latency_goal_fails_the_run() -> None:
     v = judge(record(e, s, scenario=goals))
     assert not v.ok and v.goals_missed == ["reading_p99: 3.500 s, goal 2 s"]
     assert judge(record(e, s, scenario={**goals, "goals": {"reading_p99": 4.0}})).ok
+
+
+def test_recovery_gives_the_backlog_peak_and_when_it_drained() -> None:
+    from hil.judge import recovery
+
+    emissions, stored = [], []
+    for i in range(200):  # 10 readings/s for 20 s; those emitted during the fault are stored at 8.5 s
+        t = i * 0.1
+        fields = [*HEARTBEAT]
+        fields[2] = i
+        seen = 8.5 if 5.0 <= t < 8.0 else t + 0.2
+        emissions.append(em(t, "gw-01", "P-1", "parking", fields))
+        stored.append(st(seen, "gw-01", "P-1", "parking", t + 0.01, fmap(parking, fields)))
+    run = record(emissions, stored, faults=[[T0 + 5.0, T0 + 8.0, "db_down at 5s for 3s"]])
+    v = judge(run)
+    assert v.ok
+    (r,) = recovery(run, v)
+    assert 30 <= r["peak_backlog"] <= 36  # 30 held back plus the ~2 in flight at nominal
+    assert r["drained_s"] is not None and 0.4 <= r["drained_s"] <= 0.8
