@@ -42,13 +42,12 @@ def collector(rig: Rig, influx: InfluxDB) -> Collector:
 
 
 def count_points(influx: InfluxDB, measurement: str) -> int:
-    """Points in a measurement: the largest per-field count (every point has its required fields)."""
-    result = influx.query(DB, f'SELECT COUNT(*) FROM "{measurement}"')
+    """Points in a measurement: the largest per-field count (every point has its required fields),
+    summed over kinds (`alarm` holds points of every kind, each with its own fields)."""
+    group = ' GROUP BY "kind"' if measurement == "alarm" else ""
+    result = influx.query(DB, f'SELECT COUNT(*) FROM "{measurement}"{group}')
     series = result.get("results", [{}])[0].get("series") or []
-    if not series:
-        return 0
-    values = series[0]["values"][0][1:]
-    return max(int(v) for v in values if v is not None)
+    return sum(max(int(v) for v in s["values"][0][1:] if v is not None) for s in series)
 
 
 def dead_letters(path: Path) -> dict[str, int]:
