@@ -26,6 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from hil.link import ImpairedLink
 from hil.rig import PREFIX, Rig, RigError
 from hil.services import Collector, InfluxDB, Mosquitto, ServiceError
 from hil.spec import Fault, Gateway, Scenario
@@ -152,6 +153,7 @@ class Block:
         self.influx = InfluxDB(workdir=str(self.dir / "influxdb"))
         self.collector: Collector | None = None
         self.rigs: dict[str, Rig] = {}
+        self.links: dict[str, ImpairedLink] = {}  # gateway -> its uplink proxy (uplink_impair only)
         self.poller: Poller | None = None
         self.fault_log: list[list[Any]] = []  # [start, end, label] wall times
         self.timeline: list[list[float]] = []  # [t, emitted so far, stored so far] once a second
@@ -199,9 +201,14 @@ class Block:
         (self.dir / g.id).mkdir(parents=True, exist_ok=True)
         water = tuple((a + 1, WATER_ORDERS[a % 2]) for a in range(count("water")))
         poll_ms = int(1000 / g.sensor("water").rate) if g.sensor("water") else 400  # type: ignore[union-attr]
+        uplink_port = None
+        if any(f.kind == "uplink_impair" and f.gateway == g.id for f in self.sc.faults):
+            self.links[g.id] = ImpairedLink(self.broker.port, seed=seed)
+            uplink_port = self.links[g.id].port
         rig = Rig(g.runtime, gw=g.id, parking=count("parking"), thermometers=count("thermometer"),
                   lids=count("manhole"), water=water, seed=seed, sync_every_ms=SYNC_EVERY_MS,
-                  poll_ms=poll_ms, heap=g.heap or "256K", workdir=str(self.dir / g.id), broker=self.broker)
+                  poll_ms=poll_ms, heap=g.heap or "256K", workdir=str(self.dir / g.id), broker=self.broker,
+                  uplink_port=uplink_port)
         for d in rig.devices:
             s = g.sensor(d.kind)
             if s is not None:
@@ -287,7 +294,7 @@ class Block:
             self._down[f.gateway] = start + max(f.duration, 0.2)
             entry[1] = start + f.duration
             return None
-        if f.kind in ("serial_noise", "bit_flips", "slave_silent", "storm"):
+        if f.kind in ("serial_noise", "bit_flips", "slave_silent", "storm", "uplink_impair"):
             th = threading.Thread(target=self._guard, args=(self._device_fault, f, entry), daemon=True)
         else:
             th = threading.Thread(target=self._guard, args=(self._service_fault, f, entry), daemon=True)
@@ -334,6 +341,13 @@ class Block:
                 time.sleep(f.duration)
             finally:
                 os.kill(bus.slave.pid, signal.SIGCONT)
+        elif f.kind == "uplink_impair":
+            link = self.links[f.gateway]
+            link.impair(latency=f.latency, jitter=f.jitter, drop=f.drop, partition=f.partition)
+            try:
+                time.sleep(f.duration)
+            finally:
+                link.clear()
         elif f.kind == "storm":
             lids = [r.lids for r in self.rigs.values() if r.lids is not None]
             before = [lp.interval_s for lp in lids]
@@ -392,6 +406,8 @@ class Block:
                        "errors": self.poller.errors, "narrow_window_s": NARROW_WINDOW_S,
                        "wide_every_s": WIDE_EVERY_S},
             "dead_letters": self.dead_letters(),
+            "links": {gw: {"forwarded_bytes": lk.forwarded, "retransmitted_chunks": lk.retransmitted}
+                      for gw, lk in self.links.items()},
         }
 
     def dead_letters(self) -> dict[str, int]:
@@ -405,6 +421,8 @@ class Block:
         for rig in self.rigs.values():
             with contextlib.suppress(Exception):
                 rig.close()
+        for link in self.links.values():
+            link.close()
         if self.poller is not None:
             self.poller.stop()
         if self.collector is not None:

@@ -415,9 +415,12 @@ class Rig:
         heap: str = MICROPYTHON_HEAP,
         workdir: str | None = None,
         broker: Mosquitto | None = None,
+        uplink_port: int | None = None,
     ) -> None:
         """`broker`: a Mosquitto shared with other rigs (a city block, hil/block.py), started and
-        stopped by its owner; None: this rig starts its own."""
+        stopped by its owner; None: this rig starts its own. `uplink_port`: where the agent's
+        uplink connects instead of the broker (a proxy the rig controls, hil/link.py); the site
+        broker (lids) stays direct."""
         self.interpreter = interpreter
         self.gw = gw
         self.sync_every_ms = sync_every_ms
@@ -484,7 +487,7 @@ class Rig:
             self.config = {
                 "gateway_id": gw,
                 "prefix": PREFIX,
-                "broker": broker_conf,
+                "broker": {**broker_conf, "port": uplink_port or self.broker.port},
                 "site_broker": dict(broker_conf),
                 "trust_os_clock": True,
                 "store": {"dir": str(self.spool()), "sync_every_ms": sync_every_ms,

@@ -43,10 +43,11 @@ FAULT_KEYS: dict[str, frozenset[str]] = {
 # What hil/block.py can inject today. Any other kind in FAULT_KEYS is refused at load time.
 IMPLEMENTED = frozenset({
     "broker_restart", "broker_down", "db_down", "collector_kill", "gateway_power_cut",
-    "serial_noise", "bit_flips", "slave_silent", "storm",
+    "serial_noise", "bit_flips", "slave_silent", "storm", "uplink_impair",
 })
 # Faults that last (`for` > 0 required); the others are instants or have an optional length.
-_SPAN_FAULTS = frozenset({"broker_down", "db_down", "serial_noise", "bit_flips", "slave_silent", "storm"})
+_SPAN_FAULTS = frozenset({"broker_down", "db_down", "serial_noise", "bit_flips", "slave_silent", "storm",
+                          "uplink_impair"})
 GATEWAY_FAULTS = frozenset(k for k, keys in FAULT_KEYS.items() if "gateway" in keys)
 
 
@@ -91,6 +92,10 @@ class Fault:
     rate: float = 0.0
     factor: float = 1.0
     torn_tail: bool = False
+    latency: float = 0.0  # uplink_impair: seconds added to every chunk, plus up to `jitter`
+    jitter: float = 0.0
+    drop: float = 0.0  # uplink_impair: share of chunks lost and retransmitted (hil/link.py)
+    partition: bool = False
 
     @property
     def end(self) -> float:
@@ -261,6 +266,17 @@ def _fault(table: dict[str, Any], where: str, gateways: tuple[Gateway, ...], dur
             raise SpecError(f"{where}.gateway: gateway {gw} has no water (Modbus) slaves")
         if kind == "gateway_power_cut":
             kw["torn_tail"] = _typed(table, "torn_tail", bool, where, False)
+        if kind == "uplink_impair":
+            kw["latency"] = _duration(table, "latency", where, 0.0)
+            kw["jitter"] = _duration(table, "jitter", where, 0.0)
+            kw["drop"] = _typed(table, "drop", float, where, 0.0)
+            kw["partition"] = _typed(table, "partition", bool, where, False)
+            if not 0 <= kw["drop"] <= 1:
+                raise SpecError(f"{where}.drop: {kw['drop']} must be within 0..1 (a share of chunks)")
+            if kw["latency"] > 30 or kw["jitter"] > 30:
+                raise SpecError(f"{where}: latency and jitter must be at most 30s")
+            if not (kw["latency"] or kw["jitter"] or kw["drop"] or kw["partition"]):
+                raise SpecError(f"{where}: uplink_impair needs latency, jitter, drop or partition")
     if kind == "storm":
         kw["factor"] = _typed(table, "factor", float, where, 5.0)
         if not 1 < kw["factor"] <= 20:

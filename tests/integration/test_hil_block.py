@@ -33,6 +33,9 @@ def test_storm_every_fault_once_and_influxdb_holds_every_reading_once(tmp_path: 
     assert kinds["water"].matched > 100 and kinds["alarm"].matched > 0
     # power cuts happened, so the rules were exercised (rebooted gateways have two outages)
     assert sum(len(v) >= 2 for v in record["outages"].values()) == 2
+    # the impaired uplinks carried the traffic, and the lossy one delayed chunks as retransmissions
+    assert record["links"]["gw-02"]["retransmitted_chunks"] > 0
+    assert all(v["forwarded_bytes"] > 10_000 for v in record["links"].values())
 
     # run.json re-judged by the CLI gives the same verdict; a stored reading removed fails it.
     path = tmp_path / "run.json"

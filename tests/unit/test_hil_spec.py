@@ -130,3 +130,16 @@ def test_faults_are_sorted_by_time_and_keep_their_parameters() -> None:
 def test_unknown_scenario_name_lists_the_shipped_ones() -> None:
     with pytest.raises(SpecError, match="did you mean 'storm'"):
         load("strom")
+
+
+def test_uplink_impair_takes_its_parameters_and_needs_one() -> None:
+    sc = from_dict(spec(faults=[{"kind": "uplink_impair", "at": "1s", "for": "5s", "gateway": "gw-01",
+                                 "latency": "300ms", "jitter": "100ms", "drop": 0.1}]))
+    f = sc.faults[0]
+    assert (f.latency, f.jitter, f.drop, f.partition, f.gateway) == (0.3, 0.1, 0.1, False, "gw-01")
+    assert "needs latency, jitter, drop or partition" in refused(
+        spec(faults=[{"kind": "uplink_impair", "at": "1s", "for": "5s", "gateway": "gw-01"}]))
+    assert "drop: 2.0 must be within 0..1" in refused(
+        spec(faults=[{"kind": "uplink_impair", "at": "1s", "for": "5s", "gateway": "gw-01", "drop": 2}]))
+    assert "unknown key 'faults[0].loss'" in refused(
+        spec(faults=[{"kind": "uplink_impair", "at": "1s", "for": "5s", "gateway": "gw-01", "loss": 0.1}]))
