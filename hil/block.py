@@ -34,20 +34,27 @@ from hil.spec import Fault, Gateway, Scenario
 DB = "citybrain"
 MEASUREMENTS = ("parking", "manhole", "water", "thermometer", "alarm")
 SYNC_EVERY_MS = 500
-# The poller reads points stamped within this many seconds before now every poll period, and every
-# WIDE_EVERY_S the whole run (a backlog delivered after a fault carries old timestamps).
+# The poller reads points stamped within NARROW_WINDOW_S before now every poll period, and every
+# WIDE_EVERY_S those within WIDE_WINDOW_S plus the scenario's longest fault (a backlog delivered
+# after a fault carries old timestamps); the drain and the record read the whole run. The wide
+# window is bounded so a 30-minute soak does not read its whole history every 2 s: a point first
+# seen only by the final read counts as seen then (its latency is an upper bound).
 NARROW_WINDOW_S = 10.0
 WIDE_EVERY_S = 2.0
+WIDE_WINDOW_S = 120.0
 WATER_ORDERS = ("ABCD", "CDAB")
 
 
 class Poller:
     """Polls InfluxDB at a bounded rate; remembers when each point was first seen (wall time)."""
 
-    def __init__(self, influx: InfluxDB, period: float, since_ms: int) -> None:
+    def __init__(
+        self, influx: InfluxDB, period: float, since_ms: int, wide_window_s: float = WIDE_WINDOW_S
+    ) -> None:
         self.influx = influx
         self.period = period
         self.since_ms = since_ms
+        self.wide_window_s = wide_window_s
         self.first_seen: dict[tuple[Any, ...], float] = {}
         self.rows: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] = {}
         self.lock = threading.Lock()
@@ -69,16 +76,17 @@ class Poller:
         while not self._stop.is_set():
             t = time.time()
             wide = t - last_wide >= WIDE_EVERY_S
-            since = self.since_ms if wide else max(self.since_ms, int((t - NARROW_WINDOW_S) * 1000))
+            window = self.wide_window_s if wide else NARROW_WINDOW_S
+            since = max(self.since_ms, int((t - window) * 1000))
             try:
-                self.scan(since)
+                self.scan(since, refresh_tags=wide)
                 if wide:
                     last_wide = t
             except (OSError, ServiceError, ValueError):
                 self.errors += 1
             self._stop.wait(max(0.0, self.period - (time.time() - t)))
 
-    def scan(self, since_ms: int) -> int:
+    def scan(self, since_ms: int, *, refresh_tags: bool = True) -> int:
         """One pass over every measurement from `since_ms`; returns how many points were new."""
         q = ";".join(f'SELECT * FROM "{m}" WHERE time >= {since_ms}ms' for m in MEASUREMENTS)
         result = self.influx.query(DB, q)
@@ -87,7 +95,7 @@ class Poller:
         new = 0
         for i, res in enumerate(result.get("results", [])):
             measurement = MEASUREMENTS[res.get("statement_id", i)]
-            tags = self.tags(measurement, refresh=since_ms == self.since_ms)
+            tags = self.tags(measurement, refresh=refresh_tags)
             for series in res.get("series", []):
                 cols = series["columns"]
                 for values in series["values"]:
@@ -227,7 +235,9 @@ class Block:
     def run_timeline(self) -> None:
         assert self.poller is None
         self.t0 = time.time()
-        self.poller = Poller(self.influx, self.sc.poll_interval, int((self.t0 - 60) * 1000))
+        longest = max((f.duration for f in self.sc.faults), default=0.0)
+        self.poller = Poller(self.influx, self.sc.poll_interval, int((self.t0 - 60) * 1000),
+                             WIDE_WINDOW_S + longest)
         self.poller.start()
         pending = list(self.sc.faults)
         service_faults: list[threading.Thread] = []
@@ -404,7 +414,7 @@ class Block:
             "timeline": self.timeline,
             "poller": {"period": self.poller.period, "queries": self.poller.queries,
                        "errors": self.poller.errors, "narrow_window_s": NARROW_WINDOW_S,
-                       "wide_every_s": WIDE_EVERY_S},
+                       "wide_every_s": WIDE_EVERY_S, "wide_window_s": self.poller.wide_window_s},
             "dead_letters": self.dead_letters(),
             "links": {gw: {"forwarded_bytes": lk.forwarded, "retransmitted_chunks": lk.retransmitted}
                       for gw, lk in self.links.items()},

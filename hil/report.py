@@ -143,8 +143,8 @@ def plots(record: Mapping[str, Any], verdict: Verdict) -> list[str]:
     p1 = Plot("Readings per second: emitted by the sensors vs stored in InfluxDB (water excluded: polled)",
               "seconds since the timeline started", "readings/s", n, max(b for _, b in em + st), "rate")
     shade(p1)
-    p1.line("emitted", em, COLORS["emitted"])
-    p1.line("stored", st, COLORS["stored"])
+    p1.line("emitted", _thin(em, 2000), COLORS["emitted"])
+    p1.line("stored", _thin(st, 2000), COLORS["stored"])
 
     # 2. latency distribution: share of readings stored within x seconds (a CDF per kind)
     lat_max = max((v for lat in verdict.latency.values() for _, v in lat.samples), default=1.0)
@@ -168,7 +168,7 @@ def plots(record: Mapping[str, Any], verdict: Verdict) -> list[str]:
     p4 = Plot("Backlog: readings emitted, not yet queryable (gateway spools + broker + collector + DB)",
               "seconds since the timeline started", "readings", n, max(b for _, b in backlog), "backlog")
     shade(p4)
-    p4.line("backlog", backlog, COLORS["backlog"])
+    p4.line("backlog", _thin(backlog, 2000), COLORS["backlog"])
     return [p.svg() for p in (p1, p2, p3, p4)]
 
 
