@@ -26,6 +26,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import cbor2
+
 from hil.link import ImpairedLink
 from hil.rig import PREFIX, Rig, RigError
 from hil.services import Collector, InfluxDB, Mosquitto, ServiceError
@@ -169,7 +171,8 @@ class Block:
         self._fault_error: BaseException | None = None
         self._lock = threading.Lock()
         self._down: dict[str, float] = {}  # gateway -> restart at (gateway_power_cut)
-        self._storm = 1.0
+        self._rng = random.Random(self.seed)  # which byte a torn tail is cut at
+        self._at_broker: dict[str, list[int]] = {}  # gateway -> [/up payloads counted, readings in them]
 
     # -- bring-up ------------------------------------------------------------------------------
 
@@ -208,7 +211,8 @@ class Block:
 
         (self.dir / g.id).mkdir(parents=True, exist_ok=True)
         water = tuple((a + 1, WATER_ORDERS[a % 2]) for a in range(count("water")))
-        poll_ms = int(1000 / g.sensor("water").rate) if g.sensor("water") else 400  # type: ignore[union-attr]
+        water_spec, lid_spec = g.sensor("water"), g.sensor("manhole")
+        poll_ms = int(1000 / water_spec.rate) if water_spec is not None else 400
         uplink_port = None
         if any(f.kind == "uplink_impair" and f.gateway == g.id for f in self.sc.faults):
             self.links[g.id] = ImpairedLink(self.broker.port, seed=seed)
@@ -221,8 +225,8 @@ class Block:
             s = g.sensor(d.kind)
             if s is not None:
                 d.speed = s.rate
-        if rig.lids is not None:
-            rig.lids.interval_s = 1.0 / g.sensor("manhole").rate  # type: ignore[union-attr]
+        if rig.lids is not None and lid_spec is not None:
+            rig.lids.interval_s = 1.0 / lid_spec.rate
         return rig
 
     # -- the timeline --------------------------------------------------------------------------
@@ -280,7 +284,7 @@ class Block:
 
     def _report(self, now: float) -> None:
         assert self.poller is not None
-        emitted, stored = self.emitted(), self.poller.count()
+        emitted, stored, at_broker = self.emitted(), self.poller.count(), self.at_broker()
         self.timeline.append([now - self.t0, emitted, stored])
         firing = [label for s, e, label in self.fault_log if s <= now and (e is None or now < e)]
         online = sum(1 for r in self.rigs.values() if r.agent is not None and r.agent.alive())
@@ -288,7 +292,21 @@ class Block:
         bar = "#" * int(20 * min(1.0, elapsed / self.sc.duration))
         now_firing = f"  fault: {'; '.join(firing)}" if firing else ""
         self.progress(f"[{bar:20s}] {elapsed:5.0f}/{self.sc.duration:.0f}s  gateways up "
-                      f"{online}/{len(self.rigs)}  emitted {emitted}  stored {stored}{now_firing}")
+                      f"{online}/{len(self.rigs)}  emitted {emitted}  at the broker {at_broker}  "
+                      f"stored {stored}{now_firing}")
+
+    def at_broker(self) -> int:
+        """Readings in the /up batches the rig's subscribers got (water included, redeliveries too)."""
+        total = 0
+        for gw, rig in self.rigs.items():
+            seen = self._at_broker.setdefault(gw, [0, 0])
+            payloads = rig.sub.payloads("up") if rig.sub is not None else []
+            for raw in payloads[seen[0]:]:
+                with contextlib.suppress(cbor2.CBORDecodeError, KeyError, TypeError, IndexError, ValueError):
+                    seen[1] += len(cbor2.loads(raw)[4])
+            seen[0] = len(payloads)
+            total += seen[1]
+        return total
 
     def _fire(self, f: Fault) -> threading.Thread | None:
         """Start a fault; gateway faults act in this thread, service faults in a thread of their own."""
@@ -300,7 +318,7 @@ class Block:
             rig = self.rigs[f.gateway]
             rig.kill_agent()
             if f.torn_tail:
-                rig.tear_log_tail(random.Random(self.seed), "truncate", max_age_s=0.1)
+                rig.tear_log_tail(self._rng, "truncate", max_age_s=0.1)
             self._down[f.gateway] = start + max(f.duration, 0.2)
             entry[1] = start + f.duration
             return None

@@ -45,3 +45,15 @@ def test_storm_every_fault_once_and_influxdb_holds_every_reading_once(tmp_path: 
     record["stored"].remove(kept[len(kept) // 2])
     path.write_text(json.dumps(record))
     assert citybrain(["hil", "verify", str(path)]) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2700)
+def test_soak_32_minutes_with_a_fault_every_few_minutes(tmp_path: Path) -> None:
+    """Release only (marked slow): hil/scenarios/soak.toml, every implemented fault at least once."""
+    scenario = load("soak")
+    record, leftovers = run_block(scenario, workdir=str(tmp_path / "run"), progress=lambda _line: None)
+    assert leftovers == []
+    verdict = judge(record)
+    assert verdict.ok, (verdict.samples[:20], verdict.goals_missed)
+    assert {label.split()[0] for _, end, label in record["faults"] if end is not None} == IMPLEMENTED
