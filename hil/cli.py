@@ -32,16 +32,19 @@ if TYPE_CHECKING:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="hil_command", metavar="<run|verify|check>", required=True)
-    r = sub.add_parser("run", help="run a scenario end to end and judge what InfluxDB holds")
+    r = sub.add_parser("run", help="run a scenario end to end and judge what InfluxDB holds",
+                       epilog="example: citybrain hil run storm --out /tmp/storm")
     r.add_argument("scenario", help="a shipped scenario name (city-block, storm) or a .toml path")
     r.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
     r.add_argument("--out", default=None, help="directory for run.json (created if missing)")
     r.add_argument("--keep", action="store_true",
                    help="keep the run's temp dir (service logs, gateway spools, configs) and print it")
-    v = sub.add_parser("verify", help="judge a saved run.json again")
+    v = sub.add_parser("verify", help="judge a saved run.json again",
+                       epilog="example: citybrain hil verify /tmp/storm/run.json --report /tmp/r.html")
     v.add_argument("run_json")
     v.add_argument("--report", default=None, help="also write the HTML report to this path")
-    c = sub.add_parser("check", help="load a scenario file and report the first problem, if any")
+    c = sub.add_parser("check", help="load a scenario file and report the first problem, if any",
+                       epilog="example: citybrain hil check hil/scenarios/city-block.toml")
     c.add_argument("scenario")
 
 
