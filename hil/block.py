@@ -64,7 +64,6 @@ class Poller:
         self.queries = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="influx-poller", daemon=True)
-        self.tag_keys: dict[str, set[str]] = {}
 
     def start(self) -> None:
         self._thread.start()
@@ -81,14 +80,14 @@ class Poller:
             window = self.wide_window_s if wide else NARROW_WINDOW_S
             since = max(self.since_ms, int((t - window) * 1000))
             try:
-                self.scan(since, refresh_tags=wide)
+                self.scan(since)
                 if wide:
                     last_wide = t
             except (OSError, ServiceError, ValueError):
                 self.errors += 1
             self._stop.wait(max(0.0, self.period - (time.time() - t)))
 
-    def scan(self, since_ms: int, *, refresh_tags: bool = True) -> int:
+    def scan(self, since_ms: int) -> int:
         """One pass over every measurement from `since_ms`; returns how many points were new."""
         q = ";".join(f'SELECT * FROM "{m}" WHERE time >= {since_ms}ms' for m in MEASUREMENTS)
         result = self.influx.query(DB, q)
@@ -97,17 +96,17 @@ class Poller:
         new = 0
         for i, res in enumerate(result.get("results", [])):
             measurement = MEASUREMENTS[res.get("statement_id", i)]
-            tags = self.tags(measurement, refresh=refresh_tags)
             for series in res.get("series", []):
                 cols = series["columns"]
                 for values in series["values"]:
                     row = dict(zip(cols, values, strict=True))
-                    # SELECT * returns a column for every field the measurement has in the time
-                    # range: a point's nulls depend on the window, so they are not part of its key.
-                    tagged = sorted((k, v) for k, v in row.items() if k in tags and v is not None)
-                    fields = sorted((k, repr(v)) for k, v in row.items()
-                                    if k not in tags and k != "time" and v is not None)
-                    key = (measurement, *tagged, row["time"], tuple(fields))
+                    # A point is its measurement, time and non-null columns, tags and fields alike:
+                    # SELECT * returns a column for every field the measurement has in the time range
+                    # (so nulls vary with the window), and which columns are tags is learnt from
+                    # SHOW TAG KEYS, which grows as gateways with a site appear. Neither may make
+                    # one point look like two. `stored()` sorts tags from fields at the end.
+                    cells = sorted((k, repr(v)) for k, v in row.items() if k != "time" and v is not None)
+                    key = (measurement, row["time"], tuple(cells))
                     with self.lock:
                         if key not in self.first_seen:
                             self.first_seen[key] = now
@@ -115,13 +114,10 @@ class Poller:
                             new += 1
         return new
 
-    def tags(self, measurement: str, refresh: bool = False) -> set[str]:
-        """Tag keys of a measurement (SHOW TAG KEYS), asked again on `refresh` (a wide scan): a
-        gateway with a site adds tags that the first points may not have had."""
-        if refresh or not self.tag_keys.get(measurement):
-            rows = self.influx.points(DB, f'SHOW TAG KEYS FROM "{measurement}"')
-            self.tag_keys[measurement] = {r["tagKey"] for r in rows}
-        return self.tag_keys[measurement]
+    def tags(self, measurement: str) -> set[str]:
+        """Tag keys of a measurement (SHOW TAG KEYS), asked when the points are handed out."""
+        rows = self.influx.points(DB, f'SHOW TAG KEYS FROM "{measurement}"')
+        return {r["tagKey"] for r in rows}
 
     def count(self, exclude: str = "") -> int:
         with self.lock:
@@ -132,8 +128,9 @@ class Poller:
         out = []
         with self.lock:
             items = [(self.first_seen[k], *self.rows[k]) for k in self.first_seen]
+        tag_keys = {m: self.tags(m) for m in MEASUREMENTS}
         for seen, measurement, row in items:
-            tags = self.tags(measurement)
+            tags = tag_keys[measurement]
             fields = {k: v for k, v in row.items() if k not in tags and k != "time" and v is not None}
             kind = row.get("kind") if measurement == "alarm" else measurement
             out.append([seen, measurement, row.get("gw"), row.get("sensor"), kind, row["time"], fields])
@@ -434,9 +431,19 @@ class Block:
                        "errors": self.poller.errors, "narrow_window_s": NARROW_WINDOW_S,
                        "wide_every_s": WIDE_EVERY_S, "wide_window_s": self.poller.wide_window_s},
             "dead_letters": self.dead_letters(),
+            "gateway_spools": {gw: self.spools(r) for gw, r in self.rigs.items()},
             "links": {gw: {"forwarded_bytes": lk.forwarded, "retransmitted_chunks": lk.retransmitted}
                       for gw, lk in self.links.items()},
         }
+
+    @staticmethod
+    def spools(rig: Rig) -> list[list[Any]]:
+        """[[wall time, records pending in its log, free heap]] from each status the gateway published
+        (every second while connected: a gap is the gateway or the broker down)."""
+        if rig.sub is None:
+            return []
+        return [[t, st.get("spool_records"), st.get("heap_free")] for t, st in rig.sub.statuses()
+                if st.get("state") == "online"]
 
     def dead_letters(self) -> dict[str, int]:
         from hil.demo import dead_letters

@@ -24,7 +24,8 @@ W, H = 860, 260
 PAD_L, PAD_R, PAD_T, PAD_B = 60, 150, 24, 36
 # One colour per series, the same in every plot (and searched for by the screenshot test).
 COLORS = {"emitted": "#1f77b4", "stored": "#d62728", "parking": "#2ca02c", "thermometer": "#ff7f0e",
-          "water": "#17becf", "manhole": "#9467bd", ALARM: "#e31a1c", "backlog": "#8c564b"}
+          "water": "#17becf", "manhole": "#9467bd", ALARM: "#e31a1c", "backlog": "#8c564b",
+          "gateway logs": "#7f7f7f"}
 FAULT_FILL = "#f2c94c"
 
 
@@ -165,11 +166,31 @@ def plots(record: Mapping[str, Any], verdict: Verdict) -> list[str]:
 
     # 4. backlog: readings emitted and not yet queryable (hil.judge.backlog_series)
     backlog = [(t, float(b)) for t, b in backlog_series(record, verdict)] or [(0.0, 0.0)]
-    p4 = Plot("Backlog: readings emitted, not yet queryable (gateway spools + broker + collector + DB)",
+    p4 = Plot("Backlog: readings emitted, not yet queryable; records pending in the gateways' logs",
               "seconds since the timeline started", "readings", n, max(b for _, b in backlog), "backlog")
     shade(p4)
     p4.line("backlog", _thin(backlog, 2000), COLORS["backlog"])
+    p4.line("gateway logs", _thin(gateway_logs(record, n), 2000), COLORS["gateway logs"])
     return [p.svg() for p in (p1, p2, p3, p4)]
+
+
+def gateway_logs(record: Mapping[str, Any], n: int) -> list[tuple[float, float]]:
+    """Sum over gateways of the records pending in their logs (their last status), every 0.5 s.
+    A gateway's value holds between statuses (none arrive while it or the broker is down)."""
+    t0 = record["t0"]
+    series = {gw: sorted((t - t0, v or 0) for t, v, _ in pts)
+              for gw, pts in record.get("gateway_spools", {}).items()}
+    out: list[tuple[float, float]] = []
+    idx = dict.fromkeys(series, 0)
+    last = dict.fromkeys(series, 0)
+    for k in range(n * 2 + 1):
+        t = k / 2
+        for gw, pts in series.items():
+            while idx[gw] < len(pts) and pts[idx[gw]][0] <= t:
+                last[gw] = pts[idx[gw]][1]
+                idx[gw] += 1
+        out.append((t, float(sum(last.values()))))
+    return out
 
 
 def _table(title: str, rows: Mapping[str, Tally]) -> str:
