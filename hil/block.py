@@ -166,7 +166,6 @@ class Block:
         self.timeline: list[list[float]] = []  # [t, emitted so far, stored so far] once a second
         self.t0 = 0.0
         self._fault_error: BaseException | None = None
-        self._lock = threading.Lock()
         self._down: dict[str, float] = {}  # gateway -> restart at (gateway_power_cut)
         self._rng = random.Random(self.seed)  # which byte a torn tail is cut at
         self._at_broker: dict[str, list[int]] = {}  # gateway -> [/up payloads counted, readings in them]

@@ -78,8 +78,15 @@ def run_scenario(scenario: Any, *, seed: int | None = None, out: str | None = No
     if keep and workdir is None:
         workdir = tempfile.mkdtemp(prefix="citybrain-block-")
         print(f"run directory (kept): {workdir}")
-    record, leftovers = run_block(scenario, seed=seed, workdir=workdir, progress=_progress(started),
-                                  inspect=inspect)
+    from hil.rig import RigError
+    from hil.services import ServiceError
+
+    try:
+        record, leftovers = run_block(scenario, seed=seed, workdir=workdir, progress=_progress(started),
+                                      inspect=inspect)
+    except (RigError, ServiceError) as exc:  # a part did not come up or died: no verdict to give
+        print(f"error: the rig failed: {exc}", file=sys.stderr)
+        return 1
     verdict = judge(record)
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
