@@ -134,6 +134,25 @@ def stored_fields(
     return tuple(out)
 
 
+def merge_partial(stored: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+    """Rows of one point (measurement, gateway, sensor, kind, time) where one shows a subset of
+    another's fields are one point caught mid-write (InfluxDB 1.x stores each field as a series
+    of its own; the rig's poller keeps the fuller row since, records from before did not): keep
+    the fullest, seen when it was. Rows whose fields contradict are kept apart for judging."""
+    groups: dict[tuple[Any, ...], list[Sequence[Any]]] = defaultdict(list)
+    for row in stored:
+        groups[(row[1], row[2], row[3], row[4], row[5])].append(row)
+    out: list[Sequence[Any]] = []
+    for rows in groups.values():
+        rows = sorted(rows, key=lambda r: -len(r[6]))
+        kept: list[Sequence[Any]] = []
+        for r in rows:
+            if not any(all(k2 in big[6] and big[6][k2] == v for k2, v in r[6].items()) for big in kept):
+                kept.append(r)
+        out += kept
+    return out
+
+
 def judge(run: Mapping[str, Any]) -> Verdict:
     """The verdict on a block run record (the dict saved as run.json; see hil/block.py `record`)."""
     codecs = _codecs()
@@ -164,9 +183,10 @@ def judge(run: Mapping[str, Any]) -> Verdict:
             setattr(tal, st, getattr(tal, st) + 1)
 
     # What InfluxDB holds: (first seen, measurement, gw, sensor, kind, ts_ms, fields by name).
+    stored = merge_partial(run["stored"])
     got: dict[tuple[str, str, str, Any], list[tuple[float, int]]] = defaultdict(list)
     got_alarms: dict[tuple[str, str, str, Any], list[tuple[float, int]]] = defaultdict(list)
-    for seen, measurement, gw, sensor, kind, ts, fmap in run["stored"]:
+    for seen, measurement, gw, sensor, kind, ts, fmap in stored:
         codec = codecs.get(kind)
         if codec is None:
             tallies[(gw, str(kind))].invented += 1

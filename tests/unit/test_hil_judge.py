@@ -168,3 +168,19 @@ def test_recovery_gives_the_backlog_peak_and_when_it_drained() -> None:
     (r,) = recovery(run, v)
     assert 30 <= r["peak_backlog"] <= 36  # 30 held back plus the ~2 in flight at nominal
     assert r["drained_s"] is not None and 0.4 <= r["drained_s"] <= 0.8
+
+
+def test_a_point_caught_mid_write_is_one_point() -> None:
+    """InfluxDB 1.x can show a point's fields partially while it is written (the soak's 74
+    "invented" readings): the fuller row of the same point wins; a contradicting row does not."""
+    full = fmap(parking, HEARTBEAT)
+    partial = {"seq": full["seq"]}
+    e = [em(1, "gw-01", "P-1", "parking", HEARTBEAT)]
+    v = judge(record(e, [st(1.2, "gw-01", "P-1", "parking", 1.01, partial),
+                         st(1.4, "gw-01", "P-1", "parking", 1.01, full)]))
+    assert v.ok, v.samples
+    assert [round(x, 3) for _, x in v.latency["parking"].samples] == [0.4]  # seen complete at 1.4 s
+    contradicting = {**full, "mag_x": full["mag_x"] + 1}
+    v = judge(record(e, [st(1.2, "gw-01", "P-1", "parking", 1.01, contradicting),
+                         st(1.4, "gw-01", "P-1", "parking", 1.01, full)]))
+    assert v.tallies[("gw-01", "parking")].invented == 1 and not v.ok  # the full row matched the emission
