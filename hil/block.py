@@ -452,6 +452,9 @@ class Block:
                        "wide_every_s": WIDE_EVERY_S, "wide_window_s": self.poller.wide_window_s},
             "dead_letters": self.dead_letters(),
             "gateway_spools": {gw: self.spools(r) for gw, r in self.rigs.items()},
+            # each gateway's last status `errors` map: e.g. manhole `queue_overflow` (lid messages
+            # acknowledged to the site broker and dropped: docs/hil.md, "Findings")
+            "gateway_errors": {gw: (r.last_status() or {}).get("errors") for gw, r in self.rigs.items()},
             "links": {gw: {"forwarded_bytes": lk.forwarded, "retransmitted_chunks": lk.retransmitted}
                       for gw, lk in self.links.items()},
         }

@@ -145,6 +145,9 @@ def verdict_text(record: Mapping[str, Any], verdict: Verdict) -> str:
         back = "not within 60 s" if drained is None else f"{drained:.2f} s after its end"
         lines.append(f"  {label}: p99 during {_ms(during['p99'])} ms, after {_ms(after['p99'])} ms; "
                      f"backlog peak {rec.get('peak_backlog', 0)}, back to nominal {back}")
+    errors = {gw: e for gw, e in (record.get("gateway_errors") or {}).items() if e}
+    for gw, e in errors.items():
+        lines.append(f"  {gw} status errors: {e}")
     dead = record.get("dead_letters") or {}
     if dead:
         lines.append(f"collector dead letters: {dead}")
