@@ -23,12 +23,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "gateway": ("citybrain.gateway", "run the gateway agent on a Linux gateway, or check its config"),
     "provision": ("provisioning.cli", "gateway identity, credentials, broker ACLs, configs, firmware"),
+    "hil": ("hil.cli", "run a city block of gateways end to end into InfluxDB from a scenario file"),
+    "demo": ("hil.brain_demo", "the city-block scenario end to end, then what the city brain sees"),
 }
 
 EPILOG = """\
 examples:
   citybrain simulate --kind parking --count 5      frames and decoded readings from a simulated bay
   citybrain decode batch.cbor                      what a gateway batch contains
+  citybrain hil run city-block                     six gateways end to end into InfluxDB, judged
   citybrain <command> --help                       every option of one command
 """
 

@@ -42,13 +42,12 @@ def collector(rig: Rig, influx: InfluxDB) -> Collector:
 
 
 def count_points(influx: InfluxDB, measurement: str) -> int:
-    """Points in a measurement: the largest per-field count (every point has its required fields)."""
-    result = influx.query(DB, f'SELECT COUNT(*) FROM "{measurement}"')
+    """Points in a measurement: the largest per-field count (every point has its required fields),
+    summed over kinds (`alarm` holds points of every kind, each with its own fields)."""
+    group = ' GROUP BY "kind"' if measurement == "alarm" else ""
+    result = influx.query(DB, f'SELECT COUNT(*) FROM "{measurement}"{group}')
     series = result.get("results", [{}])[0].get("series") or []
-    if not series:
-        return 0
-    values = series[0]["values"][0][1:]
-    return max(int(v) for v in values if v is not None)
+    return sum(max(int(v) for v in s["values"][0][1:] if v is not None) for s in series)
 
 
 def dead_letters(path: Path) -> dict[str, int]:
@@ -59,6 +58,25 @@ def dead_letters(path: Path) -> dict[str, int]:
         return {}
     with contextlib.closing(sqlite3.connect(path)) as db:
         return dict(db.execute("SELECT reason, COUNT(*) FROM dead_letters GROUP BY reason").fetchall())
+
+
+def brain_view(influx: InfluxDB, dead_letter_path: Path) -> list[str]:
+    """Alarms, gateway statuses, three parking events as stored, dead letters: what the brain sees
+    besides the readings (also printed by `citybrain demo`)."""
+    alarms = count_points(influx, "alarm")
+    statuses = count_points(influx, "gateway_status")
+    lines = [f"  {'alarm':12s} {alarms:6d} points (fever, lid open, overflow ... sent at once on /alarm)",
+             f"  {'gateway_status':12s} {statuses:6d} points (heap, spool, error counters)"]
+    sample = influx.query(DB, 'SELECT * FROM "parking" WHERE "event" > 0 LIMIT 3')
+    rows = (sample.get("results", [{}])[0].get("series") or [{}])[0]
+    if rows.get("values"):
+        lines.append("\nthree parking arrivals/departures as stored (billing is computed from these):")
+        cols = rows["columns"]
+        for values in rows["values"]:
+            lines.append("  " + json.dumps(dict(zip(cols, values, strict=True)), ensure_ascii=False))
+    dead = dead_letters(dead_letter_path)
+    lines.append(f"  {'dead letters':12s} {sum(dead.values()):6d} {dict(dead) if dead else ''}")
+    return lines
 
 
 def run(interpreter: str, seconds: float, seed: int) -> int:
@@ -99,19 +117,7 @@ def run(interpreter: str, seconds: float, seed: int) -> int:
             mark = "ok" if stored.get(m, 0) == want else "MISMATCH"
             ok = ok and stored.get(m, 0) == want
             print(f"  {m:12s} {stored.get(m, 0):6d} points for {want:6d} readings delivered  {mark}")
-        alarms = count_points(influx, "alarm")
-        statuses = count_points(influx, "gateway_status")
-        print(f"  {'alarm':12s} {alarms:6d} points (fever, lid open, overflow ... sent at once on /alarm)")
-        print(f"  {'gateway_status':12s} {statuses:6d} points (heap, spool, error counters)")
-        sample = influx.query(DB, 'SELECT * FROM "parking" WHERE "event" > 0 LIMIT 3')
-        rows = (sample.get("results", [{}])[0].get("series") or [{}])[0]
-        if rows.get("values"):
-            print("\nthree parking arrivals/departures as stored (billing is computed from these):")
-            cols = rows["columns"]
-            for values in rows["values"]:
-                print("  " + json.dumps(dict(zip(cols, values, strict=True)), ensure_ascii=False))
-        dead = dead_letters(coll.dead_letter_path)
-        print(f"  {'dead letters':12s} {sum(dead.values()):6d} {dict(dead) if dead else ''}")
+        print("\n".join(brain_view(influx, coll.dead_letter_path)))
         if not ok:
             print(f"agent log:\n{rig.agent.log_tail() if rig.agent else ''}")
             print(f"collector log:\n{coll.log_tail(3000)}")

@@ -233,13 +233,13 @@ class LidPublisher:
     """Manhole lids reporting over NB-IoT to the site broker: one JSON message per `interval_s`."""
 
     def __init__(self, broker_port: int, topic_base: str, sensors: Sequence[str], *, seed: int = 5,
-                 interval_s: float = 0.1) -> None:
+                 interval_s: float = 0.1, gw: str = "") -> None:
         self.sim = LidSim(list(sensors), seed=seed, open_chance=0.02)
         self.sensors = list(sensors)
         self.topic_base = topic_base
         self.interval_s = interval_s
         self.next_t = 0.0
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hil-lids-{os.getpid()}",
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hil-lids-{gw}-{os.getpid()}",
                                   clean_session=False)
         self.client.reconnect_delay_set(1, 1)
         self.client.connect("127.0.0.1", broker_port)
@@ -350,7 +350,7 @@ class Subscriber:
         self.base = f"{prefix}/{gw}"
         self.messages: list[tuple[float, str, bytes, bool]] = []
         self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hil-sub-{os.getpid()}",
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hil-sub-{gw}-{os.getpid()}",
                                   clean_session=False)
         self.client.reconnect_delay_set(1, 1)
         self.client.on_connect = self._on_connect
@@ -523,7 +523,13 @@ class Rig:
         broker_options: dict[str, Any] | None = None,
         broker_port: int | None = None,
         agent_brokers: Sequence[int] = (),
+        broker: Mosquitto | None = None,
+        uplink_port: int | None = None,
     ) -> None:
+        """`broker`: a Mosquitto shared with other rigs (a city block, hil/block.py), started and
+        stopped by its owner; None: this rig starts its own. `uplink_port`: where the agent's
+        uplink connects instead of the broker (a proxy the rig controls, hil/link.py); the site
+        broker (lids) stays direct."""
         self.interpreter = interpreter
         self.gw = gw
         self.sync_every_ms = sync_every_ms
@@ -533,20 +539,25 @@ class Rig:
         self.emissions: list[Emission] = []
         self.outages: list[Outage] = []
         self._killed_at: float | None = None
+        self._booted: set[Any] = set()  # boots seen before the last (re)start
+        self._starting = False  # begin_start_agent called, new boot not online yet
         self.devices: list[SerialDevice] = []
         self.lids: LidPublisher | None = None
         self.bus: ModbusBus | None = None
         self.sub: Subscriber | None = None
         self.agent: AgentProcess | None = None
-        # broker_port: an MQTT listener the caller runs (a NATS node's, say); the rig does not start,
-        # restart or stop it. Otherwise the rig's own Mosquitto (with broker_options). agent_brokers:
-        # the agent's broker endpoints (its config's broker.port, then broker.endpoints), if not that one.
-        self._own_broker = broker_port is None
-        self.broker = Mosquitto(broker_port, workdir=str(self.dir / "mosquitto"), **(broker_options or {}))
+        # broker_port: an MQTT listener the caller runs (a NATS node's, say); `broker`: a Mosquitto
+        # shared with other rigs; either way the rig does not start, restart or stop it. Otherwise
+        # the rig's own Mosquitto (with broker_options). agent_brokers: the agent's broker endpoints
+        # (its config's broker.port, then broker.endpoints), if not that one.
+        self._own_broker = broker is None and broker_port is None
+        self.broker = broker if broker is not None else Mosquitto(
+            broker_port, workdir=str(self.dir / "mosquitto"), **(broker_options or {}))
         self._closed = False
         self._procs: list[subprocess.Popen[bytes]] = []  # everything started, to prove it is gone
         try:
-            self._start_broker()
+            if self._own_broker:
+                self._start_broker()
             sources: list[dict[str, Any]] = []
             if parking:
                 ids = [f"P-{100 + i:05d}" for i in range(parking)]
@@ -587,18 +598,20 @@ class Rig:
                 # The agent's site session exists before it first boots, as on a deployed site: the
                 # broker queues lid messages for it while it is down (clean_session=False, QoS 1).
                 _open_session(self.broker.port, gw + "-site", site_topic + "/#")
-                self.lids = LidPublisher(self.broker.port, site_topic, ids, seed=seed + 5,
+                self.lids = LidPublisher(self.broker.port, site_topic, ids, seed=seed + 5, gw=gw,
                                          interval_s=max(0.02, 1.0 / speed))
                 sources.append({"kind": "manhole", "transport": "mqtt", "topic": site_topic + "/#",
                                 "sensors": ids, "max_silence_s": 0})
-            broker: dict[str, Any] = {"host": "127.0.0.1", "port": self.broker.port, "keepalive_s": 10}
+            broker_conf: dict[str, Any] = {"host": "127.0.0.1", "port": self.broker.port, "keepalive_s": 10}
+            uplink: dict[str, Any] = {**broker_conf, "port": uplink_port or self.broker.port}
+            if agent_brokers:
+                uplink = {**broker_conf, "port": agent_brokers[0],
+                          "endpoints": [f"127.0.0.1:{p}" for p in agent_brokers[1:]]}
             self.config = {
                 "gateway_id": gw,
                 "prefix": PREFIX,
-                "broker": {**broker, "port": agent_brokers[0],
-                           "endpoints": [f"127.0.0.1:{p}" for p in agent_brokers[1:]]}
-                if agent_brokers else broker,
-                "site_broker": dict(broker),
+                "broker": uplink,
+                "site_broker": dict(broker_conf),
                 "trust_os_clock": True,
                 "store": {"dir": str(self.spool()), "sync_every_ms": sync_every_ms,
                           "segment_bytes": 16384},
@@ -645,26 +658,42 @@ class Rig:
 
     def start_agent(self, timeout: float = 30.0) -> None:
         """(Re)start the agent and wait until its new boot says online (runs the sims meanwhile)."""
+        self.begin_start_agent()
+        deadline = time.monotonic() + timeout
+        while not self.came_online():
+            assert self.agent is not None
+            if time.monotonic() > deadline or not self.agent.alive():
+                raise RigError(f"agent did not come online: {self.agent.log_tail()}")
+            self.run(0.05)
+
+    def begin_start_agent(self) -> None:
+        """(Re)start the agent without waiting; `came_online()` says when its new boot is online.
+        (A block of gateways keeps the other gateways' sensors talking meanwhile.)"""
         assert self.agent is not None and self.sub is not None
-        booted = {s.get("boot") for _, s in self.sub.statuses()}
+        self._booted = {s.get("boot") for _, s in self.sub.statuses()}
         if self._killed_at is None:
             # A boot: frames sent before the agent opens its ports are not expected (a tty is
             # flushed when it is set raw), so the time until it is online counts as down.
             self._killed_at = time.time()
         self.agent.start()
+        self._starting = True
         if self.agent.proc is not None:
             self._procs.append(self.agent.proc)
-        deadline = time.monotonic() + timeout
-        while True:
-            for t, s in self.sub.statuses():
-                if s.get("state") == "online" and s.get("boot") not in booted:
-                    if self._killed_at is not None:
-                        self.outages.append(Outage(self._killed_at, t))
-                        self._killed_at = None
-                    return
-            if time.monotonic() > deadline or not self.agent.alive():
-                raise RigError(f"agent did not come online: {self.agent.log_tail()}")
-            self.run(0.05)
+
+    def came_online(self) -> bool:
+        """After `begin_start_agent`: True once the new boot's online status arrived (the outage
+        since the kill or start is then recorded for the verifier)."""
+        assert self.sub is not None
+        if not self._starting:
+            return self._killed_at is None  # False between a kill and the next start
+        for t, s in self.sub.statuses():
+            if s.get("state") == "online" and s.get("boot") not in self._booted:
+                if self._killed_at is not None:
+                    self.outages.append(Outage(self._killed_at, t))
+                    self._killed_at = None
+                self._starting = False
+                return True
+        return False
 
     def kill_agent(self) -> float:
         """A power cut: SIGKILL, whatever the agent is doing (maybe appending to its log)."""
@@ -806,7 +835,7 @@ class Rig:
                 got.append(bytes(msg.payload))
                 done.set()
 
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hil-probe-{os.getpid()}")
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hil-probe-{self.gw}-{os.getpid()}")
         c.on_connect = lambda client, *a: client.subscribe(topic, 1)
         c.on_message = on_message
         c.connect("127.0.0.1", self.broker.port)

@@ -1,0 +1,518 @@
+"""A city block in the loop: several gateways, Mosquitto, the collector and InfluxDB, faults on a timeline.
+
+    hil/scenarios/<name>.toml --hil.spec--> Scenario
+      -> one Mosquitto (uplink and site broker), InfluxDB 1.x, the collector (the real service)
+      -> per gateway a hil.rig.Rig on that broker: simulated sensors and the agent process
+      -> the timeline: sensors talk, faults fire and end, InfluxDB is polled for new points
+      -> drain: sensors stop; wait until every expected reading is stored (or drain_timeout)
+      -> record (run.json) -> hil.judge -> Verdict
+
+Everything started here is stopped by PID at the end (`Block.close`). Driving is one thread (the
+sensors' ticks, gateway power cuts); faults on shared services (broker, InfluxDB, collector) run in
+a thread of their own because starting a service blocks; a third thread polls InfluxDB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import cbor2
+
+from hil.link import ImpairedLink
+from hil.rig import PREFIX, Rig, RigError
+from hil.services import Collector, InfluxDB, Mosquitto, ServiceError
+from hil.spec import Fault, Gateway, Scenario
+
+DB = "citybrain"
+MEASUREMENTS = ("parking", "manhole", "water", "thermometer", "alarm")
+SYNC_EVERY_MS = 500
+# The poller reads points stamped within NARROW_WINDOW_S before now every poll period, and every
+# WIDE_EVERY_S those within WIDE_WINDOW_S plus the scenario's longest fault (a backlog delivered
+# after a fault carries old timestamps); the drain and the record read the whole run. The wide
+# window is bounded so a 30-minute soak does not read its whole history every 2 s: a point first
+# seen only by the final read counts as seen then (its latency is an upper bound).
+NARROW_WINDOW_S = 10.0
+WIDE_EVERY_S = 2.0
+WIDE_WINDOW_S = 120.0
+WATER_ORDERS = ("ABCD", "CDAB")
+# The collector's tags that, with the measurement and the time, identify one point (collector/validate.py;
+# site and district follow from the gateway).
+IDENTITY_TAGS = ("gw", "sensor", "kind", "code")
+
+
+class Poller:
+    """Polls InfluxDB at a bounded rate; remembers when each point was first seen (wall time)."""
+
+    def __init__(
+        self, influx: InfluxDB, period: float, since_ms: int, wide_window_s: float = WIDE_WINDOW_S
+    ) -> None:
+        self.influx = influx
+        self.period = period
+        self.since_ms = since_ms
+        self.wide_window_s = wide_window_s
+        self.first_seen: dict[tuple[Any, ...], float] = {}
+        self.rows: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] = {}
+        self._by_ident: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+        self.lock = threading.Lock()
+        self.errors = 0  # queries that failed (InfluxDB down during db_down: expected)
+        self.queries = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="influx-poller", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _loop(self) -> None:
+        last_wide = 0.0
+        while not self._stop.is_set():
+            t = time.time()
+            wide = t - last_wide >= WIDE_EVERY_S
+            window = self.wide_window_s if wide else NARROW_WINDOW_S
+            since = max(self.since_ms, int((t - window) * 1000))
+            try:
+                self.scan(since)
+                if wide:
+                    last_wide = t
+            except (OSError, ServiceError, ValueError):
+                self.errors += 1
+            self._stop.wait(max(0.0, self.period - (time.time() - t)))
+
+    def scan(self, since_ms: int) -> int:
+        """One pass over every measurement from `since_ms`; returns how many points were new."""
+        q = ";".join(f'SELECT * FROM "{m}" WHERE time >= {since_ms}ms' for m in MEASUREMENTS)
+        result = self.influx.query(DB, q)
+        now = time.time()
+        self.queries += 1
+        new = 0
+        for i, res in enumerate(result.get("results", [])):
+            measurement = MEASUREMENTS[res.get("statement_id", i)]
+            for series in res.get("series", []):
+                cols = series["columns"]
+                for values in series["values"]:
+                    row = dict(zip(cols, values, strict=True))
+                    with self.lock:
+                        new += self._see(measurement, row, now)
+        return new
+
+    def _see(self, measurement: str, row: dict[str, Any], now: float) -> int:
+        """Remember a row; 1 if it is a point not seen before. Caller holds the lock.
+
+        A point is its series (the collector's identity tags) and time. Its non-null cells may grow
+        between two reads: InfluxDB 1.x stores each field as a series of its own, so a read during
+        the write can see some fields of a point and not yet the others (seen in the soak: 74 of
+        90 000 points). A later read that shows more of it replaces the partial row, and the point
+        counts as seen (queryable) only then. A later row that contradicts a cell is kept apart, so
+        the judge sees both. Nulls are not cells: SELECT * returns a column for every field the
+        measurement has in the time range, so a point's nulls vary with the window.
+        """
+        ident = (measurement, row["time"], *(row.get(k) for k in IDENTITY_TAGS))
+        cells = {k: v for k, v in row.items() if k != "time" and v is not None}
+        for key in self._by_ident.get(ident, ()):
+            old = {k: v for k, v in self.rows[key][1].items() if k != "time" and v is not None}
+            if cells == old:
+                return 0
+            if all(cells.get(k) == v for k, v in old.items()):  # the same point, more of it visible
+                self.rows[key] = (measurement, row)
+                self.first_seen[key] = now
+                return 0
+        key = (*ident, len(self._by_ident.get(ident, ())))
+        self._by_ident.setdefault(ident, []).append(key)
+        self.first_seen[key] = now
+        self.rows[key] = (measurement, row)
+        return 1
+
+    def tags(self, measurement: str) -> set[str]:
+        """Tag keys of a measurement (SHOW TAG KEYS), asked when the points are handed out."""
+        rows = self.influx.points(DB, f'SHOW TAG KEYS FROM "{measurement}"')
+        return {r["tagKey"] for r in rows}
+
+    def count(self, exclude: str = "") -> int:
+        with self.lock:
+            return sum(1 for k in self.first_seen if k[0] != exclude)
+
+    def stored(self) -> list[list[Any]]:
+        """[first seen, measurement, gw, sensor, kind, ts_ms, {field: value}] per point."""
+        out = []
+        with self.lock:
+            items = [(self.first_seen[k], *self.rows[k]) for k in self.first_seen]
+        tag_keys = {m: self.tags(m) for m in MEASUREMENTS}
+        for seen, measurement, row in items:
+            tags = tag_keys[measurement]
+            fields = {k: v for k, v in row.items() if k not in tags and k != "time" and v is not None}
+            kind = row.get("kind") if measurement == "alarm" else measurement
+            out.append([seen, measurement, row.get("gw"), row.get("sensor"), kind, row["time"], fields])
+        return out
+
+
+def field_types(influx: InfluxDB) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for m in MEASUREMENTS:
+        rows = influx.points(DB, f'SHOW FIELD KEYS FROM "{m}"')
+        out[m] = {r["fieldKey"]: r["fieldType"] for r in rows}
+    return out
+
+
+class Block:
+    """One scenario run. `run()` returns the record (the content of run.json)."""
+
+    def __init__(self, scenario: Scenario, *, seed: int | None = None, workdir: str | None = None,
+                 progress: Callable[[str], None] = print) -> None:
+        self.sc = scenario
+        self.seed = scenario.seed if seed is None else seed
+        self.progress = progress
+        self._own_dir = workdir is None
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="citybrain-block-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.broker = Mosquitto(workdir=str(self.dir / "mosquitto"))
+        self.influx = InfluxDB(workdir=str(self.dir / "influxdb"))
+        self.collector: Collector | None = None
+        self.rigs: dict[str, Rig] = {}
+        self.links: dict[str, ImpairedLink] = {}  # gateway -> its uplink proxy (uplink_impair only)
+        self.poller: Poller | None = None
+        self.fault_log: list[list[Any]] = []  # [start, end, label] wall times
+        self.timeline: list[list[float]] = []  # [t, emitted so far, stored so far] once a second
+        self.t0 = 0.0
+        self._fault_error: BaseException | None = None
+        self._down: dict[str, float] = {}  # gateway -> restart at (gateway_power_cut)
+        self._rng = random.Random(self.seed)  # which byte a torn tail is cut at
+        self._at_broker: dict[str, list[int]] = {}  # gateway -> [/up payloads counted, readings in them]
+
+    # -- bring-up ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.progress(f"starting Mosquitto, InfluxDB 1.x, the collector and {len(self.sc.gateways)} gateways")
+        self.broker.start()
+        self.influx.start()
+        self.influx.create_database(DB)
+        gateways = {g.id: {"site": g.site, "district": g.district} for g in self.sc.gateways if g.site}
+        self.collector = Collector(
+            self.broker.port, {"version": 1, "url": self.influx.url, "db": DB},
+            client_id="block-collector", metrics=False, workdir=str(self.dir / "collector"),
+            settings={"mqtt": {"topic_prefix": PREFIX}, "writer": {"flush_interval": "200ms"},
+                      "gateways": gateways},
+        )
+        # The collector's session exists before the first batch (in production it runs first).
+        self.collector.start()
+        for i, g in enumerate(self.sc.gateways):
+            self.rigs[g.id] = self._rig(g, self.seed * 100 + i)
+        for rig in self.rigs.values():
+            rig.begin_start_agent()
+        deadline = time.monotonic() + 60
+        while not all(r.came_online() for r in self.rigs.values()):
+            if time.monotonic() > deadline:
+                late = [gw for gw, r in self.rigs.items() if not r.came_online()]
+                raise RigError(f"gateways {late} did not come online")
+            self._tick()
+            time.sleep(0.02)
+        self.progress(f"{len(self.rigs)} gateways online: "
+                      + ", ".join(f"{g.id} ({g.runtime})" for g in self.sc.gateways))
+
+    def _rig(self, g: Gateway, seed: int) -> Rig:
+        def count(kind: str) -> int:
+            s = g.sensor(kind)
+            return s.count if s is not None else 0
+
+        (self.dir / g.id).mkdir(parents=True, exist_ok=True)
+        water = tuple((a + 1, WATER_ORDERS[a % 2]) for a in range(count("water")))
+        water_spec, lid_spec = g.sensor("water"), g.sensor("manhole")
+        poll_ms = int(1000 / water_spec.rate) if water_spec is not None else 400
+        uplink_port = None
+        if any(f.kind == "uplink_impair" and f.gateway == g.id for f in self.sc.faults):
+            self.links[g.id] = ImpairedLink(self.broker.port, seed=seed)
+            uplink_port = self.links[g.id].port
+        rig = Rig(g.runtime, gw=g.id, parking=count("parking"), thermometers=count("thermometer"),
+                  lids=count("manhole"), water=water, seed=seed, sync_every_ms=SYNC_EVERY_MS,
+                  poll_ms=poll_ms, heap=g.heap or "256K", workdir=str(self.dir / g.id), broker=self.broker,
+                  uplink_port=uplink_port)
+        for d in rig.devices:
+            s = g.sensor(d.kind)
+            if s is not None:
+                d.speed = s.rate
+        if rig.lids is not None and lid_spec is not None:
+            rig.lids.interval_s = 1.0 / lid_spec.rate
+        return rig
+
+    # -- the timeline --------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        for rig in self.rigs.values():
+            rig.run(0)  # one tick of its sensors (into nothing while its gateway is powered off)
+            rig.came_online()
+
+    def run_timeline(self) -> None:
+        assert self.poller is None
+        self.t0 = time.time()
+        longest = max((f.duration for f in self.sc.faults), default=0.0)
+        self.poller = Poller(self.influx, self.sc.poll_interval, int((self.t0 - 60) * 1000),
+                             WIDE_WINDOW_S + longest)
+        self.poller.start()
+        pending = list(self.sc.faults)
+        service_faults: list[threading.Thread] = []
+        next_report = self.t0
+        end = self.t0 + self.sc.duration
+        while True:
+            now = time.time()
+            if self._fault_error is not None:
+                raise RigError(f"fault injection failed: {self._fault_error}")
+            while pending and now >= self.t0 + pending[0].at:
+                f = pending.pop(0)
+                th = self._fire(f)
+                if th is not None:
+                    service_faults.append(th)
+            for gw, at in list(self._down.items()):
+                if now >= at:
+                    del self._down[gw]
+                    self.rigs[gw].begin_start_agent()
+            self._tick()
+            if now >= next_report:
+                self._report(now)
+                next_report += 1.0
+            if now >= end:
+                break
+            time.sleep(0.02)
+        for th in service_faults:
+            th.join()
+        for gw in list(self._down):
+            del self._down[gw]
+            self.rigs[gw].begin_start_agent()
+        deadline = time.monotonic() + 60
+        while not all(r.came_online() for r in self.rigs.values()):
+            if time.monotonic() > deadline:
+                raise RigError("a gateway did not come back online after its power cut")
+            self._tick()
+            time.sleep(0.02)
+
+    def emitted(self) -> int:
+        return sum(1 for r in self.rigs.values() for e in r.emissions if e.fields is not None)
+
+    def _report(self, now: float) -> None:
+        assert self.poller is not None
+        emitted, stored, at_broker = self.emitted(), self.poller.count(), self.at_broker()
+        self.timeline.append([now - self.t0, emitted, stored])
+        firing = [label for s, e, label in self.fault_log if s <= now and (e is None or now < e)]
+        online = sum(1 for r in self.rigs.values() if r.agent is not None and r.agent.alive())
+        elapsed = now - self.t0
+        bar = "#" * int(20 * min(1.0, elapsed / self.sc.duration))
+        now_firing = f"  fault: {'; '.join(firing)}" if firing else ""
+        self.progress(f"[{bar:20s}] {elapsed:5.0f}/{self.sc.duration:.0f}s  gateways up "
+                      f"{online}/{len(self.rigs)}  emitted {emitted}  at the broker {at_broker}  "
+                      f"stored {stored}{now_firing}")
+
+    def at_broker(self) -> int:
+        """Readings in the /up batches the rig's subscribers got (water included, redeliveries too)."""
+        total = 0
+        for gw, rig in self.rigs.items():
+            seen = self._at_broker.setdefault(gw, [0, 0])
+            payloads = rig.sub.payloads("up") if rig.sub is not None else []
+            for raw in payloads[seen[0]:]:
+                with contextlib.suppress(cbor2.CBORDecodeError, KeyError, TypeError, IndexError, ValueError):
+                    seen[1] += len(cbor2.loads(raw)[4])
+            seen[0] = len(payloads)
+            total += seen[1]
+        return total
+
+    def _fire(self, f: Fault) -> threading.Thread | None:
+        """Start a fault; gateway faults act in this thread, service faults in a thread of their own."""
+        start = time.time()
+        entry: list[Any] = [start, None, f.label()]
+        self.fault_log.append(entry)
+        self.progress(f"fault: {f.label()}")
+        if f.kind == "gateway_power_cut":
+            rig = self.rigs[f.gateway]
+            rig.kill_agent()
+            if f.torn_tail:
+                rig.tear_log_tail(self._rng, "truncate", max_age_s=0.1)
+            self._down[f.gateway] = start + max(f.duration, 0.2)
+            entry[1] = start + f.duration
+            return None
+        if f.kind in ("serial_noise", "bit_flips", "slave_silent", "storm", "uplink_impair"):
+            th = threading.Thread(target=self._guard, args=(self._device_fault, f, entry), daemon=True)
+        else:
+            th = threading.Thread(target=self._guard, args=(self._service_fault, f, entry), daemon=True)
+        th.start()
+        return th
+
+    def _guard(self, fn: Callable[[Fault, list[Any]], None], f: Fault, entry: list[Any]) -> None:
+        try:
+            fn(f, entry)
+        except BaseException as exc:  # reported by the driving thread, which then stops the run
+            self._fault_error = exc
+
+    def _service_fault(self, f: Fault, entry: list[Any]) -> None:
+        assert self.collector is not None
+        if f.kind == "broker_restart":
+            self.broker.stop()
+            self.broker.start()
+        elif f.kind == "broker_down":
+            self.broker.stop()
+            time.sleep(f.duration)
+            self.broker.start()
+        elif f.kind == "db_down":
+            self.influx.stop()
+            time.sleep(f.duration)
+            self.influx.start()
+        elif f.kind == "collector_kill":
+            self.collector.kill()  # kill -9; systemd restarts it after RestartSec (the fault's `for`)
+            time.sleep(f.duration)
+            self.collector.start()
+        entry[1] = time.time()
+
+    def _device_fault(self, f: Fault, entry: list[Any]) -> None:
+        if f.kind in ("serial_noise", "bit_flips"):
+            rig = self.rigs[f.gateway]
+            dev = next(d for d in rig.devices if d.kind == f.bus and d.sim is not None)
+            dev.sim.set_fault("garbage" if f.kind == "serial_noise" else "bad_crc", f.rate)
+            time.sleep(f.duration)
+            dev.sim.set_fault(None, 0.0)
+        elif f.kind == "slave_silent":
+            bus = self.rigs[f.gateway].bus
+            assert bus is not None
+            os.kill(bus.slave.pid, signal.SIGSTOP)  # the slave hangs: no answers, port open
+            try:
+                time.sleep(f.duration)
+            finally:
+                os.kill(bus.slave.pid, signal.SIGCONT)
+        elif f.kind == "uplink_impair":
+            link = self.links[f.gateway]
+            link.impair(latency=f.latency, jitter=f.jitter, drop=f.drop, partition=f.partition)
+            try:
+                time.sleep(f.duration)
+            finally:
+                link.clear()
+        elif f.kind == "storm":
+            lids = [r.lids for r in self.rigs.values() if r.lids is not None]
+            before = [lp.interval_s for lp in lids]
+            for lp in lids:
+                lp.interval_s /= f.factor
+            time.sleep(f.duration)
+            for lp, iv in zip(lids, before, strict=True):
+                lp.interval_s = iv
+        entry[1] = time.time()
+
+    # -- after the timeline ----------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Sensors stop; wait until stored stops growing and covers the emissions, or the timeout."""
+        assert self.poller is not None
+        self.progress("sensors stopped; waiting for the backlog to be stored")
+        deadline = time.monotonic() + self.sc.drain_timeout
+        last, still = -1, 0.0
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ServiceError, ValueError):
+                self.poller.scan(self.poller.since_ms)
+            # Water keeps arriving (the agents poll until they stop): only emitted kinds settle.
+            n = self.poller.count(exclude="water")
+            if n == last:
+                still += 0.5
+                if still >= 3.0:
+                    break
+            else:
+                last, still = n, 0.0
+            for rig in self.rigs.values():
+                rig.came_online()
+            time.sleep(0.5)
+        self._report(time.time())
+
+    def record(self) -> dict[str, Any]:
+        assert self.poller is not None
+        self.poller.stop()
+        self.poller.scan(self.poller.since_ms)
+        sc = asdict(self.sc)
+        sc["seed"] = self.seed
+        return {
+            "version": 1,
+            "scenario": sc,
+            "t0": self.t0,
+            "sync_every_ms": SYNC_EVERY_MS,
+            "emissions": [[e.t, gw, e.sensor, e.kind, e.fields]
+                          for gw, r in self.rigs.items() for e in r.emissions],
+            "outages": {gw: [[o.killed, o.back] for o in r.outages] for gw, r in self.rigs.items()},
+            "polled": {gw: {"water": r.bus.values(r.water_sensors)} for gw, r in self.rigs.items()
+                       if r.bus is not None},
+            "stored": self.poller.stored(),
+            "field_types": field_types(self.influx),
+            "faults": self.fault_log,
+            "timeline": self.timeline,
+            "poller": {"period": self.poller.period, "queries": self.poller.queries,
+                       "errors": self.poller.errors, "narrow_window_s": NARROW_WINDOW_S,
+                       "wide_every_s": WIDE_EVERY_S, "wide_window_s": self.poller.wide_window_s},
+            "dead_letters": self.dead_letters(),
+            "gateway_spools": {gw: self.spools(r) for gw, r in self.rigs.items()},
+            # each gateway's last status `errors` map: e.g. manhole `queue_overflow` (lid messages
+            # acknowledged to the site broker and dropped: docs/hil.md, "Findings")
+            "gateway_errors": {gw: (r.last_status() or {}).get("errors") for gw, r in self.rigs.items()},
+            "links": {gw: {"forwarded_bytes": lk.forwarded, "retransmitted_chunks": lk.retransmitted}
+                      for gw, lk in self.links.items()},
+        }
+
+    @staticmethod
+    def spools(rig: Rig) -> list[list[Any]]:
+        """[[wall time, records pending in its log, free heap]] from each status the gateway published
+        (every second while connected: a gap is the gateway or the broker down)."""
+        if rig.sub is None:
+            return []
+        return [[t, st.get("spool_records"), st.get("heap_free")] for t, st in rig.sub.statuses()
+                if st.get("state") == "online"]
+
+    def dead_letters(self) -> dict[str, int]:
+        from hil.demo import dead_letters
+
+        return dead_letters(self.collector.dead_letter_path) if self.collector is not None else {}
+
+    def close(self) -> list[int]:
+        """Stop everything (agents first, the collector drains, then the services); PIDs left over."""
+        leftovers: list[int] = []
+        for rig in self.rigs.values():
+            with contextlib.suppress(Exception):
+                rig.close()
+        for link in self.links.values():
+            link.close()
+        if self.poller is not None:
+            self.poller.stop()
+        if self.collector is not None:
+            self.collector.stop(30)
+        self.broker.stop()
+        self.influx.stop()
+        for rig in self.rigs.values():
+            leftovers += rig.leftovers()
+        for svc in (self.collector, self.broker, self.influx):
+            if svc is not None and svc.proc is not None and svc.proc.poll() is None:
+                leftovers.append(svc.proc.pid)
+        if self._own_dir:
+            import shutil
+
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return leftovers
+
+
+def run_block(scenario: Scenario, *, seed: int | None = None, workdir: str | None = None,
+              progress: Callable[[str], None] = print,
+              inspect: Callable[[Block], None] | None = None) -> tuple[dict[str, Any], list[int]]:
+    """Run a scenario end to end; (the record for run.json, PIDs left over: must be empty).
+    `inspect(block)` runs after the record is taken, with every service still up (the demo
+    queries InfluxDB there)."""
+    block = Block(scenario, seed=seed, workdir=workdir, progress=progress)
+    try:
+        block.start()
+        block.run_timeline()
+        block.drain()
+        record = block.record()
+        if inspect is not None:
+            inspect(block)
+    finally:
+        leftovers = block.close()
+    return record, leftovers

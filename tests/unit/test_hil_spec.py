@@ -1,0 +1,145 @@
+"""Scenario files (hil/spec.py): the shipped ones load; a wrong one is refused naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hil.spec import FAULT_KEYS, IMPLEMENTED, SCENARIO_DIR, SpecError, from_dict, load
+
+BASE: dict[str, Any] = {
+    "duration": "30s",
+    "gateways": [{"count": 2, "runtime": "cpython",
+                  "sensors": [{"kind": "parking", "count": 2}, {"kind": "water", "count": 1}]}],
+}
+
+
+def spec(**over: Any) -> dict[str, Any]:
+    return {**BASE, **over}
+
+
+def refused(data: dict[str, Any]) -> str:
+    with pytest.raises(SpecError) as exc:
+        from_dict(data)
+    return str(exc.value)
+
+
+@pytest.mark.parametrize("path", sorted(SCENARIO_DIR.glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_scenario_loads(path: Path) -> None:
+    sc = load(str(path))
+    assert sc.name == path.stem
+    assert sc.gateways and sc.duration > 0
+
+
+def test_city_block_is_six_gateways_of_both_runtimes_with_every_kind_and_no_faults() -> None:
+    sc = load("city-block")
+    assert len(sc.gateways) >= 6
+    assert {g.runtime for g in sc.gateways} == {"cpython", "micropython"}
+    assert {s.kind for g in sc.gateways for s in g.sensors} == {"parking", "thermometer", "water", "manhole"}
+    assert sc.faults == ()
+    assert 50 <= sc.duration <= 70
+
+
+def test_storm_fires_every_implemented_fault_within_four_minutes() -> None:
+    sc = load("storm")
+    assert {f.kind for f in sc.faults} == IMPLEMENTED
+    assert sc.duration + sc.drain_timeout <= 240
+    assert any(f.torn_tail for f in sc.faults if f.kind == "gateway_power_cut")
+
+
+def test_gateways_are_numbered_across_groups() -> None:
+    sc = from_dict(spec(gateways=[*BASE["gateways"], {"runtime": "micropython", "heap": "128K",
+                                                      "sensors": [{"kind": "manhole", "count": 1}]}]))
+    assert [(g.id, g.runtime, g.heap) for g in sc.gateways] == [
+        ("gw-01", "cpython", ""), ("gw-02", "cpython", ""), ("gw-03", "micropython", "128K")]
+
+
+def test_unknown_top_level_key_names_it_and_suggests() -> None:
+    msg = refused(spec(durration="30s"))
+    assert "unknown key 'durration'" in msg and "did you mean 'duration'" in msg
+
+
+def test_unknown_sensor_key_names_its_place() -> None:
+    sensors = [{"kind": "parking", "count": 1, "rte": 3}]
+    msg = refused(spec(gateways=[{"runtime": "cpython", "sensors": sensors}]))
+    assert "gateways[0].sensors[0].rte" in msg and "did you mean 'rate'" in msg
+
+
+def test_unknown_fault_key_names_it() -> None:
+    msg = refused(spec(faults=[{"kind": "broker_restart", "at": "5s", "gateway": "gw-01"}]))
+    assert "unknown key 'faults[0].gateway'" in msg
+
+
+def test_misspelt_fault_kind_is_suggested() -> None:
+    msg = refused(spec(faults=[{"kind": "broker_restrat", "at": "5s"}]))
+    assert "faults[0].kind" in msg and "did you mean 'broker_restart'" in msg
+
+
+@pytest.mark.parametrize("kind", sorted(set(FAULT_KEYS) - IMPLEMENTED))
+def test_a_fault_the_rig_cannot_inject_is_refused_not_ignored(kind: str) -> None:
+    msg = refused(spec(faults=[{"kind": kind, "at": "5s", "gateway": "gw-01"}]))
+    assert f"'{kind}' is not implemented yet" in msg
+
+
+def test_runtime_and_heap_are_checked() -> None:
+    one = [{"kind": "parking", "count": 1}]
+    assert "did you mean 'micropython'" in refused(spec(gateways=[{"runtime": "micropyton", "sensors": one}]))
+    assert "applies to runtime 'micropython' only" in refused(
+        spec(gateways=[{"runtime": "cpython", "heap": "128K", "sensors": one}]))
+    assert "not a MicroPython heap size" in refused(
+        spec(gateways=[{"runtime": "micropython", "heap": "lots", "sensors": one}]))
+
+
+def test_a_kind_on_a_bus_the_rig_does_not_carry_it_on_is_refused() -> None:
+    sensors = [{"kind": "water", "count": 1, "bus": "mqtt"}]
+    msg = refused(spec(gateways=[{"runtime": "cpython", "sensors": sensors}]))
+    assert "gateways[0].sensors[0].bus" in msg and "'modbus'" in msg
+
+
+def test_fault_on_a_missing_gateway_or_bus_is_refused() -> None:
+    assert "no gateway 'gw-09'" in refused(
+        spec(faults=[{"kind": "gateway_power_cut", "at": "1s", "gateway": "gw-09"}]))
+    noise = {"kind": "serial_noise", "at": "1s", "for": "2s", "gateway": "gw-01", "bus": "thermometer"}
+    assert "has no thermometer sensors" in refused(spec(faults=[noise]))
+
+
+def test_fault_past_the_end_or_without_its_span_is_refused() -> None:
+    late = {"kind": "db_down", "at": "25s", "for": "10s"}
+    assert "after the scenario's duration" in refused(spec(faults=[late]))
+    assert "needs a duration > 0" in refused(spec(faults=[{"kind": "db_down", "at": "5s"}]))
+
+
+def test_wrong_types_are_refused_with_the_key() -> None:
+    assert "seed: expected int" in refused(spec(seed="7"))
+    assert "duration: expected a duration" in refused(spec(duration="soon"))
+    assert "goals.reading_p99" in refused(spec(goals={"reading_p99": True}))
+
+
+def test_faults_are_sorted_by_time_and_keep_their_parameters() -> None:
+    sc = from_dict(spec(faults=[
+        {"kind": "storm", "at": "10s", "for": "5s", "factor": 3},
+        {"kind": "gateway_power_cut", "at": "2s", "for": "1s", "gateway": "gw-02", "torn_tail": True},
+    ]))
+    assert [(f.kind, f.at, f.end) for f in sc.faults] == [
+        ("gateway_power_cut", 2.0, 3.0), ("storm", 10.0, 15.0)]
+    assert sc.faults[0].torn_tail and sc.faults[0].gateway == "gw-02" and sc.faults[1].factor == 3.0
+
+
+def test_unknown_scenario_name_lists_the_shipped_ones() -> None:
+    with pytest.raises(SpecError, match="did you mean 'storm'"):
+        load("strom")
+
+
+def test_uplink_impair_takes_its_parameters_and_needs_one() -> None:
+    sc = from_dict(spec(faults=[{"kind": "uplink_impair", "at": "1s", "for": "5s", "gateway": "gw-01",
+                                 "latency": "300ms", "jitter": "100ms", "drop": 0.1}]))
+    f = sc.faults[0]
+    assert (f.latency, f.jitter, f.drop, f.partition, f.gateway) == (0.3, 0.1, 0.1, False, "gw-01")
+    assert "needs latency, jitter, drop or partition" in refused(
+        spec(faults=[{"kind": "uplink_impair", "at": "1s", "for": "5s", "gateway": "gw-01"}]))
+    assert "drop: 2.0 must be within 0..1" in refused(
+        spec(faults=[{"kind": "uplink_impair", "at": "1s", "for": "5s", "gateway": "gw-01", "drop": 2}]))
+    assert "unknown key 'faults[0].loss'" in refused(
+        spec(faults=[{"kind": "uplink_impair", "at": "1s", "for": "5s", "gateway": "gw-01", "loss": 0.1}]))
