@@ -22,8 +22,7 @@ from edge.rules import SUPPRESSED, ReportFilter
 
 # Source-level error codes beyond the codecs' (index into the same counter row).
 UNKNOWN_SENSOR = N_CODES  # a well-formed reading from a sensor the config does not list
-QUEUE_OVERFLOW = N_CODES + 1  # a message arrived faster than it could be decoded
-PORT_DOWN = N_CODES + 2  # the port could not be opened, or died (unplugged, broker gone)
+PORT_DOWN = N_CODES + 1  # the port could not be opened, or died (unplugged, broker gone)
 
 class Source:
     """Configured state shared by every transport: codec, rules, limits, counters."""
@@ -71,7 +70,7 @@ class Source:
 
     def error_report(self):
         """{who: {code_name: n}} for the status message (allocates: status time only)."""
-        names = NAMES + ("unknown_sensor", "queue_overflow", "port_down")
+        names = NAMES + ("unknown_sensor", "port_down")
         out = {}
         for who in self.errors:
             row = self.errors[who]
