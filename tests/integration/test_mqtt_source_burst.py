@@ -78,7 +78,8 @@ def test_a_queued_backlog_larger_than_the_queue_is_delivered_whole(mosquitto: Mo
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         source.client.close()
-        assert sorted(taken) == sorted(sent), f"{len(taken)} of {N} taken; {source.error_report()} bursts {source.bursts} readings {source.readings}"
+        assert sorted(taken) == sorted(sent), (
+            f"{len(taken)} of {N} taken; errors {source.error_report()}, {source.readings} readings")
         return source
 
     source = asyncio.run(scenario())
