@@ -10,12 +10,13 @@ import json
 from typing import Any
 
 from devices.parking import codec as parking
+from devices.parking import sim_encode as parking_sim
 from devices.thermometer import codec as thermometer
 from hil.judge import judge
 
 T0 = 1_795_676_000.0
-HEARTBEAT = [True, parking.HEARTBEAT, 7, 212, -268, -731, 3612, -97]
-ARRIVAL = [True, parking.ARRIVAL, 8, 250, -300, -900, 3611, -96]
+HEARTBEAT = [True, parking_sim.HEARTBEAT, 7, 212, -268, -731, 3612, -97]
+ARRIVAL = [True, parking_sim.ARRIVAL, 8, 250, -300, -900, 3611, -96]
 TEMP = [36.5, 21.25, 88, 42, True]
 FEVER = [38.9, 21.0, 89, 40, True]
 PARKING_TYPES = {"occupied": "boolean", "event": "integer", "seq": "integer", "mag_x": "integer",
