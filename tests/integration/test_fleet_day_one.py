@@ -57,7 +57,7 @@ class Collector:
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         with self.lock:
-            self.got.append((msg.topic, msg.payload, bool(msg.retain)))
+            self.got.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
 
     def messages(self) -> list[tuple[str, bytes, bool]]:
         with self.lock:
@@ -85,8 +85,8 @@ def test_five_gateways_from_init_to_verified_boards(
         parking = SerialDevice("parking", ["P-00012", "P-00013"], ParkingSim(
             ["P-00012", "P-00013"], seed=3, heartbeat_s=5, mean_stay_s=20, mean_vacant_s=15, link="rs485"),
             speed=10.0)
-        gate = SerialDevice("thermometer", ["黄龙-闸机-1"], ThermometerSim(["黄龙-闸机-1"], seed=4, mean_gap_s=4.0),
-                            speed=10.0)
+        gate = SerialDevice("thermometer", ["黄龙-闸机-1"],
+                            ThermometerSim(["黄龙-闸机-1"], seed=4, mean_gap_s=4.0), speed=10.0)
         bays = SerialDevice("parking", ["P-00501"], ParkingSim(
             ["P-00501"], seed=5, heartbeat_s=5, mean_stay_s=20, mean_vacant_s=15, link="rs485"), speed=10.0)
         lobby = SerialDevice("thermometer", ["灵隐-1"], ThermometerSim(["灵隐-1"], seed=6, mean_gap_s=4.0),
@@ -101,12 +101,14 @@ def test_five_gateways_from_init_to_verified_boards(
         gateways: dict[str, dict[str, Any]] = {
             "gw-xihu-0001": {"site": "文三路", "district": "西湖区", "sources": [serial(parking)]},
             "gw-xihu-0002": {"site": "黄龙体育中心", "district": "西湖区", "sources": [serial(gate)]},
-            "gw-xihu-0003": {"site": "灵隐路", "district": "西湖区", "sources": [serial(bays), serial(lobby)]},
+            "gw-xihu-0003": {"site": "灵隐路", "district": "西湖区",
+                             "sources": [serial(bays), serial(lobby)]},
             "gw-binjiang-0001": {"site": "钱塘江闸口", "district": "滨江区", "sources": [
                 {"kind": "water", "transport": "modbus", "port": bus.path, "poll_ms": 500, "timeout_ms": 150,
                  "slaves": [{"address": 1, "sensor": "WQ-钱塘江-01", "word_order": "ABCD"},
                             {"address": 2, "sensor": "WQ-钱塘江-02", "word_order": "CDAB"}]}]},
-            "gw-binjiang-0002": {"site": "江南大道", "district": "滨江区", "site_broker": site.port, "sources": [
+            "gw-binjiang-0002": {"site": "江南大道", "district": "滨江区", "site_broker": site.port,
+                                 "sources": [
                 {"kind": "manhole", "transport": "mqtt", "topic": "lids/jiangnan/#",
                  "sensors": ["MH-0123", "滨江-井盖-08"]}]},
         }
