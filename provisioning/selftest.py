@@ -103,6 +103,15 @@ def judge(con: Console, *, gateway_id: str, image: str, fw: str, status: dict[st
             lines.append(f"sensor sources: {opened} of {configured} opened")
     else:
         lines.append("sensor sources: no open errors on the console (start-up line not seen yet)")
+    # Not a failure (a board's first NTP answer may come after the settle time), but never silent:
+    # a gateway without a clock logs every reading and sends none (docs/gateway.md, "Clock").
+    clock = "synced" if status is not None and status.get("clock_synced") else con.up.get("clock")
+    if clock == "synced":
+        lines.append("clock: set")
+    elif clock == "unsynced":
+        lines.append("clock: NOT set yet: the board holds its readings until it is (NTP from the config's "
+                     "ntp_host: let the site's network reach it, UDP 123; a Linux gateway needs "
+                     "trust_os_clock); its status shows clock_synced once set")
     if status is not None:
         if status.get("img") == image and status.get("state") == "online":
             lines.append(f"broker: the gateway's retained status is online with image {image}")
