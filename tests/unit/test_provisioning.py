@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -271,7 +272,7 @@ def test_every_action_help_shows_an_example(capsys: pytest.CaptureFixture[str]) 
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    actions = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    actions: Any = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     assert {"init", "set-broker", "add-gateway", "edit-gateway", "remove-gateway", "rotate-password",
             "add-service-user", "remove-service-user", "list", "show", "render", "build",
             "flash"} <= set(actions)
@@ -435,3 +436,54 @@ def test_build_puts_the_ca_into_the_image(tmp_path: Path) -> None:
     said: list[str] = []
     build(cfg, out, progress=said.append)
     assert any("will NOT verify the broker" in line for line in said) and not (out / "ca.pem").exists()
+
+
+def _examples(help_text: str) -> list[list[str]]:
+    """The `citybrain provision ...` command lines of a --help text, continuation lines joined and
+    trailing comments dropped, split as a shell would."""
+    import shlex
+
+    lines: list[str] = []
+    pending = ""
+    for raw in help_text.splitlines():
+        line = raw.strip()
+        if pending:
+            line, pending = pending + " " + line, ""
+        elif not line.startswith("citybrain provision "):
+            continue
+        if line.endswith("\\"):
+            pending = line[:-1].strip()
+            continue
+        lines.append(line.split("  #")[0].split(" # ")[0].strip())
+    return [shlex.split(line) for line in lines]
+
+
+def test_every_example_in_the_help_is_a_command_the_parser_takes(capsys: pytest.CaptureFixture[str]) -> None:
+    """`citybrain provision --help` and every action's --help: each example line parses as written
+    (the right action, options that exist, their values of the right type), so an example cannot
+    drift from the options it shows."""
+    from citybrain.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        main(["provision", "--help"])
+    top = _examples(capsys.readouterr().out)
+    assert len(top) >= 6, top  # the day's order: init ... flash
+    parser = build_parser()
+    provision: Any = parser._subparsers._group_actions[0].choices["provision"]  # type: ignore[union-attr,index]
+    actions = provision._subparsers._group_actions[0].choices
+    seen = {argv[2] for argv in top}
+    for name in actions:
+        with pytest.raises(SystemExit):
+            main(["provision", name, "--help"])
+        examples = _examples(capsys.readouterr().out)
+        assert examples, f"{name}: no example in its --help"
+        for argv in examples + [a for a in top if a[2] == name]:
+            assert argv[2] == name or argv in top, (name, argv)
+            try:
+                args = parser.parse_args(argv[1:])
+            except SystemExit:
+                raise AssertionError(f"{name}: example does not parse: {' '.join(argv)}"
+                                     f"\n{capsys.readouterr().err}") from None
+            assert args.action == name
+        seen.add(name)
+    assert seen == set(actions)
