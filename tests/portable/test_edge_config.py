@@ -121,3 +121,15 @@ def test_ports_ranges_and_every_error_at_once():
         assert str(exc) == "\n".join(exc.errors)
     else:
         raise AssertionError("accepted")
+
+
+def test_client_certificate_needs_its_key_and_tls():
+    """A gateway's TLS client certificate (brokers that require one): certfile and keyfile go
+    together, and only with tls; refused at load, naming the key."""
+    tls = {"host": "127.0.0.1", "tls": True, "ca_file": "ca.pem"}
+    ok = dict(tls, certfile="client.crt", keyfile="client.key")
+    assert config.validate(_with(broker=ok))["broker"]["certfile"] == "client.crt"
+    assert "certfile and keyfile go together" in _err(_with(broker=dict(tls, certfile="client.crt")))
+    assert "certfile and keyfile go together" in _err(_with(broker=dict(tls, keyfile="client.key")))
+    plain = {"host": "127.0.0.1", "certfile": "client.crt", "keyfile": "client.key"}
+    assert "config.broker.certfile: a client certificate needs tls: true" in _err(_with(broker=plain))
