@@ -100,6 +100,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         " (gateways need no reflash)")
     p.add_argument("--days", type=int, default=825, help="broker certificate lifetime (default 825)")
 
+    p = _action(sub, "tls-client",
+                "issue TLS client certificates of the fleet CA to gateways and service accounts",
+                "--dir fleet --all                      # every gateway and service account without one",
+                "--dir fleet --name gw-xihu-0001        # a new one for this gateway (render, build, flash)",
+                "--dir fleet --all --require            # and make the broker require them (render, restart)")
+    p.add_argument("--dir", required=True, type=Path, help="fleet directory")
+    p.add_argument("--name", action="append", default=[],
+                   help="a gateway id or service account (repeatable); its certificate is replaced")
+    p.add_argument("--all", action="store_true",
+                   help="every gateway and service account that has no certificate yet")
+    p.add_argument("--require", action=argparse.BooleanOptionalAction, default=None,
+                   help="the gateway listener requires a client certificate and takes its name as the"
+                        " username (require_certificate, use_identity_as_username)")
+    p.add_argument("--days", type=int, default=825, help="certificate lifetime (default 825)")
+
     p = _action(sub, "add-gateway",
                 "register a gateway and issue its credentials (its config is checked now)",
                 "--dir fleet --id gw-xihu-0001 --site 文三路 --district 西湖区 --sources sources.json",
@@ -410,6 +425,32 @@ def _run(args: argparse.Namespace) -> int:
         fleet.save()
         print(f"broker certificate: {tls.broker_cert_path(fleet)} for {', '.join(names)};"
               " run `render`, copy out/mosquitto/ to the broker and restart it")
+        return 0
+    if args.action == "tls-client":
+        from provisioning import tls
+
+        fleet = Fleet.load(args.dir)
+        names = list(args.name)
+        if args.all:
+            names += [n for n in sorted(fleet.gateways) + sorted(fleet.service_users)
+                      if not fleet.has_client_cert(n) and n not in names]
+        if not names and args.require is None:
+            raise FleetError("tls-client: give --name ACCOUNT, --all or --require")
+        for name in names:
+            tls.issue_client_cert(fleet, name, days=args.days)
+            print(f"client certificate for {name}: {fleet.client_cert_path(name)}"
+                  f" (key in {fleet.client_key_path(name)}, mode 0600)")
+        if args.require is not None:
+            if args.require:
+                fleet.broker_server["require_client_cert"] = True
+            else:
+                fleet.broker_server.pop("require_client_cert", None)
+            fleet.save()
+            print("the broker " + ("requires" if args.require else "no longer requires") +
+                  " client certificates: run `render`, copy out/mosquitto/ to the broker and restart it")
+        if names:
+            print("run `render`; rebuild and reflash those gateways; give each service its"
+                  " certificate and key")
         return 0
     if args.action == "add-gateway":
         fleet = Fleet.load(args.dir)
