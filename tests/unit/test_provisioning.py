@@ -487,3 +487,50 @@ def test_every_example_in_the_help_is_a_command_the_parser_takes(capsys: pytest.
             assert args.action == name
         seen.add(name)
     assert seen == set(actions)
+
+
+def test_client_certificate_travels_from_tls_client_to_the_image(tmp_path: Path) -> None:
+    """`tls-client`: the fleet CA signs a certificate whose common name is the account; `render`
+    puts it and its key (0600) beside the gateway's config, whose broker block names them; `build`
+    takes both into the image (key 0600, in the manifest, so flash verifies them); `--require`
+    puts require_certificate and use_identity_as_username into the listener and refuses to render a
+    gateway without one; removing the gateway deletes its key."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from provisioning.firmware import build, read_manifest
+
+    d = tmp_path / "fleet"
+    assert main(["provision", "init", "--dir", str(d), "--broker-host", "127.0.0.1", "--tls"]) == 0
+    assert main(["provision", "add-gateway", "--dir", str(d), "--id", "gw-1"]) == 0
+    assert main(["provision", "tls-client", "--dir", str(d), "--name", "gw-1"]) == 1  # no CA yet
+    assert main(["provision", "tls-init", "--dir", str(d), "--name", "127.0.0.1"]) == 0
+    assert main(["provision", "tls-client", "--dir", str(d), "--name", "nobody"]) == 1
+    assert main(["provision", "tls-client", "--dir", str(d), "--all"]) == 0
+    fleet = Fleet.load(d)
+    cert = x509.load_pem_x509_certificate(fleet.client_cert_path("gw-1").read_bytes())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "gw-1"
+    assert stat.S_IMODE(fleet.client_key_path("gw-1").stat().st_mode) == 0o600
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    gw = d / "out" / "gateways" / "gw-1"
+    cfg = json.loads((gw / "config.json").read_text())
+    assert cfg["broker"]["certfile"] == "client.crt" and cfg["broker"]["keyfile"] == "client.key"
+    assert (gw / "client.crt").read_bytes() == fleet.client_cert_path("gw-1").read_bytes()
+    assert stat.S_IMODE((gw / "client.key").stat().st_mode) == 0o600
+    conf = d / "out" / "mosquitto" / "conf.d" / "citybrain.conf"
+    assert "require_certificate" not in conf.read_text()
+    image = tmp_path / "image"
+    build(gw / "config.json", image, progress=lambda _line: None)
+    assert (image / "client.key").read_bytes() == (gw / "client.key").read_bytes()
+    assert stat.S_IMODE((image / "client.key").stat().st_mode) == 0o600
+    assert {"client.crt", "client.key", "ca.pem"} <= set(read_manifest(image)["files"])
+
+    assert main(["provision", "tls-client", "--dir", str(d), "--require"]) == 0
+    assert main(["provision", "add-gateway", "--dir", str(d), "--id", "gw-2"]) == 0
+    assert main(["provision", "render", "--dir", str(d)]) == 1  # gw-2 has no certificate
+    assert main(["provision", "tls-client", "--dir", str(d), "--all"]) == 0
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    text = conf.read_text()
+    assert "require_certificate true" in text and "use_identity_as_username true" in text
+    assert main(["provision", "remove-gateway", "--dir", str(d), "--id", "gw-2"]) == 0
+    assert not fleet.client_key_path("gw-2").exists()
