@@ -20,6 +20,7 @@ fresh database by a tight aiohttp loop. collector/ceiling is what the collector 
 
     python bench/collector_throughput.py [--readings 1000000] [--store influx|vm] [--save F] [--baseline F]
     python bench/collector_throughput.py --quick                  # small run, for the test suite
+    python bench/collector_throughput.py --readings 300000 --tuned # the old fixed settings, not the defaults
     python bench/collector_throughput.py --soak 600 --rate 20000  # paced; collector RSS sampled
     python bench/collector_throughput.py --outage 20 --rate 20000 # InfluxDB stopped 20 s mid-run
 
@@ -64,12 +65,26 @@ DB = "citybrain"
 PREFIX = "city"
 KIND_NAMES = {1: "parking", 2: "manhole", 3: "water", 4: "thermometer"}
 
-# The collector settings the bench runs with (the ceiling copies them): bigger writes than the
-# default, a short flush so a message does not wait long for its batch, a deep in-flight window.
-BATCH_SIZE = 10_000
-FLUSH = "50ms"
-RECEIVE_MAXIMUM = 1000
+# The collector runs with its shipped defaults (what a user gets), read from collector/config.py so
+# the ceiling copies the batch size the collector really uses. `--tuned` runs the fixed settings the
+# bench used before the defaults were made the fast ones (10,000-line writes, 50 ms flush), to compare.
+TUNED = {"batch_size": 10_000, "flush_interval": "50ms", "receive_maximum": 1000}
+SETTINGS: dict[str, Any] = {}  # filled by `use_settings`: batch_size, flush_interval, receive_maximum
 MAX_CONCURRENT = 4  # the writer's concurrent requests (collector/writer.py default)
+
+
+def use_settings(tuned: bool) -> None:
+    from collector.config import MqttConfig, WriterConfig
+
+    if tuned:
+        SETTINGS.update(TUNED)
+    else:
+        SETTINGS.update(
+            batch_size=WriterConfig().batch_size,
+            flush_interval=f"{WriterConfig().flush_interval * 1000:g}ms",
+            receive_maximum=MqttConfig().receive_maximum,
+        )
+    SETTINGS["tuned"] = tuned
 
 
 # --- the workload (rebuilt identically by the publisher process from its parameters) ----------
@@ -363,11 +378,15 @@ class CollectorProc(Collector):
         dedup_window: int = 0,
     ) -> None:
         settings: dict[str, dict[str, object]] = {
-            "mqtt": {"receive_maximum": RECEIVE_MAXIMUM},
             "storage": {"spool_max_bytes": spool_max},
-            "writer": {"batch_size": BATCH_SIZE, "flush_interval": FLUSH},
             "service": {"log_level": "WARNING"},
         }
+        if SETTINGS.get("tuned"):
+            settings["mqtt"] = {"receive_maximum": SETTINGS["receive_maximum"]}
+            settings["writer"] = {
+                "batch_size": SETTINGS["batch_size"],
+                "flush_interval": SETTINGS["flush_interval"],
+            }
         if dedup_window:
             settings["dedup"] = {"window": dedup_window}
         super().__init__(
@@ -464,7 +483,7 @@ def line_protocol_batches(wl: Workload) -> list[bytes]:
         if bad:
             raise SystemExit(f"bench: the workload has refused readings: {bad[:3]}")
         pending.extend(lines)
-        if len(pending) >= BATCH_SIZE:
+        if len(pending) >= SETTINGS["batch_size"]:
             bodies.append("\n".join(pending).encode())
             pending = []
     if pending:
@@ -784,6 +803,12 @@ def _run_throughput(args: argparse.Namespace, tmp: Path, fig: dict[str, Any]) ->
         f"{args.gateways} gateways, {dict(wl.expected)}; store {store_cls.name}"
     )
     print(
+        f"settings        {'tuned (--tuned)' if args.tuned else 'the collector defaults'}: writer.batch_size "
+        f"{SETTINGS['batch_size']}, writer.flush_interval {SETTINGS['flush_interval']}, "
+        f"mqtt.receive_maximum {SETTINGS['receive_maximum']}; spooled {r['spooled']:,.0f} readings, "
+        f"{r['requests']:,.0f} write requests"
+    )
+    print(
         f"collector       {r['rate']:10,.0f} readings/s end to end ({r['total_s']:.2f} s; publisher done in "
         f"{r['publish_s']:.2f} s); collector CPU {r['collector_cpu_s']:.1f} s = "
         f"{fig['readings_per_cpu_s']:,} readings per CPU-second; RSS {fig['collector_rss_mb']} MB"
@@ -814,7 +839,7 @@ def _run_throughput(args: argparse.Namespace, tmp: Path, fig: dict[str, Any]) ->
         print(
             f"ceiling         {c['rate']:10,.0f} readings/s (mean of {runs[0]:,.0f} before and "
             f"{runs[1]:,.0f} after the collector run; the same line protocol, {c['requests']} "
-            f"POSTs of <= {BATCH_SIZE:,} lines, {MAX_CONCURRENT} concurrent, no gzip, "
+            f"POSTs of <= {SETTINGS['batch_size']:,} lines, {MAX_CONCURRENT} concurrent, no gzip, "
             f"{c['bytes_per_reading']:.0f} B/reading)"
         )
         print(f"collector/ceiling {ratio:.2f}  (goal >= {GOAL_RATIO})")
@@ -855,7 +880,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", metavar="DIR", help="keep configs, logs and data here (default: a temp dir)")
     baseline.add_arguments(ap)
     ap.add_argument("--tolerance", type=float, default=0.15, help="allowed drop in readings/s vs --baseline")
+    ap.add_argument(
+        "--tuned",
+        action="store_true",
+        help="run the collector with the old bench settings (10,000-line writes, 50 ms flush) "
+        "instead of its shipped defaults",
+    )
     args = ap.parse_args(argv)
+    use_settings(args.tuned)
     if args.quick:
         args.readings, args.gateways = 20_000, 40
     if (
@@ -871,9 +903,10 @@ def main(argv: list[str] | None = None) -> int:
         "pinned": bool(_PIN),
         "cpus": os.cpu_count(),
         "per_batch": PER_BATCH,
-        "batch_size": BATCH_SIZE,
-        "flush_interval": FLUSH,
-        "receive_maximum": RECEIVE_MAXIMUM,
+        "settings": "tuned" if args.tuned else "defaults",
+        "batch_size": SETTINGS["batch_size"],
+        "flush_interval": SETTINGS["flush_interval"],
+        "receive_maximum": SETTINGS["receive_maximum"],
     }
     old: float | None = None
     if args.baseline:  # read first: a bad baseline should not cost a whole run

@@ -15,8 +15,10 @@ process, measuring after each `gc.collect()`:
 
 The sum is the code a board carries for the whole run; `edge_memory.py` shows the rest
 (objects, buffers, tasks). Exit status 1 with --baseline if the total grew by more than 1 KB.
+`--source FILE` adds a source block (e.g. devices/water/sample.json, a Modbus bus) to that config,
+its port pointed at /dev/null, so the code of a transport the default mix lacks is counted too.
 
-    python bench/edge_code_size.py [--heap 1M] [--save FILE] [--baseline FILE] [--o3]
+    python bench/edge_code_size.py [--heap 1M] [--save FILE] [--baseline FILE] [--o3] [--source FILE]
 """
 
 from __future__ import annotations
@@ -156,12 +158,15 @@ def _run(micropython: Path, heap: str, image: Path, script: str, args: list[str]
     return out.stdout.splitlines()
 
 
-def measure(micropython: Path, heap: str, o3: bool) -> dict[str, Any]:
+def measure(micropython: Path, heap: str, o3: bool, extra: tuple[Path, ...] = ()) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="edge-code-"))
     try:
         cfg_path = tmp / "config.json"
         ttys = {"parking": "/dev/null", "thermometer": "/dev/null"}
-        cfg_path.write_text(json.dumps(config_for(1883, 1884, ttys, str(tmp / "spool"), 1)))
+        cfg = config_for(1883, 1884, ttys, str(tmp / "spool"), 1)
+        for path in extra:
+            cfg["sources"].append({**json.loads(path.read_text()), "port": "/dev/null"})
+        cfg_path.write_text(json.dumps(cfg))
         image = tmp / "image"
         image_bytes = build(cfg_path, image, progress=lambda _s: None, optimise=3 if o3 else 0)
         resident = _run(micropython, heap, image, RESIDENT, [str(cfg_path)])[-1].split()
@@ -169,7 +174,8 @@ def measure(micropython: Path, heap: str, o3: bool) -> dict[str, Any]:
         modules, last = _rows(_run(micropython, heap, image, MEASURE, order))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"heap": heap, "o3": o3, "image_bytes": image_bytes, "modules": modules,
+    return {"heap": heap, "o3": o3, "sources": [str(p) for p in extra], "image_bytes": image_bytes,
+            "modules": modules,
             "total_live": sum(r["live"] for r in modules), "total_pools": sum(r["pools"] for r in modules),
             "total_qstrs": last["n_qstr"], "pool_count": last["n_pool"]}
 
@@ -191,12 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micropython", type=Path, default=MICROPYTHON,
                         help="interpreter (default .venv/bin/micropython)")
     parser.add_argument("--o3", action="store_true", help="build the image with mpy-cross -O3")
+    parser.add_argument("--source", type=Path, action="append", default=[],
+                        help="add this source block (JSON) to the config, e.g. devices/water/sample.json")
     baseline.add_arguments(parser)
     args = parser.parse_args(argv)
     if not args.micropython.exists():
         print(f"bench: needs {args.micropython}", file=sys.stderr)
         return 2
-    fig = measure(args.micropython, args.heap, args.o3)
+    fig = measure(args.micropython, args.heap, args.o3, tuple(args.source))
     report(fig)
     status = 0
     if args.baseline:

@@ -142,6 +142,9 @@ class WriterConfig:
     # How often a database that refuses the collector itself (missing database, credentials) is
     # tried again; the data waits in the spool meanwhile.
     hold_retry: float = _duration("30s")
+    # A submit that waited this long for room (database healthy but slower than the traffic) is
+    # spooled, and so is what follows until the database keeps up: a burst waits, a backlog spools.
+    backlog_timeout: float = _duration("10s")
 
 
 @dataclass(frozen=True)

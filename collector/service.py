@@ -352,6 +352,7 @@ def build_writer(config: Config, dead_letters: DeadLetters) -> WriterLike:
         batch_points=config.writer.batch_size,
         batch_age_s=config.writer.flush_interval,
         config_error_retry_s=config.writer.hold_retry,
+        backlog_timeout_s=config.writer.backlog_timeout,
     )
 
 

@@ -8,16 +8,26 @@ database (dead-lettered, e.g. a field-type conflict: never to be counted as writ
 that is possible it raises `NotDurable`, and the caller must not acknowledge the MQTT message: the
 broker then keeps it. That is the whole contract with ingest.
 
-Two paths, one at a time:
+Backpressure first, the spool only for failures:
 
-- direct: while the database answers and the spool is empty, submits are written with at most
-  `max_concurrent` requests in flight; while all are busy, new submits gather into one batch (up to
-  `batch_points`, or `batch_age_s` at most) that goes as soon as a request slot frees up. A submit
-  returns after its batch got a 2xx.
-- spool: once a write fails (or too many batches are in flight, or anything is still spooled),
-  submits are committed to the spool (group commits) and acknowledged from there. One drainer
-  replays the spool oldest first and deletes rows only after a 2xx; when the spool is empty again
-  the writer goes back to direct. New data never overtakes spooled data, so replay is in order.
+- direct (the database answers): submits are written with at most `max_concurrent` requests in
+  flight; while all are busy, new submits gather into one batch (up to `batch_points`, or
+  `batch_age_s` at most) that goes as soon as a request slot frees up. At most
+  `max_concurrent + max_queued_batches` batches exist at once; beyond that (and a full gathering
+  batch) a submit WAITS for room: backpressure, which holds the caller's MQTT acknowledgement, so
+  the broker keeps the rest. A submit returns after its batch got a 2xx.
+- spool: once a write fails (the database refused or is unreachable), submits are committed to the
+  spool (group commits) and acknowledged from there. A submit that waited `backlog_timeout_s` for
+  room (the database healthy but slower than the traffic for that long: a sustained backlog) is
+  spooled too, and so are the submits behind it until room appears again.
+- One drainer replays the spool oldest first, one request at a time through the same request slots,
+  and deletes rows only after a 2xx. It runs alongside live traffic: its first successful write
+  sends new submits direct again, while the rest of the spool drains (spooled data may therefore
+  land after newer data; see docs/collector-writes.md, "Ordering").
+
+Memory the writer holds is bounded: at most `max_concurrent + max_queued_batches` batches of about
+`batch_points` lines plus the gathering one; submits waiting for room are the caller's (the pipeline
+caps them at `mqtt.receive_maximum` messages).
 
 Nothing acknowledged is ever only in memory, so a kill -9 loses nothing; what was being written at
 that moment may be written again after the restart (a harmless overwrite: same series, same
@@ -33,7 +43,7 @@ import contextlib
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -82,6 +92,7 @@ class Writer:
         batch_age_s: float = 1.0,
         max_concurrent: int = 4,
         max_queued_batches: int | None = None,
+        backlog_timeout_s: float = 10.0,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 5.0,  # a database back from an outage is found within seconds
         config_error_retry_s: float = 30.0,
@@ -93,8 +104,10 @@ class Writer:
         self.batch_points = batch_points
         self.batch_age_s = batch_age_s
         self.max_concurrent = max_concurrent
-        # Batches waiting for a request slot beyond this go to the spool: memory stays bounded.
+        # Batches waiting for a request slot beyond this: new submits wait (memory stays bounded).
         self.max_queued_batches = max_queued_batches if max_queued_batches is not None else 2 * max_concurrent
+        # A submit that waited this long for room is spooled (a sustained backlog, not a burst).
+        self.backlog_timeout_s = backlog_timeout_s
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.config_error_retry_s = config_error_retry_s
@@ -105,7 +118,12 @@ class Writer:
         self._batch_timer: asyncio.TimerHandle | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._sem: asyncio.Semaphore | None = None
-        self._direct = spool.rows == 0  # leftovers from a previous run are replayed first
+        # False while the database fails: submits go to the spool. Leftovers from a previous run
+        # are replayed alongside new data (a failing database turns this off at the first write).
+        self._direct = True
+        self._room_waiters: deque[asyncio.Future[None]] = deque()  # submits held by backpressure
+        self._backlogged = False  # a submit waited backlog_timeout_s: spool until room appears
+        self._draining = False  # the drainer holds a request slot
         self._spool_queue: list[_Entry] = []
         self._spool_pending = 0  # entries queued or being committed
         self._spool_wake: asyncio.Event | None = None
@@ -137,7 +155,7 @@ class Writer:
             asyncio.create_task(self._drainer(), name="writer-drainer"),
         ]
         if self.spool.rows:
-            log.warning("spool holds %d lines from a previous run: replaying them first", self.spool.lines)
+            log.warning("spool holds %d lines from a previous run: replaying them", self.spool.lines)
 
     async def close(self, drain: bool = True, timeout_s: float = 30.0) -> None:
         """Stop taking data, finish what was accepted; with `drain`, try to empty the spool first.
@@ -145,6 +163,7 @@ class Writer:
         Whatever cannot be written in `timeout_s` stays in the spool for the next start.
         """
         self._closing = True
+        self._wake_room(everyone=True)  # held submits are refused (not durable, not acknowledged)
         self._flush()
         deadline = time.monotonic() + timeout_s
         if self._inflight:
@@ -196,21 +215,32 @@ class Writer:
         fut: asyncio.Future[Submitted] = asyncio.get_running_loop().create_future()
         self.counts["points_submitted"] += n
         entry = (body, n, fut)
-        if (
-            self._direct
-            and self.spool.rows == 0
-            and self._spool_pending == 0
-            and len(self._inflight) < self.max_concurrent + self.max_queued_batches
-        ):
+        if self._direct and not self._backlogged and (self._room_waiters or not self._has_room()):
+            # The database is healthy but busy: wait for room rather than spool (backpressure).
+            self.counts["submits_held"] += 1
+            deadline = asyncio.get_running_loop().time() + self.backlog_timeout_s
+            front = False
+            while True:
+                await self._wait_for_room(deadline, front)
+                if self._closing:
+                    self.counts["not_durable"] += n
+                    raise NotDurable("writer closed while the submit waited for room")
+                if not self._direct or self._backlogged or self._has_room():
+                    break
+                front = True  # a newcomer took the room first: wait again, keeping our place
+        if self._direct and self._has_room():
             self._batch.append(entry)
             self._batch_lines += n
             # Send at once while a request slot is free: batches then grow only while the database
             # is busy, so a small MQTT in-flight window is never stuck waiting for `batch_age_s`.
-            if self._batch_lines >= self.batch_points or len(self._inflight) < self.max_concurrent:
+            if self._slot_free() or (self._batch_lines >= self.batch_points and self._can_queue()):
                 self._flush()
             elif self._batch_timer is None:
-                self._batch_timer = asyncio.get_running_loop().call_later(self.batch_age_s, self._flush)
+                self._batch_timer = asyncio.get_running_loop().call_later(self.batch_age_s, self._age_flush)
+            self._wake_room()  # the next held submit, if there is room for it too
         else:
+            if self._direct:
+                self.counts["points_spooled_backlog"] += n
             self._to_spool([entry])
         try:
             return await fut
@@ -224,6 +254,9 @@ class Writer:
             "points_submitted": self.counts["points_submitted"],
             "points_written": self.counts["points_written"],
             "points_spooled": self.counts["points_spooled"],
+            "points_spooled_backlog": self.counts["points_spooled_backlog"],
+            "submits_held": self.counts["submits_held"],
+            "submits_held_now": len(self._room_waiters),
             "points_not_durable": self.counts["not_durable"],
             "requests": self.counts["requests"],
             "retries": self.counts["retries"],
@@ -250,6 +283,66 @@ class Writer:
 
     # -- direct path ----------------------------------------------------------------------------
 
+    def _slot_free(self) -> bool:
+        return len(self._inflight) + self._draining < self.max_concurrent
+
+    def _can_queue(self) -> bool:
+        return len(self._inflight) < self.max_concurrent + self.max_queued_batches
+
+    def _has_room(self) -> bool:
+        """Room for one more submit: the gathering batch is not full, or it can be queued."""
+        return self._batch_lines < self.batch_points or self._can_queue()
+
+    async def _wait_for_room(self, deadline: float, front: bool) -> None:
+        """Wait, in arrival order, to be let in by `_wake_room`; at `deadline` (loop time) the
+        backlog is sustained: return with `_backlogged` set (the caller spools)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if front:
+            self._room_waiters.appendleft(fut)
+        else:
+            self._room_waiters.append(fut)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            if not self._backlogged:
+                log.warning(
+                    "database slower than the traffic for %.0f s (%d batches in flight or queued): "
+                    "spooling new data until it catches up",
+                    self.backlog_timeout_s,
+                    len(self._inflight),
+                )
+            self._backlogged = True
+            self._wake_room(everyone=True)  # those behind us spool too, at once
+        finally:
+            with contextlib.suppress(ValueError):
+                self._room_waiters.remove(fut)
+
+    def _wake_room(self, everyone: bool = False) -> None:
+        """Let the oldest held submit in (it wakes the next once it has taken its place);
+        `everyone`: all of them (closing, the database failed, or the backlog is sustained)."""
+        if self._backlogged and not everyone and len(self._inflight) < self.max_concurrent:
+            # Nothing queued beyond the request slots: the database keeps up again.
+            self._backlogged = False
+            log.info("database caught up: new data waits for room again instead of spooling")
+        while self._room_waiters:
+            fut = self._room_waiters.popleft()
+            if fut.done():
+                continue
+            if everyone or not self._direct or self._has_room():
+                fut.set_result(None)
+                if not everyone:
+                    return
+            else:
+                self._room_waiters.appendleft(fut)
+                return
+
+    def _age_flush(self) -> None:
+        self._batch_timer = None
+        if self._can_queue():
+            self._flush()
+        # else: the batch goes when a request finishes (`_write_done`)
+
     def _flush(self) -> None:
         if self._batch_timer is not None:
             self._batch_timer.cancel()
@@ -263,8 +356,13 @@ class Writer:
 
     def _write_done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        if self._batch and not self._closing and len(self._inflight) < self.max_concurrent:
-            self._flush()  # a slot freed up: what gathered meanwhile goes now
+        if self._batch and not self._closing:
+            if self._slot_free():
+                self._flush()  # a slot freed up: what gathered meanwhile goes now
+            elif self._batch_lines >= self.batch_points and self._can_queue():
+                self._flush()  # full, and there is room in the queue again
+            # else: batches are queued for every slot; this one keeps growing (fewer, larger writes)
+        self._wake_room()
 
     async def _write_direct(self, entries: list[_Entry]) -> None:
         assert self._sem is not None
@@ -278,6 +376,7 @@ class Writer:
                 done = await self._write(body)
                 if done is None:
                     self._direct = False
+                    self._wake_room(everyone=True)  # held submits go to the spool now
                     loop = asyncio.get_running_loop()
                     self._not_before = max(self._not_before, loop.time() + self._backoff(1))
                     self._to_spool(entries)
@@ -297,6 +396,7 @@ class Writer:
             log.exception("direct write failed unexpectedly; spooling the batch")
             self.last_error = repr(exc)
             self._direct = False
+            self._wake_room(everyone=True)
             self._to_spool(entries)
 
     async def _write(self, body: bytes) -> Delivered | None:
@@ -359,7 +459,7 @@ class Writer:
             while self._spool_queue:
                 group, self._spool_queue = self._spool_queue, []
                 try:
-                    took = await asyncio.to_thread(self.spool.append, [(b, n) for b, n, _ in group])
+                    took = await asyncio.to_thread(self._append_rows, [(b, n) for b, n, _ in group])
                 except asyncio.CancelledError:
                     # Closing mid-commit: the rows may or may not be in; "not durable" is the safe
                     # answer (at worst the broker redelivers and the point is written twice).
@@ -379,6 +479,24 @@ class Writer:
                 self._spool_pending -= len(group)
                 if took:
                     self._drain_wake.set()
+
+    def _append_rows(self, bodies: list[tuple[bytes, int]]) -> int:
+        """`spool.append` in rows of about `batch_points` lines, so that a replayed row is one
+        request of the usual size (a group commit can hold everything a burst brought)."""
+        took = 0
+        start = 0
+        while start < len(bodies):
+            end, lines = start, 0
+            while end < len(bodies) and (end == start or lines + bodies[end][1] <= self.batch_points):
+                lines += bodies[end][1]
+                end += 1
+            chunk = bodies[start:end]
+            done = self.spool.append(chunk)
+            took += done
+            if done < len(chunk):
+                break
+            start = end
+        return took
 
     async def _drainer(self) -> None:
         """Keep `_drain` alive: a bug in one round must not stop replay for good (data would sit)."""
@@ -400,9 +518,6 @@ class Writer:
         # Checked on every turn: in 3.11 `wait_for` can swallow a cancel that races its own wake-up.
         while not self._stop.is_set():
             if self.spool.rows == 0:
-                if self._spool_pending == 0 and not self._direct and self.sink_state == "ok":
-                    self._direct = True
-                    log.info("spool empty and database writable: back to direct writes")
                 self._drain_wake.clear()
                 await self._drain_wake.wait()
                 continue
@@ -415,13 +530,21 @@ class Writer:
             if not rows:
                 continue
             assert self._sem is not None
-            async with self._sem:
-                done = await self._write(b"\n".join(body for _, body, _ in rows))
+            async with self._sem:  # one slot of max_concurrent: live traffic keeps the others
+                self._draining = True
+                try:
+                    done = await self._write(b"\n".join(body for _, body, _ in rows))
+                finally:
+                    self._draining = False
             if done is None:
                 attempt += 1
                 self._not_before = loop.time() + self._backoff(attempt)
                 continue
             attempt = 0
+            if not self._direct:
+                # The database takes writes again: new data goes direct, the spool drains alongside.
+                self._direct = True
+                log.info("database writable: direct writes resume; %d spooled lines drain", self.spool.lines)
             try:
                 await asyncio.to_thread(self.spool.delete_through, rows[-1][0])
             except Exception:

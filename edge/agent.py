@@ -22,7 +22,7 @@ from edge.mqtt.packets import Will
 from edge.store import Log
 
 _ALARM_QUEUE = const(16)
-_SENSORS_TRACKED = const(512)
+_RECENT = const(8)  # sensors remembered with their stamps while a burst shares one millisecond
 _ANCHORS_KEPT = const(16)
 _NTP_RETRY_MS = const(10000)
 _ALARM_BYTES = const(256)
@@ -82,11 +82,14 @@ class Agent:
             self.sources.append(src)
             n_fields[src.kind_code] = len(src.codec.FIELDS)
         # A batch closes when full or at batch_max readings; a typical reading takes ~45 bytes.
-        # Batches are encoded into a pool of buffers allocated now, one per batch that can be
-        # unacknowledged (+1 being built), so publishing never needs a large block at run time.
+        # Batches are encoded into a pool of buffers, one per batch that can be unacknowledged,
+        # so publishing never needs a large block at run time. No more are ever in use: _pump
+        # builds a batch only while fewer than max_inflight are unacknowledged (a refused one,
+        # _unsent, is published again before anything is built), and acks free buffers in
+        # publish order. (The pool had one more, ~2.5 KB on a board, which no bench run made.)
         cap = min(_BATCH_CAP, _BATCH_ROOM + _READING_BYTES * up["batch_max"])
         self.batcher = Batcher(self.boot, n_fields.get, self.anchors.get, up["batch_max"], cap,
-                               up["max_inflight"] + 1)
+                               up["max_inflight"])
         self._carry = []
         self._unsent = None  # a built batch the client refused (connection lost): sent first
         self._sent = []  # (pid, seq) of batches published and not yet acked
@@ -100,7 +103,11 @@ class Agent:
         self.wake = asyncio.Event()
         self.stopping = False
         self.crashed = None
-        self._last_up = {}  # sensor -> uptime ms of its last reading
+        # Stamps of the latest burst (see accept): no table per sensor, whatever the sensor count.
+        self._recent = [None] * _RECENT
+        self._stamps = [0] * _RECENT
+        self._n_recent = 0
+        self._hi = -1  # the latest stamp given
         self.flush_requested = False
         self.connects = 0
         self.gw = gw
@@ -135,14 +142,34 @@ class Agent:
         A point is identified downstream by (sensor, timestamp): two readings of one sensor in
         the same millisecond (an arrival and a heartbeat read in one go) would overwrite each
         other in the database. So each sensor's times strictly increase, by 1 ms if need be.
+
+        Uptime never goes back, so only a stamp given at or after this millisecond can collide,
+        i.e. one of the current burst. The burst's sensors are kept in a fixed list of _RECENT
+        (emptied when uptime passes the latest stamp); past that many in one burst, a sensor
+        not in the list gets one more than the latest stamp, which is above any it had.
         """
         up = self.clock.uptime_ms()
-        last = self._last_up.get(sensor)
-        if last is not None and up <= last:
-            up = last + 1
-        elif last is None and len(self._last_up) >= _SENSORS_TRACKED:
-            self._last_up = {}  # a flood of unknown ids: forget, rather than grow the heap
-        self._last_up[sensor] = up
+        hi = self._hi
+        if up > hi:
+            self._n_recent = 0  # every earlier stamp is below `up`
+        n = self._n_recent
+        recent = self._recent
+        stamps = self._stamps
+        i = 0
+        while i < n and recent[i] != sensor:
+            i += 1
+        if i < n:
+            if up <= stamps[i]:
+                up = stamps[i] + 1
+            stamps[i] = up
+        elif n < _RECENT:
+            recent[n] = sensor
+            stamps[n] = up
+            self._n_recent = n + 1
+        elif up <= hi:
+            up = hi + 1
+        if up > hi:
+            self._hi = up
         offset = self.clock.offset_ms()
         ts = None if offset is None else offset + up
         w = self._rec

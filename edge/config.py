@@ -69,7 +69,8 @@ SOURCE = {
              "on a board"),
     "baud": (int, 9600, "serial speed: 1200, 2400, 4800, 9600, 19200, 38400, 57600 or 115200"),
     "sensors": (list, None, "sensor ids expected on this source (serial, mqtt)"),
-    "slaves": (list, None, "modbus: [{address, sensor, poll_ms, function, register, word_order}]"),
+    "slaves": (list, None, "modbus: [{address, sensor, poll_ms, function, register, word_order, map, "
+               "max_gap_registers, max_read_registers}]"),
     "topic": (str, None, "mqtt: topic filter on the site broker"),
     "poll_ms": (int, 10000, "modbus: default poll interval per slave (>= 100)"),
     "timeout_ms": (int, 500, "modbus: response timeout per request (>= 1)"),
@@ -85,8 +86,24 @@ SLAVE = {
     "sensor": (str, REQUIRED, "sensor id reported for this slave"),
     "poll_ms": (int, None, "poll interval, >= 100 (default: the source's poll_ms)"),
     "function": (int, 3, "3 (holding registers) or 4 (input registers)"),
-    "register": (int, 0, "first register of the value block"),
-    "word_order": (str, None, "float32 word order: ABCD or CDAB, upper case (default: the kind's)"),
+    "register": (int, 0, "first register of the kind's built-in map (not with `map`, whose registers are "
+                 "absolute)"),
+    "word_order": (str, None, "32-bit word order: ABCD or CDAB, upper case (default: the kind's); also the "
+                   "default of a map's 32-bit entries"),
+    "map": (dict, None, "the vendor's register map: field -> {register, type, scale, offset, word_order} "
+            "(default: the kind's built-in map; layouts in devices/water/README.md)"),
+    "max_gap_registers": (int, 0, "read across up to this many unmapped registers to save a request (0: "
+                          "only adjacent registers share a read; raise it only for a slave that answers "
+                          "them)"),
+    "max_read_registers": (int, 125, "registers per request, 1..125 (some slaves accept fewer)"),
+}
+
+REGISTER = {
+    "register": (int, REQUIRED, "register address 0..65535 as on the wire (holding register 40001 is 0)"),
+    "type": (str, "float32", "float32, int16, uint16, int32 or uint32"),
+    "scale": (float, 1, "value = raw * scale + offset, e.g. 0.01 for a register in hundredths (not 0)"),
+    "offset": (float, 0, "added after scaling"),
+    "word_order": (str, None, "32-bit types: ABCD or CDAB (default: the slave's word_order)"),
 }
 
 GATEWAY = {
@@ -103,13 +120,18 @@ GATEWAY = {
 }
 
 TRANSPORTS = ("serial", "modbus", "mqtt")
+# Register map value types: the index is the type code devices.common.regmap decodes (its names
+# are kept here, off the board's resident heap); WIDTHS is registers per value.
+TYPES = ("float32", "int16", "uint16", "int32", "uint32")
+WIDTHS = (2, 1, 1, 2, 2)
 BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)  # what edge.ports.tty can set
 
 # Least values of integer keys, whatever their section (a key means one thing everywhere).
 _MIN = {"keepalive_s": 1, "budget_bytes": 4096, "segment_bytes": 1024, "sync_every_ms": 0,
         "sync_every_bytes": 0, "batch_max": 1, "batch_age_ms": 1, "max_inflight": 1,
         "replay_batches_per_s": 1, "backoff_base_ms": 1, "backoff_cap_ms": 1, "status_every_s": 1,
-        "poll_ms": 100, "timeout_ms": 1, "max_silence_s": 0, "register": 0}
+        "poll_ms": 100, "timeout_ms": 1, "max_silence_s": 0, "register": 0, "max_gap_registers": 0,
+        "max_read_registers": 1}
 
 
 def _closest(key, known):
@@ -152,7 +174,10 @@ def _check(section, schema, path, errs):
         typ, default, _help = schema[key]
         value = section.get(key)
         if value is not None:
-            ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+            if typ is float:  # a number: JSON writes 1.0 as 1
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
             if not ok:
                 errs.append("%s.%s: expected %s, got %r" % (path, key, typ.__name__, value))
                 value = None if default is REQUIRED else default
@@ -236,6 +261,7 @@ def _modbus(s, codec, path, errs):
     slaves = []
     addresses = {}
     sensors = {}
+    plans = []  # distinct read plans: slaves with the same layout share one (and its compiled form)
     for j, sl in enumerate(s["slaves"]):
         sp = "%s.slaves[%d]" % (path, j)
         v = _check(sl, SLAVE, sp, errs)
@@ -261,8 +287,134 @@ def _modbus(s, codec, path, errs):
                 errs.append("%s.word_order: %r is not ABCD or CDAB%s" % (sp, wo, _hint(wo, ("ABCD", "CDAB"))))
         if v["poll_ms"] is None:
             v["poll_ms"] = s["poll_ms"]
+        _register_map(v, sl, codec, sp, errs)
+        plan = v.get("plan")
+        for q in plans:
+            if q == plan:
+                v["plan"] = q
+                break
+        else:
+            if plan is not None:
+                plans.append(plan)
         slaves.append(v)
     s["slaves"] = slaves
+
+
+def read_plan(spans, max_gap, max_read):
+    """Group register spans [(register, width), ...], sorted and not overlapping, into as few reads
+    as allowed: [[start, count, end], ...], read k holding spans [end of read k-1, end). A span joins
+    the read before it when at most `max_gap` unmapped registers lie between (they are read and
+    ignored) and the read stays within `max_read` registers. Greedy from the lowest register is
+    optimal here: each read reaches as far as any read starting at its first span can."""
+    reads = []
+    for i in range(len(spans)):
+        reg, w = spans[i]
+        if reads:
+            r = reads[-1]
+            if reg - (r[0] + r[1]) <= max_gap and reg + w - r[0] <= max_read:
+                r[1] = reg + w - r[0]
+                r[2] = i + 1
+                continue
+        reads.append([reg, w, i + 1])
+    return reads
+
+
+def _register_map(v, raw, codec, sp, errs):
+    """Check a slave's register map (or lay out the kind's built-in one) and compile its read plan
+    into v["plan"]: {"reads": read_plan(...), "codes": 4 ints per entry (field index, byte offset
+    in its read's data, type, word order), "scales": None or 3 numbers per entry (mul, div, off)},
+    entries in register order (devices.common.regmap). The plan is made here, not in the source,
+    so the grouping code is not resident on a board (this module is dropped after boot)."""
+    n_errs = len(errs)
+    fields = codec.FIELDS
+    orders = codec.WORD_ORDERS  # index = the word order code
+    wo = v["word_order"]
+    order = orders.index(wo) if wo in orders else 0
+    m = v["map"]
+    entries = []  # (register, width, field index, type, order, scale, offset)
+    if m is None:
+        base = v["register"]
+        if base + 2 * len(fields) > 0x10000:
+            errs.append("%s.register: %d leaves no room for the %d registers of the map" % (
+                sp, base, 2 * len(fields)))
+        for i in range(len(fields)):
+            entries.append((base + 2 * i, 2, i, 0, order, 1, 0))  # float32
+    else:
+        if isinstance(raw, dict) and "register" in raw:
+            errs.append("%s.register: not with a map (its registers are absolute): drop one" % sp)
+        if not m:
+            errs.append("%s.map: empty: name at least one field" % sp)
+        for name in m:
+            ep = "%s.map.%s" % (sp, name)
+            if name not in fields:
+                errs.append("%s.map: %s has no field %r%s" % (sp, codec.KIND, name, _hint(name, fields)))
+                continue
+            e = _check(m[name], REGISTER, ep, errs)
+            if e is None:
+                continue
+            t = e["type"]
+            if t not in TYPES:
+                errs.append("%s.type: %r is not one of %s%s" % (ep, t, ", ".join(TYPES), _hint(t, TYPES)))
+                continue
+            tc = TYPES.index(t)
+            w = WIDTHS[tc]
+            reg = e["register"]
+            if reg is None:
+                continue  # required: said by _check
+            if reg + w > 0x10000:
+                errs.append("%s.register: %d is past the last register 65535 for a %s" % (ep, reg, t))
+            ewo = e["word_order"]
+            eo = order
+            if ewo is not None:
+                if w == 1:
+                    errs.append("%s.word_order: a %s is one register: it has no word order" % (ep, t))
+                elif ewo not in orders:
+                    errs.append("%s.word_order: %r is not ABCD or CDAB%s" % (ep, ewo, _hint(ewo, orders)))
+                else:
+                    eo = orders.index(ewo)
+            sc = e["scale"]
+            if not (-1e30 < sc < 1e30) or sc == 0:  # NaN fails too
+                errs.append("%s.scale: %r is not a nonzero finite number" % (ep, sc))
+            if not (-1e30 < e["offset"] < 1e30):
+                errs.append("%s.offset: %r is not a finite number" % (ep, e["offset"]))
+            entries.append((reg, w, fields.index(name), tc, eo, sc, e["offset"]))
+    entries.sort(key=lambda x: x[0])
+    names = {}
+    for e in entries:
+        names[e[2]] = "%s.map.%s" % (sp, fields[e[2]]) if m is not None else fields[e[2]]
+    for k in range(1, len(entries)):
+        a, b = entries[k - 1], entries[k]
+        if b[0] < a[0] + a[1]:
+            errs.append("%s: registers %d..%d (%s) overlap %s's %d..%d (%s)" % (
+                names[b[2]], b[0], b[0] + b[1] - 1, TYPES[b[3]], names[a[2]].split(".")[-1], a[0],
+                a[0] + a[1] - 1, TYPES[a[3]]))
+    most = v["max_read_registers"]
+    if most > 125:
+        errs.append("%s.max_read_registers: %d is above Modbus's 125 per read" % (sp, most))
+    elif most < 2 and any(e[1] == 2 for e in entries):
+        errs.append("%s.max_read_registers: %d is less than a 32-bit value's 2 registers" % (sp, most))
+    if len(errs) > n_errs:
+        return
+    reads = read_plan([(e[0], e[1]) for e in entries], v["max_gap_registers"], v["max_read_registers"])
+    codes = []
+    scales = []
+    r = 0
+    for k in range(len(entries)):
+        reg, w, f, tc, eo, sc, off = entries[k]
+        while k >= reads[r][2]:
+            r += 1
+        codes += (f, 2 * (reg - reads[r][0]), tc, eo)
+        div = 1
+        if 0 < abs(sc) < 1:  # 0.1 as a divisor of 10: 3 / 10 is exactly 0.3, 3 * 0.1 is not
+            d = round(1 / sc)
+            if d and abs(1 / sc - d) < 1e-6 * abs(d):
+                sc, div = 1, d
+        scales += (sc, div, off)
+    plain = True
+    for k in range(0, len(scales), 3):
+        if scales[k] != 1 or scales[k + 1] != 1 or scales[k + 2] != 0:
+            plain = False
+    v["plan"] = {"reads": reads, "codes": codes, "scales": None if plain else scales}
 
 
 def _source(src, path, cfg, board, errs):

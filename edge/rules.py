@@ -11,7 +11,7 @@ from array import array
 
 from edge.compat import const, ticks_diff
 
-_SENSORS_MAX = const(512)  # per source; past it (a flood of unknown ids) the memory starts afresh
+_SENSORS_MAX = const(512)  # a source without a `sensors` list: past it, the memory starts afresh
 _NAN = float("nan")  # a field that was missing (None) in the last reported reading
 
 # Why `check` reports a reading. Only SUPPRESSED is public (the sources test for it); the reasons

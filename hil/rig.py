@@ -38,7 +38,7 @@ import threading
 import time
 import tty
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,13 +51,22 @@ from devices.manhole.sim import Simulator as LidSim
 from devices.parking.sim import Simulator as ParkingSim
 from devices.thermometer.sim import Simulator as ThermometerSim
 from edge.store.log import HEADER, MAGIC
-from hil.services import Mosquitto, ServiceError, find_binary, stop_process
+from hil.services import (
+    Mosquitto,
+    ServiceError,
+    find_binary,
+    micropython32_binary,
+    micropython_binary,
+    stop_process,
+)
 from hil.verify import Emission, Outage, Report, verify
-from hil.water_slave import station
+from hil.water_slave import bank, map_entries, served, station
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
+# What the tests run every scenario under; "micropython32" (the 32-bit build, hil.services) is also
+# accepted, for the board-heap guard and by hand: a board's pointers are 32 bits wide.
 INTERPRETERS = ("cpython", "micropython")
+ALL_INTERPRETERS = (*INTERPRETERS, "micropython32")
 PREFIX = "hil"
 WATER_NOW_MS = 13 * 3600 * 1000  # the slaves' register snapshot: early afternoon
 # The unix port loads .mpy bytecode into its heap (a board freezes it into flash): the agent with
@@ -239,8 +248,10 @@ class LidPublisher:
 class ModbusBus:
     """A socat null-modem with the pymodbus water slave on one end; the agent gets `path`."""
 
-    def __init__(self, workdir: Path, slaves: Sequence[tuple[int, str]], *, seed: int = 4) -> None:
+    def __init__(self, workdir: Path, slaves: Sequence[tuple[int, str]], *, seed: int = 4,
+                 layouts: Sequence[Mapping[str, Any]] = ()) -> None:
         self.slaves = list(slaves)  # (address, word order "ABCD"/"CDAB") the slave process serves
+        self.layouts = list(layouts)  # slave config entries with a vendor `map`, served in that layout
         self.seed = seed
         self.workdir = workdir
         self.path = str(workdir / "bus-gw")
@@ -260,9 +271,14 @@ class ModbusBus:
                 self.close()
                 raise RigError("socat did not create the Modbus pty pair")
             time.sleep(0.02)
-        spec = ",".join(f"{a}:{wo}" for a, wo in self.slaves)
+        which = ["--slaves", ",".join(f"{a}:{wo}" for a, wo in self.slaves)]
+        if self.layouts:
+            block = self.workdir / "bus-slaves.json"
+            block.write_text(json.dumps({"slaves": [{"address": a, "word_order": wo} for a, wo in self.slaves]
+                                         + self.layouts}))
+            which = ["--config", str(block)]
         self.slave = subprocess.Popen(
-            [sys.executable, "-m", "hil.water_slave", "--port", dev, "--slaves", spec,
+            [sys.executable, "-m", "hil.water_slave", "--port", dev, *which,
              "--seed", str(self.seed), "--now-ms", str(WATER_NOW_MS)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(self.slave)
@@ -288,6 +304,12 @@ class ModbusBus:
             if addr in sensor_of:
                 fields = station(addr, codec.word_order_code(wo), self.seed).reading(addr, WATER_NOW_MS)
                 out.append((sensor_of[addr], tuple(fields)))
+        for slave in self.layouts:
+            addr = slave["address"]
+            if addr in sensor_of:
+                entries = map_entries(slave)
+                registers = bank(entries, station(addr, 0, self.seed).reading(addr, WATER_NOW_MS))
+                out.append((sensor_of[addr], served(entries, registers)))
         return out
 
     def close(self) -> None:
@@ -385,25 +407,26 @@ class AgentProcess:
     def __init__(
         self, interpreter: str, config_path: Path, workdir: Path, *, heap: str = MICROPYTHON_HEAP
     ) -> None:
-        if interpreter not in INTERPRETERS:
-            raise ValueError(f"interpreter must be one of {INTERPRETERS}")
+        if interpreter not in ALL_INTERPRETERS:
+            raise ValueError(f"interpreter must be one of {ALL_INTERPRETERS}")
         self.interpreter = interpreter
         self.config_path = config_path
         self.workdir = workdir
         self.log_path = workdir / f"agent-{interpreter}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = dict(os.environ)
-        if interpreter == "micropython":
+        if interpreter != "cpython":
             tree = build_micropython_tree(config_path, workdir / "mpy")
             self.env["MICROPYPATH"] = f".frozen:{tree}"
-            exe = VENV_BIN / "micropython"
-            if not exe.exists():
-                raise RigError(f"{exe} not found")
+            try:
+                exe = micropython32_binary() if interpreter == "micropython32" else micropython_binary()
+            except ServiceError as exc:
+                raise RigError(str(exc)) from None
             # nohup: SIGHUP ignored, as docs/gateway.md says to run the unix port. It opens ttys
             # without O_NOCTTY, so an agent that leads its session (systemd, setsid) takes its
             # first serial port as controlling terminal and is killed by SIGHUP when that adapter
             # is pulled; ignored, the hang-up is only the EOF that the agent reopens the port on.
-            self.cmd = [find_binary("nohup"), str(exe), "-X", f"heapsize={heap}", "-m", "edge.main",
+            self.cmd = [find_binary("nohup"), exe, "-X", f"heapsize={heap}", "-m", "edge.main",
                         str(config_path)]
             self.cwd = str(workdir)
         else:
@@ -460,6 +483,7 @@ class Rig:
         thermometers: int = 2,
         lids: int = 2,
         water: Sequence[tuple[int, str]] = ((1, "ABCD"), (2, "CDAB")),
+        water_layouts: Sequence[Mapping[str, Any]] = (),
         dead_slave: int | None = None,
         garbage_device: bool = False,
         parking_fault: tuple[str, float] | None = None,
@@ -512,13 +536,16 @@ class Rig:
                 sources.append({"kind": d.kind, "transport": "serial", "port": d.path, "sensors": d.sensors,
                                 "max_silence_s": 0})
             self.water_sensors: dict[int, str] = {}
-            if water:
-                self.bus = ModbusBus(self.dir, water, seed=seed + 3)
+            if water or water_layouts:
+                self.bus = ModbusBus(self.dir, water, seed=seed + 3, layouts=water_layouts)
                 self._procs += [self.bus.socat, self.bus.slave]
-                slaves = []
+                slaves: list[dict[str, Any]] = []
                 for addr, _wo in water:
                     self.water_sensors[addr] = f"W-{addr:02d}"
                     slaves.append({"address": addr, "sensor": self.water_sensors[addr], "word_order": _wo})
+                for layout in water_layouts:  # vendor register maps: the entry as the config has it
+                    self.water_sensors[layout["address"]] = layout["sensor"]
+                    slaves.append(dict(layout))
                 if dead_slave is not None:
                     slaves.append({"address": dead_slave, "sensor": f"W-dead-{dead_slave}"})
                 sources.append({"kind": "water", "transport": "modbus", "port": self.bus.path,

@@ -15,7 +15,7 @@ from typing import Any
 
 import cbor2
 
-from hil.rig import INTERPRETERS, Rig, RigError, TornWrite
+from hil.rig import ALL_INTERPRETERS, Rig, RigError, TornWrite
 from hil.verify import Report, codecs_by_code, readings_of
 
 
@@ -183,10 +183,12 @@ def commands(interpreter: str, *, save: str | None = None, seed: int = 5) -> Out
 
 
 def board_heap(
-    interpreter: str, *, heap: str = "128K", seconds: float = 4.0, save: str | None = None, seed: int = 1
+    interpreter: str, *, heap: str = "128K", seconds: float = 4.0, save: str | None = None, seed: int = 1,
+    parking: int = 4,
 ) -> Outcome:
     """Serial parking and thermometers, MQTT lids (the issue's source mix) on a 128K MicroPython heap."""
-    return _scenario(interpreter, save, lambda rig, out: rig.run(seconds), seed=seed, water=(), heap=heap)
+    return _scenario(interpreter, save, lambda rig, out: rig.run(seconds), seed=seed, water=(), heap=heap,
+                     parking=parking)
 
 
 SCENARIOS: dict[str, Callable[..., Outcome]] = {
@@ -209,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("scenario", choices=sorted(SCENARIOS))
-    ap.add_argument("--interpreter", choices=INTERPRETERS, default="cpython")
+    ap.add_argument("--interpreter", choices=ALL_INTERPRETERS, default="cpython")
     ap.add_argument("--save", help="write the run (emissions, payloads, outages) as JSON for hil.verify")
     ap.add_argument("--seed", type=int, default=None)
     args = ap.parse_args(argv)

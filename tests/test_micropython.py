@@ -70,14 +70,35 @@ def mpy_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tree
 
 
+def test_32bit_build_is_32_bit_and_reads_the_images_mpy_format(micropython32: str) -> None:
+    """The 32-bit build (scripts/setup) has 4-byte words and the .mpy version the image's mpy-cross emits."""
+    probe = "import sys; print(sys.maxsize, sys.implementation._mpy & 0x3FF)"
+    got = {}
+    for name, exe in (("32", micropython32), ("64", find_tool("micropython"))):
+        out = subprocess.run([exe, "-c", probe], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stdout + out.stderr
+        maxsize, mpy = out.stdout.split()
+        got[name] = (int(maxsize), int(mpy))
+    assert got["32"][0] == 2**31 - 1 and got["64"][0] == 2**63 - 1
+    # Low byte: the .mpy version; next two bits: the sub-version (bytecode). The arch bits differ.
+    assert got["32"][1] == got["64"][1], got
+    version = subprocess.run([find_tool("mpy-cross"), "--version"], capture_output=True, text=True).stdout
+    mpy_version, mpy_sub = got["32"][1] & 0xFF, got["32"][1] >> 8
+    assert f"mpy v{mpy_version}.{mpy_sub}" in version, (version, got)
+
+
 def test_portable_modules_exist() -> None:
     assert "runner" not in PORTABLE_MODULES
     assert PORTABLE_MODULES, "no tests/portable/test_*.py modules found"
 
 
+@pytest.mark.parametrize("bits", [64, 32])
 @pytest.mark.parametrize("module", PORTABLE_MODULES)
-def test_portable_module(module: str, mpy_tree: Path, record_property: pytest.RecordProperty) -> None:
-    micropython = find_tool("micropython")
+def test_portable_module(
+    module: str, bits: int, mpy_tree: Path, micropython32: str, record_property: pytest.RecordProperty
+) -> None:
+    # The same .mpy tree on both builds: a board is 32-bit (small ints of 31 bits, 4-byte words).
+    micropython = find_tool("micropython") if bits == 64 else micropython32
     env = {k: v for k, v in os.environ.items() if not k.startswith("MICROPY")}
     # As on a board: frozen modules (asyncio, ...) first, then the compiled tree. MICROPYPATH
     # replaces the default path, so `.frozen` must be listed or the frozen modules vanish.

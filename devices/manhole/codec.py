@@ -111,6 +111,9 @@ def decode(buf, start=0, end=-1, sensor_id=None):
                 return n, DecodeError(_BAD_SYNTAX, "nesting")
         elif c == 0x7D or c == 0x5D:
             depth -= 1
+    if depth or in_str:
+        # Unterminated. MicroPython 1.25's json.loads accepts '{"bat_mv":35' (a cut-off 3512); 1.29's refuses.
+        return n, DecodeError(_BAD_SYNTAX, "not JSON")
     try:
         obj = json.loads(str(bytes(buf[start:end]), "utf-8"))
     except Exception:  # ValueError, UnicodeError, MemoryError on a board: all mean "not JSON"

@@ -18,6 +18,7 @@ import struct
 
 from devices.common.compat import const
 from devices.common.errors import BAD_VALUE, DecodeError
+from devices.common.regmap import value
 
 KIND = "water"
 KIND_CODE = const(3)
@@ -50,9 +51,9 @@ RANGES = (
 N_VALUES = const(9)
 N_REGISTERS = const(18)
 DATA_LEN = const(36)
-WORD_ABCD = const(0)
+WORD_ABCD = const(0)  # the word order codes devices.common.regmap reads (ABCD: high word first)
 WORD_CDAB = const(1)
-WORD_ORDERS = ("ABCD", "CDAB")
+WORD_ORDERS = ("ABCD", "CDAB")  # index = code
 DEFAULT_WORD_ORDER = "ABCD"  # what a slave's config gets when it names no word_order
 
 ANALOG = (0, 1, 2, 3, 4, 5, 6, 7, 8)
@@ -71,9 +72,6 @@ ALARM_LIMITS = {
 # like when read in the wrong word order, so they are rejected rather than stored.
 _TINY = 1e-30
 
-_scratch = bytearray(4)
-
-
 def word_order_code(name):
     """"ABCD"/"CDAB" (config text) to WORD_ABCD/WORD_CDAB; anything else is a ValueError."""
     if name == "ABCD":
@@ -83,31 +81,32 @@ def word_order_code(name):
     raise ValueError("word_order must be ABCD or CDAB, not %r" % (name,))
 
 
+def bad_field(vals):
+    """The index of the first value outside its field's range (NaN, inf, tiny included), or -1.
+    None (a field the slave's register map does not have) is fine."""
+    for i in range(N_VALUES):
+        v = vals[i]
+        if v is None:
+            continue
+        lo, hi = RANGES[i]
+        if not (lo <= v <= hi) or (v != 0.0 and -_TINY < v < _TINY):  # NaN fails lo <= v
+            return i
+    return -1
+
+
 def decode(buf, start=0, end=-1, sensor_id=None, word_order=WORD_ABCD):
-    """Decode the 36 register bytes of a read of the whole map (registers 0..17)."""
+    """Decode the 36 register bytes of a read of the built-in map (nine float32 from its first
+    register). Other layouts are register maps in the config (devices.common.regmap)."""
     if end < 0:
         end = len(buf)
     if end - start < DATA_LEN:
         return 0, None
-    s = _scratch
     vals = [None] * N_VALUES
     for i in range(N_VALUES):
-        p = start + 4 * i
-        if word_order == WORD_CDAB:
-            s[0] = buf[p + 2]
-            s[1] = buf[p + 3]
-            s[2] = buf[p]
-            s[3] = buf[p + 1]
-        else:
-            s[0] = buf[p]
-            s[1] = buf[p + 1]
-            s[2] = buf[p + 2]
-            s[3] = buf[p + 3]
-        v = struct.unpack(">f", s)[0]
-        lo, hi = RANGES[i]
-        if not (lo <= v <= hi) or (v != 0.0 and -_TINY < v < _TINY):  # NaN fails lo <= v
-            return DATA_LEN, DecodeError(BAD_VALUE, FIELDS[i])
-        vals[i] = v
+        vals[i] = value(buf, start + 4 * i, 0, word_order)  # float32
+    i = bad_field(vals)
+    if i >= 0:
+        return DATA_LEN, DecodeError(BAD_VALUE, FIELDS[i])
     return DATA_LEN, (sensor_id, tuple(vals))
 
 

@@ -120,6 +120,75 @@ def test_concurrent_requests_are_bounded(tmp_path: Path) -> None:
     run(t, tmp_path, batch_points=1, max_concurrent=2, max_queued_batches=100)
 
 
+def test_a_burst_into_a_busy_database_waits_for_room_instead_of_spooling(tmp_path: Path) -> None:
+    points = [pt(i) for i in range(300)]
+    most = {"batches": 0}
+
+    async def t(rig: Rig) -> None:
+        rig.stub.delay_s = 0.02  # healthy, slower than the burst
+
+        async def watch() -> None:
+            while True:
+                most["batches"] = max(most["batches"], rig.writer.stats["inflight_batches"])
+                await asyncio.sleep(0)
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.gather(*(rig.writer.submit([p]) for p in points))  # all at once
+        finally:
+            watcher.cancel()
+        assert sorted(rig.stub.stored) == sorted(lines_of(points))  # each once
+        s = rig.writer.stats
+        assert s["points_spooled"] == 0 and rig.spool.rows == 0  # the old writer spooled 288
+        assert s["submits_held"] > 0 and s["submits_held_now"] == 0  # backpressure did the work
+        assert 0 < most["batches"] <= 2 + 1  # max_concurrent + max_queued_batches: memory bound
+        assert max(len(b.split(b"\n")) for b in rig.stub.bodies) <= 10
+        assert rig.stub.max_active <= 2
+
+    run(t, tmp_path, batch_points=10, max_concurrent=2, max_queued_batches=1, batch_age_s=5.0)
+
+
+def test_a_sustained_backlog_is_spooled_and_drained_alongside(tmp_path: Path) -> None:
+    points = [pt(i) for i in range(60)]
+
+    async def t(rig: Rig) -> None:
+        rig.stub.delay_s = 0.3  # far slower than the traffic, for longer than backlog_timeout_s
+        await asyncio.gather(*(rig.writer.submit([p]) for p in points))
+        s = rig.writer.stats
+        assert s["points_spooled_backlog"] > 0 and s["points_spooled"] == s["points_spooled_backlog"]
+        assert s["sink_state"] == "ok" and s["retries"] == 0  # nothing failed: a backlog, not an outage
+        await until(lambda: rig.spool.rows == 0 and not rig.writer.stats["inflight_batches"])
+        assert sorted(rig.stub.stored) == sorted(lines_of(points))  # each once
+        # Spool rows are cut at batch_points lines: a replayed request is of the usual size.
+        assert max(len(b.split(b"\n")) for b in rig.stub.bodies) < 2 * 5
+
+    run(
+        t,
+        tmp_path,
+        batch_points=5,
+        max_concurrent=1,
+        max_queued_batches=1,
+        backlog_timeout_s=0.1,
+        sink_timeout_s=5.0,
+    )
+
+
+def test_held_submits_are_spooled_at_once_when_the_database_fails(tmp_path: Path) -> None:
+    points = [pt(i) for i in range(60)]
+
+    async def t(rig: Rig) -> None:
+        # The first request hangs, then fails: everything behind it was held by backpressure.
+        rig.stub.script.append(Reply(503, "down", delay_s=0.3))
+        # Held submits must not sit out backlog_timeout_s (an hour): the failure spools them.
+        await asyncio.wait_for(asyncio.gather(*(rig.writer.submit([p]) for p in points)), 30)
+        s = rig.writer.stats
+        assert s["submits_held"] > 0 and s["points_spooled"] > 0 and s["points_spooled_backlog"] == 0
+        await until(lambda: rig.spool.rows == 0 and not rig.writer.stats["inflight_batches"])
+        assert sorted(rig.stub.stored) == sorted(lines_of(points))  # each once
+
+    run(t, tmp_path, batch_points=5, max_concurrent=1, max_queued_batches=1, backlog_timeout_s=3600.0)
+
+
 def test_database_down_spools_then_drains_in_order(tmp_path: Path) -> None:
     async def t(rig: Rig) -> None:
         stub = rig.stub
@@ -217,19 +286,23 @@ def test_auth_error_holds_data_until_fixed(tmp_path: Path) -> None:
     run(t, tmp_path, config_error_retry_s=0.05)
 
 
-def test_leftovers_from_a_previous_run_are_replayed_before_new_data(tmp_path: Path) -> None:
-    old = lines_of([pt(i, "old") for i in range(5)])
+def test_leftovers_from_a_previous_run_drain_alongside_new_data(tmp_path: Path) -> None:
+    old = lines_of([pt(i, "old") for i in range(20)])
     sp = Spool(tmp_path / "spool.db", 10**7)
-    sp.append([(b"\n".join(old[:3]), 3), (b"\n".join(old[3:]), 2)])
+    for i in range(0, 20, 2):
+        sp.append([(b"\n".join(old[i : i + 2]), 2)])
     sp.close()
 
     async def t(rig: Rig) -> None:
-        assert rig.writer.stats["mode"] == "spool"
-        await rig.writer.submit([pt(100, "new")])
+        rig.stub.delay_s = 0.05  # ten rows replayed one request at a time: about half a second
+        assert rig.writer.stats["mode"] == "direct"
+        await rig.writer.submit([pt(100, "new")])  # written directly, not queued behind the spool
+        assert rig.spool.rows > 0 and rig.writer.stats["points_spooled"] == 0
         await until(lambda: rig.spool.rows == 0)
-        assert rig.stub.stored == [*old, line(pt(100, "new"))]
+        assert sorted(rig.stub.stored) == sorted([*old, line(pt(100, "new"))])  # each once
+        assert [x for x in rig.stub.stored if b"old" in x] == old  # the spool itself in order
 
-    run(t, tmp_path)
+    run(t, tmp_path, batch_points=2)
 
 
 def test_timeouts_are_retried_with_identical_bodies(tmp_path: Path) -> None:

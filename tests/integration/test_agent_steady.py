@@ -36,16 +36,41 @@ def test_steady_state_every_reading_once(interpreter: str) -> None:
     assert out.leftovers == []
 
 
-def test_micropython_agent_with_two_serial_and_one_mqtt_source_runs_in_128k() -> None:
-    """A regression guard for the agent's heap on the 64-bit unix port, loaded as .mpy.
+@pytest.mark.parametrize(("interpreter", "heap"), [("micropython32", "96K"), ("micropython", "128K")])
+def test_micropython_agent_with_two_serial_and_one_mqtt_source_runs_in_board_heap(
+    interpreter: str, heap: str, micropython32: str
+) -> None:
+    """A regression guard for the agent's heap, loaded as .mpy, on both unix ports.
 
-    The issue's source mix (parking and thermometers on serial, manhole lids over MQTT) runs
-    at `-X heapsize=128K` and fails at 120K (measured: docs/benchmarks.md, "Memory"), so a
-    heap regression of a few KB fails here. The free-heap goal itself is bench/edge_memory.py's.
+    The issue's source mix (parking and thermometers on serial, manhole lids over MQTT), every
+    reading verified. The 32-bit build (a board's word size) runs it in 96K: the goal's 128 KB board
+    less the 32 KB it keeps free; it passes at 84K and fails at 80K. The 64-bit port, which needs
+    ~1.45 times the heap for the same objects, stays a second guard at 128K (passes at 120K, fails
+    at 116K).
+    Measured: docs/benchmarks.md, "Memory". The free-heap goal itself is bench/edge_memory.py's.
     """
-    out = scenarios.board_heap("micropython", heap="128K")
+    out = scenarios.board_heap(interpreter, heap=heap)
     report = out.report
     assert report.ok, report.summary()
+    for kind in KINDS:
+        assert report.kinds[kind].received >= report.kinds[kind].expected > 0, report.summary()
+    assert out.status is not None and out.status["errors"] == {}
+    assert out.leftovers == []
+
+
+def test_a_gateway_with_128_parking_bays_runs_on_the_32bit_build_in_112k(micropython32: str) -> None:
+    """128 bays on one serial bus (plus 2 thermometers and 2 lids) on a board's word size.
+
+    The agent once kept its own table of every sensor's last stamp beside the rules' table; it grew
+    as sensors first reported and, at the 128th, asked a fragmented 128K heap for one 1,336-byte
+    block and died (MemoryError in the parking source). Now the rules' table, allocated at start,
+    is the only per-sensor memory. Measured: passes at 104K, dies at 100K; 112K leaves room for
+    run-to-run differences in fragmentation.
+    """
+    out = scenarios.board_heap("micropython32", heap="112K", parking=128)
+    report = out.report
+    assert report.ok, report.summary()
+    assert report.kinds["parking"].received >= report.kinds["parking"].expected > 128, report.summary()
     for kind in KINDS:
         assert report.kinds[kind].received >= report.kinds[kind].expected > 0, report.summary()
     assert out.status is not None and out.status["errors"] == {}

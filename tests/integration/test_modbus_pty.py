@@ -9,6 +9,7 @@ arrive. Every slave process is stopped by PID at the end of its test.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import select
 import signal
@@ -23,8 +24,9 @@ import pytest
 
 from devices.common.errors import BAD_CRC, DEVICE_EXCEPTION, TIMEOUT, DecodeError
 from devices.water import codec
-from edge import modbus
+from edge import config, modbus
 from edge.ports.tty import Tty
+from hil import water_slave
 from hil.water_slave import station
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +34,7 @@ SEED = 4
 NOW_MS = 13 * 3600 * 1000  # early afternoon: warm water, less oxygen
 SLAVES = "1:ABCD,2:CDAB"
 MICROPYTHON = Path(sys.executable).parent / "micropython"
+SAMPLE = ROOT / "devices" / "water" / "sample.json"  # four slaves: two built-in maps, two vendor maps
 
 pytestmark = pytest.mark.integration
 
@@ -211,3 +214,158 @@ def test_same_master_under_micropython(line: tuple[int, str], slave: SlaveProces
         "COUNTERS 9 1 0 1 0 0 0 0 0",
     ]
     assert lines == want, run.stdout + run.stderr
+
+
+# -- vendor register maps: devices/water/sample.json served by pymodbus, read by the Modbus source --
+
+
+def sample_source() -> dict[str, object]:
+    """The sample's source block as edge.config validates it (with each slave's read plan)."""
+    block = json.loads(SAMPLE.read_text(encoding="utf-8"))
+    src: dict[str, object] = config.validate({"gateway_id": "gw-t", "broker": {"host": "127.0.0.1"},
+                                              "sources": [block]})["sources"][0]
+    return src
+
+
+def sample_served() -> dict[str, tuple[float | None, ...]]:
+    """sensor -> the fields its slave serves, as pymodbus reads its registers back."""
+    out = {}
+    for s in water_slave.load_slaves(SAMPLE):
+        entries = water_slave.map_entries(s)
+        fields = station(s["address"], 0, SEED).reading(s["address"], NOW_MS)
+        out[s["sensor"]] = water_slave.served(entries, water_slave.bank(entries, fields))
+    return out
+
+
+def check_against_served(got: dict[str, tuple[float | None, ...]]) -> None:
+    want = sample_served()
+    assert set(got) == set(want), got
+    for sensor, fields in want.items():
+        for name, g, w in zip(codec.FIELDS, got[sensor], fields, strict=True):
+            if w is None:
+                assert g is None, (sensor, name, g)
+            else:
+                assert g == w, (sensor, name, g, w)  # exactly: same float, not a neighbour
+
+
+# Requests per poll of each slave: the built-in map is one read of 18; the 16-bit vendor map one read
+# of 0..8 (its unmapped register 7 bridged); the mixed one two (100..119 bridging 104..109, 200..202).
+READS = {1: 1, 2: 1, 3: 1, 4: 2}
+
+
+class _FdRuntime:
+    """What a source needs of the runtime: open its bus (here the pty's master side) and log."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lines: list[str] = []
+
+    def open_serial(self, path: str, baud: int) -> Tty:
+        return Tty(os.dup(self.fd), baud)
+
+    def log(self, msg: str) -> None:
+        self.lines.append(msg)
+
+
+def test_vendor_maps_read_by_the_modbus_source(line: tuple[int, str]) -> None:
+    from edge.sources.modbus import ModbusSource
+
+    proc = SlaveProcess(line[1], "--config", str(SAMPLE))
+    got: dict[str, tuple[float | None, ...]] = {}
+
+    async def run() -> ModbusSource:
+        def accept(sensor: str, kind: int, fields: tuple[float | None, ...], *_urgent_alarm: object) -> None:
+            got[sensor] = fields
+
+        src = ModbusSource(sample_source(), _FdRuntime(line[0]), accept)
+        task = asyncio.create_task(src.run())
+        for _ in range(400):
+            if len(got) == 4:
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+        return src
+
+    try:
+        src = asyncio.run(run())
+    finally:
+        proc.stop()
+    check_against_served(got)
+    assert src.master is not None
+    for addr, n in READS.items():
+        c = src.master.counters(addr)
+        assert (c[modbus.C_REQUESTS], c[modbus.C_OK]) == (n, n), (addr, c)
+
+
+MP_SOURCE = """
+import sys, struct, json, asyncio
+from edge import config
+from edge.ports.tty import Tty
+from edge.sources.modbus import ModbusSource
+
+class Runtime:
+    def open_serial(self, path, baud):
+        return Tty(int(sys.argv[1]), baud)
+    def log(self, msg):
+        print("LOG", msg)
+
+got = {}
+
+def accept(sensor, kind, fields, urgent, alarm):
+    got[sensor] = fields
+
+async def main():
+    with open(sys.argv[2]) as f:
+        block = json.load(f)
+    cfg = config.validate({"gateway_id": "gw-t", "broker": {"host": "127.0.0.1"}, "sources": [block]})
+    src = ModbusSource(cfg["sources"][0], Runtime(), accept)
+    del cfg
+    task = asyncio.create_task(src.run())
+    for _ in range(400):
+        if len(got) == 4:
+            break
+        await asyncio.sleep_ms(50)
+    task.cancel()
+    for sensor in sorted(got):
+        hexes = ["-" if v is None else struct.pack(">d", v).hex() for v in got[sensor]]
+        print("READING", sensor, " ".join(hexes))
+    for s in src.slaves:
+        c = src.master.counters(s.address)
+        print("REQUESTS", s.address, c[0], c[1])
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.micropython
+def test_vendor_maps_read_under_micropython(line: tuple[int, str], tmp_path: Path) -> None:
+    if not MICROPYTHON.exists():
+        pytest.fail(f"{MICROPYTHON} missing: the venv should provide the unix port")
+    script = tmp_path / "mp_source.py"
+    script.write_text(MP_SOURCE)
+    proc = SlaveProcess(line[1], "--config", str(SAMPLE))
+    fd = os.dup(line[0])
+    try:
+        run = subprocess.run(
+            [str(MICROPYTHON), "-X", "heapsize=128K", str(script), str(fd), str(SAMPLE)],
+            env={**os.environ, "MICROPYPATH": ".frozen:" + str(ROOT)},
+            pass_fds=[fd],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(fd)
+        proc.stop()
+    assert run.returncode == 0, run.stdout + run.stderr
+    got: dict[str, tuple[float | None, ...]] = {}
+    requests = {}
+    for ln in run.stdout.splitlines():
+        parts = ln.split()
+        if parts[0] == "READING":
+            got[parts[1]] = tuple(None if h == "-" else struct.unpack(">d", bytes.fromhex(h))[0]
+                                  for h in parts[2:])
+        elif parts[0] == "REQUESTS":
+            requests[int(parts[1])] = (int(parts[2]), int(parts[3]))
+    check_against_served(got)
+    assert requests == {a: (n, n) for a, n in READS.items()}, run.stdout

@@ -123,6 +123,88 @@ def test_ports_ranges_and_every_error_at_once():
         raise AssertionError("accepted")
 
 
+def _bus(*slaves):
+    return _with(sources=[_src(kind="water", transport="modbus", slaves=list(slaves))])
+
+
+def _plan(slave):
+    return config.validate(_bus(slave))["sources"][0]["slaves"][0]["plan"]
+
+
+def test_register_map_types_and_fields_checked():
+    assert _err(_bus({"address": 1, "sensor": "W", "map": {"ph": {"register": 0, "type": "float"}}})) == (
+        "config.sources[0].slaves[0].map.ph.type: 'float' is not one of float32, int16, uint16, int32, "
+        "uint32 (did you mean 'float32'?)")
+    assert "map: water has no field 'temp' (did you mean 'temp_c'?)" in _err(
+        _bus({"address": 1, "sensor": "W", "map": {"temp": {"register": 0}}}))
+    assert "map.ph: unknown key 'reg' (did you mean 'register'?)" in _err(
+        _bus({"address": 1, "sensor": "W", "map": {"ph": {"reg": 0}}}))
+    assert "map.ph.register: required" in _err(_bus({"address": 1, "sensor": "W", "map": {"ph": {}}}))
+    assert "map.ph.scale: 0 is not a nonzero finite number" in _err(
+        _bus({"address": 1, "sensor": "W", "map": {"ph": {"register": 0, "type": "uint16", "scale": 0}}}))
+    assert "map.ph.scale: expected float, got '0.01'" in _err(
+        _bus({"address": 1, "sensor": "W", "map": {"ph": {"register": 0, "scale": "0.01"}}}))
+    assert "map.ph.word_order: a uint16 is one register: it has no word order" in _err(
+        _bus({"address": 1, "sensor": "W",
+              "map": {"ph": {"register": 0, "type": "uint16", "word_order": "CDAB"}}}))
+    assert "map.ph.word_order: 'BADC' is not ABCD or CDAB" in _err(
+        _bus({"address": 1, "sensor": "W", "map": {"ph": {"register": 0, "word_order": "BADC"}}}))
+    assert "map.ph.register: 65535 is past the last register 65535 for a int32" in _err(
+        _bus({"address": 1, "sensor": "W", "map": {"ph": {"register": 65535, "type": "int32"}}}))
+    assert "slaves[0].map: empty" in _err(_bus({"address": 1, "sensor": "W", "map": {}}))
+    assert "slaves[0].register: not with a map" in _err(
+        _bus({"address": 1, "sensor": "W", "register": 0, "map": {"ph": {"register": 0}}}))
+
+
+def test_register_map_overlaps_refused():
+    msg = _err(_bus({"address": 1, "sensor": "W", "map": {
+        "ph": {"register": 10}, "temp_c": {"register": 11, "type": "int16"}, "do_mg_l": {"register": 12}}}))
+    assert msg == ("config.sources[0].slaves[0].map.temp_c: registers 11..11 (int16) overlap ph's 10..11 "
+                   "(float32)"), msg
+    # every overlap at once, with the other problems of the config
+    try:
+        config.validate(_bus({"address": 1, "sensor": "W", "max_read_registers": 126, "map": {
+            "ph": {"register": 0, "type": "int32"}, "do_mg_l": {"register": 1, "type": "uint16"},
+            "temp_c": {"register": 2, "type": "float32"}, "level_m": {"register": 3, "type": "int16"}}}))
+    except config.ConfigError as exc:
+        assert len(exc.errors) == 3, exc.errors
+        assert "map.do_mg_l: registers 1..1 (uint16) overlap ph's 0..1 (int32)" in exc.errors[0]
+        assert "map.level_m: registers 3..3 (int16) overlap temp_c's 2..3 (float32)" in exc.errors[1]
+        assert "max_read_registers: 126 is above Modbus's 125 per read" in exc.errors[2]
+    else:
+        raise AssertionError("overlaps accepted")
+
+
+def test_read_plan_groups_within_gap_and_limit():
+    assert config.read_plan([(0, 2), (2, 2), (4, 1)], 0, 125) == [[0, 5, 3]]
+    # a gap of 2 unmapped registers: bridged only when allowed
+    assert config.read_plan([(0, 2), (4, 1)], 0, 125) == [[0, 2, 1], [4, 1, 2]]
+    assert config.read_plan([(0, 2), (4, 1)], 2, 125) == [[0, 5, 2]]
+    assert config.read_plan([(0, 2), (4, 1)], 1, 125) == [[0, 2, 1], [4, 1, 2]]
+    # 125 registers a read at most (the spec), or fewer if the slave says so
+    spans = [(2 * i, 2) for i in range(70)]
+    assert config.read_plan(spans, 0, 125) == [[0, 124, 62], [124, 16, 70]]
+    assert config.read_plan(spans, 0, 40) == [[0, 40, 20], [40, 40, 40], [80, 40, 60], [120, 20, 70]]
+    assert config.read_plan([(0, 1), (124, 1)], 200, 125) == [[0, 125, 2]]
+    assert config.read_plan([(0, 1), (125, 1)], 200, 125) == [[0, 1, 1], [125, 1, 2]]
+
+
+def test_builtin_map_is_the_default_plan():
+    plan = _plan({"address": 1, "sensor": "W", "register": 100, "word_order": "CDAB"})
+    assert plan["reads"] == [[100, 18, 9]] and plan["scales"] is None
+    assert list(plan["codes"][:8]) == [0, 0, 0, 1, 1, 4, 0, 1]  # ph float32 CDAB at byte 0, turbidity at 4
+
+
+def test_vendor_map_plan():
+    plan = _plan({"address": 1, "sensor": "W", "word_order": "CDAB", "max_gap_registers": 8, "map": {
+        "flow_m3_h": {"register": 100, "type": "int32", "scale": 0.001},
+        "ph": {"register": 110, "word_order": "ABCD"},
+        "nh3n_mg_l": {"register": 202, "type": "uint16", "scale": 0.5, "offset": -1}}})
+    assert plan["reads"] == [[100, 12, 2], [202, 1, 3]]
+    # flow (field 7) int32 CDAB at byte 0; ph (0) float32 ABCD at byte 20; nh3n (3) uint16 in read 2
+    assert list(plan["codes"]) == [7, 0, 3, 1, 0, 20, 0, 0, 3, 0, 2, 1]
+    assert list(plan["scales"]) == [1, 1000, 0, 1, 1, 0, 1, 2, -1]  # 0.001 as a divisor, 0.5 as / 2
+
 def test_client_certificate_needs_its_key_and_tls():
     """A gateway's TLS client certificate (brokers that require one): certfile and keyfile go
     together, and only with tls; refused at load, naming the key."""

@@ -55,11 +55,13 @@ def test_flash_bench_prints_and_saves(tmp_path: Path) -> None:
 
 
 @pytest.mark.micropython
-def test_memory_bench_prints_and_saves(tmp_path: Path) -> None:
+def test_memory_bench_prints_and_saves(tmp_path: Path, micropython32: str) -> None:
     saved = tmp_path / "mem.json"
     r = _run("edge_memory.py", "--heap", "1M", "--save", str(saved))
     assert r.returncode in (0, 1), r.stdout + r.stderr
     fig = json.loads(saved.read_text())
+    assert fig["word_bits"] == 32  # the default interpreter is the 32-bit build
+    assert fig["sensors"] == {"parking": 20, "thermometer": 6, "manhole": 12}
     assert _figure(r.stdout, "peak live heap") == fig["peak_alloc"]
     assert "growth slope" in r.stdout and "gc.mem_alloc" in r.stdout
     assert fig["readings_uplinked"] >= 1000
@@ -70,7 +72,25 @@ def test_memory_bench_prints_and_saves(tmp_path: Path) -> None:
 
 
 @pytest.mark.micropython
-def test_memory_bench_names_the_stage_of_a_memory_error(tmp_path: Path) -> None:
+def test_memory_bench_runs_the_sensor_count_and_mix_asked_for(tmp_path: Path, micropython32: str) -> None:
+    saved = tmp_path / "mem.json"
+    r = _run("edge_memory.py", "--sensors", "parking=30,manhole=5", "--mix", "parking=3,manhole=1",
+             "--save", str(saved))
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    fig = json.loads(saved.read_text())
+    assert fig["sensors"] == {"parking": 30, "manhole": 5}
+    assert fig["mix"] == {"parking": 0.75, "manhole": 0.25}
+    assert fig["image_kinds"] == ["manhole", "parking"]  # no thermometer source, so no codec for it
+    assert fig["readings_uplinked"] >= 1000
+    assert re.search(r"^sensors\s+parking 30 \(75% of readings\), manhole 5 \(25% of readings\); 35 in all",
+                     r.stdout, re.M), r.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "bench" / "edge_memory.py"), "--sensors", "water=3"],
+                         capture_output=True, text=True, timeout=60, cwd=str(ROOT))
+    assert bad.returncode == 2 and "'water=3' is not KIND=VALUE" in bad.stderr, bad.stderr
+
+
+@pytest.mark.micropython
+def test_memory_bench_names_the_stage_of_a_memory_error(tmp_path: Path, micropython32: str) -> None:
     r = _run("edge_memory.py", "--heap", "48K")
     assert r.returncode == 1, r.stdout + r.stderr
     assert re.search(r"MemoryError while '\w+'", r.stdout), r.stdout

@@ -55,7 +55,27 @@ FIELD_MISTAKES = [
      "config.sources[0]: unknown key 'sensor' (did you mean 'sensors'?)"),
     ({"kind": "parking", "transport": "serial", "port": "uart2:17", "sensors": ["P-1"]},
      "config.sources[0].port: 'uart2:17' is not uart<id>[:<tx>:<rx>]"),
+    # register maps: a type the gateway cannot decode, registers two fields share
+    ({"kind": "water", "transport": "modbus", "port": "/dev/ttyUSB1",
+      "slaves": [{"address": 1, "sensor": "W-1", "map": {"ph": {"register": 0, "type": "uint"}}}]},
+     "config.sources[0].slaves[0].map.ph.type: 'uint' is not one of float32, int16, uint16, int32, uint32 "
+     "(did you mean 'uint16'?)"),
+    ({"kind": "water", "transport": "modbus", "port": "/dev/ttyUSB1",
+      "slaves": [{"address": 1, "sensor": "W-1", "map": {"ph": {"register": 4, "type": "int32"},
+                                                          "temp_c": {"register": 5, "type": "int16"}}}]},
+     "config.sources[0].slaves[0].map.temp_c: registers 5..5 (int16) overlap ph's 4..5 (int32)"),
 ]
+
+
+def test_check_config_shows_the_read_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = Path(__file__).resolve().parents[2]
+    sample = json.loads((root / "devices" / "water" / "sample.json").read_text(encoding="utf-8"))
+    cfg = tmp_path / "gw.json"
+    cfg.write_text(json.dumps({"gateway_id": "gw-1", "broker": {"host": "h"}, "sources": [sample]}))
+    assert main(["gateway", "check-config", "--config", str(cfg)]) == 0
+    slaves = json.loads(capsys.readouterr().out)["sources"][0]["slaves"]
+    assert [s["plan"]["reads"] for s in slaves] == [[[0, 18, 9]], [[0, 18, 9]], [[0, 9, 8]],
+                                                    [[100, 20, 7], [200, 3, 9]]]
 
 
 @pytest.mark.parametrize(("source", "message"), FIELD_MISTAKES)
