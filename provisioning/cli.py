@@ -210,6 +210,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = _action(sub, "flash", "copy an image onto a board: staged, verified, switched over last",
                 "--port /dev/ttyUSB0 build/gw-xihu-0001 --check-broker operator=@OPERATOR_PW",
+                "--port /dev/ttyUSB0 build/gw-xihu-0001 --check-broker ops=@OPS_PW"
+                " --check-cert fleet/tls/clients/ops.crt fleet/secrets/tls/clients/ops.key",
                 "--port /dev/ttyUSB0 --reassign build/gw-xihu-0002   # board was gw-xihu-0001",
                 note="exit status: 0 flashed and self-test passed, 1 not flashed (the message says what the "
                      "board boots),\n3 flashed but the self-test failed (the message says what failed)")
@@ -226,6 +228,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--check-broker", metavar="USER=PASSWORD", default=None,
                    help="self-test: also wait for the gateway's retained online status on its broker, "
                         "with this service account (PASSWORD may be @ENVVAR; never the gateway's own)")
+    p.add_argument("--check-cert", nargs=2, metavar=("CERT", "KEY"), type=Path, default=None,
+                   help="with --check-broker, on a broker that requires client certificates: the service"
+                        " account's certificate and key (tls-client), e.g. fleet/tls/clients/ops.crt"
+                        " fleet/secrets/tls/clients/ops.key")
 
 
 
@@ -270,12 +276,15 @@ def _self_test(args: argparse.Namespace, image: str, gateway_id: str) -> int:
     account = None
     if args.check_broker:
         account = _account(args.check_broker)
+    if args.check_cert and not account:
+        raise FleetError("--check-cert goes with --check-broker USER=@ENVVAR (the service account it is for)")
+    cert = (str(args.check_cert[0]), str(args.check_cert[1])) if args.check_cert else None
     broker = cfg["broker"]
     ca = args.image / broker["ca_file"] if broker.get("tls") and broker.get("ca_file") else None
     print(f"self-test: resetting the board on {args.port} and reading its console ...", flush=True)
     verdict = selftest(args.port, gateway_id=gateway_id, image=image, fw=str(manifest["fw"]), broker=broker,
                        account=account, prefix=str(cfg.get("prefix") or "city"),
-                       tls_ca=str(ca) if ca else None)
+                       tls_ca=str(ca) if ca else None, tls_cert=cert)
     print(verdict.text())
     return 0 if verdict.ok else 3
 

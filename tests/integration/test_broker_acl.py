@@ -433,9 +433,38 @@ def test_client_certificates_required_and_bound_to_their_account(tmp_path: Path)
         assert ("city/gw-b/up", b"forged") not in collector.got
         assert ("city/gw-b/status", b"offline") not in collector.got
         assert all(p.poll() is None for p in procs), "an agent died"
+        # The flash self-test's broker check (--check-broker with --check-cert) on this broker; gw-b
+        # is still online (the thief's client id became gw-a: it replaced gw-a's own session only).
+        from provisioning.selftest import NotAccepted, wait_online
+
+        status = wait_online("127.0.0.1", r.port, "city/gw-b/status", "no-such-image", username="collector-1",
+                             password="-", timeout=0.5, tls_ca=str(fleet.ca_path),
+                             tls_cert=(str(cert("collector-1")[0]), str(cert("collector-1")[1])))
+        assert status is not None and status["state"] == "online"
+        with pytest.raises(NotAccepted, match=r"closed the connection before accepting it.*--check-cert"):
+            wait_online("127.0.0.1", r.port, "city/gw-b/status", "no-such-image", username="collector-1",
+                        password="-", timeout=0.5, tls_ca=str(fleet.ca_path))
     finally:
         for proc in procs:
             stop_process(proc)
         for c in clients:
             c.close()
         broker.cleanup()
+
+
+def test_self_test_broker_check_says_when_its_own_login_is_refused(rig: tuple[Rig, Mosquitto]) -> None:
+    """`flash --check-broker` with a wrong service password: the laptop's own login is refused,
+    and the self-test must say that rather than "no online status from the gateway ... check the
+    gateway's password" (which sent the tech after the wrong password; it did before)."""
+    from provisioning.selftest import NotAccepted, wait_online
+
+    r, _broker = rig
+    gw = r.gw("gw-a")
+    gw.pub("city/gw-a/status", cbor2.dumps({"state": "online", "img": "abc"}))  # not retained: absent
+    with pytest.raises(NotAccepted, match="refused the login of collector-1"):
+        wait_online("127.0.0.1", r.port, "city/gw-a/status", "abc", username="collector-1",
+                    password="wrong", timeout=5)
+    # Positive control through the same path: the right password is let in (no status retained: None).
+    password = Fleet.load(r.dir).service_secret_path("collector-1").read_text().strip()
+    assert wait_online("127.0.0.1", r.port, "city/gw-a/status", "abc", username="collector-1",
+                       password=password, timeout=0.5) is None
