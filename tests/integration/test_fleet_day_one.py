@@ -45,12 +45,12 @@ OPTIONS = {"uplink": {"batch_age_ms": 300, "status_every_s": 5}, "trust_os_clock
 class Collector:
     """paho with the collector's account on `city/+/{up,status}`: what arrived, by topic."""
 
-    def __init__(self, port: int, password: str) -> None:
+    def __init__(self, port: int, user: str, password: str, topics: tuple[str, ...]) -> None:
         self.got: list[tuple[str, bytes, bool]] = []
         self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="collector-1")
-        self.client.username_pw_set("collector-1", password)
-        self.client.on_connect = lambda c, *a: c.subscribe([("city/+/up", 1), ("city/+/status", 1)])
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=user)
+        self.client.username_pw_set(user, password)
+        self.client.on_connect = lambda c, *a: c.subscribe([(t, 1) for t in topics])
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
@@ -73,6 +73,7 @@ def test_five_gateways_from_init_to_verified_boards(
     fleet = tmp_path / "fleet"
     port = free_port()
     monkeypatch.setenv("T_COLLECTOR_PW", "collector-pw-1")
+    monkeypatch.setenv("T_CHECK_PW", "field-check-pw")
     site = Mosquitto(workdir=str(tmp_path / "site-broker"))  # the lids' broker on the site's LAN
     devices: list[SerialDevice] = []
     bus: ModbusBus | None = None
@@ -104,7 +105,7 @@ def test_five_gateways_from_init_to_verified_boards(
             "gw-xihu-0003": {"site": "灵隐路", "district": "西湖区",
                              "sources": [serial(bays), serial(lobby)]},
             "gw-binjiang-0001": {"site": "钱塘江闸口", "district": "滨江区", "sources": [
-                {"kind": "water", "transport": "modbus", "port": bus.path, "poll_ms": 500, "timeout_ms": 150,
+                {"kind": "water", "transport": "modbus", "port": bus.path, "poll_ms": 1000,
                  "slaves": [{"address": 1, "sensor": "WQ-钱塘江-01", "word_order": "ABCD"},
                             {"address": 2, "sensor": "WQ-钱塘江-02", "word_order": "CDAB"}]}]},
             "gw-binjiang-0002": {"site": "江南大道", "district": "滨江区", "site_broker": site.port,
@@ -128,6 +129,8 @@ def test_five_gateways_from_init_to_verified_boards(
             "--listen", "127.0.0.1", "--conf-dir", str(fleet / "out" / "mosquitto"))
         cli("add-service-user", "--dir", str(fleet), "--name", "collector-1", "--role", "collector",
             "--password-env", "T_COLLECTOR_PW")
+        cli("add-service-user", "--dir", str(fleet), "--name", "field-check", "--role", "operator",
+            "--password-env", "T_CHECK_PW")
         options = tmp_path / "options.json"
         options.write_text(json.dumps(OPTIONS))
         for gid, g in gateways.items():
@@ -163,17 +166,19 @@ def test_five_gateways_from_init_to_verified_boards(
 
         talker = threading.Thread(target=sensors_talk, daemon=True)
         talker.start()
+        # The collector runs before the boards come up, as in a city: a water station's values change
+        # slowly, so after its first readings it may report again only at max_silence_s.
+        collector = Collector(port, "collector-1", "collector-pw-1", ("city/+/up", "city/+/status"))
         try:
             for gid in gateways:
                 board = VirtualBoard(tmp_path / "boards" / gid, heapsize=HEAP, reset_runs_main=True)
                 boards.append(board)
                 out = cli("flash", "--resume", "--quiet", "--port", board.start(), str(images[gid]),
-                          "--check-broker", "collector-1=@T_COLLECTOR_PW")
+                          "--check-broker", "field-check=@T_CHECK_PW")
                 image = json.loads((images[gid] / "manifest.json").read_text())["image"]
                 assert "self-test PASSED" in out and f"gateway id {gid}: ok" in out, out
                 assert f"retained status is online with image {image}" in out, out
 
-            collector = Collector(port, "collector-pw-1")
             images_of = {gid: json.loads((images[gid] / "manifest.json").read_text())["image"]
                          for gid in gateways}
             codecs = codecs_by_code()
@@ -182,9 +187,9 @@ def test_five_gateways_from_init_to_verified_boards(
                 online: set[str] = set()
                 reporting: set[str] = set()
                 assert collector is not None
-                for topic, payload, retain in collector.messages():
+                for topic, payload, _retain in collector.messages():
                     gid = topic.split("/")[1]
-                    if topic.endswith("/status") and retain:
+                    if topic.endswith("/status"):
                         status = decode_status(payload, max_bytes=65536)
                         if status.get("state") == "online" and status.get("img") == images_of.get(gid):
                             online.add(gid)
@@ -192,16 +197,43 @@ def test_five_gateways_from_init_to_verified_boards(
                         reporting.add(gid)
                 return online, reporting
 
-            deadline = time.monotonic() + 60
-            while online_and_reporting() != (set(gateways), set(gateways)):
-                online, reporting = online_and_reporting()
-                assert time.monotonic() < deadline, (
-                    f"online with their image: {sorted(online)}; with readings: {sorted(reporting)}; "
-                    + " | ".join(b.console_tail(600) for b in boards))
+            def last_statuses() -> dict[str, dict[str, object]]:
+                assert collector is not None
+                return {t.split("/")[1]: decode_status(p, max_bytes=65536)
+                        for t, p, _r in collector.messages() if t.endswith("/status")}
+
+            # The water stations' values do not change (the slave serves one snapshot), so the
+            # gateway reports them once, right at boot: only a collector that stays subscribed
+            # sees them. It did not while the self-test's broker check used the collector's own
+            # account: the broker binds client ids to usernames, so the check replaced the
+            # collector's session (the check now has an account of its own, `field-check`).
+            everyone = set(gateways)
+            deadline = time.monotonic() + 30
+            while online_and_reporting() != (everyone, everyone) and time.monotonic() < deadline:
                 time.sleep(0.1)
+            online, reporting = online_and_reporting()
+            assert online == everyone and reporting == everyone, (
+                f"online with their image: {sorted(online)}; with readings: {sorted(reporting)}; "
+                f"their last statuses: {last_statuses()}")
         finally:
             stop.set()
             talker.join()
+
+        # What the broker keeps for anyone who subscribes later (ops' dashboard): every gateway's
+        # retained status, online with the image it was flashed with.
+        late = Collector(port, "field-check", "field-check-pw", ("city/+/status",))
+        try:
+            def retained() -> dict[str, dict[str, object]]:
+                return {t.split("/")[1]: decode_status(p, max_bytes=65536)
+                        for t, p, r in late.messages() if r}
+
+            deadline = time.monotonic() + 10
+            while len(retained()) < len(gateways) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert {gid: (st.get("state"), st.get("img")) for gid, st in retained().items()} == {
+                gid: ("online", images_of[gid]) for gid in gateways}
+        finally:
+            late.close()
 
         # Each gateway publishes under its own id only: every topic names one of the five, and every
         # reading under a gateway's id is one of that gateway's own sensors.
