@@ -209,9 +209,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="check the file and print the esptool commands only")
 
     p = _action(sub, "flash", "copy an image onto a board: staged, verified, switched over last",
-                "--port /dev/ttyUSB0 build/gw-xihu-0001 --check-broker operator=@OPERATOR_PW",
-                "--port /dev/ttyUSB0 build/gw-xihu-0001 --check-broker ops=@OPS_PW"
-                " --check-cert fleet/tls/clients/ops.crt fleet/secrets/tls/clients/ops.key",
+                "--port /dev/ttyUSB0 build/gw-xihu-0001 --check-broker field-check=@CHECK_PW",
+                "--port /dev/ttyUSB0 build/gw-xihu-0001 --check-broker field-check=@CHECK_PW"
+                " --check-cert fleet/tls/clients/field-check.crt fleet/secrets/tls/clients/field-check.key",
                 "--port /dev/ttyUSB0 --reassign build/gw-xihu-0002   # board was gw-xihu-0001",
                 note="exit status: 0 flashed and self-test passed, 1 not flashed (the message says what the "
                      "board boots),\n3 flashed but the self-test failed (the message says what failed)")
@@ -227,11 +227,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="do not reset the board and check its boot line afterwards")
     p.add_argument("--check-broker", metavar="USER=PASSWORD", default=None,
                    help="self-test: also wait for the gateway's retained online status on its broker, "
-                        "with this service account (PASSWORD may be @ENVVAR; never the gateway's own)")
+                        "with this service account (PASSWORD may be @ENVVAR). Give the check an account "
+                        "of its own (add-service-user --name field-check --role operator): the broker "
+                        "binds client ids to usernames, so a check with the collector's or an operator "
+                        "tool's account replaces that service's session while it runs")
     p.add_argument("--check-cert", nargs=2, metavar=("CERT", "KEY"), type=Path, default=None,
                    help="with --check-broker, on a broker that requires client certificates: the service"
-                        " account's certificate and key (tls-client), e.g. fleet/tls/clients/ops.crt"
-                        " fleet/secrets/tls/clients/ops.key")
+                        " account's certificate and key (tls-client), e.g. fleet/tls/clients/field-check.crt"
+                        " fleet/secrets/tls/clients/field-check.key")
 
 
 
