@@ -36,6 +36,9 @@ BROKER = {
     "password": (str, None, "MQTT password"),
     "tls": (bool, False, "connect with TLS"),
     "ca_file": (str, None, "CA certificate (PEM) to verify the broker with TLS; relative: beside the config"),
+    "certfile": (str, None, "this gateway's TLS client certificate (PEM), for brokers that require one; "
+                 "relative: beside the config"),
+    "keyfile": (str, None, "the private key (PEM) of certfile"),
     "keepalive_s": (int, 60, "MQTT keepalive (>= 1); the broker declares us offline after 1.5x"),
     "client_id": (str, None, "MQTT client id (default: the gateway id)"),
     "endpoints": (list, None, "more nodes of the same broker cluster, \"host:port\" each: after host:port, "
@@ -506,6 +509,10 @@ def validate(raw, platform=None):
                 errs.append("config.%s.port: %r is outside 1..65535" % (name, b["port"]))
             if b is not None:
                 b["endpoints"] = _endpoints(b, "config." + name, name == "broker", errs)
+            if b is not None and (b["certfile"] is None) != (b["keyfile"] is None):
+                errs.append("config.%s: certfile and keyfile go together" % name)
+            elif b is not None and b["certfile"] is not None and not b["tls"]:
+                errs.append("config.%s.certfile: a client certificate needs tls: true" % name)
     cfg["store"] = st = _check(cfg["store"] or {}, STORE, "config.store", errs)
     if st is not None and st["segment_bytes"] > st["budget_bytes"]:
         errs.append("config.store.segment_bytes: %r is larger than budget_bytes %r" % (
@@ -529,9 +536,10 @@ def validate(raw, platform=None):
 def load(path):
     """Read and validate a config file; JSON syntax errors become ConfigError too.
 
-    A relative broker.ca_file is read from the config's folder (a board's image folder carries
-    its CA beside its config); a CA file that is not there is an error naming it. (Here, not in
-    edge.main: this module is dropped after boot, so the check costs no heap for the run.)
+    A relative broker.ca_file (certfile, keyfile) is read from the config's folder (a board's
+    image folder carries them beside its config); a file that is not there is an error naming
+    it. (Here, not in edge.main: this module is dropped after boot, so the check costs no heap
+    for the run.)
     """
     import json
     import os
@@ -545,14 +553,15 @@ def load(path):
         raise ConfigError("%s is not valid JSON: %s" % (path, exc)) from None
     cfg = validate(raw)
     b = cfg["broker"]
-    ca = b["ca_file"]
-    if ca:
-        if ca[0] != "/" and "/" in path:
-            b["ca_file"] = ca = path.rsplit("/", 1)[0] + "/" + ca
-        try:
-            os.stat(ca)
-        except OSError:
-            raise ConfigError("config.broker.ca_file: %s is not on this gateway" % ca) from None
+    for key in ("ca_file", "certfile", "keyfile"):
+        name = b[key]
+        if name:
+            if name[0] != "/" and "/" in path:
+                b[key] = name = path.rsplit("/", 1)[0] + "/" + name
+            try:
+                os.stat(name)
+            except OSError:
+                raise ConfigError("config.broker.%s: %s is not on this gateway" % (key, name)) from None
     return cfg
 
 

@@ -100,6 +100,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         " (gateways need no reflash)")
     p.add_argument("--days", type=int, default=825, help="broker certificate lifetime (default 825)")
 
+    p = _action(sub, "tls-client",
+                "issue TLS client certificates of the fleet CA to gateways and service accounts",
+                "--dir fleet --all                      # every gateway and service account without one",
+                "--dir fleet --name gw-xihu-0001        # a new one for this gateway (render, build, flash)",
+                "--dir fleet --all --require            # and make the broker require them (render, restart)")
+    p.add_argument("--dir", required=True, type=Path, help="fleet directory")
+    p.add_argument("--name", action="append", default=[],
+                   help="a gateway id or service account (repeatable); its certificate is replaced")
+    p.add_argument("--all", action="store_true",
+                   help="every gateway and service account that has no certificate yet")
+    p.add_argument("--require", action=argparse.BooleanOptionalAction, default=None,
+                   help="the gateway listener requires a client certificate and takes its name as the"
+                        " username (require_certificate, use_identity_as_username)")
+    p.add_argument("--days", type=int, default=825, help="certificate lifetime (default 825)")
+
     p = _action(sub, "add-gateway",
                 "register a gateway and issue its credentials (its config is checked now)",
                 "--dir fleet --id gw-xihu-0001 --site 文三路 --district 西湖区 --sources sources.json",
@@ -194,7 +209,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="check the file and print the esptool commands only")
 
     p = _action(sub, "flash", "copy an image onto a board: staged, verified, switched over last",
-                "--port /dev/ttyUSB0 build/gw-xihu-0001 --check-broker operator=@OPERATOR_PW",
+                "--port /dev/ttyUSB0 build/gw-xihu-0001 --check-broker field-check=@CHECK_PW",
+                "--port /dev/ttyUSB0 build/gw-xihu-0001 --check-broker field-check=@CHECK_PW"
+                " --check-cert fleet/tls/clients/field-check.crt fleet/secrets/tls/clients/field-check.key",
                 "--port /dev/ttyUSB0 --reassign build/gw-xihu-0002   # board was gw-xihu-0001",
                 note="exit status: 0 flashed and self-test passed, 1 not flashed (the message says what the "
                      "board boots),\n3 flashed but the self-test failed (the message says what failed)")
@@ -210,7 +227,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="do not reset the board and check its boot line afterwards")
     p.add_argument("--check-broker", metavar="USER=PASSWORD", default=None,
                    help="self-test: also wait for the gateway's retained online status on its broker, "
-                        "with this service account (PASSWORD may be @ENVVAR; never the gateway's own)")
+                        "with this service account (PASSWORD may be @ENVVAR). Give the check an account "
+                        "of its own (add-service-user --name field-check --role operator): the broker "
+                        "binds client ids to usernames, so a check with the collector's or an operator "
+                        "tool's account replaces that service's session while it runs")
+    p.add_argument("--check-cert", nargs=2, metavar=("CERT", "KEY"), type=Path, default=None,
+                   help="with --check-broker, on a broker that requires client certificates: the service"
+                        " account's certificate and key (tls-client), e.g. fleet/tls/clients/field-check.crt"
+                        " fleet/secrets/tls/clients/field-check.key")
 
 
 
@@ -255,12 +279,15 @@ def _self_test(args: argparse.Namespace, image: str, gateway_id: str) -> int:
     account = None
     if args.check_broker:
         account = _account(args.check_broker)
+    if args.check_cert and not account:
+        raise FleetError("--check-cert goes with --check-broker USER=@ENVVAR (the service account it is for)")
+    cert = (str(args.check_cert[0]), str(args.check_cert[1])) if args.check_cert else None
     broker = cfg["broker"]
     ca = args.image / broker["ca_file"] if broker.get("tls") and broker.get("ca_file") else None
     print(f"self-test: resetting the board on {args.port} and reading its console ...", flush=True)
     verdict = selftest(args.port, gateway_id=gateway_id, image=image, fw=str(manifest["fw"]), broker=broker,
                        account=account, prefix=str(cfg.get("prefix") or "city"),
-                       tls_ca=str(ca) if ca else None)
+                       tls_ca=str(ca) if ca else None, tls_cert=cert)
     print(verdict.text())
     return 0 if verdict.ok else 3
 
@@ -410,6 +437,32 @@ def _run(args: argparse.Namespace) -> int:
         fleet.save()
         print(f"broker certificate: {tls.broker_cert_path(fleet)} for {', '.join(names)};"
               " run `render`, copy out/mosquitto/ to the broker and restart it")
+        return 0
+    if args.action == "tls-client":
+        from provisioning import tls
+
+        fleet = Fleet.load(args.dir)
+        names = list(args.name)
+        if args.all:
+            names += [n for n in sorted(fleet.gateways) + sorted(fleet.service_users)
+                      if not fleet.has_client_cert(n) and n not in names]
+        if not names and args.require is None:
+            raise FleetError("tls-client: give --name ACCOUNT, --all or --require")
+        for name in names:
+            tls.issue_client_cert(fleet, name, days=args.days)
+            print(f"client certificate for {name}: {fleet.client_cert_path(name)}"
+                  f" (key in {fleet.client_key_path(name)}, mode 0600)")
+        if args.require is not None:
+            if args.require:
+                fleet.broker_server["require_client_cert"] = True
+            else:
+                fleet.broker_server.pop("require_client_cert", None)
+            fleet.save()
+            print("the broker " + ("requires" if args.require else "no longer requires") +
+                  " client certificates: run `render`, copy out/mosquitto/ to the broker and restart it")
+        if names:
+            print("run `render`; rebuild and reflash those gateways; give each service its"
+                  " certificate and key")
         return 0
     if args.action == "add-gateway":
         fleet = Fleet.load(args.dir)

@@ -119,6 +119,27 @@ def _bundle_ca(raw: dict[str, Any], config_path: Path, out: Path, ca_file: Path 
     broker["ca_file"] = CA_NAME  # edge.main reads it relative to the config's folder
 
 
+def _bundle_client_cert(raw: dict[str, Any], config_path: Path, out: Path) -> None:
+    """A gateway's TLS client certificate and key (`tls-client`) go into the image beside its
+    config, under the names the config gives them; the key is created 0600 like the config."""
+    from provisioning.fleet import CLIENT_CERT, CLIENT_KEY
+
+    broker = raw.get("broker", {})
+    for key, name in (("certfile", CLIENT_CERT), ("keyfile", CLIENT_KEY)):
+        named = broker.get(key)
+        if not named:
+            continue
+        for candidate in (config_path.parent / named, Path(named)):
+            if candidate.is_file():
+                write_atomic(out / name, candidate.read_bytes(), private=key == "keyfile")
+                broker[key] = name
+                break
+        else:
+            raise FleetError(f"{config_path}: broker.{key} {named!r} is not beside the config nor at"
+                             " that path on this laptop: build from the folder `render` wrote"
+                             " (out/gateways/<id>/)")
+
+
 def build(config_path: Path, out: Path, *, progress: Callable[[str], None] = print, optimise: int = 0,
           ca_file: Path | None = None) -> int:
     """Compile the image into `out` (replaced); returns its size in bytes.
@@ -153,6 +174,7 @@ def build(config_path: Path, out: Path, *, progress: Callable[[str], None] = pri
             raise FleetError(f"mpy-cross failed on {rel}: {result.stderr.strip()}")
         progress(f"[{i}/{len(files)}] {rel} -> {target.stat().st_size} bytes")
     _bundle_ca(raw, config_path, out, ca_file, progress)
+    _bundle_client_cert(raw, config_path, out)
     write_atomic(out / "config.json", json.dumps(raw, indent=2, ensure_ascii=False) + "\n", private=True)
     digests = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
                for p in sorted(out.rglob("*")) if p.is_file()}

@@ -54,6 +54,8 @@ GITIGNORE = (
     "secrets/\nout/\n"
 )
 
+CLIENT_CERT = "client.crt"  # a gateway's TLS client certificate and key, beside its config.json
+CLIENT_KEY = "client.key"
 _FLEET_KEYS = {"prefix", "broker", "broker_server", "service_users", "gateways"}
 _GATEWAY_KEYS = {"site", "district", "password_hash", "sources", "extra", "broker", "site_broker"}
 
@@ -166,10 +168,14 @@ class Fleet:
         conf_dir = self.broker_server.get("conf_dir")
         if conf_dir is not None and not CONF_DIR.match(conf_dir):
             raise FleetError(f"conf dir {conf_dir!r}: an absolute path without spaces")
-        unknown = set(self.broker_server) - {"listen", "conf_dir"}
+        unknown = set(self.broker_server) - {"listen", "conf_dir", "require_client_cert"}
         if unknown:
             key = sorted(unknown)[0]
-            raise FleetError(f"fleet.json broker_server: unknown key {key!r} (known: conf_dir, listen)")
+            raise FleetError(f"fleet.json broker_server: unknown key {key!r}"
+                             " (known: conf_dir, listen, require_client_cert)")
+        if self.broker_server.get("require_client_cert") and not (self.broker.get("tls")
+                                                                  and self.ca_path.exists()):
+            raise FleetError("client certificates need TLS and the fleet CA: run `tls-init` first")
 
     def save(self) -> None:
         self.check()
@@ -258,7 +264,8 @@ class Fleet:
         """Forget a gateway and delete its secrets; the next `render` drops it from passwd and ACL."""
         self.gateway(gid)
         del self.gateways[gid]
-        for path in (self._secret_path(gid), self._secret_path(gid, "site-broker")):
+        for path in (self._secret_path(gid), self._secret_path(gid, "site-broker"),
+                     self.client_key_path(gid), self.client_cert_path(gid)):
             path.unlink(missing_ok=True)
 
     def rotate_password(self, gid: str) -> str:
@@ -305,6 +312,8 @@ class Fleet:
             "broker": dict(self.broker_for(gid), username=gid, password=password),
             "sources": gw.sources,
         }
+        if self.has_client_cert(gid):  # `tls-client`: render puts both files beside config.json
+            raw["broker"].update(certfile=CLIENT_CERT, keyfile=CLIENT_KEY)
         if gw.site:
             raw["site"] = gw.site
         if gw.site_broker is not None:
@@ -354,7 +363,18 @@ class Fleet:
     def remove_service_user(self, name: str) -> None:
         self.service_user(name)
         del self.service_users[name]
-        self.service_secret_path(name).unlink(missing_ok=True)
+        for path in (self.service_secret_path(name), self.client_key_path(name), self.client_cert_path(name)):
+            path.unlink(missing_ok=True)
+
+    def client_key_path(self, name: str) -> Path:
+        """The private key of an account's TLS client certificate (`tls-client`), mode 0600."""
+        return self.secrets_dir / "tls" / "clients" / f"{name}.key"
+
+    def client_cert_path(self, name: str) -> Path:
+        return self.dir / "tls" / "clients" / f"{name}.crt"
+
+    def has_client_cert(self, name: str) -> bool:
+        return self.client_cert_path(name).exists() and self.client_key_path(name).exists()
 
     def service_user(self, name: str) -> ServiceUser:
         try:

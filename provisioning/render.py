@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from provisioning.files import private_dir, write_atomic
-from provisioning.fleet import ROLES, Fleet, FleetError, tls_warning
+from provisioning.fleet import CLIENT_CERT, CLIENT_KEY, ROLES, Fleet, FleetError, tls_warning
 from provisioning.tls import broker_cert_path, broker_key_path
 
 DEFAULT_CONF_DIR = "/etc/mosquitto/citybrain"
@@ -182,6 +182,13 @@ def broker_conf_text(fleet: Fleet) -> str:
             f"keyfile {conf_dir}/broker.key",
             "tls_version tlsv1.2",
         ]
+        if srv.get("require_client_cert"):
+            lines += [
+                "# Every client shows a certificate of the fleet CA (`citybrain provision tls-client`);",
+                "# its common name is its username, so gateway A's certificate can only act as A.",
+                "require_certificate true",
+                "use_identity_as_username true",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -247,6 +254,11 @@ def render(fleet: Fleet, out: Path) -> Report:
                              " is missing: run `citybrain provision set-broker --ca-file <ca.pem>`")
         ca_name = PurePosixPath(fleet.broker["ca_file"]).name
 
+    if fleet.broker_server.get("require_client_cert"):
+        missing = [gid for gid in sorted(fleet.gateways) if not fleet.has_client_cert(gid)]
+        if missing:
+            raise FleetError(f"the broker requires client certificates and {', '.join(missing)} has none:"
+                             f" run `citybrain provision tls-client --dir {fleet.dir} --all`")
     gateways_dir = private_dir(out / "gateways")
     configs = {gid: gateway_config(fleet, gid) for gid in sorted(fleet.gateways)}  # all valid, or none
     for gid, cfg in configs.items():
@@ -256,6 +268,10 @@ def render(fleet: Fleet, out: Path) -> Report:
         if ca_name:
             keep.add(ca_name)
             put(gw_dir / ca_name, fleet.ca_path.read_text())
+        if "certfile" in cfg["broker"]:  # its TLS client certificate (`tls-client`) and key
+            keep |= {CLIENT_CERT, CLIENT_KEY}
+            put(gw_dir / CLIENT_CERT, fleet.client_cert_path(gid).read_text())
+            put(gw_dir / CLIENT_KEY, fleet.client_key_path(gid).read_text(), private=True)
         for stale in sorted(gw_dir.iterdir()):
             if stale.name not in keep:
                 _remove(stale, report)

@@ -15,6 +15,7 @@ When the broker is reachable from the laptop, the retained `online` status of th
 from __future__ import annotations
 
 import re
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -103,6 +104,15 @@ def judge(con: Console, *, gateway_id: str, image: str, fw: str, status: dict[st
             lines.append(f"sensor sources: {opened} of {configured} opened")
     else:
         lines.append("sensor sources: no open errors on the console (start-up line not seen yet)")
+    # Not a failure (a board's first NTP answer may come after the settle time), but never silent:
+    # a gateway without a clock logs every reading and sends none (docs/gateway.md, "Clock").
+    clock = "synced" if status is not None and status.get("clock_synced") else con.up.get("clock")
+    if clock == "synced":
+        lines.append("clock: set")
+    elif clock == "unsynced":
+        lines.append("clock: NOT set yet: the board holds its readings until it is (NTP from the config's "
+                     "ntp_host: let the site's network reach it, UDP 123; a Linux gateway needs "
+                     "trust_os_clock); its status shows clock_synced once set")
     if status is not None:
         if status.get("img") == image and status.get("state") == "online":
             lines.append(f"broker: the gateway's retained status is online with image {image}")
@@ -122,12 +132,19 @@ def judge(con: Console, *, gateway_id: str, image: str, fw: str, status: dict[st
     return Verdict(ok, lines)
 
 
+class NotAccepted(OSError):
+    """The broker was reached but did not take this laptop's connection (CONNACK refused, or the
+    connection closed before it, as a broker requiring client certificates does without one)."""
+
+
 def wait_online(host: str, port: int, topic: str, image: str, *, username: str | None, password: str | None,
-                timeout: float, tls_ca: str | None = None) -> dict[str, Any] | None:
+                timeout: float, tls_ca: str | None = None,
+                tls_cert: tuple[str, str] | None = None) -> dict[str, Any] | None:
     """The gateway's retained status once it is `online` with `image` (None if not within `timeout`).
 
-    Raises OSError if the broker cannot be reached from here at all (then the caller says
-    "not checked" rather than "failed")."""
+    Raises OSError if the broker cannot be reached from here at all, NotAccepted if it refused
+    this laptop's own connection (then the caller says "not checked", and why, rather than blame
+    the gateway)."""
     import threading
 
     import cbor2
@@ -135,6 +152,25 @@ def wait_online(host: str, port: int, topic: str, image: str, *, username: str |
 
     got: list[dict[str, Any]] = []
     cond = threading.Condition()
+    session: dict[str, str] = {}  # "ok", or "refused": the reason
+
+    def on_connect(client: mqtt.Client, userdata: object, flags: object, rc: Any,
+                   props: object = None) -> None:
+        with cond:
+            if rc.is_failure:
+                session["refused"] = f"the broker refused the login of {username}: {rc}"
+            else:
+                session["ok"] = "1"
+                client.subscribe(topic, 1)
+            cond.notify_all()
+
+    def on_disconnect(client: mqtt.Client, *args: object) -> None:
+        with cond:
+            if "ok" not in session:
+                no_cert = tls_ca and not tls_cert
+                hint = " (it may require a client certificate: --check-cert)" if no_cert else ""
+                session.setdefault("refused", "the broker closed the connection before accepting it" + hint)
+                cond.notify_all()
 
     def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -151,8 +187,10 @@ def wait_online(host: str, port: int, topic: str, image: str, *, username: str |
     if username:
         client.username_pw_set(username, password)
     if tls_ca:
-        client.tls_set(ca_certs=tls_ca)
-    client.on_connect = lambda c, *a: c.subscribe(topic, 1)
+        certfile, keyfile = tls_cert or (None, None)
+        client.tls_set(ca_certs=tls_ca, certfile=certfile, keyfile=keyfile)
+    client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
     client.on_message = on_message
     client.connect(host, port, keepalive=30)
     client.loop_start()
@@ -160,11 +198,15 @@ def wait_online(host: str, port: int, topic: str, image: str, *, username: str |
         deadline = time.monotonic() + timeout
         with cond:
             while True:
+                if "refused" in session:
+                    raise NotAccepted(session["refused"])
                 for status in got:
                     if status.get("state") == "online" and status.get("img") == image:
                         return status
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    if "ok" not in session:
+                        raise NotAccepted(f"no answer to this laptop's connection within {timeout:.0f} s")
                     return got[-1] if got else None
                 cond.wait(left)
     finally:
@@ -193,6 +235,7 @@ SETTLE_S = 5.0  # after the boot line: time for a sensor port or the broker to f
 
 def selftest(port: str, *, gateway_id: str, image: str, fw: str, broker: dict[str, Any] | None,
              account: tuple[str, str] | None, prefix: str, tls_ca: str | None = None,
+             tls_cert: tuple[str, str] | None = None,
              timeout: float = 30.0) -> Verdict:
     """Soft-reset the board on `port` (Ctrl-D at its REPL runs main.py), read its console, check the
     broker with `account` (a service account: never the gateway's own, whose client id it would take)."""
@@ -238,8 +281,12 @@ def selftest(port: str, *, gateway_id: str, image: str, fw: str, broker: dict[st
         try:
             status = wait_online(str(broker["host"]), int(broker.get("port") or 1883),
                                  f"{prefix}/{gateway_id}/status", image, username=account[0],
-                                 password=account[1], timeout=timeout, tls_ca=tls_ca)
+                                 password=account[1], timeout=timeout, tls_ca=tls_ca, tls_cert=tls_cert)
             checked = True
+        except (NotAccepted, ssl.SSLError) as exc:  # reached, but this laptop was not let in
+            notes.append(f"broker {broker['host']}:{broker.get('port')} did not accept this laptop's check "
+                         f"({exc}): not checked; check the --check-broker account and password, and on a "
+                         "broker that requires client certificates give --check-cert CERT KEY")
         except OSError as exc:
             notes.append(f"broker {broker['host']}:{broker.get('port')} not reachable from this laptop "
                          f"({exc}): not checked")

@@ -120,3 +120,41 @@ def issue_broker_cert(fleet: Fleet, names: list[str], *, days: int = BROKER_DAYS
     )
     write_atomic(broker_key_path(fleet), _key_pem(key), private=True)
     write_atomic(broker_cert_path(fleet), cert.public_bytes(serialization.Encoding.PEM))
+
+
+CLIENT_DAYS = 825
+
+
+def issue_client_cert(fleet: Fleet, name: str, *, days: int = CLIENT_DAYS) -> None:
+    """A client certificate for account `name` (a gateway or a service account), signed by the
+    fleet CA, its common name the account name: a broker with `use_identity_as_username` takes
+    that as the username, so the certificate of gateway A can only ever act as A."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    if name not in fleet.gateways and name not in fleet.service_users:
+        raise FleetError(f"{name}: no such gateway or service account")
+    try:
+        ca_key = serialization.load_pem_private_key(ca_key_path(fleet).read_bytes(), None)
+        ca_cert = x509.load_pem_x509_certificate(fleet.ca_path.read_bytes())
+    except FileNotFoundError as exc:
+        raise FleetError(f"no fleet CA ({exc.filename}): run `citybrain provision tls-init --dir {fleet.dir}`"
+                         " first (client certificates are signed by the fleet's own CA)") from None
+    key = _new_key()
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name)).issuer_name(ca_cert.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),  # type: ignore[arg-type]
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    private_dir(fleet.client_key_path(name).parent)
+    write_atomic(fleet.client_key_path(name), _key_pem(key), private=True)
+    write_atomic(fleet.client_cert_path(name), cert.public_bytes(serialization.Encoding.PEM))

@@ -53,7 +53,10 @@ class PosixPort:
             from edge.ports.tls import micropython_context
 
             return micropython_context(broker, self.log)
-        return ssl.create_default_context(cafile=broker.get("ca_file"))
+        ctx = ssl.create_default_context(cafile=broker.get("ca_file"))
+        if broker.get("certfile"):
+            ctx.load_cert_chain(broker["certfile"], broker["keyfile"])
+        return ctx
 
     def mem_free(self):
         if IS_MICROPYTHON:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import ssl
+import stat
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -47,7 +49,7 @@ class Client:
         self.dropped = threading.Event()
         self.c.on_connect = self._on_connect
         self.c.on_disconnect = lambda *a: self.dropped.set()
-        self.c.on_message = lambda c, u, m: self.got.append((m.topic, m.payload))
+        self.c.on_message = lambda c, u, m: self.got.append((m.topic, bytes(m.payload)))
         self.c.connect("127.0.0.1", port, clean_start=clean_start,
                        properties=_session(3600) if not clean_start else None)
         self.c.loop_start()
@@ -282,15 +284,20 @@ def test_shipped_config_binds_client_ids_on_every_listener(tmp_path: Path) -> No
         broker.cleanup()
 
 
-def tls_client(port: int, ca: Path, user: str, password: str) -> Client:
-    """A Client over TLS verifying the broker with `ca` (raises ssl.SSLError if it cannot)."""
+def tls_client(port: int, ca: Path, user: str, password: str, *, cert: tuple[Path, Path] | None = None,
+               client_id: str | None = None) -> Client:
+    """A Client over TLS verifying the broker with `ca` (raises ssl.SSLError if it cannot), showing
+    the client certificate `cert` (certificate, key) if given."""
     c = Client.__new__(Client)
-    c.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=user, protocol=P)
-    c.c.tls_set_context(ssl.create_default_context(cafile=str(ca)))
+    c.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or user, protocol=P)
+    ctx = ssl.create_default_context(cafile=str(ca))
+    if cert is not None:
+        ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+    c.c.tls_set_context(ctx)
     c.c.username_pw_set(user, password)
     c.got, c.rc, c.connected, c.dropped = [], None, threading.Event(), threading.Event()
     c.c.on_connect = c._on_connect
-    c.c.on_message = lambda cl, u, m: c.got.append((m.topic, m.payload))
+    c.c.on_message = lambda cl, u, m: c.got.append((m.topic, bytes(m.payload)))
     c.c.connect("127.0.0.1", port)
     c.c.loop_start()
     assert c.connected.wait(10), "no CONNACK"
@@ -350,3 +357,128 @@ def test_tls_kit_on_a_real_broker_and_a_micropython_agent(tmp_path: Path) -> Non
         for c in clients:
             c.close()
         broker.cleanup()
+
+
+def raw_tls_connack(port: int, ca: Path, user: str, password: str, cert: tuple[Path, Path] | None) -> int:
+    """An MQTT 3.1.1 CONNECT over TLS on a plain socket; the CONNACK's return code. A handshake the
+    broker refuses raises ssl.SSLError (TLS 1.2) or, once TLS 1.3 reports it at the first read, an
+    SSLError or a connection reset/EOF."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    if cert is not None:
+        ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+
+    def field(b: bytes) -> bytes:
+        return len(b).to_bytes(2, "big") + b
+
+    body = field(b"MQTT") + bytes([4, 0xC2]) + (60).to_bytes(2, "big") + field(b"raw-" + user.encode())
+    body += field(user.encode()) + field(password.encode())
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+        s.sendall(bytes([0x10, len(body)]) + body)
+        connack = s.recv(4)
+        if len(connack) < 4:
+            raise ConnectionError(f"closed by the broker after {connack!r}")
+        return connack[3]
+
+
+def test_client_certificates_required_and_bound_to_their_account(tmp_path: Path) -> None:
+    """`tls-client --all --require`: the rendered listener requires a certificate of the fleet CA
+    and takes its common name as the username. Without one: refused. Gateway A's certificate with
+    B's username and password: the broker knows it as A, so it cannot publish as B (nor take B's
+    session). The gateways' rendered folders (config.json, ca.pem, client.crt, client.key) bring
+    the agent online under both interpreters: gw-a on MicroPython, gw-b on CPython."""
+    from tests.integration.test_tls import interpreter
+
+    r = Rig(tmp_path)
+    r.cli("init", "--dir", str(r.dir), "--broker-host", "127.0.0.1", "--broker-port", str(r.port), "--tls",
+          "--listen", "127.0.0.1", "--conf-dir", str(r.out / "mosquitto"))
+    for gid in ("gw-a", "gw-b"):
+        r.cli("add-gateway", "--dir", str(r.dir), "--id", gid)
+    r.cli("add-service-user", "--dir", str(r.dir), "--name", "collector-1", "--role", "collector")
+    r.cli("tls-init", "--dir", str(r.dir), "--name", "127.0.0.1")
+    r.cli("tls-client", "--dir", str(r.dir), "--all", "--require")
+    r.cli("render", "--dir", str(r.dir))
+    conf = (r.out / "mosquitto" / "conf.d" / "citybrain.conf").read_text()
+    assert "require_certificate true" in conf and "use_identity_as_username true" in conf, conf
+    fleet = Fleet.load(r.dir)
+    gw_dir = {gid: r.out / "gateways" / gid for gid in ("gw-a", "gw-b")}
+    assert stat.S_IMODE((gw_dir["gw-a"] / "client.key").stat().st_mode) == 0o600
+
+    broker = Mosquitto(r.port, workdir=str(tmp_path / "broker"),
+                       include_dir=str(r.out / "mosquitto" / "conf.d"))
+    broker.start()
+    procs: list[subprocess.Popen[bytes]] = []
+    clients: list[Client] = []
+    try:
+        def cert(name: str) -> tuple[Path, Path]:
+            return fleet.client_cert_path(name), fleet.client_key_path(name)
+
+        collector = tls_client(r.port, fleet.ca_path, "collector-1", "-", cert=cert("collector-1"))
+        clients.append(collector)
+        assert collector.rc == 0
+        collector.sub("city/+/status", "city/+/up")
+        # No client certificate, the right password: refused in the handshake. Through the same
+        # path, the same account with its certificate gets its CONNACK (0: accepted).
+        assert raw_tls_connack(r.port, fleet.ca_path, "gw-a", fleet.password("gw-a"), cert("gw-a")) == 0
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            raw_tls_connack(r.port, fleet.ca_path, "gw-a", fleet.password("gw-a"), None)
+        # Both gateways' agents, each from its rendered folder, as a board or a Linux gateway gets it.
+        for gid, name in (("gw-a", "micropython"), ("gw-b", "cpython")):
+            work = tmp_path / f"board-{gid}"
+            work.mkdir()
+            for f in ("config.json", "ca.pem", "client.crt", "client.key"):
+                (work / f).write_bytes((gw_dir[gid] / f).read_bytes())
+            argv, env = interpreter(name, "-m", "edge.main", "config.json")
+            with open(work / "agent.log", "wb") as log:
+                procs.append(subprocess.Popen(argv, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                              start_new_session=True))
+        for gid in ("gw-a", "gw-b"):
+            wait_until(lambda g=gid: any(t == f"city/{g}/status" and cbor2.loads(p)["state"] == "online"  # type: ignore[misc]
+                                         for t, p in collector.got), 30,
+                       f"{gid} online with its client certificate (log: {tmp_path}/board-{gid}/agent.log)")
+        # gw-a's certificate with gw-b's username, password and client id: the broker knows it as gw-a.
+        thief = tls_client(r.port, fleet.ca_path, "gw-b", fleet.password("gw-b"), cert=cert("gw-a"),
+                           client_id="gw-b")
+        clients.append(thief)
+        assert thief.rc == 0
+        thief.pub("city/gw-b/up", b"forged")
+        thief.pub("city/gw-b/status", b"offline")
+        r.barrier(thief, "city/gw-a/up", [collector])  # what it may do as gw-a arrives; the rest did not
+        assert ("city/gw-b/up", b"forged") not in collector.got
+        assert ("city/gw-b/status", b"offline") not in collector.got
+        assert all(p.poll() is None for p in procs), "an agent died"
+        # The flash self-test's broker check (--check-broker with --check-cert) on this broker; gw-b
+        # is still online (the thief's client id became gw-a: it replaced gw-a's own session only).
+        from provisioning.selftest import NotAccepted, wait_online
+
+        status = wait_online("127.0.0.1", r.port, "city/gw-b/status", "no-such-image", username="collector-1",
+                             password="-", timeout=0.5, tls_ca=str(fleet.ca_path),
+                             tls_cert=(str(cert("collector-1")[0]), str(cert("collector-1")[1])))
+        assert status is not None and status["state"] == "online"
+        with pytest.raises(NotAccepted, match=r"closed the connection before accepting it.*--check-cert"):
+            wait_online("127.0.0.1", r.port, "city/gw-b/status", "no-such-image", username="collector-1",
+                        password="-", timeout=0.5, tls_ca=str(fleet.ca_path))
+    finally:
+        for proc in procs:
+            stop_process(proc)
+        for c in clients:
+            c.close()
+        broker.cleanup()
+
+
+def test_self_test_broker_check_says_when_its_own_login_is_refused(rig: tuple[Rig, Mosquitto]) -> None:
+    """`flash --check-broker` with a wrong service password: the laptop's own login is refused,
+    and the self-test must say that rather than "no online status from the gateway ... check the
+    gateway's password" (which sent the tech after the wrong password; it did before)."""
+    from provisioning.selftest import NotAccepted, wait_online
+
+    r, _broker = rig
+    gw = r.gw("gw-a")
+    gw.pub("city/gw-a/status", cbor2.dumps({"state": "online", "img": "abc"}))  # not retained: absent
+    with pytest.raises(NotAccepted, match="refused the login of collector-1"):
+        wait_online("127.0.0.1", r.port, "city/gw-a/status", "abc", username="collector-1",
+                    password="wrong", timeout=5)
+    # Positive control through the same path: the right password is let in (no status retained: None).
+    password = Fleet.load(r.dir).service_secret_path("collector-1").read_text().strip()
+    assert wait_online("127.0.0.1", r.port, "city/gw-a/status", "abc", username="collector-1",
+                       password=password, timeout=0.5) is None

@@ -215,3 +215,15 @@ def test_broker_endpoints_are_host_port_after_the_first():
     assert "config.broker.endpoints[1]" in msg and "config.broker.endpoints[2]" in msg
     assert _err(_with(broker={"host": "h", "endpoints": "n2:1"})) == (
         "config.broker.endpoints: expected list, got 'n2:1'")
+
+
+def test_client_certificate_needs_its_key_and_tls():
+    """A gateway's TLS client certificate (brokers that require one): certfile and keyfile go
+    together, and only with tls; refused at load, naming the key."""
+    tls = {"host": "127.0.0.1", "tls": True, "ca_file": "ca.pem"}
+    ok = dict(tls, certfile="client.crt", keyfile="client.key")
+    assert config.validate(_with(broker=ok))["broker"]["certfile"] == "client.crt"
+    assert "certfile and keyfile go together" in _err(_with(broker=dict(tls, certfile="client.crt")))
+    assert "certfile and keyfile go together" in _err(_with(broker=dict(tls, keyfile="client.key")))
+    plain = {"host": "127.0.0.1", "certfile": "client.crt", "keyfile": "client.key"}
+    assert "config.broker.certfile: a client certificate needs tls: true" in _err(_with(broker=plain))

@@ -73,3 +73,36 @@ def test_missing_ca_file_is_a_config_error_naming_the_file():
         raise AssertionError("accepted a ca_file that is not there")
     finally:
         os.remove(path)
+
+
+def test_missing_client_key_is_a_config_error_naming_the_file():
+    """A client certificate whose key is not on the gateway stops it at boot, naming the file."""
+    path = _write(_tls_config("ca-c.pem").replace(
+        '"ca_file"', '"certfile": "client-c.crt", "keyfile": "no-such-client.key", "ca_file"'))
+    folder = path.rsplit("/", 1)[0]
+    for name in ("ca-c.pem", "client-c.crt"):
+        with open(folder + "/" + name, "w") as f:
+            f.write("-----BEGIN CERTIFICATE-----\n")
+    try:
+        load_config(path)
+    except ValueError as exc:
+        assert "config.broker.keyfile" in str(exc) and "no-such-client.key" in str(exc), str(exc)
+    else:
+        raise AssertionError("accepted a keyfile that is not there")
+    finally:
+        os.remove(path)
+        os.remove(folder + "/ca-c.pem")
+        os.remove(folder + "/client-c.crt")
+
+
+def test_pem_blocks_become_der_for_micropythons_mbedtls():
+    """MicroPython's mbedtls parses no PEM: the certificate and the key body go to it as DER."""
+    from edge.ports.tls import der_certs
+
+    path = _write("-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n"
+                  "-----BEGIN PRIVATE KEY-----\r\nAwQF\r\n-----END PRIVATE KEY-----\r\n")
+    try:
+        assert der_certs(path) == [b"\x00\x01\x02"]
+        assert der_certs(path, b"PRIVATE KEY") == [b"\x03\x04\x05"]
+    finally:
+        os.remove(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -275,7 +276,7 @@ def test_every_action_help_shows_an_example(capsys: pytest.CaptureFixture[str]) 
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    actions = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    actions: Any = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     assert {"init", "set-broker", "add-gateway", "edit-gateway", "remove-gateway", "rotate-password",
             "add-service-user", "remove-service-user", "list", "show", "render", "build",
             "flash"} <= set(actions)
@@ -462,3 +463,101 @@ def test_render_writes_nats_accounts_with_the_acl_and_keeps_hashes_on_rerender(t
     fleet.save()
     report = render(Fleet.load(tmp_path / "fleet"), out)
     assert acc in report.written and report.broker_reload
+
+
+def _examples(help_text: str) -> list[list[str]]:
+    """The `citybrain provision ...` command lines of a --help text, continuation lines joined and
+    trailing comments dropped, split as a shell would."""
+    import shlex
+
+    lines: list[str] = []
+    pending = ""
+    for raw in help_text.splitlines():
+        line = raw.strip()
+        if pending:
+            line, pending = pending + " " + line, ""
+        elif not line.startswith("citybrain provision "):
+            continue
+        if line.endswith("\\"):
+            pending = line[:-1].strip()
+            continue
+        lines.append(line.split("  #")[0].split(" # ")[0].strip())
+    return [shlex.split(line) for line in lines]
+
+
+def test_every_example_in_the_help_is_a_command_the_parser_takes(capsys: pytest.CaptureFixture[str]) -> None:
+    """`citybrain provision --help` and every action's --help: each example line parses as written
+    (the right action, options that exist, their values of the right type), so an example cannot
+    drift from the options it shows."""
+    from citybrain.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        main(["provision", "--help"])
+    top = _examples(capsys.readouterr().out)
+    assert len(top) >= 6, top  # the day's order: init ... flash
+    parser = build_parser()
+    provision: Any = parser._subparsers._group_actions[0].choices["provision"]  # type: ignore[union-attr,index]
+    actions = provision._subparsers._group_actions[0].choices
+    seen = {argv[2] for argv in top}
+    for name in actions:
+        with pytest.raises(SystemExit):
+            main(["provision", name, "--help"])
+        examples = _examples(capsys.readouterr().out)
+        assert examples, f"{name}: no example in its --help"
+        for argv in examples + [a for a in top if a[2] == name]:
+            assert argv[2] == name or argv in top, (name, argv)
+            try:
+                args = parser.parse_args(argv[1:])
+            except SystemExit:
+                raise AssertionError(f"{name}: example does not parse: {' '.join(argv)}"
+                                     f"\n{capsys.readouterr().err}") from None
+            assert args.action == name
+        seen.add(name)
+    assert seen == set(actions)
+
+
+def test_client_certificate_travels_from_tls_client_to_the_image(tmp_path: Path) -> None:
+    """`tls-client`: the fleet CA signs a certificate whose common name is the account; `render`
+    puts it and its key (0600) beside the gateway's config, whose broker block names them; `build`
+    takes both into the image (key 0600, in the manifest, so flash verifies them); `--require`
+    puts require_certificate and use_identity_as_username into the listener and refuses to render a
+    gateway without one; removing the gateway deletes its key."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from provisioning.firmware import build, read_manifest
+
+    d = tmp_path / "fleet"
+    assert main(["provision", "init", "--dir", str(d), "--broker-host", "127.0.0.1", "--tls"]) == 0
+    assert main(["provision", "add-gateway", "--dir", str(d), "--id", "gw-1"]) == 0
+    assert main(["provision", "tls-client", "--dir", str(d), "--name", "gw-1"]) == 1  # no CA yet
+    assert main(["provision", "tls-init", "--dir", str(d), "--name", "127.0.0.1"]) == 0
+    assert main(["provision", "tls-client", "--dir", str(d), "--name", "nobody"]) == 1
+    assert main(["provision", "tls-client", "--dir", str(d), "--all"]) == 0
+    fleet = Fleet.load(d)
+    cert = x509.load_pem_x509_certificate(fleet.client_cert_path("gw-1").read_bytes())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "gw-1"
+    assert stat.S_IMODE(fleet.client_key_path("gw-1").stat().st_mode) == 0o600
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    gw = d / "out" / "gateways" / "gw-1"
+    cfg = json.loads((gw / "config.json").read_text())
+    assert cfg["broker"]["certfile"] == "client.crt" and cfg["broker"]["keyfile"] == "client.key"
+    assert (gw / "client.crt").read_bytes() == fleet.client_cert_path("gw-1").read_bytes()
+    assert stat.S_IMODE((gw / "client.key").stat().st_mode) == 0o600
+    conf = d / "out" / "mosquitto" / "conf.d" / "citybrain.conf"
+    assert "require_certificate" not in conf.read_text()
+    image = tmp_path / "image"
+    build(gw / "config.json", image, progress=lambda _line: None)
+    assert (image / "client.key").read_bytes() == (gw / "client.key").read_bytes()
+    assert stat.S_IMODE((image / "client.key").stat().st_mode) == 0o600
+    assert {"client.crt", "client.key", "ca.pem"} <= set(read_manifest(image)["files"])
+
+    assert main(["provision", "tls-client", "--dir", str(d), "--require"]) == 0
+    assert main(["provision", "add-gateway", "--dir", str(d), "--id", "gw-2"]) == 0
+    assert main(["provision", "render", "--dir", str(d)]) == 1  # gw-2 has no certificate
+    assert main(["provision", "tls-client", "--dir", str(d), "--all"]) == 0
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    text = conf.read_text()
+    assert "require_certificate true" in text and "use_identity_as_username true" in text
+    assert main(["provision", "remove-gateway", "--dir", str(d), "--id", "gw-2"]) == 0
+    assert not fleet.client_key_path("gw-2").exists()

@@ -61,3 +61,21 @@ def test_the_agents_up_line_counts_the_sources_it_opened() -> None:
     v = judge(parse_console(BOOT + up.format(3)), gateway_id="gw-xihu-0001", image="3f2a9c1d0e12",
               fw="0.1.0", status=None, broker_checked=False)
     assert v.ok and "sensor sources: 3 of 3 opened" in v.text()
+
+
+def test_a_board_without_a_clock_is_told_in_words() -> None:
+    """A board whose clock is not set holds every reading (docs/gateway.md): the self-test says so
+    and what to check, instead of a bare PASSED (found by the day-one fleet test, where the virtual
+    boards held all their readings while their self-tests passed)."""
+    up = "citybrain-gw: up gw=gw-xihu-0001 fw=0.1.0 boot=1 sources=1/1 broker=connected clock={}\r\n"
+    held = judge(parse_console(BOOT + up.format("unsynced")), gateway_id="gw-xihu-0001", image="3f2a9c1d0e12",
+                 fw="0.1.0", status={"state": "online", "img": "3f2a9c1d0e12", "clock_synced": False},
+                 broker_checked=True)
+    assert "clock: NOT set yet: the board holds its readings until it is" in held.text(), held.text()
+    later = judge(parse_console(BOOT + up.format("unsynced")), gateway_id="gw-xihu-0001",
+                  image="3f2a9c1d0e12", fw="0.1.0", broker_checked=True,
+                  status={"state": "online", "img": "3f2a9c1d0e12", "clock_synced": True})
+    assert "clock: set" in later.text() and "NOT set" not in later.text(), later.text()
+    synced = judge(parse_console(BOOT + up.format("synced")), gateway_id="gw-xihu-0001", image="3f2a9c1d0e12",
+                   fw="0.1.0", status=None, broker_checked=False)
+    assert "clock: set" in synced.text(), synced.text()
