@@ -147,6 +147,7 @@ def line(tag, agent, t0, raw):
     print(json.dumps({"tag": tag, "ms": time.ticks_diff(time.ticks_ms(), t0), "reported": rep,
                       "acked": acked, "raw_free": raw, "free": gc.mem_free(), "alloc": gc.mem_alloc(),
                       "block": 16 if sys.maxsize < 1 << 32 else 32}))
+    micropython.qstr_info()  # interned names: pools grow by doubling (one 640-entry pool ~4.5 KB)
     micropython.mem_info()  # its "max free sz" (blocks) is the largest allocation that can succeed
 
 async def sampler(agent, stop_file, every_ms, shutdown, t0):
@@ -326,10 +327,15 @@ def _records(lines: list[str]) -> list[dict[str, Any]]:
                 pass
         elif "max free sz:" in ln and out and "block" in out[-1]:
             out[-1]["max_free_block"] = int(ln.rsplit(":", 1)[1]) * out[-1]["block"]
+        elif ln.startswith("qstr pool:") and out and "block" in out[-1]:
+            # "qstr pool: n_pool=6, n_qstr=663, n_str_data_bytes=6282, n_total_bytes=15290"
+            for part in ln.split(":", 1)[1].split(","):
+                k, _, v = part.strip().partition("=")
+                out[-1][k] = int(v)
     return out
 
 
-_MEM_INFO = ("stack:", "GC:", "No. of 1-blocks:", "mem: total")
+_MEM_INFO = ("stack:", "GC:", "No. of 1-blocks:", "mem: total", "qstr pool:")
 
 
 def measure(n: int, rate: float, sample_ms: int, timeout_s: float, heap: str,
@@ -479,6 +485,9 @@ def analyse(lines: list[str], n: int, uplink: Uplink | None, image_bytes: int, i
         "free_after_start": start["free"],
         "alloc_after_start": start["alloc"],
         "min_free": min(s["free"] for s in running) if running else start["free"],
+        "qstr_pools": samples[-1].get("n_pool"),
+        "qstrs": samples[-1].get("n_qstr"),
+        "qstr_bytes": samples[-1].get("n_total_bytes"),
         "min_max_free_block": min((s.get("max_free_block", 0) for s in samples), default=0),
         "min_raw_free": min(s["raw_free"] for s in running) if running else start["raw_free"],
         "min_status_heap_free": min(uplink.status_heap) if uplink and uplink.status_heap else None,
@@ -535,6 +544,8 @@ def report(fig: dict[str, Any], args: argparse.Namespace) -> int:
           f"{fig['min_status_heap_free']} B in status messages (heap {fig['heap']})")
     print(f"largest free    block {fig['min_max_free_block']} B at the worst sample "
           f"(a batch copy needs ~2 KB in one piece)")
+    print(f"interned names  {fig['qstrs']} qstrs in {fig['qstr_pools']} pools, {fig['qstr_bytes']} B of the "
+          f"live heap at the end (the bench driver's own names among them)")
     print(f"peak live heap  {fig['peak_alloc']} B -> free on a 128 KB heap {fig['free_at_128k']} B "
           f"(goal >= {GOAL_FREE}); this includes the bench driver's own "
           f"{fig['live_by_stage'].get('driver', 0)} B, which a board's main.py does not carry")
