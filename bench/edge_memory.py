@@ -22,6 +22,7 @@ also if the peak live heap grew by more than 2 KB.
 
     python bench/edge_memory.py [--readings 10000] [--quick] [--save FILE] [--baseline FILE]
     python bench/edge_memory.py --sensors 128                       # 128 sensors in the default mix
+    python bench/edge_memory.py --sensors 128 --no-receipts         # uplink.receipts off, to compare
     python bench/edge_memory.py --sensors parking=120,manhole=8 --mix parking=0.8,manhole=0.2
     python bench/edge_memory.py --micropython .venv/bin/micropython --heap 1M   # the 64-bit port
 
@@ -146,6 +147,7 @@ def line(tag, agent, t0, raw):
     print(json.dumps({"tag": tag, "ms": time.ticks_diff(time.ticks_ms(), t0), "reported": rep,
                       "acked": acked, "raw_free": raw, "free": gc.mem_free(), "alloc": gc.mem_alloc(),
                       "block": 16 if sys.maxsize < 1 << 32 else 32}))
+    micropython.qstr_info()  # interned names: pools grow by doubling (one 640-entry pool ~4.5 KB)
     micropython.mem_info()  # its "max free sz" (blocks) is the largest allocation that can succeed
 
 async def sampler(agent, stop_file, every_ms, shutdown, t0):
@@ -290,7 +292,7 @@ def _paced(next_frame: Any, send: Any, n: int, rate: float, stop: threading.Even
 
 
 def config_for(central: int, site: int, ttys: dict[str, str], spool: str, status_s: int,
-               sensors: dict[str, list[str]] | None = None) -> dict[str, Any]:
+               sensors: dict[str, list[str]] | None = None, receipts: bool = True) -> dict[str, Any]:
     """The gateway config: one source per kind of `sensors` (default: the default mix)."""
     ids = sensors if sensors is not None else sensor_ids(COUNTS)
     sources: list[dict[str, Any]] = []
@@ -306,7 +308,7 @@ def config_for(central: int, site: int, ttys: dict[str, str], spool: str, status
         "broker": {"host": "127.0.0.1", "port": central},
         "trust_os_clock": True,
         "store": {"dir": spool},
-        "uplink": {"status_every_s": status_s},
+        "uplink": {"status_every_s": status_s, "receipts": receipts},
         "sources": sources,
     }
     if "manhole" in ids:
@@ -325,15 +327,21 @@ def _records(lines: list[str]) -> list[dict[str, Any]]:
                 pass
         elif "max free sz:" in ln and out and "block" in out[-1]:
             out[-1]["max_free_block"] = int(ln.rsplit(":", 1)[1]) * out[-1]["block"]
+        elif ln.startswith("qstr pool:") and out and "block" in out[-1]:
+            # "qstr pool: n_pool=6, n_qstr=663, n_str_data_bytes=6282, n_total_bytes=15290"
+            for part in ln.split(":", 1)[1].split(","):
+                k, _, v = part.strip().partition("=")
+                out[-1][k] = int(v)
     return out
 
 
-_MEM_INFO = ("stack:", "GC:", "No. of 1-blocks:", "mem: total")
+_MEM_INFO = ("stack:", "GC:", "No. of 1-blocks:", "mem: total", "qstr pool:")
 
 
 def measure(n: int, rate: float, sample_ms: int, timeout_s: float, heap: str,
             micropython: Path = MICROPYTHON32, frozen: bool = False, verbose: bool = False,
-            mix: dict[str, float] | None = None, counts: dict[str, int] | None = None) -> dict[str, Any]:
+            mix: dict[str, float] | None = None, counts: dict[str, int] | None = None,
+            receipts: bool = True) -> dict[str, Any]:
     mix = mix or SHARE
     ids = sensor_ids(counts or plan(mix, None))
     tmp = Path(tempfile.mkdtemp(prefix="edge-mem-"))
@@ -352,7 +360,7 @@ def measure(n: int, rate: float, sample_ms: int, timeout_s: float, heap: str,
         uplink = Uplink(central.port)
         ttys = {k: os.ttyname(s) for k, (_m, s) in ptys.items()}
         cfg_path = tmp / "config.json"
-        cfg = config_for(central.port, site.port, ttys, str(tmp / "spool"), 1, ids)
+        cfg = config_for(central.port, site.port, ttys, str(tmp / "spool"), 1, ids, receipts)
         cfg_path.write_text(json.dumps(cfg))
         image = tmp / "image"
         image_bytes = build(cfg_path, image, progress=lambda _s: None)
@@ -433,6 +441,7 @@ def measure(n: int, rate: float, sample_ms: int, timeout_s: float, heap: str,
     fig["word_bits"] = 32 if _records(lines)[0].get("block") == 16 else 64
     fig["sensors"] = {k: len(v) for k, v in ids.items()}
     fig["mix"] = mix
+    fig["receipts"] = receipts
     return fig
 
 
@@ -476,6 +485,9 @@ def analyse(lines: list[str], n: int, uplink: Uplink | None, image_bytes: int, i
         "free_after_start": start["free"],
         "alloc_after_start": start["alloc"],
         "min_free": min(s["free"] for s in running) if running else start["free"],
+        "qstr_pools": samples[-1].get("n_pool"),
+        "qstrs": samples[-1].get("n_qstr"),
+        "qstr_bytes": samples[-1].get("n_total_bytes"),
         "min_max_free_block": min((s.get("max_free_block", 0) for s in samples), default=0),
         "min_raw_free": min(s["raw_free"] for s in running) if running else start["raw_free"],
         "min_status_heap_free": min(uplink.status_heap) if uplink and uplink.status_heap else None,
@@ -517,7 +529,8 @@ def report(fig: dict[str, Any], args: argparse.Namespace) -> int:
     configured = sorted(fig["mix"])
     loaded = sorted({m.split(".")[1] for m in fig["modules"] if m.count(".") >= 1} - {"common"})
     print(f"micropython     {fig['word_bits']}-bit, heap {fig['heap']}, image {fig['image_bytes']} B, "
-          f"kinds in image {fig['image_kinds']}, kinds imported {loaded}")
+          f"kinds in image {fig['image_kinds']}, kinds imported {loaded}; "
+          f"receipts {'on' if fig['receipts'] else 'off'}")
     print("sensors         " + ", ".join(f"{k} {n} ({fig['mix'][k]:.0%} of readings)"
                                           for k, n in fig["sensors"].items())
           + f"; {sum(fig['sensors'].values())} in all")
@@ -531,6 +544,8 @@ def report(fig: dict[str, Any], args: argparse.Namespace) -> int:
           f"{fig['min_status_heap_free']} B in status messages (heap {fig['heap']})")
     print(f"largest free    block {fig['min_max_free_block']} B at the worst sample "
           f"(a batch copy needs ~2 KB in one piece)")
+    print(f"interned names  {fig['qstrs']} qstrs in {fig['qstr_pools']} pools, {fig['qstr_bytes']} B of the "
+          f"live heap at the end (the bench driver's own names among them)")
     print(f"peak live heap  {fig['peak_alloc']} B -> free on a 128 KB heap {fig['free_at_128k']} B "
           f"(goal >= {GOAL_FREE}); this includes the bench driver's own "
           f"{fig['live_by_stage'].get('driver', 0)} B, which a board's main.py does not carry")
@@ -580,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-ms", type=int, default=250, help="heap sample interval (default 250)")
     parser.add_argument("--max-growth", type=int, default=1024,
                         help="allowed live-heap growth, bytes per 10,000 readings (default 1024)")
+    parser.add_argument("--no-receipts", dest="receipts", action="store_false",
+                        help="run the agent with uplink.receipts off (a PUBACK frees a batch), to "
+                             "compare the heap with receipts on, the default")
     parser.add_argument("--quick", action="store_true", help="1,000 readings: proves the script works")
     parser.add_argument("--verbose", action="store_true", help="print the agent's own log lines")
     baseline.add_arguments(parser)
@@ -600,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         if base is None:
             return 2
     fig = measure(args.readings, args.rate, args.sample_ms, 60 + 3 * args.readings / args.rate, args.heap,
-                  args.micropython, args.frozen, args.verbose, args.mix, counts)
+                  args.micropython, args.frozen, args.verbose, args.mix, counts, args.receipts)
     fig["frozen"] = args.frozen
     status = report(fig, args)
     if base is not None:

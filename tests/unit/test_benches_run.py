@@ -90,6 +90,21 @@ def test_memory_bench_runs_the_sensor_count_and_mix_asked_for(tmp_path: Path, mi
 
 
 @pytest.mark.micropython
+def test_memory_bench_runs_with_receipts_off_and_reports_interned_names(
+        tmp_path: Path, micropython32: str) -> None:
+    saved = tmp_path / "mem.json"
+    r = _run("edge_memory.py", "--quick", "--no-receipts", "--save", str(saved))
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    fig = json.loads(saved.read_text())
+    assert fig["receipts"] is False and "; receipts off" in r.stdout, r.stdout
+    assert fig["readings_uplinked"] >= 1000  # PUBACKs alone drain the log
+    names = re.search(r"^interned names\s+(\d+) qstrs in (\d+) pools, (\d+) B", r.stdout, re.M)
+    assert names, r.stdout
+    assert [int(g) for g in names.groups()] == [fig["qstrs"], fig["qstr_pools"], fig["qstr_bytes"]]
+    assert fig["qstrs"] > 500 and fig["qstr_pools"] >= 5  # the agent's own names: real figures, not absent
+
+
+@pytest.mark.micropython
 def test_memory_bench_names_the_stage_of_a_memory_error(tmp_path: Path, micropython32: str) -> None:
     r = _run("edge_memory.py", "--heap", "48K")
     assert r.returncode == 1, r.stdout + r.stderr
