@@ -442,13 +442,8 @@ class Collector:
         )
         rc = config.receipts
         self.receipts: Receipts | None = None
-        if rc.enabled and isinstance(self.input, MqttInput):
+        if rc.enabled:  # either input publishes on the gateway's ack topic (subject, on NATS)
             self.receipts = Receipts(config.mqtt.topic_prefix, self.input.publish, max_ranges=rc.max_ranges)
-        elif rc.enabled:
-            # Receipts back to the gateways' MQTT `ack` topic through NATS are not built yet
-            # (docs/scaling.md): gateways on a NATS backbone run with uplink.receipts false.
-            log.warning("receipts are not sent with service.input = %r (MQTT input only)",
-                        config.service.input)
         self.pipeline = Pipeline(
             config,
             writer=self.writer,
