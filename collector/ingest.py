@@ -137,12 +137,14 @@ class MqttInput:
         return True
 
     def publish(self, topic: str, payload: bytes) -> bool:
-        """Publish QoS 1, not retained (call from the loop; paho queues it like an ack). False while
-        disconnected: the message is not queued (a receipt is cumulative, the next one heals it)."""
+        """Publish QoS 0, not retained (call from the loop; paho queues it like an ack). False while
+        disconnected: the message is not queued. QoS 0 because a receipt is cumulative: a lost one
+        is healed by the next, and by the gateway's re-send of what stays unreceipted; QoS 1 cost a
+        PUBACK and paho's in-flight bookkeeping per receipt (docs/benchmarks.md)."""
         if not self.connected:
             self.publishes_dropped += 1
             return False
-        self._client.publish(topic, payload, qos=1, retain=False)
+        self._client.publish(topic, payload, qos=0, retain=False)
         self.publishes += 1
         return True
 

@@ -138,6 +138,8 @@ class NatsInput:
         self.acks_stale = 0
         self.connects = 0
         self.fetch_errors = 0
+        self.publishes = 0  # receipts handed to NATS
+        self.publishes_dropped = 0  # receipts not sent (disconnected); the next heals them
         self._status_sub: Any = None
         self._closing = False
 
@@ -254,6 +256,27 @@ class NatsInput:
         task.add_done_callback(self._acks.discard)
         self.acks_sent += 1
         return True
+
+    def publish(self, topic: str, payload: bytes) -> bool:
+        """Publish a receipt on core NATS (call from the loop): MQTT topic `<prefix>/<gw>/ack` as
+        subject `<prefix>.<gw>.ack`, which the nodes' MQTT listener delivers to the gateway's
+        subscription (at QoS 0, as receipts go on Mosquitto). False while disconnected: nothing is
+        buffered (a receipt is cumulative, the next one heals it), as `MqttInput.publish`."""
+        if self._nc is None or not self.connected:
+            self.publishes_dropped += 1
+            return False
+        task = asyncio.get_running_loop().create_task(self._publish(topic_subject(topic), payload))
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
+        self.publishes += 1
+        return True
+
+    async def _publish(self, subject: str, payload: bytes) -> None:
+        try:
+            await self._nc.publish(subject, payload)
+        except (nats.errors.Error, OSError) as exc:
+            self.publishes_dropped += 1
+            log.debug("receipt on %s lost (%s): the next one heals it", subject, exc)
 
     async def _ack(self, m: Any) -> None:
         try:

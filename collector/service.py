@@ -294,7 +294,7 @@ class Pipeline:
                 self.metrics.readings.inc(done.spooled, channel=channel, outcome="spooled")
             if done.refused:
                 self.metrics.readings.inc(done.refused, channel=channel, outcome="db_refused")
-            self._receipt(gw, channel, batch.boot, batch.seq)
+            self._receipt(gw, channel, key[0], key[1])  # `batch` was freed before the write
         self.metrics.messages.inc(channel=channel, outcome="ok")
 
     def _receipt(self, gw: str, channel: str, boot: int, seq: int) -> None:
@@ -442,13 +442,8 @@ class Collector:
         )
         rc = config.receipts
         self.receipts: Receipts | None = None
-        if rc.enabled and isinstance(self.input, MqttInput):
+        if rc.enabled:  # either input publishes on the gateway's ack topic (subject, on NATS)
             self.receipts = Receipts(config.mqtt.topic_prefix, self.input.publish, max_ranges=rc.max_ranges)
-        elif rc.enabled:
-            # Receipts back to the gateways' MQTT `ack` topic through NATS are not built yet
-            # (docs/scaling.md): gateways on a NATS backbone run with uplink.receipts false.
-            log.warning("receipts are not sent with service.input = %r (MQTT input only)",
-                        config.service.input)
         self.pipeline = Pipeline(
             config,
             writer=self.writer,

@@ -68,7 +68,7 @@ def acl_text(fleet: Fleet) -> str:
 NATS_ACCOUNT = "CITY"
 NATS_ROLES: dict[str, dict[str, tuple[str, ...]]] = {
     "collector": {
-        "publish": ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>"),
+        "publish": ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "{p}.*.ack"),  # receipts to gateways
         "subscribe": ("_INBOX.>", "{p}.*.status"),
     },
     "operator": {"publish": ("{p}.*.cmd",), "subscribe": ("{p}.*.reply", "{p}.*.status")},

@@ -145,6 +145,9 @@ def test_pipeline_receipts_durable_duplicate_and_dead_lettered(tmp_path: Path) -
 
     try:
         asyncio.run(go())
+        # Each refusal for its own reason; a written batch is never also an internal error (the
+        # receipt after the write once read a freed local: every batch dead-lettered as a bug).
+        assert "internal_error" not in dead.counts, dict(dead.counts)
     finally:
         dead.close()
     # The batch, the alarm and the status; the duplicate was skipped, not written again.
@@ -168,6 +171,7 @@ def test_pipeline_without_receipts_publishes_nothing(tmp_path: Path) -> None:
 
     try:
         asyncio.run(go())
+        assert dict(dead.counts) == {}  # written, not also dead-lettered as internal_error
     finally:
         dead.close()
     assert pipeline.receipts is None

@@ -143,3 +143,36 @@ def test_shipped_node_config_with_rendered_accounts_is_valid(tmp_path: Path, fle
     r = subprocess.run([find_binary("nats-server"), "-c", str(tmp_path / "node" / "nats.conf"), "-t"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0  # the check can fail: a broken include is caught
+
+
+async def _receipt(cluster: NatsCluster, user: str, password: str, subject: str, payload: bytes) -> None:
+    n = cfg.NatsConfig(servers=",".join(cluster.nats_urls), user=user, password=password)
+    nc = await nats.connect(**js.connect_options(n))
+    try:
+        await nc.publish(subject, payload)
+        await nc.flush(timeout=5)
+    finally:
+        await nc.close()
+
+
+def test_collector_role_sends_receipts_that_only_their_gateway_reads(
+    cluster: NatsCluster, fleet: Fleet
+) -> None:
+    """Receipts on the NATS input (collector/jetstream.py `publish`): the collector role publishes
+    `<prefix>.<gw>.ack`, which the MQTT listener delivers to that gateway's `<prefix>/<gw>/ack`."""
+    ports = cluster.mqtt_ports
+    a = Client("gw-a", fleet.password("gw-a"), ports[0])
+    b = Client("gw-b", fleet.password("gw-b"), ports[1])
+    try:
+        a.c.subscribe("city/gw-a/ack", 1)
+        b.c.subscribe("city/gw-a/ack", 1)  # refused by the server: another gateway's receipts
+        time.sleep(1.0)
+        asyncio.run(_receipt(cluster, "col-1", "col-secret", "city.gw-a.ack", b"receipt"))
+        wait_until(lambda: a.got == [("city/gw-a/ack", b"receipt")], 10, "gw-a's receipt delivered")
+        time.sleep(0.5)
+        assert b.got == []
+    finally:
+        for c in (a, b):
+            c.close()
+    logs = "".join(n.log_tail(200_000) for n in cluster.nodes)
+    assert 'User "gw-b", Subject "city.gw-a.ack"' in logs  # the refused subscription, logged
