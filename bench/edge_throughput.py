@@ -143,13 +143,15 @@ class BenchPort(PosixPort):
 
 
 def agent_config(broker_port: int, store_dir: str, kinds: list[str], **store: int) -> dict[str, Any]:
-    """Every reading reported (max_silence_s 0, no deadband); defaults elsewhere."""
+    """Every reading reported (max_silence_s 0, no deadband); defaults elsewhere, except receipts:
+    no collector answers here, so records leave the log on PUBACK (uplink.receipts false; what
+    receipts cost is measured by edge_memory.py and collector_throughput.py)."""
     sources = [{"kind": k, "transport": "serial", "port": "mem:" + k, "sensors": SENSORS[k],
                 "max_silence_s": 0} for k in kinds]
     return edge_config.validate({
         "gateway_id": "gw-bench", "broker": {"host": "127.0.0.1", "port": broker_port},
         "trust_os_clock": True, "store": dict({"dir": store_dir}, **store),
-        "uplink": {"status_every_s": 3600}, "sources": sources,
+        "uplink": {"status_every_s": 3600, "receipts": False}, "sources": sources,
     })
 
 

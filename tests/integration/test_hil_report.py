@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from devices.parking import codec as parking
+from devices.parking import sim_encode as parking_sim
 from devices.thermometer import codec as thermometer
 from hil.judge import judge
 from hil.report import COLORS, FAULT_FILL, screenshot, write_report
@@ -92,7 +93,7 @@ def synthetic_run() -> dict[str, Any]:
     """40 s of two kinds on two gateways, a fault from 10 s to 15 s, one fever alarm."""
     emissions: list[list[Any]] = []
     stored: list[list[Any]] = []
-    hb = [True, parking.HEARTBEAT, 0, 212, -268, -731, 3612, -97]
+    hb = [True, parking_sim.HEARTBEAT, 0, 212, -268, -731, 3612, -97]
     for i in range(800):
         t = i * 0.05
         gw = f"gw-0{1 + i % 2}"
