@@ -294,7 +294,7 @@ class Pipeline:
                 self.metrics.readings.inc(done.spooled, channel=channel, outcome="spooled")
             if done.refused:
                 self.metrics.readings.inc(done.refused, channel=channel, outcome="db_refused")
-            self._receipt(gw, channel, batch.boot, batch.seq)
+            self._receipt(gw, channel, key[0], key[1])  # `batch` was freed before the write
         self.metrics.messages.inc(channel=channel, outcome="ok")
 
     def _receipt(self, gw: str, channel: str, boot: int, seq: int) -> None:
