@@ -166,4 +166,4 @@ def test_the_python_scenarios_have_toml_twins_with_the_same_faults() -> None:
     assert [t for _, _, t in faults["torn-power-cut"]] == ["truncate", "garbage", "truncate"]
     assert [k for k, _, _ in faults["faults"]] == ["serial_noise"]
     heap = load("rig-board-heap").gateways[0]
-    assert (heap.runtime, heap.heap, heap.sensor("water")) == ("micropython", "128K", None)
+    assert (heap.runtime, heap.heap, heap.sensor("water")) == ("micropython", "136K", None)
