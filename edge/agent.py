@@ -99,7 +99,7 @@ class Agent:
         self._carry = []
         self._unsent = None  # a built batch the client refused (connection lost): sent first
         self._sent = []  # (pid, seq) of batches published and not yet acked
-        self.alarms = []  # (code, sensor, kind, ts, fields) waiting to be published
+        self.alarms = []  # (code, sensor, kind, ts or None, fields, uptime ms) waiting to be published
         self.alarm_seq = 0
         self.alarms_sent = 0
         self.alarms_dropped = 0
@@ -194,11 +194,12 @@ class Agent:
         self.log.append(w.view(), urgent)
         if alarm is not None:
             if ts is None:
-                self.alarms_unstamped += 1  # it reaches the collector in the batch stream, stamped
-            elif len(self.alarms) >= _ALARM_QUEUE:
-                self.alarms_dropped += 1  # idem: the live copy is lost, the record is not
+                # Published once the clock is set, stamped with this boot's anchor (_pump).
+                self.alarms_unstamped += 1
+            if len(self.alarms) >= _ALARM_QUEUE:
+                self.alarms_dropped += 1  # the live copy is lost; the record reaches the collector
             else:
-                self.alarms.append((alarm, sensor, kind, ts, fields))
+                self.alarms.append((alarm, sensor, kind, ts, fields, up))
         self.wake.set()
 
     # -- uplink ----------------------------------------------------------------------------
@@ -262,7 +263,12 @@ class Agent:
                 if upto is not None:
                     self.log.ack(upto)
             while self.alarms:
-                code, sensor, kind, ts, fields = self.alarms[0]
+                code, sensor, kind, ts, fields, up_ms = self.alarms[0]
+                if ts is None:
+                    offset = self.clock.offset_ms()
+                    if offset is None:
+                        break  # raised before the clock is known: waits for the anchor
+                    ts = offset + up_ms
                 enc = self._alarm_enc
                 if enc is None:
                     enc = self._alarm_enc = protocol.BatchEncoder(_ALARM_BYTES)

@@ -122,7 +122,7 @@ GATEWAY = {
     "uplink": (dict, None, "batching and publishing"),
     "sources": (list, REQUIRED, "serial, modbus and mqtt sources"),
     "trust_os_clock": (bool, False, "CPython gateways whose OS runs NTP: trust time.time() once past 2020"),
-    "ntp_host": (str, "pool.ntp.org", "boards: NTP server"),
+    "ntp_host": (str, "pool.ntp.org", "NTP server, name or name:port (boards; posix without trust_os_clock)"),
 }
 
 TRANSPORTS = ("serial", "modbus", "mqtt")

@@ -15,6 +15,7 @@ a thread of their own because starting a service blocks; a third thread polls In
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -29,6 +30,8 @@ from typing import Any
 import cbor2
 
 from hil.link import ImpairedLink
+from hil.live import Snapshot
+from hil.ntp import SntpServer
 from hil.rig import PREFIX, Rig, RigError
 from hil.services import Collector, InfluxDB, Mosquitto, ServiceError
 from hil.spec import Fault, Gateway, Scenario
@@ -170,10 +173,14 @@ class Block:
     """One scenario run. `run()` returns the record (the content of run.json)."""
 
     def __init__(self, scenario: Scenario, *, seed: int | None = None, workdir: str | None = None,
-                 progress: Callable[[str], None] = print) -> None:
+                 progress: Callable[[str], None] = print,
+                 status: Callable[[Snapshot], None] | None = None) -> None:
+        """`progress` gets each event as a line; `status` a Snapshot once a second (None: as a
+        line to `progress`). hil/live.py draws both."""
         self.sc = scenario
         self.seed = scenario.seed if seed is None else seed
         self.progress = progress
+        self.status = status
         self._own_dir = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="citybrain-block-"))
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -182,6 +189,7 @@ class Block:
         self.collector: Collector | None = None
         self.rigs: dict[str, Rig] = {}
         self.links: dict[str, ImpairedLink] = {}  # gateway -> its uplink proxy (uplink_impair only)
+        self.ntp: dict[str, SntpServer] = {}  # gateway -> its NTP server (clock_unset_at_boot only)
         self.poller: Poller | None = None
         self.fault_log: list[list[Any]] = []  # [start, end, label] wall times
         self.timeline: list[list[float]] = []  # [t, emitted so far, stored so far] once a second
@@ -238,6 +246,10 @@ class Block:
                   lids=count("manhole"), water=water, seed=seed, sync_every_ms=SYNC_EVERY_MS,
                   poll_ms=poll_ms, heap=g.heap or "256K", workdir=str(self.dir / g.id), broker=self.broker,
                   uplink_port=uplink_port)
+        if any(f.kind == "clock_unset_at_boot" and f.gateway == g.id for f in self.sc.faults):
+            self.ntp[g.id] = SntpServer()
+            self.ntp[g.id].answering = True
+            self._configure(rig, ntp_host=self.ntp[g.id].host)
         for d in rig.devices:
             s = g.sensor(d.kind)
             if s is not None:
@@ -245,6 +257,12 @@ class Block:
         if rig.lids is not None and lid_spec is not None:
             rig.lids.interval_s = 1.0 / lid_spec.rate
         return rig
+
+    @staticmethod
+    def _configure(rig: Rig, **changes: Any) -> None:
+        """Change the gateway's config file; the agent reads it at its next boot."""
+        rig.config.update(changes)
+        rig.config_path.write_text(json.dumps(rig.config, indent=2))
 
     # -- the timeline --------------------------------------------------------------------------
 
@@ -303,14 +321,14 @@ class Block:
         assert self.poller is not None
         emitted, stored, at_broker = self.emitted(), self.poller.count(), self.at_broker()
         self.timeline.append([now - self.t0, emitted, stored])
-        firing = [label for s, e, label in self.fault_log if s <= now and (e is None or now < e)]
+        firing = tuple(label for s, e, label in self.fault_log if s <= now and (e is None or now < e))
         online = sum(1 for r in self.rigs.values() if r.agent is not None and r.agent.alive())
-        elapsed = now - self.t0
-        bar = "#" * int(20 * min(1.0, elapsed / self.sc.duration))
-        now_firing = f"  fault: {'; '.join(firing)}" if firing else ""
-        self.progress(f"[{bar:20s}] {elapsed:5.0f}/{self.sc.duration:.0f}s  gateways up "
-                      f"{online}/{len(self.rigs)}  emitted {emitted}  at the broker {at_broker}  "
-                      f"stored {stored}{now_firing}")
+        snap = Snapshot(now - self.t0, self.sc.duration, online, len(self.rigs), emitted, at_broker, stored,
+                        firing)
+        if self.status is not None:
+            self.status(snap)
+        else:
+            self.progress(snap.line())
 
     def at_broker(self) -> int:
         """Readings in the /up batches the rig's subscribers got (water included, redeliveries too)."""
@@ -335,10 +353,21 @@ class Block:
             rig = self.rigs[f.gateway]
             rig.kill_agent()
             if f.torn_tail:
-                rig.tear_log_tail(self._rng, "truncate", max_age_s=0.1)
+                rig.tear_log_tail(self._rng, f.torn_tail, max_age_s=0.1)
             self._down[f.gateway] = start + max(f.duration, 0.2)
             entry[1] = start + f.duration
             return None
+        if f.kind == "clock_unset_at_boot":
+            # A power cut, then a boot with no clock: the OS clock is not trusted and NTP is silent
+            # until the fault ends (hil/ntp.py); readings wait in the log with their uptime.
+            rig = self.rigs[f.gateway]
+            rig.kill_agent()
+            self.ntp[f.gateway].answering = False
+            self._configure(rig, trust_os_clock=False)
+            self._down[f.gateway] = start + 0.2
+            th = threading.Thread(target=self._guard, args=(self._clock_back, f, entry), daemon=True)
+            th.start()
+            return th
         if f.kind in ("serial_noise", "bit_flips", "slave_silent", "storm", "uplink_impair"):
             th = threading.Thread(target=self._guard, args=(self._device_fault, f, entry), daemon=True)
         else:
@@ -403,6 +432,45 @@ class Block:
                 lp.interval_s = iv
         entry[1] = time.time()
 
+    def _clock_back(self, f: Fault, entry: list[Any]) -> None:
+        """At the fault's end NTP answers; once the new boot is up its config trusts the OS clock
+        again (later boots are ordinary)."""
+        rig = self.rigs[f.gateway]
+        time.sleep(f.duration)
+        self.ntp[f.gateway].answering = True
+        entry[1] = time.time()
+        assert rig.sub is not None
+        before = {s.get("boot") for t, s in rig.sub.statuses() if t < entry[0]}
+        deadline = time.monotonic() + 60
+        while not any(s.get("state") == "online" and s.get("boot") not in before
+                      for _, s in rig.sub.statuses()):
+            if time.monotonic() > deadline:
+                raise RigError(f"{f.gateway} did not boot after clock_unset_at_boot")
+            time.sleep(0.1)
+        self._configure(rig, trust_os_clock=True)
+
+    def clock_unset(self) -> dict[str, list[list[float | None]]]:
+        """Per gateway, for each clock_unset_at_boot: [online, clock set] wall times of the boot that
+        had no clock (from its status messages; None if never). Readings emitted in between were
+        logged with their uptime and stamped through the boot's anchor: the judge checks their times."""
+        out: dict[str, list[list[float | None]]] = {}
+        for start, _end, label in self.fault_log:
+            if not label.startswith("clock_unset_at_boot"):
+                continue
+            gw = label.split()[1]
+            rig = self.rigs[gw]
+            statuses = rig.sub.statuses() if rig.sub is not None else []
+            before = {s.get("boot") for t, s in statuses if t < start}
+            boot = next(((t, s.get("boot")) for t, s in statuses
+                         if t >= start and s.get("state") == "online" and s.get("boot") not in before), None)
+            if boot is None:
+                out.setdefault(gw, []).append([None, None])
+                continue
+            synced = next((t for t, s in statuses if s.get("boot") == boot[1] and s.get("clock_synced")),
+                          None)
+            out.setdefault(gw, []).append([boot[0], synced])
+        return out
+
     # -- after the timeline ----------------------------------------------------------------------
 
     def drain(self) -> None:
@@ -455,6 +523,7 @@ class Block:
             # each gateway's last status `errors` map: e.g. manhole `queue_overflow` (lid messages
             # acknowledged to the site broker and dropped: docs/hil.md, "Findings")
             "gateway_errors": {gw: (r.last_status() or {}).get("errors") for gw, r in self.rigs.items()},
+            "clock_unset": self.clock_unset(),
             "links": {gw: {"forwarded_bytes": lk.forwarded, "retransmitted_chunks": lk.retransmitted}
                       for gw, lk in self.links.items()},
         }
@@ -481,6 +550,8 @@ class Block:
                 rig.close()
         for link in self.links.values():
             link.close()
+        for server in self.ntp.values():
+            server.close()
         if self.poller is not None:
             self.poller.stop()
         if self.collector is not None:
@@ -501,11 +572,12 @@ class Block:
 
 def run_block(scenario: Scenario, *, seed: int | None = None, workdir: str | None = None,
               progress: Callable[[str], None] = print,
-              inspect: Callable[[Block], None] | None = None) -> tuple[dict[str, Any], list[int]]:
+              inspect: Callable[[Block], None] | None = None,
+              status: Callable[[Snapshot], None] | None = None) -> tuple[dict[str, Any], list[int]]:
     """Run a scenario end to end; (the record for run.json, PIDs left over: must be empty).
     `inspect(block)` runs after the record is taken, with every service still up (the demo
     queries InfluxDB there)."""
-    block = Block(scenario, seed=seed, workdir=workdir, progress=progress)
+    block = Block(scenario, seed=seed, workdir=workdir, progress=progress, status=status)
     try:
         block.start()
         block.run_timeline()

@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hil.judge import ALARM, Latency, Verdict, judge, recovery
+from hil.judge import ALARM, CLOCK_TOLERANCE_S, Latency, Tally, Verdict, judge, recovery
 from hil.report import write_report
 from hil.spec import SpecError, load
 
@@ -74,16 +73,17 @@ def run_scenario(scenario: Any, *, seed: int | None = None, out: str | None = No
 
     from hil.block import run_block
 
-    started = time.monotonic()
     if keep and workdir is None:
         workdir = tempfile.mkdtemp(prefix="citybrain-block-")
         print(f"run directory (kept): {workdir}")
+    from hil.live import view_for
     from hil.rig import RigError
     from hil.services import ServiceError
 
     try:
-        record, leftovers = run_block(scenario, seed=seed, workdir=workdir, progress=_progress(started),
-                                      inspect=inspect)
+        with view_for(sys.stdout) as view:
+            record, leftovers = run_block(scenario, seed=seed, workdir=workdir, progress=view.message,
+                                          status=view.update, inspect=inspect)
     except (RigError, ServiceError) as exc:  # a part did not come up or died: no verdict to give
         print(f"error: the rig failed: {exc}", file=sys.stderr)
         return 1
@@ -97,13 +97,6 @@ def run_scenario(scenario: Any, *, seed: int | None = None, out: str | None = No
     if leftovers:
         print(f"FAIL: processes left running: {leftovers}")
     return 0 if verdict.ok and not leftovers else 1
-
-
-def _progress(started: float) -> Any:
-    def show(line: str) -> None:
-        print(f"{time.monotonic() - started:6.1f}s {line}", flush=True)
-
-    return show
 
 
 def _ms(v: float | int | None) -> str:
@@ -122,6 +115,12 @@ def verdict_text(record: Mapping[str, Any], verdict: Verdict) -> str:
             shown = "polled" if name == "water" and t.emitted == 0 else str(t.emitted)
             lines.append(f"  {name:14s} {shown:>8s} {t.stored:7d} {t.lost:5d} {t.excused:7d} "
                          f"{t.duplicated:4d} {t.altered:7d} {t.invented:8d}")
+    total = Tally()
+    for t in verdict.tallies.values():
+        total.add(t)
+    if total.anchored or record.get("clock_unset"):
+        lines.append(f"clock unset at boot: {total.anchored} readings stamped through their boot's anchor, "
+                     f"{total.mistimed} off by more than {CLOCK_TOLERANCE_S:g} s")
     lines.append("latency, emission -> queryable in InfluxDB (ms; "
                  f"seen by polling every {record['poller']['period'] * 1000:.0f} ms):")
     lines.append(f"  {'':14s} {'n':>6s} {'p50':>6s} {'p95':>6s} {'p99':>6s} {'max':>6s}")

@@ -37,6 +37,10 @@ from devices import KINDS, load
 from hil.verify import Emission, Outage, _status, typed
 
 ALTER_WINDOW_S = 5.0
+# A reading emitted while its gateway's boot had no clock (clock_unset_at_boot) is logged with its
+# uptime and stamped through the boot's anchor once NTP answers: its stored time must be within
+# this of the emission's wall time (the agent reads a frame within a tick of the rig writing it).
+CLOCK_TOLERANCE_S = 1.0
 ALARM = "alarm"
 _PY_TYPE = {"integer": int, "float": float, "boolean": bool, "string": str}
 
@@ -56,10 +60,12 @@ class Tally:
     duplicated: int = 0
     altered: int = 0
     invented: int = 0
+    anchored: int = 0  # matched readings emitted before their boot knew UTC (times checked)
+    mistimed: int = 0  # of those, stored with a time off by more than CLOCK_TOLERANCE_S
 
     @property
     def bad(self) -> int:
-        return self.lost + self.duplicated + self.altered + self.invented
+        return self.lost + self.duplicated + self.altered + self.invented + self.mistimed
 
     def add(self, other: Tally) -> None:
         for k in self.__dataclass_fields__:
@@ -206,8 +212,12 @@ def judge(run: Mapping[str, Any]) -> Verdict:
             continue
         (got_alarms if tag == ALARM else got)[key].append((seen, ts))
 
+    # Boots without a clock: [online, clock set] per gateway (None: never set, then every later
+    # emission of that gateway is in the window).
+    unset = {gw: [(a, math.inf if b is None else b) for a, b in ws if a is not None]
+             for gw, ws in run.get("clock_unset", {}).items()}
     for tag_of, want, have in ((None, sent, got), (ALARM, sent_alarms, got_alarms)):
-        _compare(want, have, tallies, latency, samples, tag_of)
+        _compare(want, have, tallies, latency, samples, tag_of, unset)
 
     goals_missed: list[str] = []
     goals = run["scenario"].get("goals", {})
@@ -230,6 +240,7 @@ def _compare(
     latency: dict[str, Latency],
     samples: list[str],
     alarm: str | None,
+    unset: Mapping[str, list[tuple[float, float]]],
 ) -> None:
     """Multiset match of emissions and stored points, then altered/invented/lost for the rest."""
     unmatched_stored: list[tuple[tuple[str, str, str, Any], int]] = []
@@ -240,9 +251,15 @@ def _compare(
         ems = sorted(want.get(key, ()), key=lambda x: x[1])
         pts = sorted(have.get(key, ()), key=lambda x: x[1])
         # Oldest emission with the oldest point: identical readings are interchangeable.
-        for (_, t), (seen, _ts) in zip(ems, pts, strict=False):
+        for (_, t), (seen, ts) in zip(ems, pts, strict=False):
             tallies[(gw, tag)].matched += 1
             latency[tag].samples.append((t, seen - t))
+            if any(a <= t < b for a, b in unset.get(gw, ())):
+                tallies[(gw, tag)].anchored += 1
+                if abs(ts / 1000 - t) > CLOCK_TOLERANCE_S:
+                    tallies[(gw, tag)].mistimed += 1
+                    samples.append(f"mistimed: {tag} {gw} {sensor} emitted t={t:.3f}, stored ts={ts} "
+                                   f"({ts / 1000 - t:+.3f} s) {_plain(tf)}")
         for _, ts in pts[len(ems):]:
             if ems:
                 tallies[(gw, tag)].duplicated += 1

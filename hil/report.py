@@ -194,10 +194,10 @@ def gateway_logs(record: Mapping[str, Any], n: int) -> list[tuple[float, float]]
 
 
 def _table(title: str, rows: Mapping[str, Tally]) -> str:
-    head = ("emitted", "stored", "lost", "excused", "duplicated", "altered", "invented")
+    head = ("emitted", "stored", "lost", "excused", "duplicated", "altered", "invented", "mistimed")
     out = [f"<h2>{_esc(title)}</h2><table><tr><th></th>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for name, t in rows.items():
-        cells = [t.emitted, t.stored, t.lost, t.excused, t.duplicated, t.altered, t.invented]
+        cells = [t.emitted, t.stored, t.lost, t.excused, t.duplicated, t.altered, t.invented, t.mistimed]
         bad = ' class="bad"' if t.bad else ""
         out.append(f"<tr{bad}><td>{_esc(name)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return "".join(out) + "</table>"

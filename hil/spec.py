@@ -25,6 +25,7 @@ RUNTIMES = ("cpython", "micropython")
 # kind -> the one bus the rig carries it on (hil/rig.py): the agent's source transport.
 BUSES = {"parking": "rs485", "thermometer": "serial", "water": "modbus", "manhole": "mqtt"}
 SERIAL_KINDS = ("parking", "thermometer")
+TORN_MODES = ("truncate", "garbage")  # how a power cut tears the record being written (hil/rig.py)
 
 # Fault kind -> the keys it takes besides kind/at/for (a key for another kind is refused).
 FAULT_KEYS: dict[str, frozenset[str]] = {
@@ -39,15 +40,18 @@ FAULT_KEYS: dict[str, frozenset[str]] = {
     "storm": frozenset({"factor"}),
     "clock_unset_at_boot": frozenset({"gateway"}),
     "uplink_impair": frozenset({"gateway", "latency", "jitter", "drop", "partition"}),
+    # From the one-gateway Python scenarios (hil/scenarios.py `faults`), not injectable by the block yet:
+    "garbage_device": frozenset({"gateway"}),  # a serial port spewing random bytes, no sensor behind it
+    "dead_slave": frozenset({"gateway"}),  # a Modbus address in the config that never answers
 }
 # What hil/block.py can inject today. Any other kind in FAULT_KEYS is refused at load time.
 IMPLEMENTED = frozenset({
     "broker_restart", "broker_down", "db_down", "collector_kill", "gateway_power_cut",
-    "serial_noise", "bit_flips", "slave_silent", "storm", "uplink_impair",
+    "serial_noise", "bit_flips", "slave_silent", "storm", "uplink_impair", "clock_unset_at_boot",
 })
 # Faults that last (`for` > 0 required); the others are instants or have an optional length.
 _SPAN_FAULTS = frozenset({"broker_down", "db_down", "serial_noise", "bit_flips", "slave_silent", "storm",
-                          "uplink_impair"})
+                          "uplink_impair", "clock_unset_at_boot"})
 GATEWAY_FAULTS = frozenset(k for k, keys in FAULT_KEYS.items() if "gateway" in keys)
 
 
@@ -91,7 +95,7 @@ class Fault:
     bus: str = ""
     rate: float = 0.0
     factor: float = 1.0
-    torn_tail: bool = False
+    torn_tail: str = ""  # gateway_power_cut: "" (none), "truncate" or "garbage" (hil/rig.py tear_log_tail)
     latency: float = 0.0  # uplink_impair: seconds added to every chunk, plus up to `jitter`
     jitter: float = 0.0
     drop: float = 0.0  # uplink_impair: share of chunks lost and retransmitted (hil/link.py)
@@ -265,7 +269,13 @@ def _fault(table: dict[str, Any], where: str, gateways: tuple[Gateway, ...], dur
         if kind == "slave_silent" and g.sensor("water") is None:
             raise SpecError(f"{where}.gateway: gateway {gw} has no water (Modbus) slaves")
         if kind == "gateway_power_cut":
-            kw["torn_tail"] = _typed(table, "torn_tail", bool, where, False)
+            tail = table.get("torn_tail", False)
+            if tail is True:
+                tail = "truncate"
+            if tail is not False and tail not in TORN_MODES:
+                raise SpecError(f"{where}.torn_tail: {tail!r} is not true, false, "
+                                f"{' or '.join(repr(m) for m in TORN_MODES)}")
+            kw["torn_tail"] = tail or ""
         if kind == "uplink_impair":
             kw["latency"] = _duration(table, "latency", where, 0.0)
             kw["jitter"] = _duration(table, "jitter", where, 0.0)

@@ -33,6 +33,13 @@ def test_storm_every_fault_once_and_influxdb_holds_every_reading_once(tmp_path: 
     assert kinds["water"].matched > 100 and kinds["alarm"].matched > 0
     # power cuts happened, so the rules were exercised (rebooted gateways have two outages)
     assert sum(len(v) >= 2 for v in record["outages"].values()) == 2
+    # both boots without a clock got it back from the rig's NTP, and their readings were stamped
+    # through the boot's anchor within CLOCK_TOLERANCE_S (verdict.ok: none mistimed)
+    assert sorted(record["clock_unset"]) == ["gw-01", "gw-03"]
+    assert all(b is not None and a is not None and b > a
+               for ws in record["clock_unset"].values() for a, b in ws)
+    gateways = verdict.by_gateway()
+    assert gateways["gw-01"].anchored > 20 and gateways["gw-03"].anchored > 20
     # the impaired uplinks carried the traffic, and the lossy one delayed chunks as retransmissions
     assert record["links"]["gw-02"]["retransmitted_chunks"] > 0
     assert all(v["forwarded_bytes"] > 10_000 for v in record["links"].values())

@@ -24,7 +24,7 @@ def test_check_refuses_a_bad_file_with_exit_2_naming_the_key(tmp_path: Path,
                    '[[faults]]\nkind = "clock_unset_at_boot"\nat = "1s"\ngateway = "gw-01"\n')
     assert main(["hil", "check", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert "bad.toml: faults[0].kind: 'clock_unset_at_boot' is not implemented yet" in err
+    assert "bad.toml: faults[0].for: clock_unset_at_boot needs a duration > 0" in err
 
 
 def test_verify_rejudges_a_saved_run_and_draws_its_report(tmp_path: Path,

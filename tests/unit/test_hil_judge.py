@@ -185,3 +185,29 @@ def test_a_point_caught_mid_write_is_one_point() -> None:
     v = judge(record(e, [st(1.2, "gw-01", "P-1", "parking", 1.01, contradicting),
                          st(1.4, "gw-01", "P-1", "parking", 1.01, full)]))
     assert v.tallies[("gw-01", "parking")].invented == 1 and not v.ok  # the full row matched the emission
+
+
+def test_a_reading_taken_before_the_clock_was_set_must_be_stored_with_its_true_time() -> None:
+    # gw-01's boot without a clock was online at 5 s and set its clock at 9 s (clock_unset_at_boot):
+    # readings emitted meanwhile were stamped through its anchor; one 3 s late is mistimed.
+    unset = {"gw-01": [[T0 + 5.0, T0 + 9.0]]}
+    good, late = [True, parking_sim.HEARTBEAT, 9, 1, 2, 3, 3600, -90], ARRIVAL
+    run = record(
+        [em(6.0, "gw-01", "P-1", "parking", good), em(7.0, "gw-01", "P-1", "parking", late),
+         em(7.0, "gw-02", "P-1", "parking", late),  # another gateway: its clock was never unset
+         em(2.0, "gw-01", "T-1", "thermometer", TEMP)],  # before the boot: not in the window
+        [st(9.5, "gw-01", "P-1", "parking", 6.2, fmap(parking, good)),
+         st(9.5, "gw-01", "P-1", "parking", 10.0, fmap(parking, late)),
+         st(9.5, "gw-02", "P-1", "parking", 10.0, fmap(parking, late)),
+         st(3.0, "gw-01", "T-1", "thermometer", 5.0, fmap(thermometer, TEMP))],
+        clock_unset=unset)
+    v = judge(run)
+    t = v.tallies[("gw-01", "parking")]
+    assert (t.matched, t.anchored, t.mistimed) == (2, 2, 1)
+    assert v.tallies[("gw-02", "parking")].anchored == 0 and v.tallies[("gw-01", "thermometer")].anchored == 0
+    assert not v.ok and any(s.startswith("mistimed: parking gw-01 P-1") for s in v.samples)
+    # a clock never set: every later reading of that gateway is judged (None = still unset)
+    v = judge(record([em(6.0, "gw-01", "P-1", "parking", good)],
+                     [st(9.5, "gw-01", "P-1", "parking", 6.1, fmap(parking, good))],
+                     clock_unset={"gw-01": [[T0 + 5.0, None]]}))
+    assert v.ok and v.tallies[("gw-01", "parking")].anchored == 1

@@ -143,3 +143,27 @@ def test_uplink_impair_takes_its_parameters_and_needs_one() -> None:
         spec(faults=[{"kind": "uplink_impair", "at": "1s", "for": "5s", "gateway": "gw-01", "drop": 2}]))
     assert "unknown key 'faults[0].loss'" in refused(
         spec(faults=[{"kind": "uplink_impair", "at": "1s", "for": "5s", "gateway": "gw-01", "loss": 0.1}]))
+
+
+def test_torn_tail_takes_a_tear_mode() -> None:
+    def cut(tail: Any) -> Any:
+        return from_dict(spec(faults=[{"kind": "gateway_power_cut", "at": "5s", "gateway": "gw-01",
+                                       "torn_tail": tail}])).faults[0].torn_tail
+
+    assert (cut(True), cut(False), cut("garbage"), cut("truncate")) == ("truncate", "", "garbage", "truncate")
+    msg = refused(spec(faults=[{"kind": "gateway_power_cut", "at": "5s", "gateway": "gw-01",
+                                "torn_tail": "shred"}]))
+    assert "faults[0].torn_tail: 'shred' is not true, false, 'truncate' or 'garbage'" in msg
+
+
+def test_the_python_scenarios_have_toml_twins_with_the_same_faults() -> None:
+    # hil/scenarios.py -> hil/scenarios/rig-<name>.toml (docs/hil.md "The Python scenarios as data")
+    faults = {name: [(f.kind, f.at, f.torn_tail) for f in load(f"rig-{name}").faults]
+              for name in ("steady", "broker-restart", "power-cut", "torn-power-cut", "faults", "board-heap")}
+    assert faults["steady"] == [] and faults["board-heap"] == []
+    assert faults["broker-restart"] == [("broker_restart", 3.0, "")]
+    assert [k for k, _, _ in faults["power-cut"]] == ["gateway_power_cut"] * 2
+    assert [t for _, _, t in faults["torn-power-cut"]] == ["truncate", "garbage", "truncate"]
+    assert [k for k, _, _ in faults["faults"]] == ["serial_noise"]
+    heap = load("rig-board-heap").gateways[0]
+    assert (heap.runtime, heap.heap, heap.sensor("water")) == ("micropython", "136K", None)
