@@ -312,8 +312,6 @@ class Agent:
             if ticks_diff(ticks_ms(), self._last_batch) < gap:
                 return False
         if len(self._carry) < up["batch_max"]:
-            if self.flush_requested:
-                self.log.sync()  # peek hands out synced records only
             more = self.log.peek(up["batch_max"] - len(self._carry), 2048)
             recs = self._carry + more
         else:

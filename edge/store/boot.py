@@ -49,6 +49,12 @@ def recover(log, dirpath, budget_bytes, segment_bytes, sync_every_ms, sync_every
     log._inflight = []
     log._unsynced = 0
     log._unsynced_since = 0
+    # Write-behind: periodic records wait here until their group sync (docs/store.md), so one
+    # receipted before it is never written. Bounded by sync_every_bytes (and a segment).
+    log._wbuf = bytearray(min(sync_every_bytes, segment_bytes))
+    log._wmv = memoryview(log._wbuf)
+    log._skip = 0
+    log.skipped_bytes = 0
     log._tainted = False
     log._moved_at = None
     # Record ids: (segment - first segment of this boot) * span + offset, span the smallest power
