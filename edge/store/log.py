@@ -210,7 +210,7 @@ class Log:
         if behind:
             # Periodic: kept in RAM until the group sync, which writes it only if it is not
             # acked by then (a receipt that came back in time saves its flash write).
-            if self._unsynced + need > cap:
+            if self._unsynced + need > cap and not self._compact(need):
                 self._flush()
             b = self._unsynced
             wmv = self._wmv
@@ -237,11 +237,33 @@ class Log:
         self.flash_bytes += need
         self.pending += 1
         self.appended += 1
-        if behind and self._unsynced >= self.sync_every_bytes:
+        if behind and self._unsynced >= self.sync_every_bytes and not self._compact(1):
             self.sync()
         else:
             self.poll()
         return (segs[-1] - self._base) * self._span + sizes[-1]
+
+    def _acked_prefix(self, u):
+        """Bytes at the start of the RAM buffer (`u` bytes in use) that are acked already."""
+        if self._cursor // self._span + self._base != self._segs[-1]:
+            return 0
+        return min(u, max(0, self._cursor % self._span - (self._sizes[-1] - u)))
+
+    def _compact(self, room):
+        """Drop the acked records at the start of the RAM buffer (they are never written) and
+        move the rest down; True if `room` bytes are then free. Their group sync stays due at
+        the same time: a power cut still costs at most sync_every_ms of unacked records."""
+        u = self._unsynced
+        k = self._acked_prefix(u)
+        if k:
+            self._wmv[0 : u - k] = self._wmv[k:u]
+            self._unsynced = u - k
+            self._skip += k
+            self.skipped_bytes += k
+            self.flash_bytes -= k
+            if self._moved_at is None:
+                self._moved_at = self.clock()  # the saved cursor stopped at the written end
+        return self._unsynced + room <= len(self._wbuf)
 
     def _flush(self, sync=True):
         """Write (and `sync`) the records waiting in RAM, except those already acked (skipped:
@@ -250,9 +272,7 @@ class Log:
         if not u:
             return
         self._unsynced = 0
-        k = 0
-        if self._cursor // self._span + self._base == self._segs[-1]:
-            k = min(u, max(0, self._cursor % self._span - (self._sizes[-1] - u)))
+        k = self._acked_prefix(u)
         if k:
             # Acked before written: everything before it is acked too, so only segs[0] (the
             # active one here) ever has a gap, and nothing before the gap is read again.

@@ -338,3 +338,36 @@ def test_power_cut_loses_only_unsynced_unacked_periodic_records():
         log.close()
     finally:
         _rmtree(d)
+
+
+def test_full_buffer_drops_acked_records_instead_of_writing():
+    d = _tmpdir()
+    try:
+        clock = Clock()
+        # Room for 4 records of 7 + 12 bytes in RAM.
+        log = Log(
+            d, budget_bytes=8192, segment_bytes=4096, sync_every_ms=1000, sync_every_bytes=80, clock=clock
+        )
+        for i in range(4):
+            log.append(b"periodic %03d" % i)
+        got = log.peek(10)
+        log.ack(got[2][0])  # three receipted: the buffer is full, but mostly of acked records
+        for i in range(4, 7):
+            log.append(b"periodic %03d" % i)  # room made by dropping the acked ones, no write
+        assert log.syncs == 0 and _read(d + "/" + seg_name(1)) == b""
+        assert log.stats()["unwritten_bytes"] == 4 * 19 and log.skipped_bytes == 3 * 19
+        assert [p for _, p in log.peek(10)] == [b"periodic %03d" % i for i in range(4, 7)]
+        log.rewind()
+        assert [p for _, p in log.peek(10)] == [b"periodic %03d" % i for i in range(3, 7)]
+        log.append(b"periodic 007")  # full of unacked records: written, one sync
+        assert log.syncs == 1
+        data = _read(d + "/" + seg_name(1))
+        assert data.startswith(b"\xa5") and data.count(b"periodic") == 4 and b"periodic 003" in data
+        clock.now = 1000
+        log.poll()  # the last one's group sync
+        log.close()
+        log = Log(d, budget_bytes=8192, segment_bytes=4096)
+        assert [p for _, p in log.peek(10)] == [b"periodic %03d" % i for i in range(3, 8)]
+        log.close()
+    finally:
+        _rmtree(d)
