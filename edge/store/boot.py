@@ -57,6 +57,7 @@ def recover(log, dirpath, budget_bytes, segment_bytes, sync_every_ms, sync_every
     log._wbuf = bytearray(min(sync_every_bytes, segment_bytes, _WBUF_MAX))
     log._wmv = memoryview(log._wbuf)
     log._skip = 0
+    log._spilled = 0
     log.skipped_bytes = 0
     log._tainted = False
     log._moved_at = None

@@ -75,6 +75,8 @@ class Log:
     _unsynced, _unsynced_since   bytes of the active segment not yet written, since when: they
                              wait in `_wbuf` (write-behind, at most sync_every_bytes). The
                              durable end of the active segment is its size minus `_unsynced`.
+    _spilled                 bytes written from a full buffer but not yet synced: the group
+                             sync still comes at sync_every_ms or sync_every_bytes, as offline.
     _skip                    bytes of _segs[0] acked while in `_wbuf`, so never written: its file
                              offset is the record offset minus `_skip` (only segs[0] has any,
                              and only past them is ever read).
@@ -121,6 +123,7 @@ class Log:
         _wbuf: bytearray
         _wmv: memoryview
         _skip: int
+        _spilled: int
         skipped_bytes: int
         _tainted: bool
         _seg_path: str
@@ -211,12 +214,12 @@ class Log:
             # Periodic: kept in RAM until the group sync, which writes it only if it is not
             # acked by then (a receipt that came back in time saves its flash write).
             if self._unsynced + need > cap and not self._compact(need):
-                self._flush()
+                self._flush(False)  # full of unacked records: written, synced on schedule
             b = self._unsynced
             wmv = self._wmv
             wmv[b : b + HEADER] = hdr
             wmv[b + HEADER : b + need] = payload
-            if b == 0:
+            if b == 0 and not self._spilled:
                 self._unsynced_since = self.clock()
             self._unsynced = b + need
         else:
@@ -232,13 +235,16 @@ class Log:
                 raise StoreError("write failed", *exc.args) from None
             fs.sync(self._active)
             self.syncs += 1
+            self._spilled = 0
         sizes[-1] += need
         self._counts[-1] += 1
         self.flash_bytes += need
         self.pending += 1
         self.appended += 1
-        if behind and self._unsynced >= self.sync_every_bytes and not self._compact(1):
-            self.sync()
+        if behind and self._unsynced + self._spilled >= self.sync_every_bytes:
+            self._compact(0)
+            if self._unsynced + self._spilled >= self.sync_every_bytes:
+                self.sync()
         else:
             self.poll()
         return (segs[-1] - self._base) * self._span + sizes[-1]
@@ -269,10 +275,8 @@ class Log:
         """Write (and `sync`) the records waiting in RAM, except those already acked (skipped:
         they never cost a flash write). Acks are in log order, so the acked ones are a prefix."""
         u = self._unsynced
-        if not u:
-            return
-        self._unsynced = 0
         k = self._acked_prefix(u)
+        self._unsynced = 0
         if k:
             # Acked before written: everything before it is acked too, so only segs[0] (the
             # active one here) ever has a gap, and nothing before the gap is read again.
@@ -287,9 +291,11 @@ class Log:
             except OSError as exc:
                 self._tainted = True  # what did not reach flash is found torn by peek, counted
                 raise StoreError("write failed", *exc.args) from None
-            if sync:
-                self.files.sync(self._active)
-                self.syncs += 1
+            self._spilled += u - k
+        if sync and self._spilled:
+            self.files.sync(self._active)
+            self.syncs += 1
+            self._spilled = 0
 
     def poll(self):
         """Run the deferred work that is due: group sync of periodic records, cursor save.
@@ -297,7 +303,7 @@ class Log:
         Call it from the agent's loop (every second or so) so that a quiet period still commits.
         """
         now = self.clock()
-        if self._unsynced and ticks_diff(now, self._unsynced_since) >= self.sync_every_ms:
+        if (self._unsynced or self._spilled) and ticks_diff(now, self._unsynced_since) >= self.sync_every_ms:
             self.sync()
         elif self._moved_at is not None and ticks_diff(now, self._moved_at) >= self.sync_every_ms:
             self._save_state()

@@ -359,10 +359,10 @@ def test_full_buffer_drops_acked_records_instead_of_writing():
         assert [p for _, p in log.peek(10)] == [b"periodic %03d" % i for i in range(4, 7)]
         log.rewind()
         assert [p for _, p in log.peek(10)] == [b"periodic %03d" % i for i in range(3, 7)]
-        log.append(b"periodic 007")  # full of unacked records: written, one sync
+        log.append(b"periodic 007")  # full of unacked records: written; sync_every_bytes reached: one sync
         assert log.syncs == 1
         data = _read(d + "/" + seg_name(1))
-        assert data.startswith(b"\xa5") and data.count(b"periodic") == 4 and b"periodic 003" in data
+        assert data.startswith(b"\xa5") and data.count(b"periodic") == 5 and b"periodic 003" in data
         clock.now = 1000
         log.poll()  # the last one's group sync
         log.close()

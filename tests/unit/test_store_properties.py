@@ -287,7 +287,7 @@ def run(
                 m.gone = m.acked
                 m.peeked = max(m.peeked, m.acked)
             m.recs.append(bytes(payload))
-            if log._unsynced == 0:
+            if log._unsynced == 0 and log._spilled == 0:
                 m.synced = len(m.recs)
             elif log.syncs != syncs:
                 m.synced = len(m.recs) - 1  # a segment roll synced what came before
@@ -299,7 +299,7 @@ def run(
         elif kind == "tick":
             clock.now += op[1]
             log.poll()
-            if log._unsynced == 0:
+            if log._unsynced == 0 and log._spilled == 0:
                 m.synced = len(m.recs)
         elif kind == "peek":
             n, max_bytes = op[1], op[2]
