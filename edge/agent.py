@@ -191,6 +191,10 @@ class Agent:
             record.encode(w, sensor, kind, None, fields, self.boot, up)
         else:
             record.encode(w, sensor, kind, ts, fields)
+        if self.log.pending == self.batcher.records_in_flight and not self._carry:
+            # Nothing was waiting to be batched: a partial batch goes batch_age_ms after this one
+            # (the log hands records out at once now, so the age counts from the first of them).
+            self._last_batch = ticks_ms()
         self.log.append(w.view(), urgent)
         if alarm is not None:
             if ts is None:
@@ -318,8 +322,6 @@ class Agent:
             if ticks_diff(ticks_ms(), self._last_batch) < gap:
                 return False
         if len(self._carry) < up["batch_max"]:
-            if self.flush_requested:
-                self.log.sync()  # peek hands out synced records only
             more = self.log.peek(up["batch_max"] - len(self._carry), 2048)
             recs = self._carry + more
         else:

@@ -16,7 +16,12 @@ Readings are then compared as multisets keyed by (sensor, kind, typed fields): f
     (0.3 s) before a kill: the agent may not have read it yet; any earlier one is synced at
     append and must arrive;
   * a periodic reading written within one group-sync interval (`store.sync_every_ms`, plus the
-    read margin) before a kill: it may still have been in the unsynced tail of the log.
+    read margin) before a kill, and never received: a periodic reading is lost only if it was
+    neither synced nor receipted (docs/store.md, "Guarantees"). The log is write-behind: it
+    waits in RAM, unwritten, until its group sync, which comes at most `sync_every_ms` after it
+    was taken, so one taken earlier was synced; and a receipted one was received (the collector
+    receipts only what reached it through the broker this verifier listens to), so a missing
+    one was not receipted.
 
 Polled kinds (water over Modbus) are not emitted by a rig-side clock: the agent decides when to
 poll, so only their values can be checked (`polled`: the set of (sensor, fields) the slaves

@@ -16,6 +16,9 @@ _MAX_SEGMENT = const(1048576)
 _SCRATCH = const(128)
 
 
+_WBUF_MAX = const(2048)  # the write-behind buffer's cap: board heap (docs/store.md, "Memory")
+
+
 def recover(log, dirpath, budget_bytes, segment_bytes, sync_every_ms, sync_every_bytes, clock, files):
     """Open `log` (arguments as Log's) after a reboot or power cut: its settings and counters,
     segments, cursor, pending count and boot."""
@@ -49,6 +52,13 @@ def recover(log, dirpath, budget_bytes, segment_bytes, sync_every_ms, sync_every
     log._inflight = []
     log._unsynced = 0
     log._unsynced_since = 0
+    # Write-behind: periodic records wait here until their group sync (docs/store.md), so one
+    # receipted before it is never written. Bounded by sync_every_bytes (and a segment).
+    log._wbuf = bytearray(min(sync_every_bytes, segment_bytes, _WBUF_MAX))
+    log._wmv = memoryview(log._wbuf)
+    log._skip = 0
+    log._spilled = 0
+    log.skipped_bytes = 0
     log._tainted = False
     log._moved_at = None
     # Record ids: (segment - first segment of this boot) * span + offset, span the smallest power

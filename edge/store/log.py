@@ -72,8 +72,14 @@ class Log:
                              later, which caps the cursor saves at one per sync_every_ms.
     _read                    next position peek reads; cursor <= read <= durable end.
     _inflight                rids handed out by peek and not yet acked, in order.
-    _unsynced, _unsynced_since   bytes of the active segment not yet synced, since when. The
+    _unsynced, _unsynced_since   bytes of the active segment not yet written, since when: they
+                             wait in `_wbuf` (write-behind, at most sync_every_bytes). The
                              durable end of the active segment is its size minus `_unsynced`.
+    _spilled                 bytes written from a full buffer but not yet synced: the group
+                             sync still comes at sync_every_ms or sync_every_bytes, as offline.
+    _skip                    bytes of _segs[0] acked while in `_wbuf`, so never written: its file
+                             offset is the record offset minus `_skip` (only segs[0] has any,
+                             and only past them is ever read).
     _tainted                 a write failed: a partial record may sit at the tail, so the next
                              append starts a new segment.
     _seg_path                `dir + "/seg-%06d.log"`: the path of segment n is `_seg_path % n`.
@@ -114,6 +120,11 @@ class Log:
         _inflight: list
         _unsynced: int
         _unsynced_since: int
+        _wbuf: bytearray
+        _wmv: memoryview
+        _skip: int
+        _spilled: int
+        skipped_bytes: int
         _tainted: bool
         _seg_path: str
         _hdr: bytearray
@@ -143,7 +154,12 @@ class Log:
         """Write `state`: b"cbL1", boot, cursor segment, cursor offset (u32 LE each), then the
         crc32 of those 16 bytes (checked by edge.store.boot)."""
         cur = self._cursor
-        head = struct.pack("<IIII", _STATE_MAGIC, self.boot, cur // self._span + self._base, cur % self._span)
+        seg = cur // self._span + self._base
+        off = cur % self._span
+        if seg == self._segs[-1]:
+            # Not past the written end: records still in RAM land after it if they are written.
+            off = min(off, self._sizes[-1] - self._unsynced)
+        head = struct.pack("<IIII", _STATE_MAGIC, self.boot, seg, off - self._skip)
         self.files.write_atomic(self.dir + "/state", head + struct.pack("<I", crc32(head)))
         self._moved_at = None
 
@@ -160,10 +176,7 @@ class Log:
         sizes = self._sizes
         if self._tainted or sizes[-1] + need > self.segment_bytes:
             # Seal the active segment (durable before the next one exists) and start a new one.
-            if self._unsynced:
-                fs.sync(self._active)
-                self._unsynced = 0
-                self.syncs += 1
+            self._flush()
             self._active.close()  # (closed again, harmlessly, if the open below failed)
             seg = segs[-1] + 1
             self._active = fs.open(self._seg_path % seg, "ab")
@@ -195,26 +208,94 @@ class Log:
         hdr[1] = n & 0xFF
         hdr[2] = n >> 8
         struct.pack_into("<I", hdr, 3, crc32(payload, crc32(self._lenmv)))
-        try:
-            fs.write(self._active, hdr)
-            fs.write(self._active, payload)
-        except OSError as exc:
-            self._tainted = True  # a partial record may sit at the tail: continue in a new segment
-            # `from None`: MicroPython warns on chaining; the errno travels in args instead.
-            raise StoreError("write failed", *exc.args) from None
-        if self._unsynced == 0:
-            self._unsynced_since = self.clock()
-        self._unsynced += need
+        cap = len(self._wbuf)
+        behind = not urgent and need <= cap
+        if behind:
+            # Periodic: kept in RAM until the group sync, which writes it only if it is not
+            # acked by then (a receipt that came back in time saves its flash write).
+            if self._unsynced + need > cap and not self._compact(need):
+                self._flush(False)  # full of unacked records: written, synced on schedule
+            b = self._unsynced
+            wmv = self._wmv
+            wmv[b : b + HEADER] = hdr
+            wmv[b + HEADER : b + need] = payload
+            if b == 0 and not self._spilled:
+                self._unsynced_since = self.clock()
+            self._unsynced = b + need
+        else:
+            # Urgent (or larger than the buffer): after what waits in RAM (log order), both made
+            # durable by one sync.
+            self._flush(False)
+            try:
+                fs.write(self._active, hdr)
+                fs.write(self._active, payload)
+            except OSError as exc:
+                self._tainted = True  # a partial record may sit at the tail: continue in a new segment
+                # `from None`: MicroPython warns on chaining; the errno travels in args instead.
+                raise StoreError("write failed", *exc.args) from None
+            fs.sync(self._active)
+            self.syncs += 1
+            self._spilled = 0
         sizes[-1] += need
         self._counts[-1] += 1
         self.flash_bytes += need
         self.pending += 1
         self.appended += 1
-        if urgent or self._unsynced >= self.sync_every_bytes:
-            self.sync()
+        if behind and self._unsynced + self._spilled >= self.sync_every_bytes:
+            self._compact(0)
+            if self._unsynced + self._spilled >= self.sync_every_bytes:
+                self.sync()
         else:
             self.poll()
         return (segs[-1] - self._base) * self._span + sizes[-1]
+
+    def _acked_prefix(self, u):
+        """Bytes at the start of the RAM buffer (`u` bytes in use) that are acked already."""
+        if self._cursor // self._span + self._base != self._segs[-1]:
+            return 0
+        return min(u, max(0, self._cursor % self._span - (self._sizes[-1] - u)))
+
+    def _compact(self, room):
+        """Drop the acked records at the start of the RAM buffer (they are never written) and
+        move the rest down; True if `room` bytes are then free. Their group sync stays due at
+        the same time: a power cut still costs at most sync_every_ms of unacked records."""
+        u = self._unsynced
+        k = self._acked_prefix(u)
+        if k:
+            self._wmv[0 : u - k] = self._wmv[k:u]
+            self._unsynced = u - k
+            self._skip += k
+            self.skipped_bytes += k
+            self.flash_bytes -= k
+            if self._moved_at is None:
+                self._moved_at = self.clock()  # the saved cursor stopped at the written end
+        return self._unsynced + room <= len(self._wbuf)
+
+    def _flush(self, sync=True):
+        """Write (and `sync`) the records waiting in RAM, except those already acked (skipped:
+        they never cost a flash write). Acks are in log order, so the acked ones are a prefix."""
+        u = self._unsynced
+        k = self._acked_prefix(u)
+        self._unsynced = 0
+        if k:
+            # Acked before written: everything before it is acked too, so only segs[0] (the
+            # active one here) ever has a gap, and nothing before the gap is read again.
+            self._skip += k
+            self.skipped_bytes += k
+            self.flash_bytes -= k
+            if self._moved_at is None:
+                self._moved_at = self.clock()  # the saved cursor stopped at the written end
+        if k < u:
+            try:
+                self.files.write(self._active, self._wmv[k:u])
+            except OSError as exc:
+                self._tainted = True  # what did not reach flash is found torn by peek, counted
+                raise StoreError("write failed", *exc.args) from None
+            self._spilled += u - k
+        if sync and self._spilled:
+            self.files.sync(self._active)
+            self.syncs += 1
+            self._spilled = 0
 
     def poll(self):
         """Run the deferred work that is due: group sync of periodic records, cursor save.
@@ -222,17 +303,14 @@ class Log:
         Call it from the agent's loop (every second or so) so that a quiet period still commits.
         """
         now = self.clock()
-        if self._unsynced and ticks_diff(now, self._unsynced_since) >= self.sync_every_ms:
+        if (self._unsynced or self._spilled) and ticks_diff(now, self._unsynced_since) >= self.sync_every_ms:
             self.sync()
         elif self._moved_at is not None and ticks_diff(now, self._moved_at) >= self.sync_every_ms:
             self._save_state()
 
     def sync(self):
-        """Make every appended record durable now (and the ack cursor, if its interval is due)."""
-        if self._unsynced:
-            self.files.sync(self._active)
-            self._unsynced = 0
-            self.syncs += 1
+        """Make every appended, unacked record durable now (and the ack cursor, if its interval is due)."""
+        self._flush()
         self.poll()  # nothing unsynced now: saves the cursor if that is due
 
     def close(self):
@@ -252,7 +330,8 @@ class Log:
         start = (segs[0] - self._base) * self._span  # rid of the first segment's start
         while len(segs) > 1 and self._cursor >= start + self._sizes[0]:
             self.files.remove(self._seg_path % segs.pop(0))
-            self.flash_bytes -= self._sizes.pop(0)
+            self.flash_bytes -= self._sizes.pop(0) - self._skip
+            self._skip = 0
             self.pending -= self._counts.pop(0)
             start = (segs[0] - self._base) * self._span
         self._cursor = max(self._cursor, start)  # the cursor is always in the first segment
@@ -263,12 +342,12 @@ class Log:
     # ---- reading and acknowledging ----------------------------------------------------------
 
     def peek(self, max_records=32, max_bytes=4096):
-        """Up to `max_records` durable, unacked records after the last peek: a list of (id, payload).
+        """Up to `max_records` unacked records after the last peek: a list of (id, payload).
 
         Continues where the previous peek stopped (no re-reading); `rewind` starts again at the
         ack cursor, e.g. after a lost connection. At least one record is returned if any is
-        ready, even one larger than `max_bytes`. Only synced records are returned: call `sync`
-        first to publish periodic records before their group commit.
+        ready, even one larger than `max_bytes`. Records still waiting in RAM for their group
+        sync are handed out too (deliver first: docs/store.md, "Write-behind").
         """
         out = []
         total = 0
@@ -283,6 +362,19 @@ class Log:
                 limit = self._sizes[i]
                 if i == last:
                     limit -= self._unsynced  # the durable end
+                    if off >= limit and self._unsynced and off < self._sizes[i]:
+                        # Waiting in RAM (written by itself, so no CRC to check).
+                        b = off - limit
+                        wb = self._wbuf
+                        n = wb[b + 1] | (wb[b + 2] << 8)
+                        if out and total + n > max_bytes:
+                            break
+                        payload = bytes(self._wmv[b + HEADER : b + HEADER + n])
+                        total += n
+                        self._read += HEADER + n
+                        self._inflight.append(self._read)
+                        out.append((self._read, payload))
+                        continue
                 if off >= limit:
                     if i == last:
                         break
@@ -294,7 +386,7 @@ class Log:
                     continue
                 if f is None:
                     f = self.files.open(self._seg_path % segs[i], "rb")
-                f.seek(off)
+                f.seek(off - self._skip if i == 0 else off)
                 payload = None
                 if f.readinto(hdr) == HEADER and hdr[0] == MAGIC:
                     n = hdr[1] | (hdr[2] << 8)
@@ -351,7 +443,7 @@ class Log:
 
     @property
     def pending_bytes(self):
-        return self.flash_bytes - self._cursor % self._span
+        return self.flash_bytes + self._skip - self._cursor % self._span
 
     def stats(self):
         """Counters for the status message (allocates: call it at status time, not per reading)."""
@@ -368,5 +460,8 @@ class Log:
             "torn_records": self.torn_records,
             "torn_bytes": self.torn_bytes,
             "syncs": self.syncs,
+            "unwritten_bytes": self._unsynced,
+            "write_behind_bytes": len(self._wbuf),
+            "skipped_bytes": self.skipped_bytes,
             "bytes_written": self.files.written,
         }

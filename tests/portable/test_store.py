@@ -194,13 +194,15 @@ def test_group_sync_by_time_and_bytes():
             d, budget_bytes=8192, segment_bytes=4096, sync_every_ms=10000, sync_every_bytes=100, clock=clock
         )
         log.append(b"p" * 10)
-        assert log.syncs == 0 and log.peek(10) == []  # not durable yet: not published
+        assert log.syncs == 0 and len(log.peek(10)) == 1  # sent at once, written later
+        log.rewind()
+        assert _read(d + "/" + seg_name(1)) == b""  # write-behind: waits in RAM
         clock.now = 9999
         log.poll()
         assert log.syncs == 0
         clock.now = 10000
         log.poll()
-        assert log.syncs == 1 and len(log.peek(10)) == 1
+        assert log.syncs == 1 and len(_read(d + "/" + seg_name(1))) == HEADER + 10
         for _ in range(5):
             log.append(b"p" * 20)  # 27 bytes each: the 4th crosses 100 bytes
         assert log.syncs == 2
@@ -290,6 +292,82 @@ def test_boot_cleans_leftovers_and_resumes_at_the_cursor():
         log = Log(d, budget_bytes=1024, segment_bytes=256)
         first = log.peek(1)[0][1]
         assert first <= b"rec 12"
+        log.close()
+    finally:
+        _rmtree(d)
+
+
+def test_write_behind_skips_what_was_acked_before_the_sync():
+    d = _tmpdir()
+    try:
+        clock = Clock()
+        log = Log(
+            d, budget_bytes=8192, segment_bytes=4096, sync_every_ms=1000, sync_every_bytes=200, clock=clock
+        )
+        rids = [log.append(b"periodic %d" % i) for i in range(4)]
+        got = log.peek(10)
+        assert [r for r, _ in got] == rids  # delivered before any write
+        log.ack(rids[1])  # receipted within the sync interval
+        log.append(b"event", urgent=True)  # urgent: what waits goes first (log order), all durable
+        data = _read(d + "/" + seg_name(1))
+        assert b"periodic 0" not in data and b"periodic 1" not in data
+        assert data.index(b"periodic 2") < data.index(b"periodic 3") < data.index(b"event")
+        assert log.skipped_bytes == 2 * (HEADER + 10) and log.stats()["unwritten_bytes"] == 0
+        rids.append(log.peek(10)[0][0])
+        log.ack(rids[3])
+        log.close()
+        log = Log(d, budget_bytes=8192, segment_bytes=4096)
+        assert [p for _, p in log.peek(10)] == [b"event"]  # the saved cursor maps onto the file
+        log.close()
+    finally:
+        _rmtree(d)
+
+
+def test_power_cut_loses_only_unsynced_unacked_periodic_records():
+    d = _tmpdir()
+    try:
+        clock = Clock()
+        log = Log(
+            d, budget_bytes=8192, segment_bytes=4096, sync_every_ms=1000, sync_every_bytes=4096, clock=clock
+        )
+        log.append(b"synced", urgent=True)
+        log.append(b"in RAM")
+        log = None  # a power cut (kill -9): nothing closed, nothing flushed
+        log = Log(d, budget_bytes=8192, segment_bytes=4096)
+        assert [p for _, p in log.peek(10)] == [b"synced"]
+        log.close()
+    finally:
+        _rmtree(d)
+
+
+def test_full_buffer_drops_acked_records_instead_of_writing():
+    d = _tmpdir()
+    try:
+        clock = Clock()
+        # Room for 4 records of 7 + 12 bytes in RAM.
+        log = Log(
+            d, budget_bytes=8192, segment_bytes=4096, sync_every_ms=1000, sync_every_bytes=80, clock=clock
+        )
+        for i in range(4):
+            log.append(b"periodic %03d" % i)
+        got = log.peek(10)
+        log.ack(got[2][0])  # three receipted: the buffer is full, but mostly of acked records
+        for i in range(4, 7):
+            log.append(b"periodic %03d" % i)  # room made by dropping the acked ones, no write
+        assert log.syncs == 0 and _read(d + "/" + seg_name(1)) == b""
+        assert log.stats()["unwritten_bytes"] == 4 * 19 and log.skipped_bytes == 3 * 19
+        assert [p for _, p in log.peek(10)] == [b"periodic %03d" % i for i in range(4, 7)]
+        log.rewind()
+        assert [p for _, p in log.peek(10)] == [b"periodic %03d" % i for i in range(3, 7)]
+        log.append(b"periodic 007")  # full of unacked records: written; sync_every_bytes reached: one sync
+        assert log.syncs == 1
+        data = _read(d + "/" + seg_name(1))
+        assert data.startswith(b"\xa5") and data.count(b"periodic") == 5 and b"periodic 003" in data
+        clock.now = 1000
+        log.poll()  # the last one's group sync
+        log.close()
+        log = Log(d, budget_bytes=8192, segment_bytes=4096)
+        assert [p for _, p in log.peek(10)] == [b"periodic %03d" % i for i in range(3, 8)]
         log.close()
     finally:
         _rmtree(d)
