@@ -1,6 +1,7 @@
 """The city on the cluster, end to end: gateway agents (CPython and the MicroPython unix port, with
 ids holding ':') publish to a 3-node NATS JetStream cluster through its MQTT listeners, each with the
 three nodes as broker endpoints; two collectors pull the uplink stream into a real InfluxDB 1.x.
+Gateways keep uplink.receipts on, as on the cluster in the field.
 Under load: a node is SIGKILLed, then another once the first is back; a collector is SIGKILLed and
 restarted; then every node is restarted in turn (SIGTERM). Every reading the sensors sent is in
 InfluxDB exactly once, and the gateways' logs drain (status spool_records 0)."""
@@ -118,8 +119,11 @@ def city(tmp_path: Path, influxdb: InfluxDB) -> Iterator[tuple[NatsCluster, list
         ports = cluster.mqtt_ports
         for i, (interpreter, gw) in enumerate(AGENTS):
             order = ports[i:] + ports[:i]  # each gateway starts on another node
+            # Receipts on, as gateways on the cluster run (docs/scaling.md): a node's PUBACK is not
+            # the stream's (a batch PUBACKed while a node is down can miss the stream), so
+            # without receipts a gateway drops what the stream never got.
             rigs.append(Rig(interpreter, gw=gw, broker_port=ports[2], agent_brokers=order, lids=0, water=(),
-                            workdir=str(tmp_path / f"rig-{interpreter}")))
+                            receipts=True, workdir=str(tmp_path / f"rig-{interpreter}")))
         yield cluster, collectors, rigs
     finally:
         for rig in rigs:
