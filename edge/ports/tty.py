@@ -116,8 +116,15 @@ class Tty:
         buf[0] = one[0]
         n = 1
         limit = len(buf)
-        while n < limit and self._ready():
-            self._take()
+        while n < limit:
+            try:
+                if not self._ready():
+                    break
+                self._take()
+            except OSError:
+                # Hung up after these bytes arrived (the adapter pulled just behind a frame): hand
+                # over what was read; the next read reports the dead port.
+                break
             buf[n] = one[0]
             n += 1
         return n
