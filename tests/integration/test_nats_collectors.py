@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nats
@@ -61,31 +61,36 @@ def batch(i: int) -> tuple[str, bytes]:
 
 
 class Publisher:
-    """QoS 1 batches from a background thread, each PUBACKed by the node before the next."""
+    """QoS 1 batches from a background thread, each PUBACKed by the node before the next:
+    `batches` of them, then more while `until` (if given) is false, up to four times as many."""
 
-    def __init__(self, port: int, batches: int) -> None:
+    def __init__(self, port: int, batches: int, until: Callable[[], bool] | None = None) -> None:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="nats-gws",
                                   protocol=mqtt.MQTTv311)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         wait_until(self.client.is_connected, 10, "MQTT CONNACK")
         self.batches = batches
+        self.until = until
         self.published = 0
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
-        for i in range(self.batches):
+        i = 0
+        while i < self.batches or (self.until is not None and not self.until() and i < 4 * self.batches):
             topic, payload = batch(i)
             self.client.publish(topic, payload, qos=1).wait_for_publish(30)
-            self.published += 1
+            i += 1
+            self.published = i
             time.sleep(0.005)
 
     def close(self) -> None:
         self.thread.join(60)
         self.client.disconnect()
         self.client.loop_stop()
-        assert self.published == self.batches
+        assert not self.thread.is_alive() and self.published >= self.batches
+        self.batches = self.published  # what every check counts from
 
 
 def stored(influx: InfluxDB) -> int:
@@ -139,12 +144,17 @@ def test_two_collectors_share_one_durable_consumer_and_survive_a_kill_9(
     try:
         a.start()
         b.start()
-        pub = Publisher(cluster.nodes[1].mqtt_port, batches=400)
+        # Publishing goes on until the restarted `a` has written (on a loaded machine 400 batches
+        # can all be out before it is back, and b alone would take them).
+        restarted = threading.Event()
+        pub = Publisher(cluster.nodes[1].mqtt_port, batches=400,
+                        until=lambda: restarted.is_set() and written(a) > 0)
         wait_until(lambda: pub.published > 100 and written(a) > 0, 60, "collector a writing")
         a.kill()  # SIGKILL with whatever it pulled and had not acknowledged
         before = written(b)
         wait_until(lambda: written(b) > before, 30, "survivor writing")
         a.start()
+        restarted.set()
         pub.close()
         want = pub.batches * PER_BATCH
         wait_until(lambda: stored(influxdb) >= want, 60, "every reading stored")
