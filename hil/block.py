@@ -213,8 +213,9 @@ def tune(rig: Rig, g: Gateway) -> None:
 class BacklogSampler:
     """Once a second, where the backlog sits besides the gateways' logs (their statuses say that):
     the broker's message store (`$SYS/broker/store/messages/count`: messages queued for offline
-    persistent sessions and in flight, retained ones included, published every `sys_interval`,
-    1 s here) and the collector's spool (its /metrics `writer{stat="spool_rows"}`, batches, and
+    persistent sessions and in flight, retained ones included; Mosquitto publishes it, retained,
+    when it changes, at most every `sys_interval`, 1 s here: the last value holds while connected)
+    and the collector's spool (its /metrics `writer{stat="spool_rows"}`, batches, and
     `spool_lines`, points). A sample is missing while its service is down."""
 
     def __init__(self, broker_port: int, collector: Collector) -> None:
@@ -226,7 +227,9 @@ class BacklogSampler:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hil-sys-{os.getpid()}")
         self.client.reconnect_delay_set(1, 1)
         self.client.on_connect = lambda c, *_a: c.subscribe(SYS_STORE, 0)
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self._store: float | None = None  # the broker's last value, None while not connected
         self.client.connect("127.0.0.1", broker_port)
 
     def start(self) -> None:
@@ -244,10 +247,16 @@ class BacklogSampler:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with contextlib.suppress(ValueError):
-            self.broker.append([time.time(), float(msg.payload.decode())])
+            self._store = float(msg.payload.decode())
+
+    def _on_disconnect(self, *_a: Any) -> None:
+        self._store = None  # the broker is down or restarting: no sample until it says again
 
     def _loop(self) -> None:
         while not self._stop.wait(1.0):
+            store = self._store
+            if store is not None and self.client.is_connected():
+                self.broker.append([time.time(), store])
             try:
                 rows = self.collector.metric("writer", stat="spool_rows")
                 lines = self.collector.metric("writer", stat="spool_lines")
