@@ -23,8 +23,8 @@ from edge.mqtt.packets import Will
 from edge.store import Log
 
 # Alarms waiting to be published (live, or held until the clock is set). 16 overflowed in the
-# HIL storm (2 of 3 runs): a boot without a clock for ~10 s (NTP retried every 10 s) held 14-15
-# lid alarms plus those the site broker queued while the gateway was down; 32 holds twice that.
+# HIL storm: a boot without a clock for ~10 s (NTP retried every 10 s) held 16-18 lid alarms
+# (those the site broker queued while the gateway was down included); 18 lost 2. 32 holds more.
 # A full queue still drops the live copy, counted in the status `errors` (ALARM_DROPS).
 _ALARM_QUEUE = const(32)
 _RECENT = const(8)  # sensors remembered with their stamps while a burst shares one millisecond
