@@ -22,19 +22,22 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import cbor2
+import paho.mqtt.client as mqtt
 
+from edge.agent import ALARM_DROPS
 from hil.link import ImpairedLink
 from hil.live import Snapshot
 from hil.ntp import SntpServer
 from hil.rig import PREFIX, Rig, RigError
 from hil.services import Collector, InfluxDB, Mosquitto, ServiceError
 from hil.spec import Fault, Gateway, Scenario
+from hil.verify import codecs_by_code, readings_of
 
 DB = "citybrain"
 MEASUREMENTS = ("parking", "manhole", "water", "thermometer", "alarm")
@@ -48,9 +51,13 @@ NARROW_WINDOW_S = 10.0
 WIDE_EVERY_S = 2.0
 WIDE_WINDOW_S = 120.0
 WATER_ORDERS = ("ABCD", "CDAB")
+# garbage_device: random bytes the extra port writes every rig tick (20 ms) while the fault holds,
+# as the one-gateway `faults` scenario's device does (hil/rig.py).
+GARBAGE_BYTES_PER_TICK = 16
 # The collector's tags that, with the measurement and the time, identify one point (collector/validate.py;
 # site and district follow from the gateway).
 IDENTITY_TAGS = ("gw", "sensor", "kind", "code")
+SYS_STORE = "$SYS/broker/store/messages/count"  # Mosquitto: messages held (queued, in flight, retained)
 
 
 class Poller:
@@ -169,6 +176,95 @@ def field_types(influx: InfluxDB) -> dict[str, dict[str, str]]:
     return out
 
 
+def rig_options(g: Gateway, faults: Sequence[Fault] = ()) -> dict[str, Any]:
+    """`hil.rig.Rig` keyword arguments for one gateway of a scenario file: its sensors, the Modbus
+    poll period (water's `rate`), the heap, and the wiring its faults need from boot (the extra
+    serial port of `garbage_device`). The block and the Python scenarios (hil/scenarios.py) build
+    their rigs through this and `tune`."""
+    def count(kind: str) -> int:
+        s = g.sensor(kind)
+        return s.count if s is not None else 0
+
+    water = g.sensor("water")
+    return {
+        "parking": count("parking"), "thermometers": count("thermometer"), "lids": count("manhole"),
+        "water": tuple((a + 1, WATER_ORDERS[a % 2]) for a in range(count("water"))),
+        "poll_ms": int(1000 / water.rate) if water is not None else 400,
+        "heap": g.heap or "256K",
+        "garbage_device": any(f.kind == "garbage_device" and f.gateway == g.id for f in faults),
+    }
+
+
+def tune(rig: Rig, g: Gateway) -> None:
+    """What the Rig does not take as arguments: each serial device's clock speed and the lids'
+    message rate (the sensors' `rate`); the garbage device silent until its fault fires."""
+    for d in rig.devices:
+        if d.sim is None:
+            d.noise = 0
+            continue
+        s = g.sensor(d.kind)
+        if s is not None:
+            d.speed = s.rate
+    lids = g.sensor("manhole")
+    if rig.lids is not None and lids is not None:
+        rig.lids.interval_s = 1.0 / lids.rate
+
+
+class BacklogSampler:
+    """Once a second, where the backlog sits besides the gateways' logs (their statuses say that):
+    the broker's message store (`$SYS/broker/store/messages/count`: messages queued for offline
+    persistent sessions and in flight, retained ones included; Mosquitto publishes it, retained,
+    when it changes, at most every `sys_interval`, 1 s here: the last value holds while connected)
+    and the collector's spool (its /metrics `writer{stat="spool_rows"}`, batches, and
+    `spool_lines`, points). A sample is missing while its service is down."""
+
+    def __init__(self, broker_port: int, collector: Collector) -> None:
+        self.collector = collector
+        self.broker: list[list[float]] = []  # [wall time, messages in the store]
+        self.spool: list[list[float]] = []  # [wall time, spool rows, spool lines]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="backlog-sampler", daemon=True)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hil-sys-{os.getpid()}")
+        self.client.reconnect_delay_set(1, 1)
+        self.client.on_connect = lambda c, *_a: c.subscribe(SYS_STORE, 0)
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self._store: float | None = None  # the broker's last value, None while not connected
+        self.client.connect("127.0.0.1", broker_port)
+
+    def start(self) -> None:
+        self.client.loop_start()
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with contextlib.suppress(ValueError):
+            self._store = float(msg.payload.decode())
+
+    def _on_disconnect(self, *_a: Any) -> None:
+        self._store = None  # the broker is down or restarting: no sample until it says again
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            store = self._store
+            if store is not None and self.client.is_connected():
+                self.broker.append([time.time(), store])
+            try:
+                rows = self.collector.metric("writer", stat="spool_rows")
+                lines = self.collector.metric("writer", stat="spool_lines")
+            except (OSError, ServiceError, ValueError):
+                continue  # the collector is down (collector_kill): no sample
+            self.spool.append([time.time(), rows, lines])
+
+
 class Block:
     """One scenario run. `run()` returns the record (the content of run.json)."""
 
@@ -184,13 +280,14 @@ class Block:
         self._own_dir = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="citybrain-block-"))
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.broker = Mosquitto(workdir=str(self.dir / "mosquitto"))
+        self.broker = Mosquitto(workdir=str(self.dir / "mosquitto"), extra_config="sys_interval 1\n")
         self.influx = InfluxDB(workdir=str(self.dir / "influxdb"))
         self.collector: Collector | None = None
         self.rigs: dict[str, Rig] = {}
         self.links: dict[str, ImpairedLink] = {}  # gateway -> its uplink proxy (uplink_impair only)
         self.ntp: dict[str, SntpServer] = {}  # gateway -> its NTP server (clock_unset_at_boot only)
         self.poller: Poller | None = None
+        self.sampler: BacklogSampler | None = None
         self.fault_log: list[list[Any]] = []  # [start, end, label] wall times
         self.timeline: list[list[float]] = []  # [t, emitted so far, stored so far] once a second
         self.t0 = 0.0
@@ -209,7 +306,7 @@ class Block:
         gateways = {g.id: {"site": g.site, "district": g.district} for g in self.sc.gateways if g.site}
         self.collector = Collector(
             self.broker.port, {"version": 1, "url": self.influx.url, "db": DB},
-            client_id="block-collector", metrics=False, workdir=str(self.dir / "collector"),
+            client_id="block-collector", workdir=str(self.dir / "collector"),
             settings={"mqtt": {"topic_prefix": PREFIX}, "writer": {"flush_interval": "200ms"},
                       "gateways": gateways},
         )
@@ -230,32 +327,18 @@ class Block:
                       + ", ".join(f"{g.id} ({g.runtime})" for g in self.sc.gateways))
 
     def _rig(self, g: Gateway, seed: int) -> Rig:
-        def count(kind: str) -> int:
-            s = g.sensor(kind)
-            return s.count if s is not None else 0
-
         (self.dir / g.id).mkdir(parents=True, exist_ok=True)
-        water = tuple((a + 1, WATER_ORDERS[a % 2]) for a in range(count("water")))
-        water_spec, lid_spec = g.sensor("water"), g.sensor("manhole")
-        poll_ms = int(1000 / water_spec.rate) if water_spec is not None else 400
         uplink_port = None
         if any(f.kind == "uplink_impair" and f.gateway == g.id for f in self.sc.faults):
             self.links[g.id] = ImpairedLink(self.broker.port, seed=seed)
             uplink_port = self.links[g.id].port
-        rig = Rig(g.runtime, gw=g.id, parking=count("parking"), thermometers=count("thermometer"),
-                  lids=count("manhole"), water=water, seed=seed, sync_every_ms=SYNC_EVERY_MS,
-                  poll_ms=poll_ms, heap=g.heap or "256K", workdir=str(self.dir / g.id), broker=self.broker,
-                  uplink_port=uplink_port)
+        rig = Rig(g.runtime, gw=g.id, seed=seed, sync_every_ms=SYNC_EVERY_MS, workdir=str(self.dir / g.id),
+                  broker=self.broker, uplink_port=uplink_port, **rig_options(g, self.sc.faults))
+        tune(rig, g)
         if any(f.kind == "clock_unset_at_boot" and f.gateway == g.id for f in self.sc.faults):
             self.ntp[g.id] = SntpServer()
             self.ntp[g.id].answering = True
             self._configure(rig, ntp_host=self.ntp[g.id].host)
-        for d in rig.devices:
-            s = g.sensor(d.kind)
-            if s is not None:
-                d.speed = s.rate
-        if rig.lids is not None and lid_spec is not None:
-            rig.lids.interval_s = 1.0 / lid_spec.rate
         return rig
 
     @staticmethod
@@ -278,6 +361,9 @@ class Block:
         self.poller = Poller(self.influx, self.sc.poll_interval, int((self.t0 - 60) * 1000),
                              WIDE_WINDOW_S + longest)
         self.poller.start()
+        assert self.collector is not None
+        self.sampler = BacklogSampler(self.broker.port, self.collector)
+        self.sampler.start()
         pending = list(self.sc.faults)
         service_faults: list[threading.Thread] = []
         next_report = self.t0
@@ -368,7 +454,8 @@ class Block:
             th = threading.Thread(target=self._guard, args=(self._clock_back, f, entry), daemon=True)
             th.start()
             return th
-        if f.kind in ("serial_noise", "bit_flips", "slave_silent", "storm", "uplink_impair"):
+        if f.kind in ("serial_noise", "bit_flips", "slave_silent", "storm", "uplink_impair", "garbage_device",
+                      "dead_slave"):
             th = threading.Thread(target=self._guard, args=(self._device_fault, f, entry), daemon=True)
         else:
             th = threading.Thread(target=self._guard, args=(self._service_fault, f, entry), daemon=True)
@@ -415,6 +502,21 @@ class Block:
                 time.sleep(f.duration)
             finally:
                 os.kill(bus.slave.pid, signal.SIGCONT)
+        elif f.kind == "garbage_device":
+            dev = next(d for d in self.rigs[f.gateway].devices if d.sim is None)
+            dev.noise = GARBAGE_BYTES_PER_TICK
+            try:
+                time.sleep(f.duration)
+            finally:
+                dev.noise = 0
+        elif f.kind == "dead_slave":
+            bus = self.rigs[f.gateway].bus
+            assert bus is not None
+            bus.mute([f.address])
+            try:
+                time.sleep(f.duration)
+            finally:
+                bus.mute(())
         elif f.kind == "uplink_impair":
             link = self.links[f.gateway]
             link.impair(latency=f.latency, jitter=f.jitter, drop=f.drop, partition=f.partition)
@@ -496,8 +598,9 @@ class Block:
         self._report(time.time())
 
     def record(self) -> dict[str, Any]:
-        assert self.poller is not None
+        assert self.poller is not None and self.sampler is not None
         self.poller.stop()
+        self.sampler.stop()
         self.poller.scan(self.poller.since_ms)
         sc = asdict(self.sc)
         sc["seed"] = self.seed
@@ -520,13 +623,51 @@ class Block:
                        "wide_every_s": WIDE_EVERY_S, "wide_window_s": self.poller.wide_window_s},
             "dead_letters": self.dead_letters(),
             "gateway_spools": {gw: self.spools(r) for gw, r in self.rigs.items()},
+            "broker_store": self.sampler.broker,  # [[wall time, messages held]] (BacklogSampler)
+            "collector_spool": self.sampler.spool,  # [[wall time, spool rows, spool lines]]
             # each gateway's last status `errors` map: e.g. manhole `queue_overflow` (lid messages
             # acknowledged to the site broker and dropped: docs/hil.md, "Findings")
             "gateway_errors": {gw: (r.last_status() or {}).get("errors") for gw, r in self.rigs.items()},
             "clock_unset": self.clock_unset(),
+            # where a lost alarm went missing (hil.judge): did the broker deliver it, and did its
+            # gateway count drops from its bounded alarm queue (`alarms_dropped`)
+            "alarms_at_broker": {gw: self.alarms_at_broker(r) for gw, r in self.rigs.items()},
+            "alarms_dropped": {gw: self.alarm_drops(r) for gw, r in self.rigs.items()},
             "links": {gw: {"forwarded_bytes": lk.forwarded, "retransmitted_chunks": lk.retransmitted}
                       for gw, lk in self.links.items()},
         }
+
+    @staticmethod
+    def alarms_at_broker(rig: Rig) -> list[list[Any]]:
+        """[[arrival, boot, seq, code, sensor, kind, ts ms, fields]] per `/alarm` message the broker
+        delivered to the rig's subscriber (a persistent session: redeliveries appear twice)."""
+        if rig.sub is None:
+            return []
+        codecs = codecs_by_code()
+        topic = f"{rig.sub.base}/alarm"
+        with rig.sub.lock:
+            msgs = [(t, p) for t, tp, p, _ in rig.sub.messages if tp == topic]
+        out: list[list[Any]] = []
+        for t, raw in msgs:
+            with contextlib.suppress(cbor2.CBORDecodeError, KeyError, TypeError, IndexError, ValueError):
+                m = cbor2.loads(raw)
+                for sensor, kind, ts, fields in readings_of(m, codecs):
+                    out.append([t, m[1], m[2], m[5], sensor, kind, ts, list(fields)])
+        return out
+
+    @staticmethod
+    def alarm_drops(rig: Rig) -> int:
+        """Live alarms the gateway dropped from its full alarm queue, over all its boots: per boot the
+        last count its statuses' `errors` map gave (edge.agent.ALARM_DROPS; a boot's count dies
+        with it, so the statuses, published every second, are the evidence)."""
+        if rig.sub is None:
+            return 0
+        per_boot: dict[Any, int] = {}
+        for _t, st in rig.sub.statuses():
+            n = ((st.get("errors") or {}).get(ALARM_DROPS[0]) or {}).get(ALARM_DROPS[1])
+            if isinstance(n, int):
+                per_boot[st.get("boot")] = max(n, per_boot.get(st.get("boot"), 0))
+        return sum(per_boot.values())
 
     @staticmethod
     def spools(rig: Rig) -> list[list[Any]]:
@@ -554,6 +695,8 @@ class Block:
             server.close()
         if self.poller is not None:
             self.poller.stop()
+        if self.sampler is not None:
+            self.sampler.stop()
         if self.collector is not None:
             self.collector.stop(30)
         self.broker.stop()

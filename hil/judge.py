@@ -62,6 +62,14 @@ class Tally:
     invented: int = 0
     anchored: int = 0  # matched readings emitted before their boot knew UTC (times checked)
     mistimed: int = 0  # of those, stored with a time off by more than CLOCK_TOLERANCE_S
+    # Lost alarms by where they went missing (`where_lost`; run.json from before the rig recorded
+    # the evidence leaves all three 0): the broker delivered it and InfluxDB does not hold it
+    # (lost after the broker: collector or database); the broker never had it and its gateway
+    # counted that many `alarms_dropped` (its bounded alarm queue was full); the broker never had
+    # it and the gateway counted no drop for it (lost in transit, gateway to broker).
+    lost_after_broker: int = 0
+    dropped_by_gateway: int = 0
+    lost_in_transit: int = 0
 
     @property
     def bad(self) -> int:
@@ -216,8 +224,12 @@ def judge(run: Mapping[str, Any]) -> Verdict:
     # emission of that gateway is in the window).
     unset = {gw: [(a, math.inf if b is None else b) for a, b in ws if a is not None]
              for gw, ws in run.get("clock_unset", {}).items()}
+    lost_alarms: dict[tuple[str, str, str, Any], int] = defaultdict(int)
     for tag_of, want, have in ((None, sent, got), (ALARM, sent_alarms, got_alarms)):
-        _compare(want, have, tallies, latency, samples, tag_of, unset)
+        _compare(want, have, tallies, latency, samples, tag_of, unset,
+                 lost_alarms if tag_of == ALARM else None)
+    if "alarms_at_broker" in run:
+        where_lost(run, lost_alarms, got_alarms, tallies, samples)
 
     goals_missed: list[str] = []
     goals = run["scenario"].get("goals", {})
@@ -241,8 +253,10 @@ def _compare(
     samples: list[str],
     alarm: str | None,
     unset: Mapping[str, list[tuple[float, float]]],
+    lost_keys: dict[tuple[str, str, str, Any], int] | None = None,
 ) -> None:
-    """Multiset match of emissions and stored points, then altered/invented/lost for the rest."""
+    """Multiset match of emissions and stored points, then altered/invented/lost for the rest;
+    `lost_keys` (if given) counts the lost ones per key."""
     unmatched_stored: list[tuple[tuple[str, str, str, Any], int]] = []
     unmatched_sent: dict[tuple[str, str, str], list[tuple[str, float, Any]]] = defaultdict(list)
     for key in set(want) | set(have):
@@ -286,9 +300,44 @@ def _compare(
         for st, t, tf in cands:
             if st == "expected":
                 tallies[(gw, tag)].lost += 1
+                if lost_keys is not None:
+                    lost_keys[(gw, sensor, kind, tf)] += 1
                 samples.append(f"lost: {tag} {gw} {sensor} emitted t={t:.3f} {_plain(tf)}")
             elif st == "excusable":
                 tallies[(gw, tag)].excused += 1
+
+
+def where_lost(
+    run: Mapping[str, Any],
+    lost: Mapping[tuple[str, str, str, Any], int],
+    got: Mapping[tuple[str, str, str, Any], list[tuple[float, int]]],
+    tallies: dict[tuple[str, str], Tally],
+    samples: list[str],
+) -> None:
+    """Sort each lost alarm by where it went missing, from the rig's evidence in the record: the
+    `/alarm` messages the broker delivered to the rig's subscriber (`alarms_at_broker`, distinct
+    (boot, seq)) and the live alarms each gateway counted as dropped from its full queue
+    (`alarms_dropped`, from its statuses, every boot)."""
+    at_broker: dict[tuple[str, str, str, Any], set[tuple[int, int]]] = defaultdict(set)
+    for gw, msgs in run["alarms_at_broker"].items():
+        for _t, boot, seq, _code, sensor, kind, _ts, fields in msgs:
+            at_broker[(gw, sensor, kind, typed(tuple(fields)))].add((boot, seq))
+    drops = dict(run.get("alarms_dropped") or {})
+    for key, n in sorted(lost.items(), key=lambda kv: str(kv[0])):
+        gw = key[0]
+        tal = tallies[(gw, ALARM)]
+        after = min(n, max(0, len(at_broker.get(key, ())) - len(got.get(key, ()))))
+        dropped = min(n - after, drops.get(gw, 0))
+        drops[gw] = drops.get(gw, 0) - dropped
+        tal.lost_after_broker += after
+        tal.dropped_by_gateway += dropped
+        tal.lost_in_transit += n - after - dropped
+    for (gw, tag), tal in sorted(tallies.items()):
+        if tag == ALARM and tal.lost:
+            samples.insert(0, f"{gw}: {tal.lost} alarms lost: {tal.dropped_by_gateway} dropped by the "
+                              f"gateway (alarm queue full, its alarms_dropped), {tal.lost_in_transit} lost "
+                              f"in transit to the broker, {tal.lost_after_broker} lost after the broker "
+                              "delivered them")
 
 
 def _plain(tf: Iterable[tuple[str, Any]]) -> list[Any]:

@@ -4,7 +4,8 @@
 
 Plots: readings/s emitted vs stored over time with the fault timeline shaded; the latency
 distribution per kind; latency over time; not-yet-stored readings over time (emitted so far minus
-matched-and-stored so far: the backlog wherever it sits, gateway spool, broker or collector). Then
+matched-and-stored so far: the backlog wherever it sits), with where it sits sampled: the gateways'
+logs, the broker's message store and the collector's spool. Then
 the per-kind and per-gateway tables of lost/duplicated/altered/invented and the alarms. Each plot is
 an <svg class="plot"> whose series are <polyline>/<rect> elements: tests/integration checks that
 headless Chromium draws them (docs/hil.md, "The report").
@@ -25,7 +26,7 @@ PAD_L, PAD_R, PAD_T, PAD_B = 60, 150, 24, 36
 # One colour per series, the same in every plot (and searched for by the screenshot test).
 COLORS = {"emitted": "#1f77b4", "stored": "#d62728", "parking": "#2ca02c", "thermometer": "#ff7f0e",
           "water": "#17becf", "manhole": "#9467bd", ALARM: "#e31a1c", "backlog": "#8c564b",
-          "gateway logs": "#7f7f7f"}
+          "gateway logs": "#7f7f7f", "broker store": "#bcbd22", "collector spool": "#e377c2"}
 FAULT_FILL = "#f2c94c"
 
 
@@ -166,11 +167,21 @@ def plots(record: Mapping[str, Any], verdict: Verdict) -> list[str]:
 
     # 4. backlog: readings emitted and not yet queryable (hil.judge.backlog_series)
     backlog = [(t, float(b)) for t, b in backlog_series(record, verdict)] or [(0.0, 0.0)]
-    p4 = Plot("Backlog: readings emitted, not yet queryable; records pending in the gateways' logs",
-              "seconds since the timeline started", "readings", n, max(b for _, b in backlog), "backlog")
+    # where it sits, sampled: the gateways' logs (statuses), the broker's message store ($SYS) and
+    # the collector's spool (/metrics; points), each absent while its service was down
+    logs = gateway_logs(record, n)
+    broker = [(t - t0, float(v)) for t, v in record.get("broker_store", [])]
+    spool = [(t - t0, float(lines)) for t, _rows, lines in record.get("collector_spool", [])]
+    top = max(b for _, b in [*backlog, *logs, *broker, *spool])
+    p4 = Plot("Backlog: readings not yet queryable; gateway logs, broker store (messages), collector spool",
+              "seconds since the timeline started", "readings / messages", n, top, "backlog")
     shade(p4)
     p4.line("backlog", _thin(backlog, 2000), COLORS["backlog"])
-    p4.line("gateway logs", _thin(gateway_logs(record, n), 2000), COLORS["gateway logs"])
+    p4.line("gateway logs", _thin(logs, 2000), COLORS["gateway logs"])
+    if broker:
+        p4.line("broker store", _thin(broker, 2000), COLORS["broker store"])
+    if spool:
+        p4.line("collector spool", _thin(spool, 2000), COLORS["collector spool"])
     return [p.svg() for p in (p1, p2, p3, p4)]
 
 

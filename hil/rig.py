@@ -277,6 +277,8 @@ class ModbusBus:
         self.seed = seed
         self.workdir = workdir
         self.path = str(workdir / "bus-gw")
+        # Addresses written here stop answering (`mute`, the block's dead_slave fault).
+        self.mute_file = str(workdir / "bus-muted")
         self.procs: list[subprocess.Popen[bytes]] = []  # every socat and slave ever started
         self.plug()
 
@@ -301,7 +303,7 @@ class ModbusBus:
             which = ["--config", str(block)]
         self.slave = subprocess.Popen(
             [sys.executable, "-m", "hil.water_slave", "--port", dev, *which,
-             "--seed", str(self.seed), "--now-ms", str(WATER_NOW_MS)],
+             "--seed", str(self.seed), "--now-ms", str(WATER_NOW_MS), "--mute-file", self.mute_file],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(self.slave)
         assert self.slave.stdout is not None
@@ -310,6 +312,13 @@ class ModbusBus:
         if line.strip() != b"READY":
             self.close()
             raise RigError(f"water slave did not come up: {line!r}")
+
+    def mute(self, addresses: Sequence[int]) -> None:
+        """These slaves stop answering (dead: the requests are on the bus, nobody answers); ()
+        brings them back. The slave process reads the file at its next request."""
+        tmp = self.mute_file + ".new"
+        Path(tmp).write_text(",".join(str(a) for a in addresses))
+        os.replace(tmp, self.mute_file)
 
     def unplug(self) -> None:
         """The bus adapter is pulled: socat and the slave stop, the agent's pty hangs up."""

@@ -1,7 +1,10 @@
 """The rig's scenarios: what the integration tests run and what `python -m hil.rig` runs by hand.
 
 Each returns an `Outcome` (the verifier's report, the last online status, command replies) and
-leaves nothing running. What each one proves is in docs/hil.md.
+leaves nothing running. What each one proves is in docs/hil.md. Each (but `commands`) takes its
+sensors, rates, length, seed and fault times from its twin `hil/scenarios/rig-<name>.toml` (the
+one source: `twin`); an argument given overrides the file. The runtime is the `interpreter`
+argument, not the file's.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from typing import Any
 
 import cbor2
 
+from hil.block import GARBAGE_BYTES_PER_TICK, rig_options, tune
 from hil.rig import ALL_INTERPRETERS, Rig, RigError, TornWrite
+from hil.spec import Fault, Scenario, load
 from hil.verify import Report, codecs_by_code, readings_of
 
 
@@ -44,11 +49,29 @@ class TornCheck:
     delivered: bool = False  # it had been published before the kill (else the tear lost it)
 
 
+def twin(name: str) -> Scenario:
+    """The scenario file of Python scenario `name` (hil/scenarios/rig-<name>.toml), one gateway."""
+    sc = load(f"rig-{name}")
+    if len(sc.gateways) != 1:
+        raise RigError(f"rig-{name}.toml: a Python scenario runs one gateway, not {len(sc.gateways)}")
+    return sc
+
+
+def faults_of(sc: Scenario, kind: str) -> list[Fault]:
+    return [f for f in sc.faults if f.kind == kind]
+
+
 def _scenario(
-    interpreter: str, save: str | None, body: Callable[[Rig, Outcome], None], **rig_kw: Any
+    interpreter: str, save: str | None, body: Callable[[Rig, Outcome], None], sc: Scenario | None = None,
+    **rig_kw: Any,
 ) -> Outcome:
-    """Start a rig, run `body`, drain, verify, stop the agent cleanly, close, check for leftovers."""
+    """Start a rig (from the twin `sc`'s gateway, then `rig_kw`), run `body`, drain, verify, stop
+    the agent cleanly, close, check for leftovers."""
+    if sc is not None:
+        rig_kw = {**rig_options(sc.gateways[0], sc.faults), **rig_kw}
     rig = Rig(interpreter, **rig_kw)
+    if sc is not None:
+        tune(rig, sc.gateways[0])
     try:
         rig.start_agent()
         out = Outcome(Report({}), None)
@@ -66,28 +89,43 @@ def _scenario(
     return out
 
 
-def steady(interpreter: str, *, seconds: float = 6.0, save: str | None = None, seed: int = 1) -> Outcome:
+def steady(interpreter: str, *, seconds: float | None = None, save: str | None = None,
+           seed: int | None = None) -> Outcome:
     """All four kinds, no faults: every reading exactly once."""
-    return _scenario(interpreter, save, lambda rig, out: rig.run(seconds), seed=seed)
+    sc = twin("steady")
+    length = sc.duration if seconds is None else seconds
+    return _scenario(interpreter, save, lambda rig, out: rig.run(length), sc, seed=_seed(sc, seed))
+
+
+def _seed(sc: Scenario, seed: int | None) -> int:
+    return sc.seed if seed is None else seed
 
 
 def broker_restart(
-    interpreter: str, *, seconds: float = 6.0, save: str | None = None, seed: int = 2
+    interpreter: str, *, seconds: float | None = None, save: str | None = None, seed: int | None = None
 ) -> Outcome:
     """Mosquitto restarted mid-stream (clean stop, same port and data dir): nothing lost."""
+    sc = twin("broker-restart")
+    length = sc.duration if seconds is None else seconds
+    (restart,) = faults_of(sc, "broker_restart")
 
     def body(rig: Rig, out: Outcome) -> None:
-        rig.run(seconds / 2)
+        rig.run(min(restart.at, length))
         rig.restart_broker()
         out.broker_restarts += 1
-        rig.run(seconds / 2)
+        rig.run(max(0.0, length - restart.at))
 
-    return _scenario(interpreter, save, body, seed=seed)
+    return _scenario(interpreter, save, body, sc, seed=_seed(sc, seed))
 
 
-def power_cut(interpreter: str, *, kills: int = 2, save: str | None = None, seed: int = 3) -> Outcome:
-    """SIGKILL of the agent at random moments, then a restart: the verifier's power-cut rules hold."""
-    rnd = random.Random(seed)
+def power_cut(interpreter: str, *, kills: int | None = None, save: str | None = None,
+              seed: int | None = None) -> Outcome:
+    """SIGKILL of the agent at random moments, then a restart: the verifier's power-cut rules hold.
+    As many kills as the twin has power cuts; their moments are drawn from the seed (the twin's
+    are fixed)."""
+    sc = twin("power-cut")
+    kills = len(faults_of(sc, "gateway_power_cut")) if kills is None else kills
+    rnd = random.Random(_seed(sc, seed))
 
     def body(rig: Rig, out: Outcome) -> None:
         for _ in range(kills):
@@ -98,7 +136,7 @@ def power_cut(interpreter: str, *, kills: int = 2, save: str | None = None, seed
             rig.start_agent()
         rig.run(2.0)
 
-    return _scenario(interpreter, save, body, seed=seed)
+    return _scenario(interpreter, save, body, sc, seed=_seed(sc, seed))
 
 
 # The newest record counts as "being written when the power failed" only if its bytes reached the
@@ -109,11 +147,14 @@ _TEAR_ATTEMPTS = 5  # kills per tear before giving up (the streams append every 
 
 
 def torn_power_cut(
-    interpreter: str, *, modes: Sequence[str] = ("truncate", "garbage", "truncate"), save: str | None = None,
-    seed: int = 6,
+    interpreter: str, *, modes: Sequence[str] | None = None, save: str | None = None, seed: int | None = None,
 ) -> Outcome:
-    """SIGKILL at random moments, then the record being written is torn (cut or garbled): recovery cuts it."""
-    rnd = random.Random(seed)
+    """SIGKILL at random moments, then the record being written is torn (cut or garbled): recovery cuts it.
+    The tears' modes are the twin's `torn_tail`s, in order."""
+    sc = twin("torn-power-cut")
+    if modes is None:
+        modes = [f.torn_tail for f in faults_of(sc, "gateway_power_cut") if f.torn_tail]
+    rnd = random.Random(_seed(sc, seed))
 
     def body(rig: Rig, out: Outcome) -> None:
         for i, mode in enumerate(modes):
@@ -150,16 +191,48 @@ def torn_power_cut(
         for t in out.tears:
             t.delivered = t.reading in got
 
-    return _scenario(interpreter, save, body, seed=seed)
+    return _scenario(interpreter, save, body, sc, seed=_seed(sc, seed))
 
 
-def faults(interpreter: str, *, seconds: float = 6.0, save: str | None = None, seed: int = 4) -> Outcome:
-    """A garbage-spewing device, corrupted parking frames and a Modbus slave that never answers."""
-    return _scenario(interpreter, save, lambda rig, out: rig.run(seconds), seed=seed, garbage_device=True,
-                     parking_fault=("garbage", 0.2), dead_slave=DEAD_SLAVE)
+def faults(interpreter: str, *, seconds: float | None = None, save: str | None = None,
+           seed: int | None = None) -> Outcome:
+    """A garbage-spewing device, corrupted parking frames and a Modbus slave that goes dead, then
+    answers again, each when the twin says (serial_noise, garbage_device, dead_slave)."""
+    sc = twin("faults")
+    length = sc.duration if seconds is None else seconds
+    (noise,) = faults_of(sc, "serial_noise")
+    (garbage,) = faults_of(sc, "garbage_device")
+    (dead,) = faults_of(sc, "dead_slave")
+    # (time, what) steps of the timeline, each fault on at its `at` and off at its end
+    steps = sorted([(noise.at, "noise on"), (noise.end, "noise off"), (garbage.at, "garbage on"),
+                    (garbage.end, "garbage off"), (dead.at, "dead on"), (dead.end, "dead off")])
+
+    def body(rig: Rig, out: Outcome) -> None:
+        assert rig.bus is not None
+        dev = next(d for d in rig.devices if d.kind == noise.bus and d.sim is not None)
+        spew = next(d for d in rig.devices if d.sim is None)
+        t = 0.0
+        for at, what in steps:
+            if at > t:
+                rig.run(min(at, length) - t)
+                t = min(at, length)
+            if what == "noise on":
+                dev.sim.set_fault("garbage", noise.rate)
+            elif what == "noise off":
+                dev.sim.set_fault(None, 0.0)
+            elif what == "garbage on":
+                spew.noise = GARBAGE_BYTES_PER_TICK
+            elif what == "garbage off":
+                spew.noise = 0
+            elif what == "dead on":
+                rig.bus.mute([dead.address])
+            else:
+                rig.bus.mute(())
+        rig.run(max(0.0, length - t))
+
+    return _scenario(interpreter, save, body, sc, seed=_seed(sc, seed))
 
 
-DEAD_SLAVE = 9
 COMMANDS: list[tuple[str, bytes]] = [
     ("hil-status", cbor2.dumps({"id": "hil-status", "op": "status"})),
     ("hil-set", cbor2.dumps({"id": "hil-set", "op": "set",
@@ -183,12 +256,19 @@ def commands(interpreter: str, *, save: str | None = None, seed: int = 5) -> Out
 
 
 def board_heap(
-    interpreter: str, *, heap: str = "128K", seconds: float = 4.0, save: str | None = None, seed: int = 1,
-    parking: int = 4,
+    interpreter: str, *, heap: str | None = None, seconds: float | None = None, save: str | None = None,
+    seed: int | None = None, parking: int | None = None,
 ) -> Outcome:
-    """Serial parking and thermometers, MQTT lids (the issue's source mix) on a 128K MicroPython heap."""
-    return _scenario(interpreter, save, lambda rig, out: rig.run(seconds), seed=seed, water=(), heap=heap,
-                     parking=parking)
+    """Serial parking and thermometers, MQTT lids (the issue's source mix) on a board-sized MicroPython
+    heap (the twin's: 136K on the 64-bit port)."""
+    sc = twin("board-heap")
+    length = sc.duration if seconds is None else seconds
+    over: dict[str, Any] = {"seed": _seed(sc, seed)}
+    if heap is not None:
+        over["heap"] = heap
+    if parking is not None:
+        over["parking"] = parking
+    return _scenario(interpreter, save, lambda rig, out: rig.run(length), sc, **over)
 
 
 SCENARIOS: dict[str, Callable[..., Outcome]] = {

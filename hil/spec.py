@@ -40,18 +40,19 @@ FAULT_KEYS: dict[str, frozenset[str]] = {
     "storm": frozenset({"factor"}),
     "clock_unset_at_boot": frozenset({"gateway"}),
     "uplink_impair": frozenset({"gateway", "latency", "jitter", "drop", "partition"}),
-    # From the one-gateway Python scenarios (hil/scenarios.py `faults`), not injectable by the block yet:
-    "garbage_device": frozenset({"gateway"}),  # a serial port spewing random bytes, no sensor behind it
-    "dead_slave": frozenset({"gateway"}),  # a Modbus address in the config that never answers
+    # From the one-gateway Python scenario `faults` (hil/scenarios.py):
+    "garbage_device": frozenset({"gateway"}),  # an extra serial port (no sensor behind it) spews random bytes
+    "dead_slave": frozenset({"gateway", "address"}),  # one Modbus slave stops answering, then returns
 }
 # What hil/block.py can inject today. Any other kind in FAULT_KEYS is refused at load time.
 IMPLEMENTED = frozenset({
     "broker_restart", "broker_down", "db_down", "collector_kill", "gateway_power_cut",
     "serial_noise", "bit_flips", "slave_silent", "storm", "uplink_impair", "clock_unset_at_boot",
+    "garbage_device", "dead_slave",
 })
 # Faults that last (`for` > 0 required); the others are instants or have an optional length.
 _SPAN_FAULTS = frozenset({"broker_down", "db_down", "serial_noise", "bit_flips", "slave_silent", "storm",
-                          "uplink_impair", "clock_unset_at_boot"})
+                          "uplink_impair", "clock_unset_at_boot", "garbage_device", "dead_slave"})
 GATEWAY_FAULTS = frozenset(k for k, keys in FAULT_KEYS.items() if "gateway" in keys)
 
 
@@ -100,6 +101,7 @@ class Fault:
     jitter: float = 0.0
     drop: float = 0.0  # uplink_impair: share of chunks lost and retransmitted (hil/link.py)
     partition: bool = False
+    address: int = 0  # dead_slave: the Modbus address (1..the gateway's water count) that goes dead
 
     @property
     def end(self) -> float:
@@ -266,8 +268,15 @@ def _fault(table: dict[str, Any], where: str, gateways: tuple[Gateway, ...], dur
             kw["rate"] = _typed(table, "rate", float, where, 0.2)
             if not 0 < kw["rate"] <= 1:
                 raise SpecError(f"{where}.rate: {kw['rate']} must be > 0 and <= 1 (a share of frames)")
-        if kind == "slave_silent" and g.sensor("water") is None:
+        water = g.sensor("water")
+        if kind in ("slave_silent", "dead_slave") and water is None:
             raise SpecError(f"{where}.gateway: gateway {gw} has no water (Modbus) slaves")
+        if kind == "dead_slave":
+            assert water is not None
+            kw["address"] = _typed(table, "address", int, where, water.count)
+            if not 1 <= kw["address"] <= water.count:
+                raise SpecError(f"{where}.address: {kw['address']} is not one of gateway {gw}'s slaves "
+                                f"(1..{water.count})")
         if kind == "gateway_power_cut":
             tail = table.get("torn_tail", False)
             if tail is True:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -134,7 +135,10 @@ def station(addr: int, word_order: int, seed: int) -> Simulator:
 class FaultInjector:
     """pymodbus trace_packet hook: rewrites outgoing frames at `rate` according to `mode`."""
 
-    def __init__(self, mode: str | None, rate: float, seed: int, served: Sequence[int] = ()) -> None:
+    def __init__(self, mode: str | None, rate: float, seed: int, served: Sequence[int] = (),
+                 mute_file: str | None = None) -> None:
+        """`mute_file`: a file holding slave addresses ("3" or "1,3"; absent or empty: none) that
+        do not answer while it names them (the block's `dead_slave` fault); read when it changes."""
         if mode is not None and mode not in FAULTS:
             raise ValueError(f"unknown fault {mode!r}; known: {', '.join(FAULTS)}")
         self.mode = mode
@@ -142,10 +146,32 @@ class FaultInjector:
         self.rng = Rng(seed ^ 0x5A5A)
         self.injected = 0
         self.served = frozenset(served)
+        self.mute_file = mute_file
+        self._muted: frozenset[int] = frozenset()
+        self._mute_stamp: tuple[int, int, int] | None = None
+        self.muted_answers = 0  # answers withheld for a muted slave
+
+    def muted(self) -> frozenset[int]:
+        if self.mute_file is None:
+            return frozenset()
+        try:
+            st = os.stat(self.mute_file)
+        except FileNotFoundError:
+            self._muted, self._mute_stamp = frozenset(), None
+            return self._muted
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp != self._mute_stamp:
+            text = Path(self.mute_file).read_text()
+            self._muted = frozenset(int(a) for a in text.replace(",", " ").split())
+            self._mute_stamp = stamp
+        return self._muted
 
     def __call__(self, sending: bool, data: bytes) -> bytes:
         if sending and self.served and data and data[0] not in self.served:
             return b""  # pymodbus answers unknown ids with an exception; a real bus stays silent
+        if sending and data and data[0] in self.muted():
+            self.muted_answers += 1
+            return b""  # a dead slave: the request is on the bus, nobody answers
         if not sending or self.mode is None or len(data) < 4 or not self.rng.chance(self.rate):
             return data
         self.injected += 1
@@ -169,6 +195,7 @@ async def serve(
     fault: str | None = None,
     fault_rate: float = 1.0,
     layouts: Mapping[int, Sequence[Entry]] | None = None,
+    mute_file: str | None = None,
 ) -> None:
     """Serve until cancelled; with `update_ms` the registers advance with real time from `now_ms`.
     `layouts` (slave address -> map entries, see `map_entries`) serves those slaves in that layout."""
@@ -202,7 +229,7 @@ async def serve(
         devices,
         port=port,
         baudrate=baud,
-        trace_packet=FaultInjector(fault, fault_rate, seed, [a for a, _ in slaves]),
+        trace_packet=FaultInjector(fault, fault_rate, seed, [a for a, _ in slaves], mute_file),
         trace_connect=connected,
     )
     if update_ms <= 0:
@@ -244,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--update-ms", type=int, default=0, help="advance the registers this often (0: fixed)")
     ap.add_argument("--fault", choices=FAULTS, default=None)
     ap.add_argument("--fault-rate", type=float, default=1.0)
+    ap.add_argument("--mute-file", default=None,
+                    help="slave addresses listed in this file (while it names them) do not answer")
     args = ap.parse_args(argv)
     slaves = parse_slaves(args.slaves)
     layouts: dict[int, list[Entry]] = {}
@@ -264,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 update_ms=args.update_ms,
                 fault=args.fault,
                 fault_rate=args.fault_rate,
+                mute_file=args.mute_file,
                 layouts=layouts,
             )
         )

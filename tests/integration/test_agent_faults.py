@@ -1,6 +1,7 @@
 """Bad devices next to good ones: a serial device that spews garbage, a parking bus with corrupted
-frames, and a Modbus slave address that never answers. Good readings still arrive exactly once,
-every error is counted in the retained status (`errors`), and the agent does not crash."""
+frames, and a Modbus slave that goes dead for a while (hil/scenarios/rig-faults.toml). Good readings
+still arrive exactly once, every error is counted in the retained status (`errors`), and the agent
+does not crash."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ def test_garbage_and_dead_slave_are_counted_not_fatal(interpreter: str) -> None:
     status = out.status
     assert status is not None and status["state"] == "online"
     errors = status["errors"]
-    dead = errors.get(f"W-dead-{scenarios.DEAD_SLAVE}", {})
-    assert dead.get("modbus_timeout", 0) > 0, errors
+    (dead,) = scenarios.faults_of(scenarios.twin("faults"), "dead_slave")
+    assert errors.get(f"W-{dead.address:02d}", {}).get("modbus_timeout", 0) > 0, errors
     # Two serial ports report decode errors under their port name (a path; sensor ids are not):
     # the garbage device, and the parking bus with corrupted frames.
     port_errors = [who for who, row in errors.items() if who.startswith("/") and sum(row.values()) > 0]

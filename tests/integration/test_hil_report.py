@@ -120,7 +120,10 @@ def synthetic_run() -> dict[str, Any]:
                          "gateways": [{}, {}], "faults": [], "goals": {}},
             "t0": T0, "sync_every_ms": 500, "emissions": emissions, "outages": {}, "polled": {},
             "stored": stored, "field_types": types, "faults": [[T0 + 10, T0 + 15, "db_down at 10s for 5s"]],
-            "timeline": [], "poller": {"period": 0.25}, "dead_letters": {}}
+            "timeline": [], "poller": {"period": 0.25}, "dead_letters": {},
+            # sampled once a second: the broker's store and the collector's spool fill during the fault
+            "broker_store": [[T0 + k, 6.0 + (150 if 10 <= k < 15 else 0)] for k in range(40)],
+            "collector_spool": [[T0 + k, 0, 250 if 10 <= k < 16 else 0] for k in range(40)]}
 
 
 def test_chromium_draws_every_plot_of_the_report(tmp_path: Path) -> None:
@@ -134,8 +137,8 @@ def test_chromium_draws_every_plot_of_the_report(tmp_path: Path) -> None:
     png = screenshot(page, tmp_path / "report.png")
     width, height, rows = png_pixels(png.read_bytes())
     assert (width, height) == (940, 2400)
-    seen = count_colors(rows, {**{k: COLORS[k] for k in ("emitted", "stored", "parking", "thermometer",
-                                                           "backlog")}, "fault": blend(FAULT_FILL, 0.45)})
+    series = ("emitted", "stored", "parking", "thermometer", "backlog", "broker store", "collector spool")
+    seen = count_colors(rows, {**{k: COLORS[k] for k in series}, "fault": blend(FAULT_FILL, 0.45)})
     for name, n in seen.items():
         assert n > 2 * LEGEND_PIXELS, (name, seen)
 

@@ -211,3 +211,20 @@ def test_a_reading_taken_before_the_clock_was_set_must_be_stored_with_its_true_t
                      [st(9.5, "gw-01", "P-1", "parking", 6.1, fmap(parking, good))],
                      clock_unset={"gw-01": [[T0 + 5.0, None]]}))
     assert v.ok and v.tallies[("gw-01", "parking")].anchored == 1
+
+
+def test_a_lost_alarm_is_placed_dropped_by_the_gateway_in_transit_or_after_the_broker() -> None:
+    """Three fevers, none in the alarm measurement: one the broker delivered (lost after it), and of
+    the two it never had, one the gateway counted as dropped from its full queue, one not (lost in
+    transit). Old run.json without that evidence: lost, unplaced."""
+    fevers = [[38.9 + i / 10, 21.0, 89 + i, 40, True] for i in range(3)]
+    e = [em(1 + i, "gw-01", "T-1", "thermometer", f) for i, f in enumerate(fevers)]
+    stored = [st(1.4 + i, "gw-01", "T-1", "thermometer", 1.01 + i, fmap(thermometer, f))
+              for i, f in enumerate(fevers)]
+    at_broker = {"gw-01": [[T0 + 1.1, 1, 0, "fever", "T-1", "thermometer", 0, fevers[0]]]}
+    v = judge(record(e, stored, alarms_at_broker=at_broker, alarms_dropped={"gw-01": 1}))
+    t = v.tallies[("gw-01", "alarm")]
+    assert (t.lost, t.lost_after_broker, t.dropped_by_gateway, t.lost_in_transit) == (3, 1, 1, 1)
+    assert v.samples[0].startswith("gw-01: 3 alarms lost: 1 dropped by the gateway")
+    old = judge(record(e, stored)).tallies[("gw-01", "alarm")]
+    assert (old.lost, old.lost_after_broker, old.dropped_by_gateway, old.lost_in_transit) == (3, 0, 0, 0)
