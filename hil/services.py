@@ -8,6 +8,7 @@ on a service the machine already runs (a Mosquitto on :1883 is ignored on purpos
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -306,6 +307,10 @@ def http_request(
             return status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+    except http.client.HTTPException as exc:
+        # A response cut short (a server restarted or killed mid-answer: IncompleteRead, a bad
+        # status line) is a failed request like a refused connect, which callers handle as OSError.
+        raise OSError(f"{url}: {exc!r}") from exc
 
 
 class HttpService(Service):
