@@ -16,6 +16,11 @@ collectors' user+system time over the run divided by the readings.
 
     python bench/cluster_throughput.py [--readings 200000] [--gateways 200] [--save F]
     python bench/cluster_throughput.py --quick     # 20 000 readings: shows the figures only
+    CITYBRAIN_NATS_SERVER=.cache/nats-server/nats-server python bench/cluster_throughput.py  # 2.10
+
+Each NATS run prints where the leaders of the city stream and of nats-server's `$MQTT_msgs` ended
+up: with nats-server 2.9, both on one node other than the publisher's is the ~37 s stall
+(docs/scaling.md, bench/cluster_ingest.py).
 
 Nothing is pinned: on a shared 2-core box the broker(s), the collectors, the publisher and the
 database compete for the same cores, and the three NATS nodes run on them too (in a city each node
@@ -38,9 +43,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import cluster_ingest  # noqa: E402
 from bench import collector_throughput as ct  # noqa: E402
 from collector.config import MqttConfig  # noqa: E402
-from hil.services import Collector, Mosquitto, NatsCluster  # noqa: E402
+from hil.services import Collector, Mosquitto, NatsCluster, nats_server_binary, nats_server_version  # noqa: E402
 
 
 def collector_settings(kind: str, cluster: NatsCluster | None, n: int) -> dict[str, dict[str, object]]:
@@ -100,6 +106,12 @@ def run(kind: str, n: int, wl: ct.Workload, tmp: Path) -> dict[str, Any]:
         done = ct.wait_for_all(store, wl, 900, poll=0.5)  # the database counts, for every run alike
         cpu = sum(cpu_s(c) for c in collectors) - cpu0
         problems = ct.verify(store, wl)
+        placement = ""
+        if cluster is not None:
+            # The ~37 s stall of nats-server 2.9 (docs/scaling.md): both leaders on one node, not ours.
+            lead = cluster_ingest.leaders(cluster)
+            up, msgs = lead.get(cluster_ingest.STREAM, "?"), lead.get(cluster_ingest.MQTT_MSGS, "?")
+            placement = f"{cluster_ingest.STREAM}@{up} {cluster_ingest.MQTT_MSGS}@{msgs}, publisher on n1"
         codes = [c.stop() for c in collectors]
     if any(codes):
         problems.append(f"collector exit codes {codes}")
@@ -112,6 +124,7 @@ def run(kind: str, n: int, wl: ct.Workload, tmp: Path) -> dict[str, Any]:
         "publish_s": timing["sent"] - first,
         "acked_s": timing["acked"] - first,  # the broker had acknowledged every publish
         "cpu_us_per_reading": cpu / wl.readings * 1e6,
+        "leaders": placement,
         "problems": problems,
     }
 
@@ -126,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.readings, args.gateways = 20_000, 40
     wl = ct.make_workload(args.readings, args.gateways)
+    server = nats_server_binary()
+    print(f"NATS runs: nats-server {'.'.join(map(str, nats_server_version(server)))} ({server})", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="citybrain-bench-cluster-") as d:
         for i, (kind, n) in enumerate((("mosquitto", 1), ("mosquitto", 2), ("nats", 1), ("nats", 2))):
@@ -134,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{kind:10} {n} collector{'s' if n > 1 else ' '} {r['rate']:9,.0f} readings/s"
                   f"  ({r['total_s']:.1f} s; broker acked all after {r['acked_s']:.1f} s)"
                   f"  collector CPU {r['cpu_us_per_reading']:.1f} us/reading"
-                  f"  {'OK' if not r['problems'] else 'PROBLEMS: ' + '; '.join(r['problems'])}", flush=True)
+                  f"  {'OK' if not r['problems'] else 'PROBLEMS: ' + '; '.join(r['problems'])}"
+                  f"{'  (' + r['leaders'] + ')' if r['leaders'] else ''}", flush=True)
             time.sleep(1)
     if args.save:
         Path(args.save).write_text(json.dumps({"readings": wl.readings, "gateways": wl.gateways,

@@ -89,6 +89,26 @@ def find_binary(name: str, *extra_dirs: str) -> str:
 MICROPYTHON32 = ROOT / ".cache" / "micropython32" / "micropython"
 
 
+# nats-server: the system's (Debian bookworm's 2.9.10), or the one CITYBRAIN_NATS_SERVER names, such as
+# the 2.10 that scripts/setup unpacks into .cache/nats-server. 2.9 PUBACKs MQTT QoS 1 several times
+# slower whenever the city stream's leader and `$MQTT_msgs`'s share a node other than the client's
+# (the "~37 s ingest stall": docs/scaling.md, bench/cluster_ingest.py); fixed upstream in 2.10.0.
+NATS_SERVER_ENV = "CITYBRAIN_NATS_SERVER"
+
+
+def nats_server_binary() -> str:
+    """The nats-server the tests and benches run: $CITYBRAIN_NATS_SERVER, else the system's."""
+    return os.environ.get(NATS_SERVER_ENV) or find_binary("nats-server")
+
+
+def nats_server_version(binary: str | None = None) -> tuple[int, int, int]:
+    """(major, minor, patch) of `nats-server --version` (default: `nats_server_binary()`)."""
+    out = subprocess.run([binary or nats_server_binary(), "--version"], capture_output=True, text=True,
+                         check=True).stdout.strip()  # "nats-server: v2.9.10"
+    major, minor, patch = (int(x) for x in out.rsplit("v", 1)[1].split("-")[0].split(".")[:3])
+    return major, minor, patch
+
+
 def micropython_binary() -> str:
     """The 64-bit unix port next to this interpreter (the dev venv) or on PATH."""
     beside = Path(sys.executable).parent / "micropython"
@@ -687,8 +707,10 @@ class NatsNode(HttpService):
         workdir: str | None = None,
         extra_config: str = "",
         mqtt_replicas: int = 1,
+        binary: str | None = None,
     ) -> None:
         super().__init__(workdir=workdir)  # self.port: the monitoring (HTTP) port
+        self.binary = binary
         self.mqtt_replicas = mqtt_replicas
         self.server_name = server_name
         self.cluster_name = cluster_name
@@ -727,7 +749,7 @@ mqtt {{
     def command(self) -> list[str]:
         conf = self.dir / "nats.conf"
         conf.write_text(self.config_text())
-        return [find_binary("nats-server"), "-c", str(conf)]
+        return [os.path.abspath(self.binary or nats_server_binary()), "-c", str(conf)]  # cwd: its dir
 
     @property
     def nats_url(self) -> str:
@@ -769,7 +791,7 @@ class NatsCluster:
     """
 
     def __init__(self, size: int = 3, *, workdir: str | None = None, cluster_name: str = "citybrain",
-                 extra_config: str = "", accounts: Path | None = None) -> None:
+                 extra_config: str = "", accounts: Path | None = None, binary: str | None = None) -> None:
         self._own_dir = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="citybrain-nats-"))
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -785,7 +807,7 @@ class NatsCluster:
         self.nodes = [
             NatsNode(f"n{i + 1}", cluster_name=cluster_name, routes=ports, cluster_port=ports[i],
                      workdir=str(self.dir / f"n{i + 1}"), extra_config=extra_config,
-                     mqtt_replicas=min(size, 3))
+                     mqtt_replicas=min(size, 3), binary=binary)
             for i in range(size)
         ]
 

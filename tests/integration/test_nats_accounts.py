@@ -19,7 +19,7 @@ import pytest
 
 from collector import config as cfg
 from collector import jetstream as js
-from hil.services import ROOT, NatsCluster, find_binary
+from hil.services import ROOT, NatsCluster, nats_server_binary
 from provisioning.fleet import Fleet
 from provisioning.render import render
 from tests.integration.waiting import wait_until
@@ -136,11 +136,11 @@ def test_shipped_node_config_with_rendered_accounts_is_valid(tmp_path: Path, fle
     (tmp_path / "node").mkdir()
     (tmp_path / "node" / "nats.conf").write_text(conf)
     shutil.copyfile(tmp_path / "out" / "nats" / "accounts.conf", tmp_path / "node" / "accounts.conf")
-    r = subprocess.run([find_binary("nats-server"), "-c", str(tmp_path / "node" / "nats.conf"), "-t"],
+    r = subprocess.run([nats_server_binary(), "-c", str(tmp_path / "node" / "nats.conf"), "-t"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "is valid" in r.stdout + r.stderr, r.stdout + r.stderr
     (tmp_path / "node" / "accounts.conf").write_text("accounts { CITY { users: [ {user: } ] } }")
-    r = subprocess.run([find_binary("nats-server"), "-c", str(tmp_path / "node" / "nats.conf"), "-t"],
+    r = subprocess.run([nats_server_binary(), "-c", str(tmp_path / "node" / "nats.conf"), "-t"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0  # the check can fail: a broken include is caught
 
