@@ -328,29 +328,54 @@ fail:
  *
  * repr(d) is the shortest decimal that reads back as d (of those, the nearest to d), which CPython
  * finds with dtoa's bignum arithmetic: 0.3-1.1 us per value measured here, most of the collector's
- * formatting. For 1e-3 <= |d| < 2^53 (repr then writes no exponent) the same string comes from
- * integers: the smallest k such that some integer m gives m / 10^k == d (one IEEE division of two
- * exact doubles, correctly rounded: the round trip itself, no estimate), found by bisection (a k
- * that works keeps working for every larger k); of the m that work at that k, the nearest to d.
- * Anything this does not settle for sure (|d| outside the range, m beyond 2^53, two m about as near)
- * is left to CPython's own repr. tests/unit/test_collector_fastup.py compares it with repr. */
+ * formatting. For 1e-3 <= |d| < 2^53 (repr then writes no exponent and at most 17 digits) the same
+ * string comes from exact 128-bit integer arithmetic: with |d| = M * 2^-s (M the 53-bit
+ * significand), x_k = M * 10^k / 2^s is |d| * 10^k exactly and r_k its nearest integer. A k-digit
+ * fraction reads back as d iff r_k does (any other integer is farther from x_k), and r_k does iff
+ * |r_k - x_k| is within half the gap to d's neighbours (ties to the even significand; the gap below
+ * a power of two is half as wide): checked exactly. The smallest such k is found by bisection (a k
+ * that works keeps working for every larger k); r_k is then repr's digits (the nearest of the
+ * shortest). An exact tie (x_k ending in .5) or anything outside the range is left to CPython's own
+ * repr. tests/unit/test_collector_fastup.py compares it with repr. */
 
-static const double P10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
-                               1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
-#define M_LIMIT 9007199254740988.0 /* 2^53 - 4: m + 1 stays exact */
+typedef unsigned __int128 u128;
 
-/* Number of integers m in {r-1, r, r+1} (r = x rounded) with m / 10^k == a; the one found in *m. */
-static int round_trips(double a, int k, double *m) {
-    double x = a * P10[k];
-    double r = floor(x + 0.5);
-    int found = 0;
-    for (double c = r - 1; c <= r + 1; c += 1) {
-        if (c >= 0 && c / P10[k] == a) {
-            found++;
-            *m = c;
-        }
+static const double P10D[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+                                1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+static u128 P10[23]; /* filled at import */
+#define TWO53 9007199254740992.0
+#define MAX_DIGITS_VALUE 100000000000000000ULL /* 10^17: repr never needs more than 17 digits */
+
+/* r_k (in *r) and whether r_k / 10^k reads back as M * 2^-s; -1 on an exact tie (x_k = n + 1/2). */
+static int digits_at(uint64_t M, int s, int k, uint64_t *r) {
+    u128 T = (u128)M * P10[k]; /* < 2^53 * 10^22 < 2^127 */
+    u128 q, rem, half;
+    if (s == 0) {
+        q = T;
+        rem = 0;
+        half = 1; /* never equal: no tie */
+    } else {
+        q = T >> s;
+        rem = T - (q << s);
+        half = (u128)1 << (s - 1);
     }
-    return found;
+    if (rem == half) return -1;
+    if (rem > half) q += 1;
+    if (q >= MAX_DIGITS_VALUE) { /* more digits than repr ever writes: too large a k */
+        *r = 0;
+        return 0;
+    }
+    *r = (uint64_t)q;
+    /* |q - x_k| * 2^(s+1) = |2 (q << s) - 2 T| against 10^k (the gap 2^-s scaled by 10^k 2^(s+1)/2) */
+    u128 C2 = (q << s) << 1, T2 = T << 1;
+    int below = C2 < T2;
+    u128 diff = below ? T2 - C2 : C2 - T2;
+    u128 limit = P10[k];
+    if (diff > limit) return 0;
+    if (below && M == (1ULL << 52)) /* a power of two: the neighbour below is half as far */
+        return (diff << 1) < limit || ((diff << 1) == limit);
+    if (diff < limit) return 1;
+    return (M & 1) == 0; /* exactly half way: reads back as the even significand */
 }
 
 /* The text the pure path writes for a finite float (repr without a trailing ".0") into out
@@ -366,41 +391,31 @@ static int short_float(double d, char *out) {
     }
     int neg = d < 0;
     double a = neg ? -d : d;
-    if (!(a >= 1e-3 && a < M_LIMIT)) return -1;
+    if (!(a >= 1e-3 && a < TWO53)) return -1;
+    int e;
+    double f = frexp(a, &e); /* a = f * 2^e, 0.5 <= f < 1 */
+    uint64_t M = (uint64_t)ldexp(f, 53);
+    int s = 53 - e; /* 0 <= s <= 62 in this range */
     int kmax = 0;
-    while (kmax < 22 && a * P10[kmax + 1] < M_LIMIT) kmax++;
-    double m;
-    if (!round_trips(a, kmax, &m)) return -1;
+    while (kmax < 22 && a * P10D[kmax + 1] < 1e17) kmax++;
+    uint64_t r;
+    int ok;
+    while ((ok = digits_at(M, s, kmax, &r)) == 0 && r == 0 && kmax > 0) kmax--; /* past 17 digits */
+    if (ok != 1) return -1;
     int lo = 0, hi = kmax;
     while (lo < hi) {
         int mid = (lo + hi) / 2;
-        if (round_trips(a, mid, &m)) hi = mid;
+        uint64_t rm;
+        int got = digits_at(M, s, mid, &rm);
+        if (got < 0) return -1;
+        if (got) hi = mid;
         else lo = mid + 1;
     }
     int k = lo;
-    if (round_trips(a, k, &m) > 1) {
-        /* several m read back as d: repr takes the nearest. |m - a*10^k| exactly enough: m - x is
-         * exact (both near, below 2^53) and err is the product's rounding error (fma). */
-        double x = a * P10[k], err = fma(a, P10[k], -x), r = floor(x + 0.5);
-        double best = -1, bestd = 1e300, second = 1e300;
-        for (double c = r - 1; c <= r + 1; c += 1) {
-            if (c >= 0 && c / P10[k] == a) {
-                double dist = fabs((c - x) - err);
-                if (dist < bestd) {
-                    second = bestd;
-                    bestd = dist;
-                    best = c;
-                } else if (dist < second) {
-                    second = dist;
-                }
-            }
-        }
-        if (second - bestd < 1e-6) return -1; /* (near) tie: repr's own rule decides */
-        m = best;
-    }
+    if (digits_at(M, s, k, &r) != 1) return -1;
     char digits[24];
     int nd = 0;
-    uint64_t u = (uint64_t)m;
+    uint64_t u = r;
     do {
         digits[nd++] = (char)('0' + u % 10);
         u /= 10;
@@ -661,4 +676,8 @@ static struct PyModuleDef module = {
     .m_methods = methods,
 };
 
-PyMODINIT_FUNC PyInit__fastup(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastup(void) {
+    P10[0] = 1;
+    for (int i = 1; i < 23; i++) P10[i] = P10[i - 1] * 10;
+    return PyModule_Create(&module);
+}
