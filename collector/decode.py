@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,6 @@ from types import ModuleType
 from typing import Final
 
 import cbor2
-
-log = logging.getLogger(__name__)
 
 UP: Final = "up"
 ALARM: Final = "alarm"
