@@ -149,23 +149,30 @@ def cmap(pairs: list[tuple[bytes, bytes]], indefinite: bool = False) -> bytes:
 
 
 widths = st.sampled_from([0, 0, 0, 1, 2, 4, 8])
-odd_scalars = st.one_of(
+# Values the C scan walks (the reading is then judged one by one, on the C route or the general one)
+scalars = st.one_of(
     st.builds(cint, st.integers(-(1 << 64), (1 << 64) - 1), widths),
     st.builds(cfloat, st.floats(), st.sampled_from([2, 4, 8])),
     st.sampled_from(
         [
             b"\xf4", b"\xf5", b"\xf6", b"\xf7",  # false true null undefined
-            b"\xf8\x10", b"\xe5",  # simple values
-            b"\xc1\x1a\x00\x00\x00\x01",  # a tag
-            b"\x61\xff",  # text that is not UTF-8
-            b"\x63\xed\xa0\x80",  # a UTF-8-encoded surrogate
-            b"\x42ab",  # bytes
-            b"\x9f\x01\xff", b"\x80", b"\xa0", b"\xbf\xff",  # indefinite and empty containers
-            b"\x1c", b"\xff",  # reserved additional info, a stray break
+            b"\x42ab", b"\x80", b"\xa0",  # bytes, empty array and map
         ]
     ),
     st.builds(ctext, st.text(max_size=4), widths),
 )  # fmt: skip
+# Values the scan leaves to the pure path (the whole payload then takes it)
+structural = st.sampled_from(
+    [
+        b"\xf8\x10", b"\xe5",  # simple values
+        b"\xc1\x1a\x00\x00\x00\x01",  # a tag
+        b"\x61\xff",  # text that is not UTF-8
+        b"\x63\xed\xa0\x80",  # a UTF-8-encoded surrogate
+        b"\x9f\x01\xff", b"\xbf\xff",  # indefinite containers
+        b"\x1c", b"\xff",  # reserved additional info, a stray break
+    ]
+)  # fmt: skip
+odd_scalars = scalars | structural
 
 
 @st.composite
@@ -188,54 +195,82 @@ def good_value(draw: st.DrawFn, kind_code: int, index: int) -> bytes:
 
 
 @st.composite
-def fields_map(draw: st.DrawFn, kind_code: int) -> bytes:
+def fields_map(draw: st.DrawFn, kind_code: int, odd: st.SearchStrategy[bytes]) -> bytes:
     n = len(KINDS[kind_code].fields) if kind_code in KINDS else 3
     how = draw(st.integers(0, 9))
     if how <= 5 and kind_code in KINDS:  # the usual: ascending indexes, good values
         idx = sorted(draw(st.sets(st.integers(0, n - 1), min_size=1)))
         return cmap([(cint(i), draw(good_value(kind_code, i))) for i in idx])
-    if how == 6 and kind_code in KINDS:  # good values in another order, or an index twice
-        idx = draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=n + 1))
-        return cmap([(cint(i), draw(good_value(kind_code, i))) for i in idx], draw(st.booleans()))
-    keys = st.one_of(st.builds(cint, st.integers(-2, n + 1), widths), st.builds(ctext, st.text(max_size=2)))
-    pairs = draw(st.lists(st.tuples(keys, odd_scalars), max_size=4))
-    return cmap(pairs, draw(st.booleans()))
+    if how == 6 and kind_code in KINDS:  # good values in another order (rarely, an index twice)
+        idx = draw(st.permutations(sorted(draw(st.sets(st.integers(0, n - 1), min_size=1)))))
+        if draw(st.integers(0, 9)) == 0:
+            idx = [*idx, idx[0]]
+        return cmap([(cint(i), draw(good_value(kind_code, i))) for i in idx])
+    # distinct indexes, each in any encoding (now and then one twice: a duplicate key)
+    index = st.lists(st.integers(-2, n + 1), max_size=4, unique=True)
+    keys = [cint(i, draw(widths)) for i in draw(index)]
+    if keys and draw(st.integers(0, 9)) == 0:
+        keys.append(keys[0])
+    if odd is not scalars:  # text keys and indefinite maps: the pure path's
+        keys += [ctext(t) for t in draw(st.lists(st.text(max_size=2), max_size=2, unique=True))]
+        return cmap([(k, draw(odd)) for k in keys], draw(st.booleans()))
+    return cmap([(k, draw(odd)) for k in keys])
 
 
 @st.composite
-def reading(draw: st.DrawFn) -> bytes:
+def good_reading(draw: st.DrawFn) -> bytes:
+    code = draw(st.sampled_from([1, 2, 3, 4]))
+    sensor = draw(st.sampled_from(["T-1", "T-2", "P-1", "W 1", "x,y=z", "温度-1"]))
+    dt = draw(st.integers(-5000, 5000))
+    return carray([ctext(sensor, draw(widths)), cint(code, draw(widths)), cint(dt, draw(widths)),
+                   draw(fields_map(code, scalars))])  # fmt: skip
+
+
+@st.composite
+def hostile_reading(draw: st.DrawFn, odd: st.SearchStrategy[bytes]) -> bytes:
     code = draw(st.sampled_from([1, 2, 3, 4, 4, 4, 9, -1, (1 << 64) - 1]))
-    if draw(st.integers(0, 19)) == 0:  # not a 4-item array at all
-        return draw(odd_scalars | st.builds(carray, st.lists(odd_scalars, max_size=5), st.booleans()))
+    if draw(st.integers(0, 9)) == 0:  # not a 4-item array at all
+        return draw(odd | st.builds(carray, st.lists(odd, max_size=5)))
     sensor = draw(
         st.sampled_from(["T-1", "T-2", "P-1", "W 1", "x,y=z", "温度-1"]).map(ctext)
         | st.builds(ctext, st.text(max_size=5), widths)
-        | odd_scalars
+        | odd
     )
-    kind = cint(code, draw(widths)) if draw(st.integers(0, 9)) else draw(odd_scalars)
+    kind = cint(code, draw(widths)) if draw(st.integers(0, 9)) else draw(odd)
     dt = draw(
         st.builds(cint, st.integers(-5000, 5000), widths)
         | st.builds(cint, st.integers(-(1 << 64), (1 << 64) - 1))
-        | odd_scalars
+        | odd
     )
-    fields = draw(fields_map(code))
+    fields = draw(fields_map(code, odd))
     items = [sensor, kind, dt, fields]
-    if draw(st.integers(0, 19)) == 0:
+    if draw(st.integers(0, 9)) == 0:
         items = items[: draw(st.integers(0, 3))] + [b"\x01"] * draw(st.integers(0, 2))
-    return carray(items, draw(st.integers(0, 29)) == 0)
+    return carray(items, odd is not scalars and draw(st.booleans()))
+
+
+def reading() -> st.SearchStrategy[bytes]:
+    """Mostly good readings; hostile ones the C step judges (wrong types, ranges, ids, shapes:
+    the general path one by one), and now and then one the scan leaves to the pure path."""
+    return st.one_of(
+        good_reading(), good_reading(), good_reading(), hostile_reading(scalars), hostile_reading(odd_scalars)
+    )
 
 
 @st.composite
 def payload(draw: st.DrawFn) -> bytes:
-    readings = carray(draw(st.lists(reading(), max_size=8)))
+    readings = carray(draw(st.lists(reading(), min_size=1, max_size=10)))
     pairs = [
         (cint(0), cint(1)),
         (cint(1), cint(draw(st.integers(0, 3)))),
         (cint(2), cint(draw(st.integers(0, 1 << 32)))),
-        (cint(3), cint(draw(st.sampled_from([NOW_MS, NOW_MS - 60_000, 0, (1 << 64) - 1])), draw(widths))),
+        (
+            cint(3),
+            cint(draw(st.sampled_from([NOW_MS] * 5 + [NOW_MS - 60_000, 0, (1 << 64) - 1])), draw(widths)),
+        ),
         (cint(4), readings),
     ]
-    trouble = draw(st.integers(0, 14))
+    trouble = draw(st.integers(0, 29))  # 1-10: something wrong with the message itself
     if trouble == 1:
         pairs.append((cint(draw(st.sampled_from([0, 3, 4]))), cint(5)))  # a key twice
     elif trouble == 2:
