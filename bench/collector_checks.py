@@ -11,6 +11,9 @@ kinds from the device simulators, 50 gateway ids):
 - `decode`: collector.decode.decode_batch (strict CBOR, duplicates refused, header checks);
 - `batch_lines`: the hot path, validate + line protocol, joined and encoded as the pipeline does;
 - `general`: the general path it must equal (Validator.batch -> Points -> lineproto.encode);
+- `/up route`: what the collector runs per `/up` payload: decode.decode_up + Validator.batch_body,
+  the compiled step of collector/_fastup.c (bytes straight to line protocol) when it is built,
+  else the pure path (decode_batch + batch_lines);
 - `format floor`: `repr()` of every float value and `str()` of every int value of the workload
   alone, the C formatting `batch_lines` cannot do without (floats must round-trip exactly), so
   what compiling the hot path could at best remove is `batch_lines` minus this.
@@ -88,6 +91,14 @@ def measure(messages: int, passes: int) -> dict[str, Any]:
         for gw, b in batches:
             "\n".join(fast.batch_lines(gw, b, now_ms)[0]).encode()
 
+    route_v = Validator(DecodeConfig(), load_kinds(), {})
+
+    def route() -> None:
+        for gw, p in msgs:
+            route_v.batch_body(gw, decode.decode_up(p, max_bytes=1 << 20), now_ms)
+
+    route()  # warm its caches too
+
     def general() -> None:
         for gw, b in batches:
             lineproto.encode(slow.batch(gw, b, now_ms)[0])
@@ -114,6 +125,8 @@ def measure(messages: int, passes: int) -> dict[str, Any]:
         "decode_us": _best_us(decode_all, n, passes),
         "batch_lines_us": _best_us(hot, n, passes),
         "general_us": _best_us(general, n, passes),
+        "route_us": _best_us(route, n, passes),
+        "up_path": decode.up_path(),
         "format_floor_us": _best_us(format_floor, n, passes),
         "hotpath_compiled": validate.HOTPATH_COMPILED,
         "floats_per_reading": len(floats) / n,
@@ -152,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         f"batch_lines      {fig['batch_lines_us']:.3f} us  (hot path: types, ranges, bounds, line protocol)"
     )
     print(f"general path     {fig['general_us']:.3f} us  (the oracle: Points, then lineproto.encode)")
+    print(
+        f"/up route        {fig['route_us']:.3f} us  (decode_up + batch_body, payload bytes to line "
+        f"protocol: {fig['up_path']})"
+    )
     print(
         f"format floor     {fig['format_floor_us']:.3f} us  (repr of {fig['floats_per_reading']:.1f} floats "
         "and str of the ints per reading: C work batch_lines keeps even compiled)"

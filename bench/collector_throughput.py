@@ -490,25 +490,29 @@ def line_protocol_batches(wl: Workload) -> list[bytes]:
     validator = Validator(DecodeConfig(), load_kinds(), {})
     now_ms = int(time.time() * 1000)
     bodies: list[bytes] = []
-    pending: list[str] = []
+    pending: list[bytes] = []
+    n_pending = 0
     for topic, payload in wl.messages():
         gw, _ = decode.parse_topic(PREFIX, topic)
-        lines, bad = validator.batch_lines(gw, decode.decode_batch(payload, max_bytes=1 << 20), now_ms)
+        body, n, bad = validator.batch_body(gw, decode.decode_up(payload, max_bytes=1 << 20), now_ms)
         if bad:
             raise SystemExit(f"bench: the workload has refused readings: {bad[:3]}")
-        pending.extend(lines)
-        if len(pending) >= SETTINGS["batch_size"]:
-            bodies.append("\n".join(pending).encode())
-            pending = []
+        pending.append(body)
+        n_pending += n
+        if n_pending >= SETTINGS["batch_size"]:
+            bodies.append(b"\n".join(pending))
+            pending, n_pending = [], 0
     if pending:
-        bodies.append("\n".join(pending).encode())
+        bodies.append(b"\n".join(pending))
     return bodies
 
 
 def stage_rates(wl: Workload, messages: int = 2000) -> dict[str, float]:
     """Readings/s of the collector's CPU stages alone, in this process, on the workload's payloads:
-    decode (strict CBOR + header), the hot path (`batch_lines`: validate + line protocol), and the
-    general path it replaces (`batch` -> Points -> `lineproto.encode`)."""
+    the `/up` route as the collector runs it (`decode_up` + `batch_body`: the compiled step of
+    collector/_fastup.c when built), and the pure path's stages: decode (strict CBOR + header), the
+    hot path (`batch_lines`: validate + line protocol) and the general path (`batch` -> Points ->
+    `lineproto.encode`)."""
     from collector import decode
     from collector.config import DecodeConfig
     from collector.lineproto import encode
@@ -526,10 +530,15 @@ def stage_rates(wl: Workload, messages: int = 2000) -> dict[str, float]:
     started = time.perf_counter()
     batches = [(gw, decode.decode_batch(p, max_bytes=1 << 20)) for gw, p in msgs]
     rates["decode"] = n / (time.perf_counter() - started)
-    for name in ("batch_lines", "general"):
+    for name in ("route", "batch_lines", "general"):
         v = Validator(DecodeConfig(), kinds, {})
         for _ in range(2):  # the second pass is the steady state: series keys cached
             started = time.perf_counter()
+            if name == "route":
+                for gw, p in msgs:
+                    v.batch_body(gw, decode.decode_up(p, max_bytes=1 << 20), now_ms)
+                rates[name] = n / (time.perf_counter() - started)
+                continue
             for gw, b in batches:
                 if name == "batch_lines":
                     "\n".join(v.batch_lines(gw, b, now_ms)[0]).encode()
@@ -846,9 +855,12 @@ def _run_throughput(args: argparse.Namespace, tmp: Path, fig: dict[str, Any]) ->
     )
     stages = stage_rates(wl)
     fig.update(stage_rates={k: round(v) for k, v in stages.items()})
+    from collector import decode
+
     print(
-        f"stages (1 core) decode {stages['decode']:,.0f}/s; validate + line protocol: hot path "
-        f"{stages['batch_lines']:,.0f}/s, general path {stages['general']:,.0f}/s (readings/s, steady state)"
+        f"stages (1 core) /up route {stages['route']:,.0f}/s ({decode.up_path()}); pure path: decode "
+        f"{stages['decode']:,.0f}/s, validate + line protocol: hot path {stages['batch_lines']:,.0f}/s, "
+        f"general path {stages['general']:,.0f}/s (readings/s, steady state)"
     )
     print(
         f"verified        exact count per kind, {len(wl.sample)} readings field by field, field types: "

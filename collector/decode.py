@@ -8,8 +8,12 @@ types, ranges, time, ids) is the validate stage's job, so one bad reading never 
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Final
 
 import cbor2
@@ -43,6 +47,65 @@ class Batch:
     t0: int
     readings: list[object]  # raw items, judged one by one by the validate stage
     alarm: str | None = None  # the alarm code on `/alarm`
+
+
+@dataclass(frozen=True)
+class RawBatch:
+    """A `/up` batch the compiled scan (collector/_fastup.c) accepted: its header decoded, its
+    readings still CBOR, `payload[readings_at:]` being the readings array. The scan accepts only
+    what `decode_batch` accepts too (the whole payload walked: strict CBOR, no key twice, the header
+    as `decode_batch` checks it); anything else is decoded by `decode_batch`, which judges it."""
+
+    version: int
+    boot: int
+    seq: int
+    t0: int
+    payload: bytes
+    readings_at: int
+    alarm: None = None
+
+
+# The compiled `/up` step: collector/_fastup.c, built by scripts/setup (scripts/build_fastup.py),
+# which writes the sha256 of the source it compiled to _fastup.build.
+FASTUP_SOURCE = Path(__file__).with_name("_fastup.c")
+FASTUP_BUILD_STAMP = Path(__file__).with_name("_fastup.build")
+
+
+def load_fastup() -> tuple[ModuleType | None, str]:
+    """(module, why): collector._fastup when it is built from the current source and not switched
+    off by CITYBRAIN_PURE_PYTHON=1, else (None, why the pure path runs)."""
+    if os.environ.get("CITYBRAIN_PURE_PYTHON"):
+        return None, "CITYBRAIN_PURE_PYTHON=1"
+    not_built = "collector/_fastup.c is not built (scripts/setup builds it)"
+    try:
+        from collector import _fastup  # type: ignore[attr-defined]
+    except ImportError:
+        return None, not_built
+    try:
+        stamp = FASTUP_BUILD_STAMP.read_text().strip()
+    except OSError:
+        return None, not_built
+    if stamp != hashlib.sha256(FASTUP_SOURCE.read_bytes()).hexdigest():
+        return None, "collector/_fastup.c changed since it was built (rebuild: scripts/setup)"
+    return _fastup, "compiled"
+
+
+FASTUP, FASTUP_STATE = load_fastup()
+
+
+def up_path() -> str:
+    """What runs `/up` batches, for /healthz: "compiled", or "pure Python: <why>"."""
+    return "compiled" if FASTUP is not None else f"pure Python: {FASTUP_STATE}"
+
+
+def decode_up(payload: bytes, *, max_bytes: int) -> Batch | RawBatch:
+    """A `/up` batch: the compiled scan's `RawBatch` when it accepts the payload, else
+    `decode_batch`'s `Batch` (or its refusal): the same verdicts either way."""
+    if FASTUP is not None and len(payload) <= max_bytes:
+        head = FASTUP.scan(payload)
+        if head is not None:
+            return RawBatch(SCHEMA_VERSION, head[0], head[1], head[2], payload, head[3])
+    return decode_batch(payload, max_bytes=max_bytes)
 
 
 def parse_topic(prefix: str, topic: str) -> tuple[str, str]:

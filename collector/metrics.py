@@ -153,6 +153,11 @@ class Metrics:
         self.connected = Gauge("mqtt_connected", "1 while connected to the broker.")
         self.last_seen = Gauge("gateway_last_seen_seconds", "Unix time of the last message from a gateway.")
         self.silent = Gauge("gateway_silent", "1 when a gateway has been silent longer than its heartbeat.")
+        self.compiled = Gauge(
+            "compiled",
+            "1 where a compiled hot-path module runs (fastup: collector/_fastup.c, hotpath: the mypyc "
+            "build of collector/hotpath.py), 0 where its pure-Python fallback does.",
+        )
         self.writer = Gauge("writer", "Writer state (buffer depth, oldest buffered age, ...), by stat name.")
         # Every Family attribute above, in definition order: a new series cannot be left out.
         self.families: list[Family] = [v for v in vars(self).values() if isinstance(v, Family)]

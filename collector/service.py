@@ -32,7 +32,7 @@ from collector.ingest import Message, MqttInput
 from collector.jetstream import NatsInput
 from collector.metrics import Metrics, MetricsServer
 from collector.receipts import Receipts
-from collector.validate import Kind, Validator, load_kinds
+from collector.validate import HOTPATH_COMPILED, Kind, Validator, load_kinds
 from collector.writer import NotDurable, Submitted
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,12 @@ class Pipeline:
             log.info("gateway registry of %d; others accepted (decode.accept_unregistered)", n_gw)
         else:
             log.info("gateway registry of %d; others refused as unknown_gateway", n_gw)
+        if decode.FASTUP is not None:
+            log.info("/up batches: compiled step (collector/_fastup.c)")
+        else:
+            log.warning("/up batches: pure-Python path, ~2 us more CPU per reading (%s)", decode.FASTUP_STATE)
+        metrics.compiled.set(1 if decode.FASTUP is not None else 0, module="fastup")
+        metrics.compiled.set(1 if HOTPATH_COMPILED else 0, module="hotpath")
         self.dedup = Dedup(config.dedup.window, config.dedup.max_gateways)
         self.liveness = Liveness(config, metrics, clock())
         self.not_durable = not_durable or NotDurable
@@ -249,9 +255,14 @@ class Pipeline:
                     self.metrics.ignored.inc(ignored, reason="unknown_status_key")
                 for rej in rejects:
                     self._dead(rej.reason, rej.detail, msg, gw=gw)
+                body, n = "\n".join(lines).encode(), len(lines)
+                del lines
             else:
-                batch = decode.decode_batch(
-                    msg.payload, max_bytes=cfg.decode.max_payload, alarm=channel == decode.ALARM
+                # `/up`: the compiled step's RawBatch when collector/_fastup.c is built, else a Batch
+                batch = (
+                    decode.decode_up(msg.payload, max_bytes=cfg.decode.max_payload)
+                    if channel == decode.UP
+                    else decode.decode_batch(msg.payload, max_bytes=cfg.decode.max_payload, alarm=True)
                 )
                 if self.dedup.seen(gw, channel, batch.boot, batch.seq, batch.t0):
                     # Receipted again: the gateway re-sends only what it has no receipt for.
@@ -259,19 +270,19 @@ class Pipeline:
                     self.metrics.dedup_hits.inc()
                     self.metrics.messages.inc(channel=channel, outcome="duplicate")
                     return
-                lines, bad_readings = self.validator.batch_lines(gw, batch, now_ms)
-                for index, rej in bad_readings:
+                body, n, bad_readings = self.validator.batch_body(gw, batch, now_ms)
+                for index, rej, item in bad_readings:
                     self._dead(
-                        rej.reason, f"reading {index}: {rej.detail}", msg, _reading_bytes(batch, index), gw
+                        rej.reason, f"reading {index}: {rej.detail}", msg, _reading_bytes(batch, item), gw
                     )
                 self.metrics.readings.inc(len(bad_readings), channel=channel, outcome="rejected")
-                # Only the dedup key outlives the write: the decoded readings (and below, the
-                # lines) are freed before the await, not held by up to receive_maximum messages in
-                # flight. Held, they made the allocator touch cold memory for every message:
-                # decode cost 2.0-2.25 us/reading in the running collector against 0.85 with this
-                # (collector CPU 9.3 -> 7.5 us/reading, docs/benchmarks.md).
+                # Only the dedup key outlives the write: the decoded readings are freed before the
+                # await, not held by up to receive_maximum messages in flight. Held, they made the
+                # allocator touch cold memory for every message: decode cost 2.0-2.25 us/reading in
+                # the running collector against 0.85 with this (collector CPU 9.3 -> 7.5
+                # us/reading, docs/benchmarks.md).
                 key = (batch.boot, batch.seq, batch.t0)
-                del batch
+                del batch, bad_readings
         except decode.Refused as r:
             self._dead(r.reason, r.detail, msg, gw=gw)
             self.metrics.messages.inc(channel=channel, outcome="refused")
@@ -279,10 +290,7 @@ class Pipeline:
                 self._receipt_refused(msg)  # dead-lettered on purpose: re-sending cannot mend it
             return
         done = Submitted()  # nothing to write (every reading refused, an empty status)
-        if lines:
-            body = "\n".join(lines).encode()
-            n = len(lines)
-            del lines
+        if n:
             done = await self._durable(lambda: self.writer.submit_lines(body, n))
             self.metrics.write_seconds.observe(time.monotonic() - msg.received)
         if channel != decode.STATUS:
@@ -343,7 +351,7 @@ class _GiveUp(Exception):
     """Shutting down with the message's readings not durable: leave it unacknowledged."""
 
 
-def _reading_bytes(batch: decode.Batch, index: int) -> bytes:
+def _reading_bytes(batch: decode.Batch | decode.RawBatch, reading: object) -> bytes:
     """The refused reading as a one-reading batch (the same header), so a dead letter neither repeats
     the whole batch nor loses the context it needs to be replayed (`citybrain collector dead-letters`)."""
     m: dict[int, object] = {
@@ -351,7 +359,7 @@ def _reading_bytes(batch: decode.Batch, index: int) -> bytes:
         decode.K_BOOT: batch.boot,
         decode.K_SEQ: batch.seq,
         decode.K_T0: batch.t0,
-        decode.K_READINGS: [batch.readings[index]],
+        decode.K_READINGS: [reading],
     }
     if batch.alarm is not None:
         m[decode.K_ALARM] = batch.alarm
@@ -512,6 +520,8 @@ class Collector:
             "accepting": self.pipeline.accepting,
             "inflight": len(self.pipeline._order),
             "silent_gateways": sorted(self.pipeline.liveness.silent),
+            # collector/_fastup.c in use, or why not (the pure path: same results, more CPU)
+            "up_path": decode.up_path(),
         }
 
     async def _watch_health(self) -> None:
