@@ -448,8 +448,10 @@ class AgentProcess:
             # without O_NOCTTY, so an agent that leads its session (systemd, setsid) takes its
             # first serial port as controlling terminal and is killed by SIGHUP when that adapter
             # is pulled; ignored, the hang-up is only the EOF that the agent reopens the port on.
+            # The image's config.json, as a board boots it: beside it the config.checked that
+            # build wrote, so the agent starts without loading edge.config (edge/checked.py).
             self.cmd = [find_binary("nohup"), exe, "-X", f"heapsize={heap}", "-m", "edge.main",
-                        str(config_path)]
+                        str(tree / "config.json")]
             self.cwd = str(workdir)
         else:
             self.cmd = [sys.executable, "-m", "citybrain.cli", "gateway", "run", "--config", str(config_path)]
