@@ -438,7 +438,8 @@ class AgentProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = dict(os.environ)
         if interpreter != "cpython":
-            tree = build_micropython_tree(config_path, workdir / "mpy")
+            tree = self.tree = build_micropython_tree(config_path, workdir / "mpy")
+            self.built = config_path.read_bytes()
             self.env["MICROPYPATH"] = f".frozen:{tree}"
             try:
                 exe = micropython32_binary() if interpreter == "micropython32" else micropython_binary()
@@ -459,6 +460,11 @@ class AgentProcess:
         self.starts = 0
 
     def start(self) -> None:
+        if self.interpreter != "cpython" and self.config_path.read_bytes() != self.built:
+            # The test changed the config: build the image again, as a tech does before a flash
+            # (the image's config.checked is the config the unix port boots from).
+            build_micropython_tree(self.config_path, self.tree)
+            self.built = self.config_path.read_bytes()
         with open(self.log_path, "ab") as log:
             log.write(f"--- start {self.starts} at {time.time():.3f}\n".encode())
             log.flush()
