@@ -169,7 +169,8 @@ def measure(micropython: Path, heap: str, o3: bool, extra: tuple[Path, ...] = ()
         cfg_path.write_text(json.dumps(cfg))
         image = tmp / "image"
         image_bytes = build(cfg_path, image, progress=lambda _s: None, optimise=3 if o3 else 0)
-        resident = _run(micropython, heap, image, RESIDENT, [str(cfg_path)])[-1].split()
+        # The image's config.json, beside its config.checked: loaded as a board loads it.
+        resident = _run(micropython, heap, image, RESIDENT, [str(image / "config.json")])[-1].split()
         order = import_order(image, resident)
         modules, last = _rows(_run(micropython, heap, image, MEASURE, order))
     finally:

@@ -377,8 +377,11 @@ def measure(n: int, rate: float, sample_ms: int, timeout_s: float, heap: str,
         stop_file = tmp / "stop"
         # ".frozen" first: MICROPYPATH replaces the default path, which is where asyncio lives.
         env = dict(os.environ, MICROPYPATH=".frozen" if frozen else ".frozen:.")
-        proc = subprocess.Popen([str(micropython), "-X", "heapsize=" + heap, str(driver), str(cfg_path),
-                                 str(stop_file), str(sample_ms)] + (["verbose"] if verbose else []),
+        # The image's config.json, beside the config.checked build wrote: the agent boots as a
+        # board does, without edge.config (edge/checked.py).
+        proc = subprocess.Popen([str(micropython), "-X", "heapsize=" + heap, str(driver),
+                                 str(image / "config.json"), str(stop_file), str(sample_ms)]
+                                + (["verbose"] if verbose else []),
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 cwd=str(home))
         out = proc.stdout

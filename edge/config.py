@@ -542,7 +542,6 @@ def load(path):
     for the run.)
     """
     import json
-    import os
 
     try:
         with open(path) as f:
@@ -551,17 +550,13 @@ def load(path):
         raise ConfigError("cannot read %s: %s" % (path, exc)) from None
     except ValueError as exc:
         raise ConfigError("%s is not valid JSON: %s" % (path, exc)) from None
+    from edge.checked import files
+
     cfg = validate(raw)
-    b = cfg["broker"]
-    for key in ("ca_file", "certfile", "keyfile"):
-        name = b[key]
-        if name:
-            if name[0] != "/" and "/" in path:
-                b[key] = name = path.rsplit("/", 1)[0] + "/" + name
-            try:
-                os.stat(name)
-            except OSError:
-                raise ConfigError("config.broker.%s: %s is not on this gateway" % (key, name)) from None
+    try:
+        files(cfg, path)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return cfg
 
 

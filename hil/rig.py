@@ -447,7 +447,8 @@ class AgentProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = dict(os.environ)
         if interpreter != "cpython":
-            tree = build_micropython_tree(config_path, workdir / "mpy")
+            tree = self.tree = build_micropython_tree(config_path, workdir / "mpy")
+            self.built = config_path.read_bytes()
             self.env["MICROPYPATH"] = f".frozen:{tree}"
             try:
                 exe = micropython32_binary() if interpreter == "micropython32" else micropython_binary()
@@ -457,8 +458,10 @@ class AgentProcess:
             # without O_NOCTTY, so an agent that leads its session (systemd, setsid) takes its
             # first serial port as controlling terminal and is killed by SIGHUP when that adapter
             # is pulled; ignored, the hang-up is only the EOF that the agent reopens the port on.
+            # The image's config.json, as a board boots it: beside it the config.checked that
+            # build wrote, so the agent starts without loading edge.config (edge/checked.py).
             self.cmd = [find_binary("nohup"), exe, "-X", f"heapsize={heap}", "-m", "edge.main",
-                        str(config_path)]
+                        str(tree / "config.json")]
             self.cwd = str(workdir)
         else:
             self.cmd = [sys.executable, "-m", "citybrain.cli", "gateway", "run", "--config", str(config_path)]
@@ -466,6 +469,11 @@ class AgentProcess:
         self.starts = 0
 
     def start(self) -> None:
+        if self.interpreter != "cpython" and self.config_path.read_bytes() != self.built:
+            # The test changed the config: build the image again, as a tech does before a flash
+            # (the image's config.checked is the config the unix port boots from).
+            build_micropython_tree(self.config_path, self.tree)
+            self.built = self.config_path.read_bytes()
         with open(self.log_path, "ab") as log:
             log.write(f"--- start {self.starts} at {time.time():.3f}\n".encode())
             log.flush()

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge.checked import name as checked_name
 from provisioning.files import write_atomic
 from provisioning.fleet import FleetError, tls_warning
 
@@ -52,7 +53,8 @@ def modules_for(config: dict[str, Any]) -> list[Path]:
     roots = [ROOT / "edge", ROOT / "devices" / "common", *(ROOT / "devices" / k for k in kinds)]
     files = [ROOT / "devices" / "__init__.py"]
     for r in roots:
-        files += sorted(p for p in r.rglob("*.py") if "sim" not in p.stem and "vectors" not in p.stem)
+        files += sorted(p for p in r.rglob("*.py") if "sim" not in p.stem and "vectors" not in p.stem
+                  and "cpython" not in p.stem)  # tty_cpython: CPython only
     return [f.relative_to(ROOT) for f in files if not (f.name == "__init__.py" and _only_docstring(f))]
 
 
@@ -140,6 +142,23 @@ def _bundle_client_cert(raw: dict[str, Any], config_path: Path, out: Path) -> No
                              " (out/gateways/<id>/)")
 
 
+def checked(text: str) -> str:
+    """The image's `config.checked` for config.json's `text` (edge/checked.py: the board runs it
+    without loading edge.config while config.json is unchanged): the sha256 of config.json's bytes
+    and of the JSON after the first line, the edge version, then the config as the agent's own
+    validation completes it."""
+    from edge import VERSION
+    from edge import config as edge_config
+
+    raw = json.loads(text)
+    full = edge_config.validate(json.loads(text))
+    # Left unset, the board fills in its own default (2 buffers on MicroPython), as edge.config does there.
+    full["uplink"]["max_inflight"] = (raw.get("uplink") or {}).get("max_inflight")
+    body = json.dumps(full, separators=(",", ":"), ensure_ascii=False).encode()
+    digest = hashlib.sha256(text.encode() + body).hexdigest()
+    return f"{digest} {VERSION}\n" + body.decode()
+
+
 def build(config_path: Path, out: Path, *, progress: Callable[[str], None] = print, optimise: int = 0,
           ca_file: Path | None = None) -> int:
     """Compile the image into `out` (replaced); returns its size in bytes.
@@ -175,7 +194,9 @@ def build(config_path: Path, out: Path, *, progress: Callable[[str], None] = pri
         progress(f"[{i}/{len(files)}] {rel} -> {target.stat().st_size} bytes")
     _bundle_ca(raw, config_path, out, ca_file, progress)
     _bundle_client_cert(raw, config_path, out)
-    write_atomic(out / "config.json", json.dumps(raw, indent=2, ensure_ascii=False) + "\n", private=True)
+    text = json.dumps(raw, indent=2, ensure_ascii=False) + "\n"
+    write_atomic(out / "config.json", text, private=True)
+    write_atomic(out / checked_name("config.json"), checked(text), private=True)
     digests = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
                for p in sorted(out.rglob("*")) if p.is_file()}
     manifest = {"image": image_hash(digests), "gateway_id": cfg["gateway_id"], "fw": VERSION,

@@ -53,7 +53,7 @@ edge.main.main(d + "/config.json", image=d[2:])
 
 POINTER = "active"
 SLOT = re.compile(r"^[ab]-[0-9a-f]{12}$")
-LEGACY_NAMES = ("edge", "devices", "config.json")  # the flat image of an earlier `build`, at the root
+LEGACY_NAMES = ("edge", "devices", "config.json", "config.checked")  # a flat image of an earlier build
 CHUNK = 512  # bytes per write on the board: a 1 KB raw-paste window holds it with repr() escapes
 
 # Defined once per session on the board: read a file (None if absent), remove a tree, hash a tree.

@@ -16,28 +16,21 @@ _DISCARD_MAX = const(4096)  # a line that never goes quiet must not keep discard
 
 
 class Tty:
-    """A raw 8N1 tty opened by path, or adopted from an open fd (which the Tty then owns)."""
+    """A raw 8N1 tty opened by path, or adopted from an open fd (which the Tty then owns).
 
-    def __init__(self, path_or_fd, baud=9600):
+    CPython's parts (os.open flags, loop.add_reader) are in tty_cpython.py: a board's unix port
+    would otherwise intern their ~15 names for the whole run (docs/benchmarks.md, "Memory")."""
+
+    def __init__(self, path, baud=9600):
         self.baud = baud
         if IS_MICROPYTHON:
-            self._f = open(path_or_fd, "r+b")
+            self._f = open(path, "r+b")
+            termios.setraw(self._f.fileno())
         else:
-            import os
+            from edge.ports.tty_cpython import open_raw
 
-            fd = path_or_fd
-            if not isinstance(fd, int):
-                # O_NONBLOCK so open() cannot hang waiting for carrier; reads are poll-gated anyway.
-                fd = os.open(fd, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-                os.set_blocking(fd, True)
-            self._f = open(fd, "r+b", buffering=0)
-        fd = self._fd = self._f.fileno()
-        if IS_MICROPYTHON:
-            termios.setraw(fd)
-        else:
-            import tty
-
-            tty.setraw(fd)
+            self._f = open_raw(path)
+        fd = self._f.fileno()
         attrs = termios.tcgetattr(fd)
         # CLOCAL: an RS-485 adapter has no carrier line to wait for; CREAD: enable the receiver.
         attrs[2] |= getattr(termios, "CLOCAL", 0o4000) | getattr(termios, "CREAD", 0o200)
@@ -52,9 +45,9 @@ class Tty:
         attrs[4] = b
         attrs[5] = b
         termios.tcsetattr(fd, termios.TCSANOW, attrs)
-        self._poll = select.poll()
-        self._poll.register(self._f, select.POLLIN)
-        self._one = bytearray(1)
+        self.poll = select.poll()
+        self.poll.register(self._f, select.POLLIN)
+        self._buf = bytearray(1)
         self._reader = None
         if IS_MICROPYTHON:
             import asyncio
@@ -62,7 +55,7 @@ class Tty:
             self._reader = asyncio.StreamReader(self._f)
 
     def _ready(self):
-        for _obj, ev in self._poll.poll(0):
+        for _obj, ev in self.poll.poll(0):
             if ev & select.POLLIN:
                 return True
             if ev & (select.POLLHUP | select.POLLERR):
@@ -70,49 +63,42 @@ class Tty:
         return False
 
     def _take(self):
-        """Read the byte poll said is waiting into self._one. A hung-up tty (the adapter pulled,
+        """Read the byte poll said is waiting into self._buf. A hung-up tty (the adapter pulled,
         the pty's other side closed) polls readable and reads EOF for ever: that is a dead port."""
-        if self._f.readinto(self._one) != 1:
+        if self._f.readinto(self._buf) != 1:
             raise OSError(5, "tty hung up")  # EIO, as a write to it says
         return True
 
     async def write(self, buf):
         self._f.write(buf)
 
-    async def _first_byte(self, timeout_ms):
-        """Wait for one byte into self._one; False on timeout."""
+    async def _read(self, timeout_ms):
+        """Wait for one byte into self._buf; False on timeout."""
         if self._ready():
             return self._take()
         if timeout_ms is not None and timeout_ms <= 0:
             return False
+        if self._reader is None:
+            from edge.ports.tty_cpython import readable
+
+            return await readable(self._f.fileno(), timeout_ms) and self._take()
         import asyncio
 
-        if self._reader is not None:
-            try:
-                if timeout_ms is None:
-                    n = await self._reader.readinto(self._one)
-                else:
-                    n = await asyncio.wait_for_ms(self._reader.readinto(self._one), timeout_ms)
-            except asyncio.TimeoutError:
-                return False
-            if n != 1:
-                raise OSError(5, "tty hung up")
-            return True
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        loop.add_reader(self._fd, _wake, fut)
         try:
-            await (fut if timeout_ms is None else asyncio.wait_for(fut, timeout_ms / 1000))
+            if timeout_ms is None:
+                n = await self._reader.readinto(self._buf)
+            else:
+                n = await asyncio.wait_for_ms(self._reader.readinto(self._buf), timeout_ms)
         except asyncio.TimeoutError:
             return False
-        finally:
-            loop.remove_reader(self._fd)
-        return self._take()
+        if n != 1:
+            raise OSError(5, "tty hung up")
+        return True
 
     async def readinto(self, buf, timeout_ms):
-        if len(buf) == 0 or not await self._first_byte(timeout_ms):
+        if len(buf) == 0 or not await self._read(timeout_ms):
             return 0
-        one = self._one
+        one = self._buf
         buf[0] = one[0]
         n = 1
         limit = len(buf)
@@ -140,12 +126,7 @@ class Tty:
         f, self._f = self._f, None
         if f is not None:
             try:
-                self._poll.unregister(f)
+                self.poll.unregister(f)
             except (OSError, KeyError, ValueError):
                 pass
             f.close()
-
-
-def _wake(fut):
-    if not fut.done():
-        fut.set_result(True)

@@ -16,6 +16,7 @@ import asyncio
 
 from devices import load
 from devices.common.errors import N_CODES, NAMES
+from edge.compat import const
 from edge.mqtt.client import backoff_delays
 from edge.mqtt.errors import MQTTError
 from edge.rules import SUPPRESSED, ReportFilter
@@ -23,6 +24,10 @@ from edge.rules import SUPPRESSED, ReportFilter
 # Source-level error codes beyond the codecs' (index into the same counter row).
 UNKNOWN_SENSOR = N_CODES  # a well-formed reading from a sensor the config does not list
 PORT_DOWN = N_CODES + 1  # the port could not be opened, or died (unplugged, broker gone)
+# Error rows kept by name: the port's, and this many sensor ids (known or not); errors of any
+# further id are counted in one row, "(other ids)" (11 characters: a heap string, not one more
+# interned name), so a flood of distinct unknown ids cannot grow the heap.
+_ERROR_IDS = const(16)
 
 class Source:
     """Configured state shared by every transport: codec, rules, limits, counters."""
@@ -43,14 +48,19 @@ class Source:
                                    cfg.get("max_silence_s", 300) * 1000, sensors)
         self.sensors = self.filter.slots if sensors else None  # the configured ids, as a dict
         self.opened = None  # True while the port is open, False after it failed; None: not tried
-        self.errors = {}  # sensor (or the port name) -> counter row, created on first error
+        self.errors = {}  # sensor, port name or "(other ids)" -> counter row, made on first error
         self.readings = 0
         self.reported = 0
 
     def error(self, who, code):
-        row = self.errors.get(who)
+        errors = self.errors
+        row = errors.get(who)
         if row is None:
-            row = self.errors[who] = [0] * (PORT_DOWN + 1)
+            if who != self.path and len(errors) >= _ERROR_IDS:
+                who = "(other ids)"
+                row = errors.get(who)
+            if row is None:
+                row = errors[who] = [0] * (PORT_DOWN + 1)
         row[code] += 1
 
     def take(self, sensor, fields, now_ticks):

@@ -19,6 +19,7 @@ from edge.sources import Source
 _QUEUE = const(32)
 _TOPIC_ROOM = const(256)
 _TX_ROOM = const(16)  # a SUBSCRIBE header beside its topic
+_TOPICS = const(8)  # topics tracked for redeliveries beyond the configured sensors (unlisted: 64)
 
 
 class MqttSource(Source):
@@ -37,7 +38,11 @@ class MqttSource(Source):
         self.queue = []
         self.bursts = 0  # times the queue was full and the callback decoded it (see above)
         self.redelivered = 0  # duplicate deliveries skipped (see _on_message)
-        self._last = {}  # topic -> crc32 of its last payload
+        # topic -> crc32 of its last payload. One topic per lid: the configured lids and _TOPICS
+        # more (64 without a sensors list); messages on further topics are not checked for
+        # redelivery, only counted (`untracked`), so a stream of strange topics cannot grow it.
+        self._last = {}
+        self.untracked = 0
         self._ev = asyncio.Event()
 
     def _on_message(self, topic, payload, retain=False):
@@ -48,7 +53,12 @@ class MqttSource(Source):
             # same topic again. A lid's report carries its own time, so a real repeat differs.
             self.redelivered += 1
             return
-        self._last[topic] = h
+        last = self._last
+        most = 8 * _TOPICS if self.sensors is None else len(self.sensors) + _TOPICS
+        if topic in last or len(last) < most:
+            last[topic] = h
+        else:
+            self.untracked += 1
         if len(self.queue) >= _QUEUE:
             self.bursts += 1
             self._drain()

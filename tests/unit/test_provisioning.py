@@ -309,6 +309,47 @@ def test_build_image_holds_only_configured_kinds(tmp_path: Path) -> None:
         read_manifest(out)
 
 
+def test_build_writes_the_checked_config_the_board_boots_from(tmp_path: Path, micropython32: str) -> None:
+    """Issue 10, finding 5: edge.config's complete validation runs here, not on the board (its names
+    stay interned for the whole run: ~6 KB at 128 sensors). The image's config.checked carries the
+    validated config and the hash of config.json; the 32-bit unix port boots from it without
+    importing edge.config, and a hand edit of config.json on the board is validated there again."""
+    import subprocess
+
+    from edge.main import load_config
+    from provisioning.firmware import build, read_manifest
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"gateway_id": "gw-1", "broker": {"host": "h"}, "sources": [PARKING_SOURCE]}))
+    out = tmp_path / "image"
+    build(cfg, out, progress=lambda _line: None)
+    assert "config.checked" in read_manifest(out)["files"]
+    head, body = (out / "config.checked").read_text().split("\n", 1)
+    assert head.endswith(" 0.1.0") and len(head.split()[0]) == 64  # sha256, the edge version
+    checked = json.loads(body)
+    assert checked["uplink"]["max_inflight"] is None  # the board fills in its own default
+    checked["uplink"]["max_inflight"] = 4
+    assert checked == json.loads(json.dumps(load_config(str(out / "config.json"))))
+    probe = ("import sys\nsys.path[0] = ''\nfrom edge.main import load_config\n"
+             "c = load_config('config.json')\n"
+             "print(c['gateway_id'], c['uplink']['max_inflight'], 'edge.config' in sys.modules, "
+             "c['sources'][0]['sensors'])\n")
+
+    def boot() -> str:
+        run = subprocess.run([micropython32, "-X", "heapsize=128K", "-c", probe], cwd=out,
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stdout + run.stderr
+        return run.stdout
+
+    assert boot() == "gw-1 2 False ['P-00012']\n"
+    # A hand edit on the board: said on the console and validated there, never the stale checked copy.
+    text = (out / "config.json").read_text()
+    (out / "config.json").write_text(text.replace("P-00012", "P-00013"))
+    said = boot()
+    assert "config.json changed since `citybrain provision build` checked it" in said
+    assert said.endswith("gw-1 2 False ['P-00013']\n"), said
+
+
 def test_gateway_config_doc_is_current() -> None:
     from provisioning.configdoc import EXAMPLE, render
 
