@@ -107,6 +107,7 @@ def recover(log, dirpath, budget_bytes, segment_bytes, sync_every_ms, sync_every
         counts.append(0)
     log._base = segs[0]
     log._cursor = min(coff, sizes[0]) if segs[0] == cseg else 0  # rid of (_base, offset)
+    log.boot_end = (segs[-1] - log._base) * span + sizes[-1]  # records up to here: earlier boots
     log.flash_bytes = sum(sizes)
     log.pending = sum(counts)
     log._drop_passed()

@@ -55,6 +55,9 @@ class Log:
     clock            ticks_ms-style clock (injectable for tests).
     files            filesystem object (edge.store.Files or a fault-injecting stand-in).
 
+    `boot_end` is the id of the end of the log as this boot found it: records up to it were
+    taken by an earlier boot.
+
     Counters reported in status (this boot): `boot`, `appended`, `pending` (records not yet
     acked) and `pending_bytes` (their bytes), `flash_bytes` (segment bytes on flash),
     `dropped_records`/`dropped_bytes` (unacked records lost to budget eviction),
@@ -99,6 +102,7 @@ class Log:
         clock: Any
         files: Any
         boot: int
+        boot_end: int
         appended: int
         pending: int
         flash_bytes: int
@@ -417,16 +421,25 @@ class Log:
         self._read = self._cursor
         self._inflight.clear()
 
-    def ack(self, rid):
+    def ack(self, rid, before=None):
         """Records up to and including `rid` were delivered: drop them. Returns how many were acked.
 
+        `before`: a record id that must stay (an alarm awaiting its receipt): only the records
+        handed out before it are dropped, the rest stay until a later ack.
         Stale ids (already acked or evicted) are ignored; an id that peek did not hand out is a
         StoreError. The cursor reaches flash at the next due sync/poll or at close; a power cut
         before that re-delivers those records after reboot (at-least-once, see docs/store.md).
         """
+        inf = self._inflight
+        if before is not None and rid >= before:
+            k = 0
+            while k < len(inf) and inf[k] < before:
+                k += 1
+            if not k:
+                return 0
+            rid = inf[k - 1]
         if rid <= self._cursor:
             return 0
-        inf = self._inflight
         try:
             n = inf.index(rid) + 1
         except ValueError:
@@ -440,6 +453,11 @@ class Log:
         return n
 
     # ---- status -----------------------------------------------------------------------------
+
+    @property
+    def unpeeked(self):
+        """Records not yet acked that peek has not handed out."""
+        return self.pending - len(self._inflight)
 
     @property
     def pending_bytes(self):

@@ -119,6 +119,41 @@ def test_ack_of_unpeeked_record_is_an_error():
         _rmtree(d)
 
 
+def test_ack_before_keeps_a_held_record_and_what_follows():
+    d = _tmpdir()
+    try:
+        log = Log(d, budget_bytes=4096, segment_bytes=256)
+        ids = [log.append(b"rec %d" % i, urgent=True) for i in range(20)]  # across segments
+        got = log.peek(20, 100000)
+        assert log.unpeeked == 0 and [r for r, _ in got] == ids
+        assert log.ack(ids[15], ids[6]) == 6  # record 6 is held: 0-5 go
+        assert log.pending == 14
+        assert log.ack(ids[15], ids[0]) == 0  # nothing before a held first record
+        assert log.ack(ids[15], ids[6]) == 0  # still held: nothing more
+        assert log.ack(ids[15], ids[19]) == 10  # the hold moved on: up to rid, 6-15 go
+        assert log.ack(ids[19], None) == 4 and log.pending == 0
+        log.close()
+    finally:
+        _rmtree(d)
+
+
+def test_boot_end_tells_earlier_boots_records_from_this_ones():
+    d = _tmpdir()
+    try:
+        log = Log(d, budget_bytes=4096, segment_bytes=256)
+        ids = [log.append(b"old %d" % i, urgent=True) for i in range(12)]
+        log.close()
+        log = Log(d, budget_bytes=4096, segment_bytes=256)
+        new = [log.append(b"new %d" % i, urgent=True) for i in range(12)]
+        got = log.peek(30, 100000)
+        assert [p for r, p in got if r <= log.boot_end] == [b"old %d" % i for i in range(12)]
+        assert [p for r, p in got if r > log.boot_end] == [b"new %d" % i for i in range(12)]
+        assert ids and new and log.unpeeked == 0 and log.pending == 24
+        log.close()
+    finally:
+        _rmtree(d)
+
+
 def test_reboot_keeps_unacked_and_bumps_boot():
     d = _tmpdir()
     try:
