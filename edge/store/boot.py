@@ -52,6 +52,8 @@ def recover(log, dirpath, budget_bytes, segment_bytes, sync_every_ms, sync_every
     log._inflight = []
     log._unsynced = 0
     log._unsynced_since = 0
+    log._mark = -1
+    log._mark_at = 0
     # Write-behind: periodic records wait here until their group sync (docs/store.md), so one
     # receipted before it is never written. Bounded by sync_every_bytes (and a segment).
     log._wbuf = bytearray(min(sync_every_bytes, segment_bytes, _WBUF_MAX))

@@ -406,3 +406,52 @@ def test_full_buffer_drops_acked_records_instead_of_writing():
         log.close()
     finally:
         _rmtree(d)
+
+
+def test_a_full_buffer_writes_only_its_oldest_and_the_sync_deadline_holds():
+    d = _tmpdir()
+    try:
+        clock = Clock()
+        # Room for 3 records of 7 + 19 bytes in RAM; syncs by time only.
+        log = Log(
+            d, budget_bytes=8192, segment_bytes=4096, sync_every_ms=1000, sync_every_bytes=4096, clock=clock
+        )
+        log._wbuf = bytearray(80)  # as the board's 2 KB beside sync_every_bytes 4 KB: smaller
+        log._wmv = memoryview(log._wbuf)
+        log.append(b"periodic record 000")  # t=0
+        clock.now = 600
+        log.append(b"periodic record 001")
+        log.append(b"periodic record 002")
+        clock.now = 700
+        log.append(b"periodic record 003")  # full: only the oldest is written, the rest wait
+        data = _read(d + "/" + seg_name(1))
+        assert data.count(b"periodic") == 1 and b"record 000" in data and log.syncs == 0
+        clock.now = 999
+        log.poll()
+        assert log.syncs == 0
+        clock.now = 1000  # record 000 is 1 s old, written but not synced: the sync is due
+        log.poll()
+        assert log.syncs == 1 and _read(d + "/" + seg_name(1)).count(b"periodic") == 4
+        rids = [r for r, _ in log.peek(10)]
+        # The deadline follows the oldest record at risk, not the first of a buffer that never
+        # empties: 004 is receipted, so 005 (taken at 1500) is due at 2500, not at 2100.
+        clock.now = 1100
+        rids.append(log.append(b"periodic record 004"))
+        clock.now = 1500
+        log.append(b"periodic record 005")
+        assert [r for r, _ in log.peek(10)][0] == rids[-1]
+        log.ack(rids[-1])
+        clock.now = 2100
+        log.poll()
+        assert log.syncs == 1
+        clock.now = 2500
+        log.poll()
+        assert log.syncs == 2
+        data = _read(d + "/" + seg_name(1))
+        assert b"record 004" not in data and b"record 005" in data and log.skipped_bytes == 26
+        log.close()
+        log = Log(d, budget_bytes=8192, segment_bytes=4096)
+        assert [p for _, p in log.peek(10)] == [b"periodic record 005"]
+        log.close()
+    finally:
+        _rmtree(d)
