@@ -62,12 +62,22 @@ class Receipts(Counter):
 
     def __init__(self, port: int, hold: bool) -> None:
         self.hold = hold
-        self.held: list[tuple[int, int]] = []
+        self.held: list[tuple[int, int, bool]] = []
         self.latency_ms: list[float] = []
         self._rlock = threading.Lock()
         super().__init__(port)
+        # Alarms are receipted too: the gateway keeps each alarm's record until its receipt.
+        self.client.subscribe("city/+/alarm", 1)
 
     def _on_message(self, c: Any, u: Any, msg: Any) -> None:
+        if msg.topic.endswith("/alarm"):
+            alarm = cbor2.loads(msg.payload)
+            with self._rlock:
+                if self.hold:
+                    self.held.append((alarm[1], alarm[2], True))
+                    return
+            self._receipt(alarm[1], alarm[2], True)
+            return
         now_ms = time.time() * 1000
         super()._on_message(c, u, msg)
         batch = cbor2.loads(msg.payload)
@@ -75,21 +85,23 @@ class Receipts(Counter):
         self.latency_ms.extend(now_ms - (t0 + r[2]) for r in batch[4])
         with self._rlock:
             if self.hold:
-                self.held.append((batch[1], batch[2]))
+                self.held.append((batch[1], batch[2], False))
                 return
         self._receipt(batch[1], batch[2])
 
-    def _receipt(self, boot: int, seq: int) -> None:
+    def _receipt(self, boot: int, seq: int, alarm: bool = False) -> None:
         from collector.receipts import encode_receipt
 
-        self.client.publish("city/gw-bench/ack", encode_receipt(boot, [seq, seq], []), 1)
+        seqs = [seq, seq]
+        payload = encode_receipt(boot, [], seqs) if alarm else encode_receipt(boot, seqs, [])
+        self.client.publish("city/gw-bench/ack", payload, 1)
 
     def release(self) -> None:
         with self._rlock:
             self.hold = False
             held, self.held = self.held, []
-        for boot, seq in held:
-            self._receipt(boot, seq)
+        for boot, seq, alarm in held:
+            self._receipt(boot, seq, alarm)
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -145,6 +157,9 @@ def measure(n: int, rate: float, kinds: list[str], link: str = "online") -> dict
 
     try:
         cfg = agent_config(broker.port, tmp + "/spool", kinds)
+        # This bench answers with receipts (`Receipts`): records leave the log on them, not on the
+        # PUBACK (edge_throughput's config has receipts off; with it, --link made no difference).
+        cfg["uplink"]["receipts"] = True
         fig = asyncio.run(drive(cfg, data, 60 + 2 * n / rate, bytes_per_s, attach))
         counter.settle(fig["readings_acked"])
     finally:

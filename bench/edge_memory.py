@@ -222,7 +222,7 @@ class Uplink:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-uplink")
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
-        self.client.subscribe([("city/+/up", 1), ("city/+/status", 1)])
+        self.client.subscribe([("city/+/up", 1), ("city/+/status", 1), ("city/+/alarm", 1)])
         self.client.loop_start()
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
@@ -236,6 +236,9 @@ class Uplink:
             self.seen.add((doc[1], doc[2]))
             self.batches += 1
             self.readings += len(doc[4])
+        elif msg.topic.endswith("/alarm"):
+            # Alarms too: the agent keeps an alarm's log record until it is receipted.
+            self.client.publish(msg.topic[:-5] + "ack", encode_receipt(doc[1], [], [doc[2], doc[2]]), qos=1)
         elif isinstance(doc, dict) and doc.get("heap_free") is not None:
             self.status_heap.append(int(doc["heap_free"]))
 

@@ -8,7 +8,9 @@ commands) and housekeeping (log group-sync, clock, status timer). The runtime di
 A reading counts as taken when `accept` has appended it to the log; from there only the
 collector's receipt for its batch removes it (uplink.receipts, the default; docs/protocol.md
 "Receipt"), or without receipts the broker's PUBACK. Alarms are also published at once on
-`<prefix>/<gw>/alarm` (best effort, bounded queue, drops counted); the batch stream is the record.
+`<prefix>/<gw>/alarm` (bounded queue, drops counted); with receipts an alarm stays queued, and its
+record in the log, until the collector receipts the alarm, and a reboot publishes again the
+alarms the log still holds (docs/gateway.md, "Alarms").
 """
 
 import asyncio
@@ -27,6 +29,14 @@ from edge.store import Log
 # (those the site broker queued while the gateway was down included); 18 lost 2. 32 holds more.
 # A full queue still drops the live copy, counted in the status `errors` (ALARM_DROPS).
 _ALARM_QUEUE = const(32)
+# An alarm in the queue: [log record id (None without receipts), record bytes, alarm seq (-1:
+# not published yet), packet id until PUBACKed, ticks of the PUBACK (None: due again), re-sends].
+_A_RID = const(0)
+_A_REC = const(1)
+_A_SEQ = const(2)
+_A_PID = const(3)
+_A_AT = const(4)
+_A_TRIES = const(5)
 _RECENT = const(8)  # sensors remembered with their stamps while a burst shares one millisecond
 _ANCHORS_KEPT = const(16)
 _NTP_RETRY_MS = const(10000)
@@ -104,12 +114,19 @@ class Agent:
         self.receipts_got = 0
         self.receipts_bad = 0  # a receipt that is not one (docs/protocol.md): counted, ignored
         self._last_resend = 0
+        self._upto = None  # the newest record id the log may be acked up to, but for held alarms
+        # With receipts, the alarms of the records earlier boots left in the log are queued again
+        # as the uplink reads them (up to this record id, None once past it; _replayed: done up to).
+        self._replay_end = log.boot_end if up["receipts"] and log.pending else None
+        self._replayed = -1
         self._carry = []
         self._unsent = None  # a built batch the client refused (connection lost): sent first
         self._sent = []  # (pid, seq) of batches published and not yet acked
-        self.alarms = []  # (code, sensor, kind, ts or None, fields, uptime ms) waiting to be published
+        self.alarms = []  # the alarm queue: entries as _A_* above, in the order raised
         self.alarm_seq = 0
         self.alarms_sent = 0
+        self.alarms_resent = 0  # published again for want of a receipt (counted once each time)
+        self.alarms_receipted = 0
         self.alarms_dropped = 0
         self.alarms_unstamped = 0
         self.commands = []
@@ -196,23 +213,74 @@ class Agent:
                 self.held = True
                 self.port.say("citybrain-gw: warning gw=%s: readings held until the clock is set "
                               "(NTP, or trust_os_clock)" % self.gw)
-            record.encode(w, sensor, kind, None, fields, self.boot, up)
+            record.encode(w, sensor, kind, None, fields, self.boot, up, alarm)
         else:
-            record.encode(w, sensor, kind, ts, fields)
-        if self.log.pending == self.batcher.records_in_flight and not self._carry:
+            record.encode(w, sensor, kind, ts, fields, 0, 0, alarm)
+        if self.log.unpeeked + len(self._carry) == 0:
             # Nothing was waiting to be batched: a partial batch goes batch_age_ms after this one
             # (the log hands records out at once now, so the age counts from the first of them).
             self._last_batch = ticks_ms()
-        self.log.append(w.view(), urgent)
+        rid = self.log.append(w.view(), urgent)
         if alarm is not None:
             if ts is None:
                 # Published once the clock is set, stamped with this boot's anchor (_pump).
                 self.alarms_unstamped += 1
-            if len(self.alarms) >= _ALARM_QUEUE:
+            if not self._queue_alarm(rid, bytes(w.view())):
                 self.alarms_dropped += 1  # the live copy is lost; the record reaches the collector
-            else:
-                self.alarms.append((alarm, sensor, kind, ts, fields, up))
         self.wake.set()
+
+    def _queue_alarm(self, rid, rec):
+        """Queue the alarm of log record `rid` (bytes `rec`); False if the queue is full.
+        With receipts its record stays in the log until the alarm is receipted (`_ack`)."""
+        if len(self.alarms) >= _ALARM_QUEUE:
+            return False
+        self.alarms.append([rid if self.up_cfg["receipts"] else None, rec, -1, 0, None, 0])
+        return True
+
+    def _ack(self, upto=None):
+        """Ack the log up to `upto` (or the last one given), but not the record of an alarm
+        still awaiting its receipt, nor anything after it: a power cut then leaves that record
+        in the log, and the next boot publishes its alarm again."""
+        if upto is not None:
+            self._upto = upto
+        if self._upto is None:
+            return
+        hold = None
+        for a in self.alarms:
+            rid = a[_A_RID]
+            if rid is not None and (hold is None or rid < hold):
+                hold = rid
+        self.log.ack(self._upto, hold)
+
+    def _alarm_payload(self, a):
+        """The alarm message of queue entry `a` (its seq taken at the first call, so a re-send is
+        the same bytes); None while its time is unknown; False if it never can be (an earlier
+        boot without an anchor: counted as dropped, its reading is `unstampable`)."""
+        try:
+            _kind, ts, boot, uptime, ts_pos, f0, f1, code = record.parse(a[_A_REC], self.batcher.n_fields_of)
+        except (cbor.CBORError, UnicodeError):
+            code = None
+        if code is None:
+            self.batcher.corrupt += 1  # the log's CRC passed: a bug, counted like the batcher's
+            return False
+        if ts is None:
+            offset = self.anchors.get(boot)
+            if offset is None and boot == self.boot:
+                offset = self.clock.offset_ms()
+            if offset is None:
+                return None if boot == self.boot else False  # this boot's waits for its clock
+            ts = offset + uptime
+        if a[_A_SEQ] < 0:
+            a[_A_SEQ] = self.alarm_seq
+            self.alarm_seq += 1
+        enc = self._alarm_enc
+        if enc is None:
+            enc = self._alarm_enc = protocol.BatchEncoder(_ALARM_BYTES)
+        enc.begin(self.boot, a[_A_SEQ], ts, code)
+        mv = memoryview(a[_A_REC])
+        if not enc.add_record(mv[1:ts_pos], ts, mv[f0:f1]):
+            raise cbor.BufferFull  # larger than _ALARM_BYTES: as encode_alarm did
+        return bytes(enc.finish())
 
     # -- uplink ----------------------------------------------------------------------------
 
@@ -237,6 +305,8 @@ class Agent:
                         # Refused (an old ACL): batches are re-sent until receipts can come.
                         self.port.log("uplink: %s" % exc)
                     self.batcher.resend_all()  # the broker may have lost what it PUBACKed
+                    for a in self.alarms:
+                        a[_A_AT] = None  # the same for alarms (those not PUBACKed the client re-sends)
                 await self.publish_status()
                 await self._pump()
             except (MQTTError, OSError) as exc:
@@ -273,23 +343,8 @@ class Agent:
             while sent and client.acked(sent[0][0]):
                 upto = self.batcher.puback(sent.pop(0)[1], ticks_ms())
                 if upto is not None:
-                    self.log.ack(upto)
-            while self.alarms:
-                code, sensor, kind, ts, fields, up_ms = self.alarms[0]
-                if ts is None:
-                    offset = self.clock.offset_ms()
-                    if offset is None:
-                        break  # raised before the clock is known: waits for the anchor
-                    ts = offset + up_ms
-                enc = self._alarm_enc
-                if enc is None:
-                    enc = self._alarm_enc = protocol.BatchEncoder(_ALARM_BYTES)
-                payload = bytes(protocol.encode_alarm(enc, self.boot, self.alarm_seq, code, sensor,
-                                                      kind, ts, fields))
-                self.alarm_seq += 1
-                await client.publish(self.topics[protocol.ALARM], payload, 1, False, False)
-                self.alarms_sent += 1
-                self.alarms.pop(0)
+                    self._ack(upto)
+            await self._pump_alarms()
             while self.commands:
                 from edge import command  # on the first command: a board does not carry it from boot
 
@@ -308,7 +363,7 @@ class Agent:
             if len(sent) < up["max_inflight"]:
                 # A batch is due when asked for, when records are carried over, when a full batch
                 # is pending, or when the oldest pending record is batch_age_ms old.
-                pending = self.log.pending - self.batcher.records_in_flight
+                pending = self.log.unpeeked + len(self._carry)
                 if (self.flush_requested or self._carry or pending >= up["batch_max"]
                         or (pending > 0
                             and ticks_diff(ticks_ms(), self._last_batch) >= up["batch_age_ms"])):
@@ -319,6 +374,51 @@ class Agent:
                 await client.wait_ack(sent[0][0])
             else:
                 await self.wake.wait()  # set by new work, or by _housekeeping's tick
+
+    async def _pump_alarms(self):
+        """Publish the queued alarms not published yet, in order (one raised before the clock is
+        known waits for it, and those after it with it). Without receipts an alarm leaves the
+        queue once published (the client re-sends it until PUBACKed); with receipts it stays until
+        the collector receipts it, and is published again, same seq and bytes, when no receipt
+        came `receipt_timeout_ms` after its PUBACK (doubled per re-send, up to 16x) or after a
+        reconnect (`_uplink`)."""
+        client = self.client
+        up = self.up_cfg
+        alarms = self.alarms
+        now = ticks_ms()
+        i = 0
+        while i < len(alarms):
+            a = alarms[i]
+            if a[_A_PID]:
+                if not client.acked(a[_A_PID]):
+                    i += 1
+                    continue
+                a[_A_PID] = 0  # PUBACKed: now it waits for its receipt
+                a[_A_AT] = now
+            if a[_A_SEQ] >= 0 and a[_A_AT] is not None and ticks_diff(
+                    now, a[_A_AT]) < up["receipt_timeout_ms"] << min(a[_A_TRIES], 4):
+                i += 1
+                continue
+            first = a[_A_SEQ] < 0
+            payload = self._alarm_payload(a)
+            if payload is None:
+                break  # raised before the clock is known: waits for the anchor
+            if payload is False:
+                alarms.pop(i)
+                self.alarms_dropped += 1
+                self._ack()
+                continue
+            if first:
+                self.alarms_sent += 1
+            else:
+                a[_A_TRIES] += 1
+                self.alarms_resent += 1
+            a[_A_AT] = None
+            a[_A_PID] = await client.publish(self.topics[protocol.ALARM], payload, 1, False, False)
+            if a[_A_RID] is None:
+                alarms.pop(i)  # receipts off: the client owns it now
+                continue
+            i += 1
 
     async def _send_batch(self):
         """Publish the next batch; True if something was sent (or skipped)."""
@@ -334,19 +434,44 @@ class Agent:
             recs = self._carry + more
         else:
             recs = self._carry
+        held = None
+        if self._replay_end is not None:
+            n = self._replay(recs)
+            if n < len(recs):
+                held = recs[n:]  # from an alarm the full queue cannot take yet
+                recs = recs[:n]
         if not recs:
+            self._carry = held or []
             self.flush_requested = False
             return False
         batch, used = self.batcher.build(recs)
-        self._carry = recs[used:]
+        self._carry = recs[used:] + held if held else recs[used:]
+        held = None
         recs = more = None  # copied into the batch: not kept alive (~5 KB) while it is published
         self._last_batch = ticks_ms()
         if batch is None:
             upto = self.batcher.release()
             if upto is not None:
-                self.log.ack(upto)
+                self._ack(upto)
             return used > 0
         return await self._publish_batch(batch)
+
+    def _replay(self, recs):
+        """Queue the alarms of the records in `recs` that an earlier boot left in the log (their
+        receipt may never have come: a power cut). Returns how many of `recs` may be batched now:
+        those before an alarm the full queue cannot take (none may be acked before its alarm is
+        queued; the rest wait in `_carry`)."""
+        end = self._replay_end
+        for i in range(len(recs)):
+            rid, rec = recs[i]
+            if rid > end:
+                self._replay_end = None  # past what earlier boots left
+                break
+            if rid > self._replayed:
+                if rec[0] & 1 and not self._queue_alarm(rid, rec):
+                    return i
+                self._replayed = rid
+        return len(recs)
 
     async def _publish_batch(self, batch):
         try:
@@ -404,19 +529,37 @@ class Agent:
         self.wake.set()
 
     def _on_receipt(self, payload):
-        """A receipt (decoded at once: `payload` views the client's receive buffer): the records
-        of the batches it names leave the log."""
+        """A receipt (decoded at once: `payload` views the client's receive buffer): the batches
+        and alarms it names are delivered; their records leave the log."""
         try:
-            boot, up, _alarms = protocol.decode_receipt(payload)
+            boot, up, alarms = protocol.decode_receipt(payload)
         except cbor.CBORError:
             self.receipts_bad += 1
             return
         self.receipts_got += 1
-        if boot == self.boot:  # an earlier boot's batches were re-batched under this one
-            upto = self.batcher.receipted(up)
-            if upto is not None:
-                self.log.ack(upto)
+        if boot != self.boot:
+            return  # an earlier boot's batches and alarms were re-batched and queued in this one
+        if alarms:
+            q = self.alarms
+            i = 0
+            n = len(q)
+            while i < len(q):
+                seq = q[i][_A_SEQ]
+                j = 0
+                while j < len(alarms) - 1 and not (seq >= 0 and alarms[j] <= seq <= alarms[j + 1]):
+                    j += 2
+                if j < len(alarms) - 1:
+                    q.pop(i)  # durable: its record may leave the log with its batch
+                else:
+                    i += 1
+            if len(q) < n:
+                self.alarms_receipted += n - len(q)
+                self._ack()
                 self.wake.set()
+        upto = self.batcher.receipted(up)
+        if upto is not None:
+            self._ack(upto)
+            self.wake.set()
 
     # -- housekeeping ----------------------------------------------------------------------
 

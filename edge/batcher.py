@@ -82,7 +82,7 @@ class Batcher:
             if count >= self.batch_max:
                 break
             try:
-                _kind, ts, boot, uptime, ts_pos, f0, f1 = record.parse(payload, self.n_fields_of)
+                _kind, ts, boot, uptime, ts_pos, f0, f1, _code = record.parse(payload, self.n_fields_of)
             except cbor.CBORError:
                 # The log's CRC passed, so this is a bug or a kind this firmware lost: count, skip.
                 self.corrupt += 1

@@ -2,9 +2,12 @@
 
     stamped:    [sensor, kind, ts_ms, {index: value}]
     unstamped:  [sensor, kind, null,  {index: value}, boot, uptime_ms]
+    + an alarm code (text) as the last item when the reading raised an alarm (5 or 7 items)
 
 Unstamped records were taken before the clock was known (edge/clock.py); the uplink stamps them
-with the boot's anchor when they leave the log. CBOR keeps bool/int/float apart, as the wire does.
+with the boot's anchor when they leave the log. The alarm code lets a reboot find the alarms
+whose receipt had not come yet and publish them again (docs/gateway.md, "Alarms").
+CBOR keeps bool/int/float apart, as the wire does.
 The store treats the bytes as opaque; only this module knows their layout, and the uplink never
 decodes a record: `parse` finds its parts and the batch copies them (see `BatchEncoder.add_record`).
 """
@@ -14,10 +17,10 @@ from edge.cbor import CBORError
 from edge.protocol import enc_fields
 
 
-def encode(w, sensor, kind, ts, fields, boot=0, uptime_ms=0):
+def encode(w, sensor, kind, ts, fields, boot=0, uptime_ms=0, alarm=None):
     """Write one record into `w` (a reset `cbor.Writer` or bytearray); `ts` is UTC ms, or None
-    for unstamped (then boot and uptime_ms say when it was taken)."""
-    w.append(0x86 if ts is None else 0x84)
+    for unstamped (then boot and uptime_ms say when it was taken); `alarm` the code it raised."""
+    w.append((0x86 if ts is None else 0x84) | (0 if alarm is None else 1))
     cbor.enc_text(w, sensor)
     cbor.enc_head(w, 0, kind)
     if ts is None:
@@ -28,6 +31,8 @@ def encode(w, sensor, kind, ts, fields, boot=0, uptime_ms=0):
     if ts is None:
         cbor.enc_head(w, 0, boot)
         cbor.enc_head(w, 0, uptime_ms)
+    if alarm is not None:
+        cbor.enc_text(w, alarm)
 
 
 def _head(b, pos, end):
@@ -52,7 +57,7 @@ def _head(b, pos, end):
 
 def parse(payload, n_fields_of):
     """Where a record's parts are, without decoding it: (kind, ts_ms or None, boot, uptime_ms,
-    ts_pos, fields_start, fields_end).
+    ts_pos, fields_start, fields_end, alarm code or None).
 
     The uplink copies `payload[1:ts_pos]` (sensor and kind) and `payload[fields_start:fields_end]`
     (the fields map) into the batch as they are: the batch reading differs from the record only
@@ -64,7 +69,7 @@ def parse(payload, n_fields_of):
     """
     b = payload
     end = len(b)
-    if end < 1 or (b[0] != 0x84 and b[0] != 0x86):
+    if end < 1 or b[0] < 0x84 or b[0] > 0x87:
         raise CBORError("bad record")  # not a reading record
     major, n, p = _head(b, 1, end)
     m2, kind, p = _head(b, p + n, end)  # past `end` (a bad record) if the sensor id is truncated
@@ -98,11 +103,18 @@ def parse(payload, n_fields_of):
     f1 = p
     boot = 0
     uptime = 0
-    if b[0] == 0x86:
+    if b[0] >= 0x86:
         major, boot, p = _head(b, p, end)
         m2, uptime, p = _head(b, p, end)
         if major != 0 or m2 != 0:
             raise CBORError("bad record")  # boot or uptime is not a uint
+    code = None
+    if b[0] & 1:
+        major, n, p = _head(b, p, end)
+        if major != 3 or p + n != end:
+            raise CBORError("bad record")  # the alarm code is not text, or not the last item
+        code = bytes(b[p:end]).decode()
+        p = end
     if p != end:
         raise CBORError("bad record")  # trailing bytes
-    return kind, ts, boot, uptime, ts_pos, f0, f1
+    return kind, ts, boot, uptime, ts_pos, f0, f1, code

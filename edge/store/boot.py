@@ -52,6 +52,8 @@ def recover(log, dirpath, budget_bytes, segment_bytes, sync_every_ms, sync_every
     log._inflight = []
     log._unsynced = 0
     log._unsynced_since = 0
+    log._mark = -1
+    log._mark_at = 0
     # Write-behind: periodic records wait here until their group sync (docs/store.md), so one
     # receipted before it is never written. Bounded by sync_every_bytes (and a segment).
     log._wbuf = bytearray(min(sync_every_bytes, segment_bytes, _WBUF_MAX))
@@ -107,6 +109,7 @@ def recover(log, dirpath, budget_bytes, segment_bytes, sync_every_ms, sync_every
         counts.append(0)
     log._base = segs[0]
     log._cursor = min(coff, sizes[0]) if segs[0] == cseg else 0  # rid of (_base, offset)
+    log.boot_end = (segs[-1] - log._base) * span + sizes[-1]  # records up to here: earlier boots
     log.flash_bytes = sum(sizes)
     log.pending = sum(counts)
     log._drop_passed()

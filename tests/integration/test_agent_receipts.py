@@ -212,3 +212,107 @@ def test_log_budget_counts_records_waiting_for_a_receipt(
             assert st["spool_dropped"] == log.dropped_records and st["unreceipted"] > 0
 
     run(main())
+
+
+def test_alarm_stays_until_receipted_is_resent_and_survives_a_reboot(
+        mosquitto: Mosquitto, observe: Callable[[], Observer],  # noqa: F811 - the fixtures
+        ttys: Callable[[], str], tmp_path: Path) -> None:  # noqa: F811
+    """A fever alarm is published at once; its batch's receipt alone does not free its record (nor
+    any after it) from the log; with no receipt for the alarm it is published again, same seq and
+    bytes. The agent then stops (the log as a power cut would leave it: the alarm's record synced,
+    the cursor before it) and the next boot publishes the alarm again, under its own boot, until
+    that is receipted."""
+    obs = observe()
+    cfg = make_cfg(mosquitto, tmp_path / "spool", [thermometer(ttys())], trust_os_clock=True,
+                   uplink={"receipts": True, "receipt_timeout_ms": 600, "batch_max": 5})
+    rc = Receipter(mosquitto.port)
+
+    def alarms() -> list[tuple[int, int, bytes]]:
+        return [(p[1], p[2], cbor2.dumps(p)) for p in obs.leaf("alarm")]
+
+    async def first_boot() -> tuple[int, dict[int, Any]]:
+        async with running(cfg, TestPort(clock_valid=True)) as agent:
+            await until(lambda: agent.client.connected, "connected")
+            await asyncio.sleep(0.3)  # the ack subscription is made after connect
+            for i in range(5):
+                take(agent, 0, "T-1", temp(i, 39.5 if i == 2 else 36.5))
+            await until(lambda: batches(obs) and alarms(), "the batch and the alarm published")
+            await until(lambda: not agent._sent, "PUBACKs")
+            rc.receipt(agent.boot, [0, 0])  # the batch, not the alarm
+            await until(lambda: agent.receipts_got == 1, "the batch's receipt")
+            await asyncio.sleep(0.1)
+            assert agent.log.pending == 3  # readings 0-1 left; the fever and what follows stay
+            assert len(agent.alarms) == 1
+            await until(lambda: len(alarms()) >= 2, "the alarm re-sent")
+            assert len({p for _, _, p in alarms()}) == 1 and agent.alarms_resent >= 1
+            assert agent.alarms_sent == 1
+            fever = obs.leaf("alarm")[0]
+            return agent.boot, fever
+
+    async def second_boot(boot1: int, fever: dict[int, Any]) -> None:
+        n1 = len(alarms())
+        async with running(cfg, TestPort(clock_valid=True)) as agent:
+            assert agent.boot == boot1 + 1 and agent.log.pending == 3
+            again = (await until(lambda: obs.leaf("alarm")[n1:], "the alarm after the reboot"))[0]
+            # The same alarm point (code, sensor, time, fields) under the new boot's own seq 0.
+            assert (again[1], again[2]) == (agent.boot, 0)
+            assert {k: again[k] for k in (3, 4, 5)} == {k: fever[k] for k in (3, 4, 5)}
+            assert again[5] == "fever"
+            await until(lambda: not agent._sent, "PUBACKs")
+            rc.receipt(agent.boot, [0, 100], [0, 0])
+            await until(lambda: agent.log.pending == 0 and not agent.alarms, "log drained")
+            assert agent.alarms_receipted == 1 and agent.alarms_dropped == 0
+
+    try:
+        boot1, fever = run(first_boot())
+        run(second_boot(boot1, fever))
+    finally:
+        rc.close()
+
+
+def test_a_reboot_replays_more_alarms_than_the_queue_holds_in_turn(
+        mosquitto: Mosquitto, observe: Callable[[], Observer],  # noqa: F811 - the fixtures
+        ttys: Callable[[], str], tmp_path: Path) -> None:  # noqa: F811
+    """Q + 4 fevers (Q: the alarm queue's size), no receipt: Q are queued (4 live copies dropped,
+    counted). The next boot finds all Q + 4 records in the log; its queue takes Q, and the batch
+    stops before the next alarm's record (it may not be acked before its alarm is queued); once
+    receipts free the queue the last 4 follow. batch_max 10: the read-ahead (4 batches in flight on
+    CPython) covers q + 4 records, so the whole queue is replayed before any receipt."""
+    from edge.agent import _ALARM_QUEUE as q
+    obs = observe()
+    cfg = make_cfg(mosquitto, tmp_path / "spool", [thermometer(ttys())], trust_os_clock=True,
+                   uplink={"receipts": True, "receipt_timeout_ms": 60000, "batch_max": 10})
+    rc = Receipter(mosquitto.port)
+    n = q + 4
+
+    async def first_boot() -> None:
+        async with running(cfg, TestPort(clock_valid=True)) as agent:
+            await until(lambda: agent.client.connected, "connected")
+            for i in range(n):
+                take(agent, 0, "T-1", temp(i, 39.5))
+            await until(lambda: len(obs.leaf("alarm")) == q, "a queue of alarms published")
+            assert agent.alarms_dropped == 4
+
+    async def second_boot() -> None:
+        async with running(cfg, TestPort(clock_valid=True)) as agent:
+            assert agent.log.pending == n
+            await until(lambda: len(obs.leaf("alarm")) == 2 * q and agent.batcher.inflight, "replayed")
+            await asyncio.sleep(0.5)
+            assert len(obs.leaf("alarm")) == 2 * q  # the queue is full: the rest wait
+            # Only the records before the (q+1)th alarm's were batched.
+            assert sum(b.used for b in agent.batcher.inflight) + len(agent._carry) <= n
+            assert max(b.last_rid for b in agent.batcher.inflight) < agent._carry[0][0]
+            await asyncio.sleep(0.3)  # the ack subscription
+            rc.receipt(agent.boot, [0, 100], [0, q - 1])
+            await until(lambda: len(obs.leaf("alarm")) == 2 * q + 4, "the last 4 replayed")
+            replayed = [(a[4][0][0], a[3]) for a in obs.leaf("alarm")[q:]]
+            assert len(set(replayed)) == n  # every fever once, none of them twice
+            rc.receipt(agent.boot, [0, 100], [0, n - 1])
+            await until(lambda: agent.log.pending == 0 and not agent.alarms, "log drained")
+            assert agent.alarms_dropped == 0
+
+    try:
+        run(first_boot())
+        run(second_boot())
+    finally:
+        rc.close()

@@ -119,6 +119,41 @@ def test_ack_of_unpeeked_record_is_an_error():
         _rmtree(d)
 
 
+def test_ack_before_keeps_a_held_record_and_what_follows():
+    d = _tmpdir()
+    try:
+        log = Log(d, budget_bytes=4096, segment_bytes=256)
+        ids = [log.append(b"rec %d" % i, urgent=True) for i in range(20)]  # across segments
+        got = log.peek(20, 100000)
+        assert log.unpeeked == 0 and [r for r, _ in got] == ids
+        assert log.ack(ids[15], ids[6]) == 6  # record 6 is held: 0-5 go
+        assert log.pending == 14
+        assert log.ack(ids[15], ids[0]) == 0  # nothing before a held first record
+        assert log.ack(ids[15], ids[6]) == 0  # still held: nothing more
+        assert log.ack(ids[15], ids[19]) == 10  # the hold moved on: up to rid, 6-15 go
+        assert log.ack(ids[19], None) == 4 and log.pending == 0
+        log.close()
+    finally:
+        _rmtree(d)
+
+
+def test_boot_end_tells_earlier_boots_records_from_this_ones():
+    d = _tmpdir()
+    try:
+        log = Log(d, budget_bytes=4096, segment_bytes=256)
+        ids = [log.append(b"old %d" % i, urgent=True) for i in range(12)]
+        log.close()
+        log = Log(d, budget_bytes=4096, segment_bytes=256)
+        new = [log.append(b"new %d" % i, urgent=True) for i in range(12)]
+        got = log.peek(30, 100000)
+        assert [p for r, p in got if r <= log.boot_end] == [b"old %d" % i for i in range(12)]
+        assert [p for r, p in got if r > log.boot_end] == [b"new %d" % i for i in range(12)]
+        assert ids and new and log.unpeeked == 0 and log.pending == 24
+        log.close()
+    finally:
+        _rmtree(d)
+
+
 def test_reboot_keeps_unacked_and_bumps_boot():
     d = _tmpdir()
     try:
@@ -368,6 +403,55 @@ def test_full_buffer_drops_acked_records_instead_of_writing():
         log.close()
         log = Log(d, budget_bytes=8192, segment_bytes=4096)
         assert [p for _, p in log.peek(10)] == [b"periodic %03d" % i for i in range(3, 8)]
+        log.close()
+    finally:
+        _rmtree(d)
+
+
+def test_a_full_buffer_writes_only_its_oldest_and_the_sync_deadline_holds():
+    d = _tmpdir()
+    try:
+        clock = Clock()
+        # Room for 3 records of 7 + 19 bytes in RAM; syncs by time only.
+        log = Log(
+            d, budget_bytes=8192, segment_bytes=4096, sync_every_ms=1000, sync_every_bytes=4096, clock=clock
+        )
+        log._wbuf = bytearray(80)  # as the board's 2 KB beside sync_every_bytes 4 KB: smaller
+        log._wmv = memoryview(log._wbuf)
+        log.append(b"periodic record 000")  # t=0
+        clock.now = 600
+        log.append(b"periodic record 001")
+        log.append(b"periodic record 002")
+        clock.now = 700
+        log.append(b"periodic record 003")  # full: only the oldest is written, the rest wait
+        data = _read(d + "/" + seg_name(1))
+        assert data.count(b"periodic") == 1 and b"record 000" in data and log.syncs == 0
+        clock.now = 999
+        log.poll()
+        assert log.syncs == 0
+        clock.now = 1000  # record 000 is 1 s old, written but not synced: the sync is due
+        log.poll()
+        assert log.syncs == 1 and _read(d + "/" + seg_name(1)).count(b"periodic") == 4
+        rids = [r for r, _ in log.peek(10)]
+        # The deadline follows the oldest record at risk, not the first of a buffer that never
+        # empties: 004 is receipted, so 005 (taken at 1500) is due at 2500, not at 2100.
+        clock.now = 1100
+        rids.append(log.append(b"periodic record 004"))
+        clock.now = 1500
+        log.append(b"periodic record 005")
+        assert [r for r, _ in log.peek(10)][0] == rids[-1]
+        log.ack(rids[-1])
+        clock.now = 2100
+        log.poll()
+        assert log.syncs == 1
+        clock.now = 2500
+        log.poll()
+        assert log.syncs == 2
+        data = _read(d + "/" + seg_name(1))
+        assert b"record 004" not in data and b"record 005" in data and log.skipped_bytes == 26
+        log.close()
+        log = Log(d, budget_bytes=8192, segment_bytes=4096)
+        assert [p for _, p in log.peek(10)] == [b"periodic record 005"]
         log.close()
     finally:
         _rmtree(d)
