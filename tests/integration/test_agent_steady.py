@@ -36,7 +36,7 @@ def test_steady_state_every_reading_once(interpreter: str) -> None:
     assert out.leftovers == []
 
 
-@pytest.mark.parametrize(("interpreter", "heap"), [("micropython32", "96K"), ("micropython", "136K")])
+@pytest.mark.parametrize(("interpreter", "heap"), [("micropython32", "100K"), ("micropython", "136K")])
 def test_micropython_agent_with_two_serial_and_one_mqtt_source_runs_in_board_heap(
     interpreter: str, heap: str, micropython32: str
 ) -> None:
@@ -49,7 +49,9 @@ def test_micropython_agent_with_two_serial_and_one_mqtt_source_runs_in_board_hea
     some of the time (1 of 4 runs), so the guard was at 100K. Since the board boots from the
     config build checked (edge/checked.py: edge.config's names are not interned) and tty.py's
     CPython part is out of the image, the run stays in five qstr pools: passes at 96K (3 of 3),
-    at 92K 1 of 4; the guard is at 96K (issue 10, docs/gateway.md "Sensors per gateway"). The
+    at 92K 1 of 4. Alarms held until receipted (+1.9 KB of code) took that back: 96K fails 3 of
+    3, 100K passes 3 of 3, so the guard is at 100K (issue 10, docs/gateway.md "Sensors per
+    gateway"). The
     64-bit port, which needs ~1.45 times the heap for the same objects, stays a second guard at
     136K (passes at 132K, fails at 128K, before and after that change).
     Measured: docs/benchmarks.md, "Memory". The free-heap goal itself is bench/edge_memory.py's.
@@ -63,7 +65,7 @@ def test_micropython_agent_with_two_serial_and_one_mqtt_source_runs_in_board_hea
     assert out.leftovers == []
 
 
-def test_a_gateway_with_128_parking_bays_runs_on_the_32bit_build_in_112k(micropython32: str) -> None:
+def test_a_gateway_with_128_parking_bays_runs_on_the_32bit_build_in_120k(micropython32: str) -> None:
     """128 bays on one serial bus (plus 2 thermometers and 2 lids) on a board's word size.
 
     The agent once kept its own table of every sensor's last stamp beside the rules' table; it grew
@@ -73,9 +75,10 @@ def test_a_gateway_with_128_parking_bays_runs_on_the_32bit_build_in_112k(micropy
     After the complete config validation, the Modbus maps and receipts (more resident code and a
     sixth qstr pool, docs/gateway.md "Sensors per gateway"): passes at 116K, dies at 112K, so the
     guard was at 120K. With the config checked at build (edge/checked.py) and five qstr pools:
-    passes at 112K (4 of 4 runs; main 1115148 died there 3 of 3), dies at 108K (1 of 1).
+    passes at 112K (4 of 4 runs; main 1115148 died there 3 of 3), dies at 108K (1 of 1). With
+    alarms held until receipted: 116K passes 1 of 3, 120K 3 of 3; the guard is at 120K.
     """
-    out = scenarios.board_heap("micropython32", heap="112K", parking=128)
+    out = scenarios.board_heap("micropython32", heap="120K", parking=128)
     report = out.report
     assert report.ok, report.summary()
     assert report.kinds["parking"].received >= report.kinds["parking"].expected > 128, report.summary()
