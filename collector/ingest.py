@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 
 from collector import mqtt5
 from collector.config import MqttConfig
+from edge.mqtt import packets
 from edge.mqtt.client import backoff_delays
 from edge.mqtt.errors import MQTTError
 
@@ -111,33 +112,32 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self.rx_at = time.monotonic()
-        if self.rest:
-            self.rest += data
-            if not _complete_packet(self.rest):
-                return
-            data = bytes(self.rest)
-            self.rest.clear()
-        owner = self.owner
+        self.rx_at = now = time.monotonic()
         messages: list[Message] = []
         others: list[tuple[int, bytes]] = []
-        now = self.rx_at
 
         def make(topic: str, payload: bytes, pid: int, qos: int, dup: bool) -> Message:
             return Message(topic, payload, pid, qos, dup, 0, now)  # generation: set on delivery
 
         try:
+            if self.rest:
+                self.rest += data
+                hl, _b0, n = packets.decode_header(self.rest, 0, len(self.rest))
+                if not hl or hl + n > len(self.rest):
+                    return  # the packet begun in an earlier read is still incomplete
+                data = bytes(self.rest)
+                self.rest.clear()
             end = mqtt5.parse_packets(data, 0, make, messages, others)
             if end < len(data):
                 self.rest += memoryview(data)[end:]
             for kind, body in others:  # before the PUBLISHes: a CONNACK starts the generation
-                owner._control(self, kind, body)
+                self.owner._control(self, kind, body)
         except MQTTError as exc:  # ProtocolError: the spec's answer is to close the connection
             log.error("MQTT: malformed packet from the broker (%s); closing the connection", exc)
             self.close_now(f"protocol error: {exc}")
             return
         if messages:
-            owner._deliver(self, messages)
+            self.owner._deliver(self, messages)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
@@ -155,14 +155,6 @@ class _Connection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
-
-
-def _complete_packet(buf: bytearray) -> bool:
-    """True once `buf` holds at least one whole packet (its fixed header says how long)."""
-    from edge.mqtt import packets
-
-    hl, _b0, n = packets.decode_header(buf, 0, len(buf))
-    return bool(hl) and hl + n <= len(buf)
 
 
 class MqttInput:
