@@ -388,14 +388,14 @@ def test_one_read_is_one_task_and_one_write_per_channel(h: Harness, monkeypatch:
     """The MQTT input hands over every message of one read: they share one task and one
     `submit_lines` per channel; a stage that fails on one message costs that message alone (dead
     letter `internal_error`), and every ack still leaves in arrival order."""
-    real = h.pipeline.validator.batch_lines
+    real = h.pipeline.validator.batch_body
 
     def flaky(gw: str, b: object, now_ms: int) -> object:
         if getattr(b, "seq", 0) == 3:
             raise RuntimeError("a bug in a stage")
         return real(gw, b, now_ms)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(h.pipeline.validator, "batch_lines", flaky)
+    monkeypatch.setattr(h.pipeline.validator, "batch_body", flaky)
 
     async def go() -> None:
         ups = [msg("city/gw-1/up", batch(i, [[f"S-{i}", 1, 0, {0: True}]]), i) for i in range(1, 6)]
