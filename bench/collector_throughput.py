@@ -592,7 +592,7 @@ def ceiling(wl: Workload, tmp: Path, store_cls: type[Store]) -> dict[str, Any]:
 def _py_spy(pid: int, out: str) -> subprocess.Popen[bytes]:
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     # --gil: sample only the thread holding the GIL, i.e. where the collector's Python CPU goes
-    # (without it, paho's thread waiting in select() and the idle event loop fill half the samples).
+    # (without it, idle threads and the idle event loop fill half the samples).
     cmd = [exe, "record", "--pid", str(pid), "--threads", "--gil", "--format", "raw", "--rate", "200"]
     cmd += ["-o", out]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

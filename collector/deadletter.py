@@ -125,7 +125,8 @@ _ROW_BYTES = "length(payload) + length(detail) + length(topic) + 64"  # the boun
 
 
 class DeadLetters:
-    """Thread-safe (paho's thread and the asyncio loop may both add); small and synchronous."""
+    """Thread-safe (a lock around each call; the collector adds from its event loop only); small and
+    synchronous."""
 
     def __init__(
         self,

@@ -95,7 +95,8 @@ class Liveness:
 
 
 class Pipeline:
-    """Stages wired together; each message becomes one task, acknowledged in arrival order."""
+    """Stages wired together; the messages of one read become one task and (per channel) one
+    write, and are acknowledged in arrival order."""
 
     def __init__(
         self,
@@ -138,6 +139,7 @@ class Pipeline:
         self._done: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiting: deque[Message] = deque()  # arrived beyond the in-flight cap, not started
+        self._busy = 0  # messages in the tasks of `_tasks`
         self.accepting = True
         self.stopping = False
         self._refusing = False  # inside a NotDurable episode (logged once)
@@ -145,53 +147,64 @@ class Pipeline:
     # --- intake and acknowledgement ----------------------------------------------------------------
 
     def offer(self, msg: Message) -> None:
-        """Called on the loop for each MQTT message."""
+        """Called on the loop for one message (the NATS input)."""
+        self.offer_many([msg])
+
+    def offer_many(self, msgs: list[Message]) -> None:
+        """Called on the loop with the messages of one read from the broker (the MQTT input): those
+        that fit under the in-flight cap become one task and one write, the rest wait in order."""
         if not self.accepting:
-            # Draining: leave it unacknowledged; the broker redelivers it to the next session.
-            self.metrics.messages.inc(channel="-", outcome="deferred")
+            # Draining: leave them unacknowledged; the broker redelivers them to the next session.
+            self.metrics.messages.inc(len(msgs), channel="-", outcome="deferred")
             return
-        if msg.qos == 0 and len(self._order) >= self.config.mqtt.receive_maximum:
-            # Receive Maximum bounds QoS 1 only; QoS 0 (not the protocol's) is shed under load, counted.
-            self.metrics.messages.inc(channel="-", outcome="shed_qos0")
-            return
-        self._order.append(msg)
-        self.metrics.inflight.set(len(self._order))
-        if len(self._tasks) >= self.config.mqtt.receive_maximum:
-            # The broker should not send more than Receive Maximum unacknowledged messages, but
-            # Mosquitto 2.0 overshoots it once acks flow (measured: ~180 outstanding with 10 or 100).
-            # Work in flight stays capped here; the excess waits, in order, and is counted.
-            self._waiting.append(msg)
-            self.metrics.over_receive_maximum.inc()
+        cap = self.config.mqtt.receive_maximum
+        order = self._order
+        take: list[Message] = []
+        for msg in msgs:
+            if msg.qos == 0 and len(order) >= cap:
+                # The input's bound counts QoS 1 only; QoS 0 (not the protocol's) is shed under load, counted.
+                self.metrics.messages.inc(channel="-", outcome="shed_qos0")
+                continue
+            order.append(msg)
+            take.append(msg)
+        self.metrics.inflight.set(len(order))
+        room = 0 if self._waiting else max(0, cap - self._busy)
+        if len(take) > room:
+            # The MQTT input stops reading at the cap, but a read can carry more than the room left,
+            # and the NATS input has its own bound: work in flight stays capped here; the excess
+            # waits, in order, and is counted.
+            self._waiting.extend(take[room:])
+            self.metrics.over_receive_maximum.inc(len(take) - room)
             self.metrics.waiting.set(len(self._waiting))
-            return
-        self._spawn(msg)
+            del take[room:]
+        if take:
+            self._spawn(take)
 
-    def _spawn(self, msg: Message) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(msg))
+    def _spawn(self, msgs: list[Message]) -> None:
+        self._busy += len(msgs)
+        task = asyncio.get_running_loop().create_task(self._run(msgs))
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(lambda t: self._task_done(t, len(msgs)))
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, task: asyncio.Task[None], n: int) -> None:
         self._tasks.discard(task)
-        if self._waiting and self.accepting:
-            self._spawn(self._waiting.popleft())
-            self.metrics.waiting.set(len(self._waiting))
+        self._busy -= n
+        room = self.config.mqtt.receive_maximum - self._busy
+        if self._waiting and self.accepting and room > 0:
+            waiting = self._waiting
+            self._spawn([waiting.popleft() for _ in range(min(room, len(waiting)))])
+            self.metrics.waiting.set(len(waiting))
 
-    async def _run(self, msg: Message) -> None:
+    async def _run(self, msgs: list[Message]) -> None:
         try:
-            await self.process(msg)
+            await self._process_group(msgs)
         except asyncio.CancelledError:
             raise
         except _GiveUp:
             return
-        except Exception as exc:
-            # A bug in a stage. Leaving the message unacknowledged would block every ack behind it
-            # (they leave in order) and then the whole subscription; the payload is kept instead.
-            log.exception("processing %s failed; payload dead-lettered as internal_error", msg.topic)
-            self.metrics.messages.inc(channel="-", outcome="error")
-            self._dead("internal_error", f"{type(exc).__name__}: {exc}", msg)
-            self._receipt_refused(msg)
-        self._done.add(id(msg))
+        done = self._done
+        for msg in msgs:
+            done.add(id(msg))
         self._release()
 
     def _release(self) -> None:
@@ -217,7 +230,7 @@ class Pipeline:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
-            log.warning("%d messages still in flight at shutdown left unacknowledged", len(pending))
+            log.warning("%d tasks in flight at shutdown: their messages stay unacknowledged", len(pending))
         return not pending
 
     # --- the stages ---------------------------------------------------------------------------------
@@ -230,23 +243,60 @@ class Pipeline:
         )
         self.metrics.dead_letters.inc(reason=reason)
 
+    def _internal_error(self, msg: Message, exc: Exception) -> None:
+        """A bug in a stage. Leaving the message unacknowledged would block every ack behind it
+        (they leave in order) and then the whole subscription; the payload is kept instead."""
+        log.error("processing %s failed; payload dead-lettered as internal_error", msg.topic, exc_info=exc)
+        self.metrics.messages.inc(channel="-", outcome="error")
+        self._dead("internal_error", f"{type(exc).__name__}: {exc}", msg)
+        self._receipt_refused(msg)
+
     async def process(self, msg: Message) -> None:
         """One message through decode and validate into line protocol, then `submit_lines`: the one
-        route of every channel. Refusals are dead-lettered with their reason and counted."""
+        route of every channel (the dead-letter replay; errors propagate to the caller)."""
+        prepared = self._prepare(msg)
+        if prepared is not None:
+            await self._write(prepared.channel, [prepared])
+
+    async def _process_group(self, msgs: list[Message]) -> None:
+        """The messages of one read: each decoded and validated alone (a bug in a stage costs only
+        its message), then one write per channel present, usually one write in all."""
+        by_channel: dict[str, list[_Prepared]] = {}
+        for msg in msgs:
+            try:
+                prepared = self._prepare(msg)
+            except Exception as exc:
+                self._internal_error(msg, exc)
+                continue
+            if prepared is not None:
+                by_channel.setdefault(prepared.channel, []).append(prepared)
+        for channel, group in by_channel.items():
+            try:
+                await self._write(channel, group)
+            except _GiveUp:
+                raise
+            except Exception as exc:
+                for prepared in group:
+                    self._internal_error(prepared.msg, exc)
+
+    def _prepare(self, msg: Message) -> _Prepared | None:
+        """Decode and validate: the message's lines, or None when it is finished already (refused
+        and dead-lettered, a duplicate receipted again)."""
         cfg = self.config
         try:
             gw, channel = decode.parse_topic(cfg.mqtt.topic_prefix, msg.topic)
         except decode.Refused as r:
             self._dead(r.reason, r.detail, msg)
             self.metrics.messages.inc(channel="-", outcome="refused")
-            return
+            return None
         bad = self.validator.check_gateway(gw)
         if bad is not None:
             self._dead(bad.reason, bad.detail, msg, gw=gw)
             self.metrics.messages.inc(channel=channel, outcome="refused")
-            return
+            return None
         self.liveness.seen(gw, self.clock())
         now_ms = int(self.clock() * 1000)
+        key = (0, 0, 0)
         try:
             if channel == decode.STATUS:
                 status = decode.decode_status(msg.payload, max_bytes=cfg.decode.max_payload)
@@ -269,7 +319,7 @@ class Pipeline:
                     self._receipt(gw, channel, batch.boot, batch.seq)
                     self.metrics.dedup_hits.inc()
                     self.metrics.messages.inc(channel=channel, outcome="duplicate")
-                    return
+                    return None
                 body, n, bad_readings = self.validator.batch_body(gw, batch, now_ms)
                 for index, rej, item in bad_readings:
                     self._dead(
@@ -288,13 +338,33 @@ class Pipeline:
             self.metrics.messages.inc(channel=channel, outcome="refused")
             if channel != decode.STATUS:
                 self._receipt_refused(msg)  # dead-lettered on purpose: re-sending cannot mend it
-            return
-        done = Submitted()  # nothing to write (every reading refused, an empty status)
+            return None
+        return _Prepared(msg, gw, channel, key, body, n)
+
+    async def _write(self, channel: str, group: list[_Prepared]) -> None:
+        """The lines of `group` (messages of one channel) in one `submit_lines`, then each message
+        finished: dedup key, receipt, counts. An empty group write (every reading refused, an
+        empty status) finishes at once."""
+        if len(group) == 1:
+            body, n = group[0].body, group[0].n
+        else:
+            body = b"\n".join([p.body for p in group if p.n])
+            n = sum(p.n for p in group)
+        for prepared in group:
+            prepared.body = b""  # one copy in memory during the write: the group's body
+        done = Submitted()
         if n:
             done = await self._durable(lambda: self.writer.submit_lines(body, n))
-            self.metrics.write_seconds.observe(time.monotonic() - msg.received)
+            now = time.monotonic()
+            observe = self.metrics.write_seconds.observe
+            for prepared in group:
+                observe(now - prepared.msg.received)
         if channel != decode.STATUS:
-            self.dedup.add(gw, channel, *key)
+            add = self.dedup.add
+            for prepared in group:
+                gw, key = prepared.gw, prepared.key
+                add(gw, channel, *key)
+                self._receipt(gw, channel, key[0], key[1])
             # Only what the database took is "written"; spooled lines are counted by the writer
             # when drained; lines it refused (a field-type conflict) are dead letters, not writes.
             self.metrics.readings.inc(done.stored, channel=channel, outcome="written")
@@ -302,8 +372,7 @@ class Pipeline:
                 self.metrics.readings.inc(done.spooled, channel=channel, outcome="spooled")
             if done.refused:
                 self.metrics.readings.inc(done.refused, channel=channel, outcome="db_refused")
-            self._receipt(gw, channel, key[0], key[1])  # `batch` was freed before the write
-        self.metrics.messages.inc(channel=channel, outcome="ok")
+        self.metrics.messages.inc(len(group), channel=channel, outcome="ok")
 
     def _receipt(self, gw: str, channel: str, boot: int, seq: int) -> None:
         if self.receipts is not None:
@@ -349,6 +418,22 @@ class Pipeline:
 
 class _GiveUp(Exception):
     """Shutting down with the message's readings not durable: leave it unacknowledged."""
+
+
+class _Prepared:
+    """A message decoded and validated, waiting for its group's write."""
+
+    __slots__ = ("msg", "gw", "channel", "key", "body", "n")
+
+    def __init__(
+        self, msg: Message, gw: str, channel: str, key: tuple[int, int, int], body: bytes, n: int
+    ) -> None:
+        self.msg = msg
+        self.gw = gw
+        self.channel = channel
+        self.key = key
+        self.body = body  # n lines of line protocol, newline-separated
+        self.n = n
 
 
 def _reading_bytes(batch: decode.Batch | decode.RawBatch, reading: object) -> bytes:
@@ -444,7 +529,7 @@ class Collector:
         self.dead_letters = open_dead_letters(config)
         self.writer = writer_factory(config, self.dead_letters)
         self.input: MqttInput | NatsInput = (  # one config key: service.input
-            MqttInput(config.mqtt, self._offer)
+            MqttInput(config.mqtt, self._offer_many)
             if config.service.input == "mqtt"
             else NatsInput(config, self._offer)
         )
@@ -473,6 +558,9 @@ class Collector:
 
     def _offer(self, msg: Message) -> None:
         self.pipeline.offer(msg)
+
+    def _offer_many(self, msgs: list[Message]) -> None:
+        self.pipeline.offer_many(msgs)
 
     def _collect(self) -> None:
         self.metrics.connected.set(1 if self.input.connected else 0)

@@ -382,3 +382,31 @@ def test_hostile_gateway_cannot_poison_spoof_or_overflow(tmp_path: Path) -> None
     assert h.metrics.ignored.get(reason="unknown_status_key") == 3
     assert h.metrics.messages.get(channel="up", outcome="refused") == 2
     assert h.pipeline.liveness.last_seen.keys() == {"gw-1", "gw-spec"}  # refused ids are not tracked
+
+
+def test_one_read_is_one_task_and_one_write_per_channel(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MQTT input hands over every message of one read: they share one task and one
+    `submit_lines` per channel; a stage that fails on one message costs that message alone (dead
+    letter `internal_error`), and every ack still leaves in arrival order."""
+    real = h.pipeline.validator.batch_body
+
+    def flaky(gw: str, b: object, now_ms: int) -> object:
+        if getattr(b, "seq", 0) == 3:
+            raise RuntimeError("a bug in a stage")
+        return real(gw, b, now_ms)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(h.pipeline.validator, "batch_body", flaky)
+
+    async def go() -> None:
+        ups = [msg("city/gw-1/up", batch(i, [[f"S-{i}", 1, 0, {0: True}]]), i) for i in range(1, 6)]
+        alarm = msg("city/gw-1/alarm", batch(1, [["T-1", 4, 0, {0: 39.5}]], k5="fever"), 6)
+        h.pipeline.offer_many([*ups[:2], alarm, *ups[2:]])
+        assert len(h.pipeline._tasks) == 1
+        await h.settle()
+
+    asyncio.run(go())
+    assert h.acked == [1, 2, 6, 3, 4, 5]
+    assert sorted(len(b) for b in h.writer.batches) == [1, 4]  # the alarm's line; four of the five ups
+    assert h.metrics.readings.get(channel="up", outcome="written") == 4
+    assert h.metrics.messages.get(channel="up", outcome="ok") == 4
+    assert h.metrics.dead_letters.get(reason="internal_error") == 1

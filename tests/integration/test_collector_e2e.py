@@ -326,6 +326,7 @@ def test_broker_restart_mid_stream_loses_nothing(
             publisher.publish("city/gw-1/up", payload(seq))
         mosquitto.restart()  # whatever the collector had not acknowledged yet stays in the session
         wait_until(lambda: collector.input.connects >= 2 and collector.input.connected, 60, "reconnect")
+        wait_until(publisher.client.is_connected, 60, "the publisher reconnected")  # paho: 1 s or more
         for seq in range(n_batches // 2, n_batches):
             publisher.publish("city/gw-1/up", payload(seq))
         want = n_batches * per_batch
