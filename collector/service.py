@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -672,6 +673,18 @@ async def _signals() -> None:
             loop.remove_signal_handler(sig)
 
 
+def tune_gc() -> None:
+    """Once the service is up: what it built to run (config, registry, modules, the pipeline) is
+    frozen out of the cyclic collector, and the youngest generation is collected every 50,000 net
+    allocations instead of CPython's 700. Reference counting frees nearly everything a message
+    makes; at the default threshold a collection ran every few reads and walked the young objects
+    each time (0.75 us of the collector's CPU per reading under perf). Cyclic garbage (asyncio
+    futures holding a traceback) now waits longer: at most some 50,000 objects, a few MB."""
+    gc.freeze()
+    _, mid, old = gc.get_threshold()
+    gc.set_threshold(50_000, mid, old)
+
+
 async def run(
     config: Config,
     *,
@@ -682,6 +695,7 @@ async def run(
     """Run until `shutdown()` completes (default: SIGTERM or SIGINT), then drain and stop. Returns 0."""
     collector = Collector(config, writer_factory=writer_factory)
     await collector.start()
+    tune_gc()
     if started is not None:
         started(collector)
     try:
