@@ -372,16 +372,35 @@ def backlog_series(
     return out
 
 
+LATENCY_WINDOW_S = 2.0  # readings emitted in this long are judged together for "latency nominal"
+CALM_AFTER_S = 30.0  # a fault's aftermath, left out of the nominal latency
+
+
+def nominal_latency(record: Mapping[str, Any], verdict: Verdict) -> float | None:
+    """The readings' p99 latency (seconds) outside every fault and the 30 s after it: what
+    "nominal" means for the run; None if no reading was emitted in calm."""
+    t0 = record["t0"]
+    spans = [(start - t0, (end if end is not None else start) - t0 + CALM_AFTER_S)
+             for start, end, _ in record.get("faults", [])]
+    calm = sorted(v for kind, lat in verdict.latency.items() if kind not in (ALARM, "water")
+                  for t, v in lat.samples if not any(a <= t - t0 < b for a, b in spans))
+    return pct(calm, 99) if calm else None
+
+
 def recovery(record: Mapping[str, Any], verdict: Verdict) -> list[dict[str, Any]]:
-    """Per fault: the backlog's peak from its start until it drained, and how long after its end
-    the backlog was back to nominal (at most twice the run's median, plus 5), None if never within
-    60 s."""
+    """Per fault: the backlog's peak from its start until it drained; how long after its end the
+    backlog was back to nominal (at most twice the run's median, plus 5); and how long after its
+    end latency was back to nominal: the start of the first 2-s window of emissions whose p95 is
+    within the calm p99 (`nominal_latency`). Each None if not within 60 s."""
     series = backlog_series(record, verdict)
     if not series:
         return []
     levels = sorted(b for _, b in series)
     nominal = 2 * levels[len(levels) // 2] + 5
     t0 = record["t0"]
+    calm_p99 = nominal_latency(record, verdict)
+    flights = sorted((t - t0, v) for kind, lat in verdict.latency.items() if kind not in (ALARM, "water")
+                     for t, v in lat.samples)
     out = []
     for start, end, label in record.get("faults", []):
         s, e = start - t0, (end if end is not None else start) - t0
@@ -392,5 +411,22 @@ def recovery(record: Mapping[str, Any], verdict: Verdict) -> list[dict[str, Any]
         until = e + (drained if drained is not None else 60.0)
         peak = max((b for t, b in series if s <= t <= until), default=0)
         out.append({"fault": label, "at": s, "end": e, "peak_backlog": peak, "nominal_backlog": nominal,
-                    "drained_s": drained})
+                    "drained_s": drained, "nominal_latency_s": calm_p99,
+                    "latency_back_s": _latency_back(flights, e, calm_p99)})
     return out
+
+
+def _latency_back(flights: Sequence[tuple[float, float]], end: float, limit: float | None) -> float | None:
+    """Seconds from `end` to the first window of emissions (from `end` on, LATENCY_WINDOW_S long,
+    stepped by a quarter of it) whose p95 latency is within `limit`; None if none starts within 60 s."""
+    if limit is None:
+        return None
+    step = LATENCY_WINDOW_S / 4
+    k = 0
+    while k * step <= 60.0:
+        a = end + k * step
+        xs = sorted(v for t, v in flights if a <= t < a + LATENCY_WINDOW_S)
+        if xs and pct(xs, 95) <= limit:
+            return k * step
+        k += 1
+    return None

@@ -235,10 +235,12 @@ def write_report(record: Mapping[str, Any], verdict: Verdict, path: str | Path) 
     verdict_word = "OK" if verdict.ok else "FAIL"
     rec_rows = "".join(
         f"<tr><td>{_esc(r['fault'])}</td><td>{r['peak_backlog']}</td>"
-        f"<td>{'–' if r['drained_s'] is None else format(r['drained_s'], '.2f')}</td></tr>"
+        f"<td>{'–' if r['drained_s'] is None else format(r['drained_s'], '.2f')}</td>"
+        f"<td>{'–' if r.get('latency_back_s') is None else format(r['latency_back_s'], '.1f')}</td></tr>"
         for r in recovery(record, verdict))
-    rec_table = ("<h2>Recovery per fault</h2><table><tr><th>fault</th><th>peak backlog (readings)</th>"
-                 f"<th>back to nominal, s after its end</th></tr>{rec_rows}</table>") if rec_rows else ""
+    rec_head = ("<tr><th>fault</th><th>peak backlog (readings)</th><th>backlog back to nominal, s after "
+                "its end</th><th>latency back to nominal, s after its end</th></tr>")
+    rec_table = f"<h2>Recovery per fault</h2><table>{rec_head}{rec_rows}</table>" if rec_rows else ""
     problems = "".join(f"<li>{_esc(s)}</li>" for s in [*verdict.goals_missed, *verdict.samples[:30]])
     body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>citybrain hil: {_esc(sc['name'])}</title>

@@ -169,6 +169,27 @@ def test_recovery_gives_the_backlog_peak_and_when_it_drained() -> None:
     (r,) = recovery(run, v)
     assert 30 <= r["peak_backlog"] <= 36  # 30 held back plus the ~2 in flight at nominal
     assert r["drained_s"] is not None and 0.4 <= r["drained_s"] <= 0.8
+    # Calm latency is 0.2 s; readings emitted after the end are at 0.2 s again at once, while a
+    # window reaching back into the fault (stored at 8.5 s) is not.
+    assert abs(r["nominal_latency_s"] - 0.2) < 1e-3
+    assert r["latency_back_s"] == 0.0
+
+
+def test_latency_is_back_to_nominal_only_when_the_readings_after_the_fault_are_fast_again() -> None:
+    from hil.judge import recovery
+
+    emissions, stored = [], []
+    for i in range(400):  # 10 readings/s for 40 s; a fault 5-8 s; readings until 13 s stay slow (3 s)
+        t = i * 0.1
+        fields = [*HEARTBEAT]
+        fields[2] = i
+        seen = t + (3.0 if 5.0 <= t < 13.0 else 0.2)
+        emissions.append(em(t, "gw-01", "P-1", "parking", fields))
+        stored.append(st(seen, "gw-01", "P-1", "parking", t + 0.01, fmap(parking, fields)))
+    run = record(emissions, stored, faults=[[T0 + 5.0, T0 + 8.0, "uplink_impair at 5s for 3s"]])
+    (r,) = recovery(run, judge(run))
+    assert abs(r["nominal_latency_s"] - 0.2) < 1e-3
+    assert r["latency_back_s"] == 5.0  # the first 2-s window of emissions all after 13 s
 
 
 def test_a_point_caught_mid_write_is_one_point() -> None:
