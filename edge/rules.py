@@ -33,13 +33,15 @@ class ReportFilter:
     entry use `default_deadband` (0 = report every change).
 
     The memory is one flat array of doubles, `len(FIELDS) + 1` per sensor (the fields, then the
-    ticks of the last report; NaN ticks: nothing reported yet), and `slots`, a dict sensor ->
-    index of its first value: ~80 bytes a sensor on a 64-bit MicroPython, where a dict of
-    (fields tuple, ticks) tuples with boxed floats took ~250. Every field value is a number, a
+    ticks of the last report; NaN ticks: nothing reported yet). Every field value is a number, a
     bool or None (a double holds them exactly; None is NaN). With `sensors` (the configured ids)
     the array is allocated once, now, while a board's heap is whole: growing it later asks for
-    ever larger contiguous blocks, which a fragmented heap refuses. Other ids get slots as they
-    come.
+    ever larger contiguous blocks, which a fragmented heap refuses. The configured ids are kept
+    in one string, `ids` ("\nP-1\nP-2\n...\n"): sensor i's values start at i * width (`listed`
+    finds i). A dict of the ids took ~40 bytes a sensor on a 32-bit board (its table, and each
+    id a string object of its own), this string ~9. Other ids get slots as they come, in
+    `slots` (id -> index of its first value), after the configured ones; past _SENSORS_MAX of
+    them that dict starts afresh and its slots are reused.
     """
 
     def __init__(self, codec, deadbands=None, default_deadband=0, max_silence_ms=300000, sensors=None):
@@ -56,14 +58,28 @@ class ReportFilter:
                 self.set_deadband(name, deadbands[name])
         # Fields that change in every frame by design (frame sequence numbers) are not news.
         self.counters = codec.COUNTERS
-        self.slots = {}
+        self.slots = {}  # ids not configured -> index of their first value
+        self.ids = None  # the configured ids, "\n"-separated, or None without a list
+        self.n_listed = 0
         self._last = array("d")
         if sensors:
             width = len(fields) + 1
-            for i in range(len(sensors)):
-                self.slots[sensors[i]] = i * width
+            for i in sensors:
+                if "\n" in i:  # edge.config refuses it first
+                    raise ValueError("sensor id %r: a line break" % i)
+            self.n_listed = len(sensors)
+            self.ids = "\n" + "\n".join(sensors) + "\n"
             self._last = array("d", [_NAN] * (width * len(sensors)))
         self.suppressed = 0
+
+    def listed(self, sensor):
+        """The index of `sensor` among the configured ids, or -1 (also without a list)."""
+        ids = self.ids
+        if ids is None or "\n" in sensor:
+            return -1
+        at = ids.find("\n" + sensor + "\n")
+        return at if at < 0 else ids.count("\n", 0, at)
+
 
     def check_deadband(self, name, value):
         """Raise ValueError naming the field unless `value` can be its deadband.
@@ -86,9 +102,10 @@ class ReportFilter:
 
     def check(self, sensor, fields, now_ticks, alarm=None):
         """Return the reason (1..6, see above) for reporting this reading, or SUPPRESSED (and count it)."""
-        at = self.slots.get(sensor)
         last = self._last
         n = len(fields)
+        at = self.listed(sensor)
+        at = self.slots.get(sensor) if at < 0 else at * (n + 1)
         reason = SUPPRESSED
         if at is None or last[at + n] != last[at + n]:  # no slot, or NaN ticks: never reported
             reason = _FIRST
@@ -122,11 +139,12 @@ class ReportFilter:
             return reason
         if at is None:
             if len(self.slots) >= _SENSORS_MAX:
-                self.slots = {}
-                self._last = last = array("d")
-            at = self.slots[sensor] = len(last)
-            for _ in range(n + 1):
-                last.append(0.0)
+                self.slots = {}  # the ids not configured start afresh, in the same memory
+            # Unlisted ids' slots follow the configured ones, in the order they came.
+            at = self.slots[sensor] = (self.n_listed + len(self.slots)) * (n + 1)
+            if at == len(last):
+                for _ in range(n + 1):
+                    last.append(0.0)
         for i in range(n):
             v = fields[i]
             last[at + i] = _NAN if v is None else v

@@ -61,7 +61,8 @@ class MqttSource(Source):
             self.redelivered += 1
             return
         last = self._last
-        most = 8 * _TOPICS if self.sensors is None else len(self.sensors) + _TOPICS
+        n = self.filter.n_listed
+        most = n + _TOPICS if n else 8 * _TOPICS
         if topic in last or len(last) < most:
             last[topic] = h
         else:
