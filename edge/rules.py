@@ -35,15 +35,15 @@ class ReportFilter:
     The memory is one flat array of doubles per sensor: the fields, and the ticks of the last
     report (NaN: nothing reported yet) after them, or in the first counter's place in a kind with
     COUNTERS (a frame counter is never compared, so its value need not be kept: 8 bytes a sensor
-    less, ~700 B at 128 sensors). Every field value is a number, a
-    bool or None (a double holds them exactly; None is NaN). With `sensors` (the configured ids)
-    the array is allocated once, now, while a board's heap is whole: growing it later asks for
-    ever larger contiguous blocks, which a fragmented heap refuses. The configured ids are kept
-    in one string, `ids` ("\nP-1\nP-2\n...\n"): sensor i's values start at i * width (`listed`
-    finds i). A dict of the ids took ~40 bytes a sensor on a 32-bit board (its table, and each
-    id a string object of its own), this string ~9. Other ids get slots as they come, in
-    `slots` (id -> index of its first value), after the configured ones; past _SENSORS_MAX of
-    them that dict starts afresh and its slots are reused.
+    less, ~700 B at 128 sensors). Every field value is a number, a bool or None (a double holds
+    them exactly; None is NaN). With `sensors` (the configured ids) the array is allocated once,
+    now, while a board's heap is whole: growing it later asks for ever larger contiguous blocks,
+    which a fragmented heap refuses. The configured ids are kept in one string, `sensors`
+    ("\nP-1\nP-2\n...\n"): sensor i's values start at i * width (`index` finds i; both names
+    the image interns anyway). A dict of the ids took ~40 bytes a sensor on a 32-bit board (its
+    table, and each id a string object of its own), this string ~9. Other ids get slots as they
+    come, in `slots` (id -> index of its first value), after the configured ones; past
+    _SENSORS_MAX of them that dict starts afresh and its slots are reused.
     """
 
     def __init__(self, codec, deadbands=None, default_deadband=0, max_silence_ms=300000, sensors=None):
@@ -61,22 +61,17 @@ class ReportFilter:
         # Fields that change in every frame by design (frame sequence numbers) are not news.
         self.counters = codec.COUNTERS
         self.slots = {}  # ids not configured -> index of their first value
-        self.ids = None  # the configured ids, "\n"-separated, or None without a list
-        self.n_listed = 0
+        self.sensors = None  # the configured ids, "\n"-separated, or None without a list
         self._last = array("d")
         if sensors:
             width = len(fields) if self.counters else len(fields) + 1
-            for i in sensors:
-                if "\n" in i:  # edge.config refuses it first
-                    raise ValueError("sensor id %r: a line break" % i)
-            self.n_listed = len(sensors)
-            self.ids = "\n" + "\n".join(sensors) + "\n"
+            self.sensors = "\n" + "\n".join(sensors) + "\n"  # edge.config refuses an id with "\n"
             self._last = array("d", [_NAN] * (width * len(sensors)))
         self.suppressed = 0
 
-    def listed(self, sensor):
+    def index(self, sensor):
         """The index of `sensor` among the configured ids, or -1 (also without a list)."""
-        ids = self.ids
+        ids = self.sensors
         if ids is None or "\n" in sensor:
             return -1
         at = ids.find("\n" + sensor + "\n")
@@ -109,7 +104,7 @@ class ReportFilter:
         counters = self.counters
         t = counters[0] if counters else n  # where the ticks are (see the class)
         width = n if counters else n + 1
-        at = self.listed(sensor)
+        at = self.index(sensor)
         at = self.slots.get(sensor) if at < 0 else at * width
         reason = SUPPRESSED
         if at is None or last[at + t] != last[at + t]:  # no slot, or NaN ticks: never reported
@@ -148,7 +143,8 @@ class ReportFilter:
             if len(self.slots) >= _SENSORS_MAX:
                 self.slots = {}  # the ids not configured start afresh, in the same memory
             # Unlisted ids' slots follow the configured ones, in the order they came.
-            at = self.slots[sensor] = (self.n_listed + len(self.slots)) * width
+            listed = 0 if self.sensors is None else self.sensors.count("\n") - 1
+            at = self.slots[sensor] = (listed + len(self.slots)) * width
             if at == len(last):
                 for _ in range(width):
                     last.append(0.0)

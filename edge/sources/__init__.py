@@ -65,7 +65,7 @@ class Source:
     def take(self, sensor, fields, now_ticks):
         """One decoded reading: rules, then the agent's log. Returns True if it was reported."""
         self.readings += 1
-        if self.filter.ids is not None and self.filter.listed(sensor) < 0:
+        if self.filter.sensors is not None and self.filter.index(sensor) < 0:
             self.error(sensor, UNKNOWN_SENSOR)
             return False
         alarm = self.codec.alarm(fields, self.limits)

@@ -61,8 +61,8 @@ class MqttSource(Source):
             self.redelivered += 1
             return
         last = self._last
-        n = self.filter.n_listed
-        most = n + _TOPICS if n else 8 * _TOPICS
+        ids = self.filter.sensors
+        most = 8 * _TOPICS if ids is None else ids.count("\n") - 1 + _TOPICS
         if topic in last or len(last) < most:
             last[topic] = h
         else:

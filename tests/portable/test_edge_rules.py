@@ -112,9 +112,9 @@ def test_missing_fields_and_many_sensors():
 def test_configured_sensors_have_their_memory_from_the_start():
     f = rules.ReportFilter(FakeCodec, default_deadband=1, max_silence_ms=60000, sensors=["a", "b"])
     size = len(f._last)
-    assert size == 2 * (len(FakeCodec.FIELDS) + 1) and f.listed("a") == 0 and f.listed("b") == 1
-    assert f.slots == {} and f.ids == "\na\nb\n"  # one string, no dict entry per configured id
-    assert f.listed("c") == -1 and f.listed("a\nb") == -1 and f.listed("") == -1
+    assert size == 2 * (len(FakeCodec.FIELDS) + 1) and f.index("a") == 0 and f.index("b") == 1
+    assert f.slots == {} and f.sensors == "\na\nb\n"  # one string, no dict entry per configured id
+    assert f.index("c") == -1 and f.index("a\nb") == -1 and f.index("") == -1
     assert f.check("b", (False, None, 20.0), 0) == FIRST  # a slot, but nothing reported yet
     assert f.check("b", (False, None, 20.5), 10) == rules.SUPPRESSED
     assert f.check("a", (False, 1, 1.0), 20) == FIRST
