@@ -266,6 +266,8 @@ def _strings(items, what, path, errs):
     for j, v in enumerate(items):
         if not isinstance(v, str) or not v:
             errs.append("%s[%d]: a %s must be non-empty text, got %r" % (path, j, what, v))
+        elif "\n" in v:  # edge.rules keeps the ids in one "\n"-separated string
+            errs.append("%s[%d]: a %s must not contain a line break, got %r" % (path, j, what, v))
         elif v in seen:
             errs.append("%s[%d]: %s %r is listed twice" % (path, j, what, v))
         else:

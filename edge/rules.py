@@ -32,14 +32,18 @@ class ReportFilter:
     `deadbands` maps field name -> absolute deadband (same unit as the field); analog fields with no
     entry use `default_deadband` (0 = report every change).
 
-    The memory is one flat array of doubles, `len(FIELDS) + 1` per sensor (the fields, then the
-    ticks of the last report; NaN ticks: nothing reported yet), and `slots`, a dict sensor ->
-    index of its first value: ~80 bytes a sensor on a 64-bit MicroPython, where a dict of
-    (fields tuple, ticks) tuples with boxed floats took ~250. Every field value is a number, a
-    bool or None (a double holds them exactly; None is NaN). With `sensors` (the configured ids)
-    the array is allocated once, now, while a board's heap is whole: growing it later asks for
-    ever larger contiguous blocks, which a fragmented heap refuses. Other ids get slots as they
-    come.
+    The memory is one flat array of doubles per sensor: the fields, and the ticks of the last
+    report (NaN: nothing reported yet) after them, or in the first counter's place in a kind with
+    COUNTERS (a frame counter is never compared, so its value need not be kept: 8 bytes a sensor
+    less, ~700 B at 128 sensors). Every field value is a number, a bool or None (a double holds
+    them exactly; None is NaN). With `sensors` (the configured ids) the array is allocated once,
+    now, while a board's heap is whole: growing it later asks for ever larger contiguous blocks,
+    which a fragmented heap refuses. The configured ids are kept in one string, `sensors`
+    ("\nP-1\nP-2\n...\n"): sensor i's values start at i * width (`index` finds i; both names
+    the image interns anyway). A dict of the ids took ~40 bytes a sensor on a 32-bit board (its
+    table, and each id a string object of its own), this string ~9. Other ids get slots as they
+    come, in `slots` (id -> index of its first value), after the configured ones; past
+    _SENSORS_MAX of them that dict starts afresh and its slots are reused.
     """
 
     def __init__(self, codec, deadbands=None, default_deadband=0, max_silence_ms=300000, sensors=None):
@@ -56,14 +60,23 @@ class ReportFilter:
                 self.set_deadband(name, deadbands[name])
         # Fields that change in every frame by design (frame sequence numbers) are not news.
         self.counters = codec.COUNTERS
-        self.slots = {}
+        self.slots = {}  # ids not configured -> index of their first value
+        self.sensors = None  # the configured ids, "\n"-separated, or None without a list
         self._last = array("d")
         if sensors:
-            width = len(fields) + 1
-            for i in range(len(sensors)):
-                self.slots[sensors[i]] = i * width
+            width = len(fields) if self.counters else len(fields) + 1
+            self.sensors = "\n" + "\n".join(sensors) + "\n"  # edge.config refuses an id with "\n"
             self._last = array("d", [_NAN] * (width * len(sensors)))
         self.suppressed = 0
+
+    def index(self, sensor):
+        """The index of `sensor` among the configured ids, or -1 (also without a list)."""
+        ids = self.sensors
+        if ids is None or "\n" in sensor:
+            return -1
+        at = ids.find("\n" + sensor + "\n")
+        return at if at < 0 else ids.count("\n", 0, at)
+
 
     def check_deadband(self, name, value):
         """Raise ValueError naming the field unless `value` can be its deadband.
@@ -86,21 +99,27 @@ class ReportFilter:
 
     def check(self, sensor, fields, now_ticks, alarm=None):
         """Return the reason (1..6, see above) for reporting this reading, or SUPPRESSED (and count it)."""
-        at = self.slots.get(sensor)
         last = self._last
         n = len(fields)
+        counters = self.counters
+        t = counters[0] if counters else n  # where the ticks are (see the class)
+        width = n if counters else n + 1
+        at = self.index(sensor)
+        at = self.slots.get(sensor) if at < 0 else at * width
         reason = SUPPRESSED
-        if at is None or last[at + n] != last[at + n]:  # no slot, or NaN ticks: never reported
+        if at is None or last[at + t] != last[at + t]:  # no slot, or NaN ticks: never reported
             reason = _FIRST
         elif self.codec.is_event(fields):
             reason = _EVENT
         elif alarm is not None:
             reason = _ALARM
-        elif ticks_diff(now_ticks, int(last[at + n])) >= self.max_silence_ms:
+        elif ticks_diff(now_ticks, int(last[at + t])) >= self.max_silence_ms:
             reason = _SILENCE
         else:
             band = self.band
             for i in range(n):
+                if i in counters:
+                    continue  # not news (and its place holds the ticks)
                 new = fields[i]
                 old = last[at + i]
                 if new is None:
@@ -108,7 +127,7 @@ class ReportFilter:
                         continue
                     reason = _CHANGE
                     break
-                if new == old or i in self.counters:
+                if new == old:
                     continue
                 b = band[i]
                 if b is None or old != old or isinstance(new, bool):
@@ -122,13 +141,15 @@ class ReportFilter:
             return reason
         if at is None:
             if len(self.slots) >= _SENSORS_MAX:
-                self.slots = {}
-                self._last = last = array("d")
-            at = self.slots[sensor] = len(last)
-            for _ in range(n + 1):
-                last.append(0.0)
+                self.slots = {}  # the ids not configured start afresh, in the same memory
+            # Unlisted ids' slots follow the configured ones, in the order they came.
+            listed = 0 if self.sensors is None else self.sensors.count("\n") - 1
+            at = self.slots[sensor] = (listed + len(self.slots)) * width
+            if at == len(last):
+                for _ in range(width):
+                    last.append(0.0)
         for i in range(n):
             v = fields[i]
             last[at + i] = _NAN if v is None else v
-        last[at + n] = now_ticks
+        last[at + t] = now_ticks  # over a counter's value, if the kind has one
         return reason

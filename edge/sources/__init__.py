@@ -46,7 +46,6 @@ class Source:
         sensors = cfg.get("sensors")
         self.filter = ReportFilter(self.codec, cfg.get("deadband"), 0,
                                    cfg.get("max_silence_s", 300) * 1000, sensors)
-        self.sensors = self.filter.slots if sensors else None  # the configured ids, as a dict
         self.opened = None  # True while the port is open, False after it failed; None: not tried
         self.errors = {}  # sensor, port name or "(other ids)" -> counter row, made on first error
         self.readings = 0
@@ -66,7 +65,7 @@ class Source:
     def take(self, sensor, fields, now_ticks):
         """One decoded reading: rules, then the agent's log. Returns True if it was reported."""
         self.readings += 1
-        if self.sensors is not None and sensor not in self.sensors:
+        if self.filter.sensors is not None and self.filter.index(sensor) < 0:
             self.error(sensor, UNKNOWN_SENSOR)
             return False
         alarm = self.codec.alarm(fields, self.limits)

@@ -20,6 +20,10 @@ _QUEUE = const(32)
 _TOPIC_ROOM = const(256)
 _TX_ROOM = const(16)  # a SUBSCRIBE header beside its topic
 _TOPICS = const(8)  # topics tracked for redeliveries beyond the configured sensors (unlisted: 64)
+# crc32s cut to 30 bits: a small int on a 32-bit board (a full crc32 is a 32-byte heap integer
+# three times in four). A false "redelivered" needs the same topic key and a payload with the
+# same 30-bit crc as that topic's last one: ~1e-9 per message, and a lid's report carries its time.
+_MASK = const(0x3FFFFFFF)
 
 
 class MqttSource(Source):
@@ -38,23 +42,27 @@ class MqttSource(Source):
         self.queue = []
         self.bursts = 0  # times the queue was full and the callback decoded it (see above)
         self.redelivered = 0  # duplicate deliveries skipped (see _on_message)
-        # topic -> crc32 of its last payload. One topic per lid: the configured lids and _TOPICS
-        # more (64 without a sensors list); messages on further topics are not checked for
-        # redelivery, only counted (`untracked`), so a stream of strange topics cannot grow it.
+        # crc of a topic -> crc of its last payload (both 30 bits, _MASK). One topic per lid: the
+        # configured lids and _TOPICS more (64 without a sensors list); messages on further topics
+        # are not checked for redelivery, only counted (`untracked`), so a stream of strange topics
+        # cannot grow it. Keyed by the topic's crc, not the topic: at 40 lids the topics' copies
+        # and the big-integer crcs held ~3 KB of a board's heap, made while the run fragments it.
         self._last = {}
         self.untracked = 0
         self._ev = asyncio.Event()
 
     def _on_message(self, topic, payload, retain=False):
         msg = bytes(payload)
-        h = crc32(msg)  # 32 bits: hash() of bytes is narrower on MicroPython
+        h = crc32(msg) & _MASK  # crc32, not hash(): hash() of bytes is narrower on MicroPython
+        topic = crc32(topic) & _MASK  # `topic` is bytes (the client's copy)
         if self._last.get(topic) == h:
             # A QoS 1 redelivery (our PUBACK was lost with the connection): the same bytes on the
             # same topic again. A lid's report carries its own time, so a real repeat differs.
             self.redelivered += 1
             return
         last = self._last
-        most = 8 * _TOPICS if self.sensors is None else len(self.sensors) + _TOPICS
+        ids = self.filter.sensors
+        most = 8 * _TOPICS if ids is None else ids.count("\n") - 1 + _TOPICS
         if topic in last or len(last) < most:
             last[topic] = h
         else:

@@ -12,7 +12,10 @@ from devices.common.errors import TIMEOUT, DecodeError
 from edge.compat import const, ticks_diff, ticks_ms
 from edge.sources import Source
 
-_BUF = const(512)
+# Two of the longest frame a serial kind sends (a thermometer line, 128 B; a parking frame <= 70 B):
+# a frame always fits whole, and bytes that do not fit wait in the port's own buffer for the next
+# read. 512 cost a 128-sensor board 512 B more for nothing.
+_BUF = const(256)
 _QUIET_MS = const(1000)  # a partial frame older than this will never be completed
 
 

@@ -59,6 +59,9 @@ def test_sources_checked():
     src = {"kind": "water", "transport": "modbus", "port": "/dev/x",
            "slaves": [{"address": 300, "sensor": "W"}]}
     assert "1..247" in _err(_with(sources=[src]))
+    src = {"kind": "parking", "transport": "serial", "port": "/dev/x", "sensors": ["P-1", "P-2\nP-3"]}
+    assert _err(_with(sources=[src])) == ("config.sources[0].sensors[1]: a sensor id must not contain "
+                                          "a line break, got 'P-2\\nP-3'")
 
 
 def test_modbus_slave_inherits_poll():

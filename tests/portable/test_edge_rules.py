@@ -80,6 +80,19 @@ def test_frame_counters_are_not_news():
     assert f.check("s", (1, 10, 20.0), 0) == FIRST
     assert f.check("s", (2, 10, 20.0), 10) == rules.SUPPRESSED
     assert f.check("s", (3, 12, 20.0), 20) == DEADBAND
+    assert f.check("s", (None, 12, 20.0), 30) == rules.SUPPRESSED  # a counter missing is not news either
+    assert f.check("s", (5, 12, 20.0), 60030) == 6  # silence: the ticks survive the counter's values
+
+
+def test_a_kind_with_a_counter_keeps_the_ticks_in_its_place():
+    f = rules.ReportFilter(CountingCodec, default_deadband=1, max_silence_ms=60000, sensors=["a", "b"])
+    assert len(f._last) == 2 * len(CountingCodec.FIELDS)  # no extra double per sensor for the ticks
+    assert f.check("b", (7, 10, 20.0), 100) == FIRST
+    assert f.check("a", (1, 10, 20.0), 200) == FIRST
+    assert f.check("b", (8, 10, 20.0), 60099) == rules.SUPPRESSED
+    assert f.check("b", (9, 10, 20.0), 60100) == 6  # 60,000 ms after b's report, not a's
+    assert f.check("c", (1, 1, 1.0), 0) == FIRST and len(f._last) == 3 * len(CountingCodec.FIELDS)
+    assert f.check("c", (2, 1, 1.0), 10) == rules.SUPPRESSED
 
 
 def test_missing_fields_and_many_sensors():
@@ -99,10 +112,14 @@ def test_missing_fields_and_many_sensors():
 def test_configured_sensors_have_their_memory_from_the_start():
     f = rules.ReportFilter(FakeCodec, default_deadband=1, max_silence_ms=60000, sensors=["a", "b"])
     size = len(f._last)
-    assert size == 2 * (len(FakeCodec.FIELDS) + 1) and sorted(f.slots) == ["a", "b"]
+    assert size == 2 * (len(FakeCodec.FIELDS) + 1) and f.index("a") == 0 and f.index("b") == 1
+    assert f.slots == {} and f.sensors == "\na\nb\n"  # one string, no dict entry per configured id
+    assert f.index("c") == -1 and f.index("a\nb") == -1 and f.index("") == -1
     assert f.check("b", (False, None, 20.0), 0) == FIRST  # a slot, but nothing reported yet
     assert f.check("b", (False, None, 20.5), 10) == rules.SUPPRESSED
     assert f.check("a", (False, 1, 1.0), 20) == FIRST
     assert f.check("a", (False, 3, 1.0), 30) == DEADBAND
     assert len(f._last) == size  # no growth for configured sensors
     assert f.check("c", (False, 1, 1.0), 40) == FIRST  # an id outside the list still works
+    assert f.check("c", (False, 1, 1.0), 50) == rules.SUPPRESSED and f.slots == {"c": size}
+    assert f.check("b", (False, None, 20.5), 60) == rules.SUPPRESSED  # its slot kept apart from c's

@@ -42,7 +42,7 @@ def test_the_mqtt_redelivery_check_tracks_a_bounded_number_of_topics():
                 "sensors": ["MH-%d" % i for i in range(4)]})
     src = MqttSource(cfg["sources"][0], _Runtime(), lambda *a: None, cfg["site_broker"], "gw-site")
     for i in range(100):
-        src._on_message("lids/odd-%d/up" % i, b"x%d" % i)
+        src._on_message(b"lids/odd-%d/up" % i, b"x%d" % i)
     assert len(src._last) == 12 and src.untracked == 88  # 4 lids + 8
     row = src.errors["lids/+/up"]  # every message was still taken: queued, or decoded (not a lid's)
     decoded = 0
@@ -50,15 +50,17 @@ def test_the_mqtt_redelivery_check_tracks_a_bounded_number_of_topics():
         decoded += n
     assert len(src.queue) + decoded == 100, (len(src.queue), decoded)
     before = src.redelivered
-    src._on_message("lids/odd-3/up", b"x3")  # a tracked topic: the redelivery is still caught
+    src._on_message(b"lids/odd-3/up", b"x3")  # a tracked topic: the redelivery is still caught
     assert src.redelivered == before + 1
-    src._on_message("lids/odd-99/up", b"x99")  # an untracked one is taken, not checked
+    src._on_message(b"lids/odd-99/up", b"x99")  # an untracked one is taken, not checked
     assert src.redelivered == before + 1 and src.untracked == 89
+    for key in src._last:  # 30-bit crcs, no copies of topics: small ints on a 32-bit board
+        assert type(key) is int and 0 <= key < 1 << 30 and 0 <= src._last[key] < 1 << 30
 
 
 def test_an_unlisted_mqtt_source_tracks_64_topics():
     cfg = _cfg({"kind": "manhole", "transport": "mqtt", "topic": "lids/+/up"})
     src = MqttSource(cfg["sources"][0], _Runtime(), lambda *a: None, cfg["site_broker"], "gw-site")
     for i in range(100):
-        src._on_message("lids/%d/up" % i, b"%d" % i)
+        src._on_message(b"lids/%d/up" % i, b"%d" % i)
     assert len(src._last) == 64 and src.untracked == 36
