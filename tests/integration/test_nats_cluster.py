@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,10 @@ def test_uplink_stream_holds_mqtt_publishes_from_ids_with_colons(cluster: NatsCl
     finally:
         client.disconnect()
         client.loop_stop()
+    # A node PUBACKs MQTT before the stream has stored the message (docs/scaling.md): wait for the
+    # three, then a moment in which a wrongly caught fourth (cmd) would show.
+    wait_until(lambda: asyncio.run(_messages(n)) >= 3, 10, "three messages in the stream")
+    time.sleep(0.5)
     info, stored = asyncio.run(_read(n, 3))
     assert info["config"]["num_replicas"] == 3 and info["config"]["discard"] == "old"
     assert info["config"]["max_bytes"] == 64 * 1024 * 1024 and info["config"]["max_age"] == 3600 * 10**9
@@ -107,6 +112,15 @@ def test_uplink_stream_holds_mqtt_publishes_from_ids_with_colons(cluster: NatsCl
     assert stored == [("city.gw_7:a.up", b"m0"), ("city.gw-2.alarm", b"m1"), ("city.gw:3.status", b"m2")]
     assert [js.subject_topic(s) for s, _ in stored] == topics[:3]
     assert [js.topic_subject(t) for t in topics[:3]] == [s for s, _ in stored]
+
+
+async def _messages(n: cfg.NatsConfig) -> int:
+    nc = await nats.connect(**js.connect_options(n))
+    try:
+        info = await nc.jetstream().stream_info(n.stream)
+        return int(info.state.messages)
+    finally:
+        await nc.close()
 
 
 async def _ensure(n: cfg.NatsConfig) -> list[str]:
