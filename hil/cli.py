@@ -143,10 +143,10 @@ def verdict_text(record: Mapping[str, Any], verdict: Verdict) -> str:
         drained = rec.get("drained_s")
         back = "not within 60 s" if drained is None else f"{drained:.2f} s after its end"
         lat_back = rec.get("latency_back_s")
-        lat = "not within 60 s" if lat_back is None else f"{lat_back:.1f} s after its end"
+        lat_text = "not within 60 s" if lat_back is None else f"{lat_back:.1f} s after its end"
         lines.append(f"  {label}: p99 during {_ms(during['p99'])} ms, after {_ms(after['p99'])} ms; "
                      f"backlog peak {rec.get('peak_backlog', 0)}, back to nominal {back}; "
-                     f"latency back to nominal {lat}")
+                     f"latency back to nominal {lat_text}")
     errors = {gw: e for gw, e in (record.get("gateway_errors") or {}).items() if e}
     for gw, e in errors.items():
         lines.append(f"  {gw} status errors: {e}")
