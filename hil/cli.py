@@ -21,7 +21,16 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hil.judge import ALARM, CLOCK_TOLERANCE_S, Latency, Tally, Verdict, judge, recovery
+from hil.judge import (
+    ALARM,
+    CLOCK_TOLERANCE_S,
+    MQTT_CLOCK_TOLERANCE_S,
+    Latency,
+    Tally,
+    Verdict,
+    judge,
+    recovery,
+)
 from hil.report import write_report
 from hil.spec import SpecError, load
 
@@ -120,7 +129,8 @@ def verdict_text(record: Mapping[str, Any], verdict: Verdict) -> str:
         total.add(t)
     if total.anchored or record.get("clock_unset"):
         lines.append(f"clock unset at boot: {total.anchored} readings stamped through their boot's anchor, "
-                     f"{total.mistimed} off by more than {CLOCK_TOLERANCE_S:g} s")
+                     f"{total.mistimed} off by more than {CLOCK_TOLERANCE_S:g} s "
+                     f"({MQTT_CLOCK_TOLERANCE_S:g} s over MQTT)")
     lines.append("latency, emission -> queryable in InfluxDB (ms; "
                  f"seen by polling every {record['poller']['period'] * 1000:.0f} ms):")
     lines.append(f"  {'':14s} {'n':>6s} {'p50':>6s} {'p95':>6s} {'p99':>6s} {'max':>6s}")

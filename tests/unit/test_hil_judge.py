@@ -234,6 +234,33 @@ def test_a_reading_taken_before_the_clock_was_set_must_be_stored_with_its_true_t
     assert v.ok and v.tallies[("gw-01", "parking")].anchored == 1
 
 
+def test_a_lid_over_mqtt_may_wait_at_the_site_broker_while_its_gateway_boots() -> None:
+    """Lids arrive through the site broker and are stamped on arrival: 1.5 s late is their wait for
+    the booting gateway's subscription (not a stamping error), 4 s is mistimed; a serial reading of
+    the same boot is still held to 1 s."""
+    from devices.manhole import codec as manhole
+
+    lid = [1.5, False, False, 7.3, 12.5, 0.2, 3647, -77]
+    lid_types = {"tilt_deg": "float", "open": "boolean", "displaced": "boolean", "water_level_cm": "float",
+                 "ch4_ppm": "float", "h2s_ppm": "float", "battery_mv": "integer", "rssi_dbm": "integer"}
+    late = [True, parking_sim.HEARTBEAT, 9, 1, 2, 3, 3600, -90]
+    base = record([], [])
+    types = {**base["field_types"], "manhole": lid_types}
+    unset = {"gw-01": [[T0 + 5.0, T0 + 12.0]]}
+    run = record(
+        [em(6.0, "gw-01", "MH-1", "manhole", lid), em(8.0, "gw-01", "MH-2", "manhole", lid),
+         em(7.0, "gw-01", "P-1", "parking", late)],
+        [st(12.5, "gw-01", "MH-1", "manhole", 7.5, fmap(manhole, lid)),
+         st(12.5, "gw-01", "MH-2", "manhole", 12.0, fmap(manhole, lid)),
+         st(12.5, "gw-01", "P-1", "parking", 8.5, fmap(parking, late))],
+        clock_unset=unset, field_types=types)
+    v = judge(run)
+    lids, bays = v.tallies[("gw-01", "manhole")], v.tallies[("gw-01", "parking")]
+    assert (lids.anchored, lids.mistimed) == (2, 1)  # MH-2, 4 s late
+    assert (bays.anchored, bays.mistimed) == (1, 1)  # 1.5 s late on a serial bus
+    assert not v.ok
+
+
 def test_a_lost_alarm_is_placed_dropped_by_the_gateway_in_transit_or_after_the_broker() -> None:
     """Three fevers, none in the alarm measurement: one the broker delivered (lost after it), and of
     the two it never had, one the gateway counted as dropped from its full queue, one not (lost in
