@@ -55,7 +55,7 @@ def load_config(path, wait_s=0):
         unload("edge.checked")  # edge.config.load's
 
 
-def main(config_path, port=None, wait_s=None, image=None):
+def main(path, port=None, wait_s=None, image=None):
     """Run the agent. A config error exits with status 2 on Linux (before the log counts a boot);
     on a board (or with `wait_s`) it waits for a new config, checking every `wait_s` seconds.
     `image` is the board image's hash (the boot selector passes it): it is printed on the boot line
@@ -65,7 +65,7 @@ def main(config_path, port=None, wait_s=None, image=None):
     if wait_s is None and sys.platform not in ("linux", "darwin"):
         wait_s = 5
     try:
-        cfg = load_config(config_path, wait_s)
+        cfg = load_config(path, wait_s)
     except ValueError as exc:
         for line in getattr(exc, "errors", None) or [str(exc)]:
             print("config error:", line)

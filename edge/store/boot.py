@@ -19,7 +19,7 @@ _SCRATCH = const(128)
 _WBUF_MAX = const(2048)  # the write-behind buffer's cap: board heap (docs/store.md, "Memory")
 
 
-def recover(log, dirpath, budget_bytes, segment_bytes, sync_every_ms, sync_every_bytes, clock, files):
+def recover(log, path, budget_bytes, segment_bytes, sync_every_ms, sync_every_bytes, clock, files):
     """Open `log` (arguments as Log's) after a reboot or power cut: its settings and counters,
     segments, cursor, pending count and boot."""
     if segment_bytes <= HEADER or segment_bytes >= _MAX_SEGMENT:
@@ -31,14 +31,14 @@ def recover(log, dirpath, budget_bytes, segment_bytes, sync_every_ms, sync_every
 
         files = Files()
     # Settings, counters and run-time state (documented in Log).
-    log.dir = dirpath
+    log.dir = path
     log.budget_bytes = budget_bytes
     log.segment_bytes = segment_bytes
     log.sync_every_ms = sync_every_ms
     log.sync_every_bytes = sync_every_bytes
     log.clock = clock
     log.files = files
-    log._seg_path = dirpath + "/seg-%06d.log"
+    log._seg_path = path + "/seg-%06d.log"
     log._hdr = bytearray(HEADER)
     log._lenmv = memoryview(log._hdr)[1:3]
     log.appended = 0
@@ -73,7 +73,7 @@ def recover(log, dirpath, budget_bytes, segment_bytes, sync_every_ms, sync_every
     # crc32), or its .tmp twin if a power cut came in the middle of replacing it.
     boot = cseg = coff = 0
     for name in ("/state", "/state.tmp"):
-        data = files.read_small(dirpath + name)
+        data = files.read_small(path + name)
         if (
             data
             and len(data) == 20
@@ -83,9 +83,9 @@ def recover(log, dirpath, budget_bytes, segment_bytes, sync_every_ms, sync_every
             boot, cseg, coff = struct.unpack_from("<III", data, 4)
             break
     ids = []
-    for name in files.listdir(dirpath):
+    for name in files.listdir(path):
         if name.endswith(".tmp"):
-            files.remove(dirpath + "/" + name)  # a copy or state write cut short
+            files.remove(path + "/" + name)  # a copy or state write cut short
         elif name.startswith("seg-") and name.endswith(".log") and name[4:-4].isdigit():
             ids.append(int(name[4:-4]))
     ids.sort()
