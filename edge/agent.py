@@ -319,17 +319,14 @@ class Agent:
             # make that later ack a StoreError ("not peeked") that killed the uplink task.
             if delays is None:
                 delays = backoff_delays(up["backoff_base_ms"] / 1000, up["backoff_cap_ms"] / 1000)
-            self._next_endpoint()
+            # The next node of the broker cluster for the next attempt (the session moves with us).
+            if len(self.endpoints) > 1:
+                self._endpoint = (self._endpoint + 1) % len(self.endpoints)
+                c = self.client
+                c.host, c.port = self.endpoints[self._endpoint]
+                if c.ssl:
+                    c.server_hostname = c.host
             await asyncio.sleep(next(delays))
-
-    def _next_endpoint(self):
-        """The next node of the broker cluster for the next attempt (the session moves with us)."""
-        if len(self.endpoints) > 1:
-            self._endpoint = (self._endpoint + 1) % len(self.endpoints)
-            c = self.client
-            c.host, c.port = self.endpoints[self._endpoint]
-            if c.ssl:
-                c.server_hostname = c.host
 
     async def _pump(self):
         client = self.client

@@ -5,16 +5,6 @@
 import sys
 
 
-def make_port(verbose=True):
-    if sys.platform in ("linux", "darwin"):
-        from edge.ports.posix import PosixPort
-
-        return PosixPort(verbose)
-    from edge.ports.board import BoardPort
-
-    return BoardPort(verbose)
-
-
 def load_config(path, wait_s=0):
     """The validated config; `config.ConfigError` (a ValueError) if it is wrong, or with `wait_s`
     the first good config.json after it (edge.config.wait: one console line, then a re-check every
@@ -73,7 +63,15 @@ def main(path, port=None, wait_s=None, image=None):
     from edge import VERSION
     from edge.agent import Agent, AgentCrashed
 
-    port = port or make_port()
+    if port is None:  # the runtime's port, verbose
+        if sys.platform in ("linux", "darwin"):
+            from edge.ports.posix import PosixPort
+
+            port = PosixPort(True)
+        else:
+            from edge.ports.board import BoardPort
+
+            port = BoardPort(True)
     # The boot line `citybrain provision flash` reads back after a reset (key=value words).
     print("citybrain-gw: boot gw=%s fw=%s image=%s" % (cfg["gateway_id"], VERSION, image or "-"))
     agent = Agent(cfg, port)

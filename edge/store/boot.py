@@ -74,14 +74,11 @@ def recover(log, path, budget_bytes, segment_bytes, sync_every_ms, sync_every_by
     boot = cseg = coff = 0
     for name in ("/state", "/state.tmp"):
         data = files.read_small(path + name)
-        if (
-            data
-            and len(data) == 20
-            and data[0:4] == b"cbL1"
-            and crc32(data[0:16]) == struct.unpack_from("<I", data, 16)[0]
-        ):
-            boot, cseg, coff = struct.unpack_from("<III", data, 4)
-            break
+        if data and len(data) == 20 and data[0:4] == b"cbL1":
+            b, s, o, crc = struct.unpack_from("<IIII", data, 4)  # the format _save_state packs
+            if crc32(data[0:16]) == crc:
+                boot, cseg, coff = b, s, o
+                break
     ids = []
     for name in files.listdir(path):
         if name.endswith(".tmp"):
@@ -156,8 +153,8 @@ def _scan(log, path, off):
     return pos, count, before
 
 
-def _truncate(files, path, length, buf):
-    """Cut a file to `length` bytes (rare: a torn tail found at boot), through `files` like every write.
+def _truncate(files, path, pos, buf):
+    """Cut a file at byte `pos` (rare: a torn tail found at boot), through `files` like every write.
 
     MicroPython files have no truncate, so the kept prefix is copied (through `buf`) to a temp
     file that then replaces the original: a power cut during the copy leaves the original (still
@@ -166,7 +163,7 @@ def _truncate(files, path, length, buf):
     tmp = path + ".tmp"
     src = files.open(path, "rb")
     dst = files.open(tmp, "ab")
-    left = length
+    left = pos
     try:
         while left > 0:
             n = src.readinto(buf[0 : min(left, _SCRATCH)])
