@@ -229,27 +229,27 @@ class Agent:
                 self.alarms_dropped += 1  # the live copy is lost; the record reaches the collector
         self.wake.set()
 
-    def _queue_alarm(self, rid, rec):
-        """Queue the alarm of log record `rid` (bytes `rec`); False if the queue is full.
+    def _queue_alarm(self, rid, payload):
+        """Queue the alarm of log record `rid` (its bytes, `payload`); False if the queue is full.
         With receipts its record stays in the log until the alarm is receipted (`_ack`)."""
         if len(self.alarms) >= _ALARM_QUEUE:
             return False
-        self.alarms.append([rid if self.up_cfg["receipts"] else None, rec, -1, 0, None, 0])
+        self.alarms.append([rid if self.up_cfg["receipts"] else None, payload, -1, 0, None, 0])
         return True
 
-    def _ack(self, upto=None):
-        """Ack the log up to `upto` (or the last one given), but not the record of an alarm
+    def _ack(self, rid=None):
+        """Ack the log up to record `rid` (or the last one given), but not the record of an alarm
         still awaiting its receipt, nor anything after it: a power cut then leaves that record
         in the log, and the next boot publishes its alarm again."""
-        if upto is not None:
-            self._upto = upto
+        if rid is not None:
+            self._upto = rid
         if self._upto is None:
             return
         hold = None
         for a in self.alarms:
-            rid = a[_A_RID]
-            if rid is not None and (hold is None or rid < hold):
-                hold = rid
+            alarm_rid = a[_A_RID]
+            if alarm_rid is not None and (hold is None or alarm_rid < hold):
+                hold = alarm_rid
         self.log.ack(self._upto, hold)
 
     def _alarm_payload(self, a):
@@ -319,17 +319,14 @@ class Agent:
             # make that later ack a StoreError ("not peeked") that killed the uplink task.
             if delays is None:
                 delays = backoff_delays(up["backoff_base_ms"] / 1000, up["backoff_cap_ms"] / 1000)
-            self._next_endpoint()
+            # The next node of the broker cluster for the next attempt (the session moves with us).
+            if len(self.endpoints) > 1:
+                self._endpoint = (self._endpoint + 1) % len(self.endpoints)
+                c = self.client
+                c.host, c.port = self.endpoints[self._endpoint]
+                if c.ssl:
+                    c.server_hostname = c.host
             await asyncio.sleep(next(delays))
-
-    def _next_endpoint(self):
-        """The next node of the broker cluster for the next attempt (the session moves with us)."""
-        if len(self.endpoints) > 1:
-            self._endpoint = (self._endpoint + 1) % len(self.endpoints)
-            c = self.client
-            c.host, c.port = self.endpoints[self._endpoint]
-            if c.ssl:
-                c.server_hostname = c.host
 
     async def _pump(self):
         client = self.client
@@ -456,14 +453,14 @@ class Agent:
             return used > 0
         return await self._publish_batch(batch)
 
-    def _replay(self, recs):
-        """Queue the alarms of the records in `recs` that an earlier boot left in the log (their
-        receipt may never have come: a power cut). Returns how many of `recs` may be batched now:
+    def _replay(self, records):
+        """Queue the alarms of the records in `records` that an earlier boot left in the log (their
+        receipt may never have come: a power cut). Returns how many of `records` may be batched now:
         those before an alarm the full queue cannot take (none may be acked before its alarm is
         queued; the rest wait in `_carry`)."""
         end = self._replay_end
-        for i in range(len(recs)):
-            rid, rec = recs[i]
+        for i in range(len(records)):
+            rid, rec = records[i]
             if rid > end:
                 self._replay_end = None  # past what earlier boots left
                 break
@@ -471,7 +468,7 @@ class Agent:
                 if rec[0] & 1 and not self._queue_alarm(rid, rec):
                     return i
                 self._replayed = rid
-        return len(recs)
+        return len(records)
 
     async def _publish_batch(self, batch):
         try:

@@ -151,16 +151,16 @@ class Batcher:
                 break
         return self.release()
 
-    def puback(self, seq, now):
-        """The broker PUBACKed batch `seq` (at ticks `now`): delivered without receipts; with
+    def puback(self, seq, now_ticks):
+        """The broker PUBACKed batch `seq` (at ticks `now_ticks`): delivered without receipts; with
         receipts it now waits for one (its re-send clock starts). Returns what `release` does."""
         for b in self.inflight:
             if b.seq == seq:
                 b.pid = 0
                 if self.receipts:
-                    b.sent_at = now
+                    b.sent_at = now_ticks
                     if b.first_at is None:
-                        b.first_at = now
+                        b.first_at = now_ticks
                 else:
                     b.acked = True
                 break
@@ -177,15 +177,15 @@ class Batcher:
                         break
         return self.release()
 
-    def due(self, now, timeout_ms):
+    def due(self, now_ticks, timeout_ms):
         """The oldest batch PUBACKed `timeout_ms` ago (doubled per earlier re-send, up to 16x: a
         collector down for hours does not get a broker queue full of copies), or marked by
         `resend_all`, with no receipt: to be re-sent with its seq and bytes; None if there is
         none. Its clock restarts."""
         for b in self.inflight:
             if not b.acked and not b.pid and b.first_at is not None and (
-                    b.sent_at is None or ticks_diff(now, b.sent_at) >= timeout_ms << min(b.tries, 4)):
-                b.sent_at = now
+                    b.sent_at is None or ticks_diff(now_ticks, b.sent_at) >= timeout_ms << min(b.tries, 4)):
+                b.sent_at = now_ticks
                 b.tries += 1
                 self.resent += 1
                 return b
@@ -198,14 +198,14 @@ class Batcher:
             if b.first_at is not None:
                 b.sent_at = None
 
-    def unreceipted(self, now):
+    def unreceipted(self, now_ticks):
         """(records in batches PUBACKed but not receipted, age in ms of the oldest such batch)."""
         n = 0
         age = 0
         for b in self.inflight:
             if not b.acked and b.first_at is not None:
                 n += b.count
-                age = max(age, ticks_diff(now, b.first_at))
+                age = max(age, ticks_diff(now_ticks, b.first_at))
         return n, age
 
     def release(self):

@@ -5,17 +5,17 @@ so edge modules import it with the other names: mpy-cross still folds `X = const
 because the name is `const`.
 """
 
-from devices.common.compat import const  # noqa: F401  (re-exported)
+from devices.common.compat import const  # used below, and re-exported for edge modules
 
 try:
     from time import ticks_add, ticks_diff, ticks_ms
 except ImportError:  # CPython
-    import time as _time
+    import time  # not `as _time`: `time` is a name MicroPython has built in, `_time` one more to intern
 
-    _TICKS_PERIOD = 1 << 30
+    _TICKS_PERIOD = const(1 << 30)
 
     def ticks_ms():
-        return int(_time.monotonic() * 1000) & (_TICKS_PERIOD - 1)  # type: ignore[attr-defined]  # CPython
+        return int(time.monotonic() * 1000) & (_TICKS_PERIOD - 1)  # type: ignore[attr-defined]  # CPython
 
     def ticks_diff(a, b):
         d = (a - b) & (_TICKS_PERIOD - 1)
@@ -29,9 +29,9 @@ except ImportError:  # CPython
 
 IS_MICROPYTHON = False
 try:
-    import sys as _sys
+    import sys  # not `as _sys`, as `time` above
 
-    IS_MICROPYTHON = _sys.implementation.name == "micropython"
+    IS_MICROPYTHON = sys.implementation.name == "micropython"
 except AttributeError:
     pass
 
@@ -47,9 +47,9 @@ def unload(name):
         return
     import gc
 
-    _sys.modules.pop(name, None)
+    sys.modules.pop(name, None)
     parent, _, leaf = name.rpartition(".")
-    pkg = _sys.modules.get(parent)
+    pkg = sys.modules.get(parent)
     if pkg is not None and leaf in pkg.__dict__:
         delattr(pkg, leaf)
     gc.collect()

@@ -5,16 +5,6 @@
 import sys
 
 
-def make_port(verbose=True):
-    if sys.platform in ("linux", "darwin"):
-        from edge.ports.posix import PosixPort
-
-        return PosixPort(verbose)
-    from edge.ports.board import BoardPort
-
-    return BoardPort(verbose)
-
-
 def load_config(path, wait_s=0):
     """The validated config; `config.ConfigError` (a ValueError) if it is wrong, or with `wait_s`
     the first good config.json after it (edge.config.wait: one console line, then a re-check every
@@ -55,7 +45,7 @@ def load_config(path, wait_s=0):
         unload("edge.checked")  # edge.config.load's
 
 
-def main(config_path, port=None, wait_s=None, image=None):
+def main(path, port=None, wait_s=None, image=None):
     """Run the agent. A config error exits with status 2 on Linux (before the log counts a boot);
     on a board (or with `wait_s`) it waits for a new config, checking every `wait_s` seconds.
     `image` is the board image's hash (the boot selector passes it): it is printed on the boot line
@@ -65,7 +55,7 @@ def main(config_path, port=None, wait_s=None, image=None):
     if wait_s is None and sys.platform not in ("linux", "darwin"):
         wait_s = 5
     try:
-        cfg = load_config(config_path, wait_s)
+        cfg = load_config(path, wait_s)
     except ValueError as exc:
         for line in getattr(exc, "errors", None) or [str(exc)]:
             print("config error:", line)
@@ -73,7 +63,15 @@ def main(config_path, port=None, wait_s=None, image=None):
     from edge import VERSION
     from edge.agent import Agent, AgentCrashed
 
-    port = port or make_port()
+    if port is None:  # the runtime's port, verbose
+        if sys.platform in ("linux", "darwin"):
+            from edge.ports.posix import PosixPort
+
+            port = PosixPort(True)
+        else:
+            from edge.ports.board import BoardPort
+
+            port = BoardPort(True)
     # The boot line `citybrain provision flash` reads back after a reset (key=value words).
     print("citybrain-gw: boot gw=%s fw=%s image=%s" % (cfg["gateway_id"], VERSION, image or "-"))
     agent = Agent(cfg, port)

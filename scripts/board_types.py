@@ -10,7 +10,7 @@ meets it. What it cannot show is in docs/gateway.md ("What is checked without a 
 
 The modules: those reachable by import statements (also inside functions) from edge/main.py and
 edge/ports/board.py, plus every kind's codec (a board loads them by name, devices.load), less
-the Linux runtime that edge.main.make_port picks by sys.platform. mypy runs with
+the Linux runtime that edge.main.main picks by sys.platform. mypy runs with
 `--platform esp32`, so `sys.platform` branches are judged as on the board.
 
 edge/ and devices/ have no annotations (no typing at runtime on a board), so mypy infers types
@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 STUBS = ("micropython-esp32-stubs", "micropython-stdlib-stubs")
 ENTRY = ("edge/main.py", "edge/ports/board.py")
-LINUX_ONLY = ("edge.ports.posix",)  # edge.main.make_port: only where sys.platform is linux/darwin
+LINUX_ONLY = ("edge.ports.posix",)  # edge.main.main: only where sys.platform is linux/darwin
 OFF = ("assignment", "var-annotated", "has-type", "union-attr", "no-redef", "operator", "misc")
 
 

@@ -117,9 +117,9 @@ class BoardPort:
 
         machine.reset()
 
-    def log(self, msg):
+    def log(self, text):
         if self.verbose:
-            print(msg)
+            print(text)
 
     def say(self, line):
         """One console line, always (the start-up summary, warnings)."""

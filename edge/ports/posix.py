@@ -104,9 +104,9 @@ class PosixPort:
     def reboot(self):
         sys.exit(_REBOOT_EXIT_CODE)
 
-    def log(self, msg):
+    def log(self, text):
         if self.verbose:
-            self.say("citybrain-gw: " + msg)
+            self.say("citybrain-gw: " + text)
 
     def say(self, line):
         """One console line, always (the start-up summary, warnings); flushed, for journald."""

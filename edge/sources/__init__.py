@@ -51,15 +51,16 @@ class Source:
         self.readings = 0
         self.reported = 0
 
-    def error(self, who, code):
+    def error(self, key, code):
+        """Count error `code` against `key` in `errors`: a sensor id or the port's name."""
         errors = self.errors
-        row = errors.get(who)
+        row = errors.get(key)
         if row is None:
-            if who != self.path and len(errors) >= _ERROR_IDS:
-                who = "(other ids)"
-                row = errors.get(who)
+            if key != self.path and len(errors) >= _ERROR_IDS:
+                key = "(other ids)"
+                row = errors.get(key)
             if row is None:
-                row = errors[who] = [0] * (PORT_DOWN + 1)
+                row = errors[key] = [0] * (PORT_DOWN + 1)
         row[code] += 1
 
     def take(self, sensor, fields, now_ticks):

@@ -27,8 +27,8 @@ class SerialSource(Source):
         self._fill = 0  # bytes in _buf not yet decoded (a partial frame)
         self._rx_at = 0  # ticks of the last bytes received
 
-    def housekeep(self, now):
-        if self._fill and ticks_diff(now, self._rx_at) >= _QUIET_MS:
+    def housekeep(self, now_ticks):
+        if self._fill and ticks_diff(now_ticks, self._rx_at) >= _QUIET_MS:
             self.error(self.path, TIMEOUT)
             self._fill = 0  # pump sees it when bytes arrive next
 

@@ -19,7 +19,7 @@ _SCRATCH = const(128)
 _WBUF_MAX = const(2048)  # the write-behind buffer's cap: board heap (docs/store.md, "Memory")
 
 
-def recover(log, dirpath, budget_bytes, segment_bytes, sync_every_ms, sync_every_bytes, clock, files):
+def recover(log, path, budget_bytes, segment_bytes, sync_every_ms, sync_every_bytes, clock, files):
     """Open `log` (arguments as Log's) after a reboot or power cut: its settings and counters,
     segments, cursor, pending count and boot."""
     if segment_bytes <= HEADER or segment_bytes >= _MAX_SEGMENT:
@@ -31,14 +31,14 @@ def recover(log, dirpath, budget_bytes, segment_bytes, sync_every_ms, sync_every
 
         files = Files()
     # Settings, counters and run-time state (documented in Log).
-    log.dir = dirpath
+    log.dir = path
     log.budget_bytes = budget_bytes
     log.segment_bytes = segment_bytes
     log.sync_every_ms = sync_every_ms
     log.sync_every_bytes = sync_every_bytes
     log.clock = clock
     log.files = files
-    log._seg_path = dirpath + "/seg-%06d.log"
+    log._seg_path = path + "/seg-%06d.log"
     log._hdr = bytearray(HEADER)
     log._lenmv = memoryview(log._hdr)[1:3]
     log.appended = 0
@@ -73,19 +73,16 @@ def recover(log, dirpath, budget_bytes, segment_bytes, sync_every_ms, sync_every
     # crc32), or its .tmp twin if a power cut came in the middle of replacing it.
     boot = cseg = coff = 0
     for name in ("/state", "/state.tmp"):
-        data = files.read_small(dirpath + name)
-        if (
-            data
-            and len(data) == 20
-            and data[0:4] == b"cbL1"
-            and crc32(data[0:16]) == struct.unpack_from("<I", data, 16)[0]
-        ):
-            boot, cseg, coff = struct.unpack_from("<III", data, 4)
-            break
+        data = files.read_small(path + name)
+        if data and len(data) == 20 and data[0:4] == b"cbL1":
+            b, s, o, crc = struct.unpack_from("<IIII", data, 4)  # the format _save_state packs
+            if crc32(data[0:16]) == crc:
+                boot, cseg, coff = b, s, o
+                break
     ids = []
-    for name in files.listdir(dirpath):
+    for name in files.listdir(path):
         if name.endswith(".tmp"):
-            files.remove(dirpath + "/" + name)  # a copy or state write cut short
+            files.remove(path + "/" + name)  # a copy or state write cut short
         elif name.startswith("seg-") and name.endswith(".log") and name[4:-4].isdigit():
             ids.append(int(name[4:-4]))
     ids.sort()
@@ -156,8 +153,8 @@ def _scan(log, path, off):
     return pos, count, before
 
 
-def _truncate(files, path, length, buf):
-    """Cut a file to `length` bytes (rare: a torn tail found at boot), through `files` like every write.
+def _truncate(files, path, pos, buf):
+    """Cut a file at byte `pos` (rare: a torn tail found at boot), through `files` like every write.
 
     MicroPython files have no truncate, so the kept prefix is copied (through `buf`) to a temp
     file that then replaces the original: a power cut during the copy leaves the original (still
@@ -166,7 +163,7 @@ def _truncate(files, path, length, buf):
     tmp = path + ".tmp"
     src = files.open(path, "rb")
     dst = files.open(tmp, "ab")
-    left = length
+    left = pos
     try:
         while left > 0:
             n = src.readinto(buf[0 : min(left, _SCRATCH)])

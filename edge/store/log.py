@@ -142,7 +142,7 @@ class Log:
 
     def __init__(
         self,
-        dirpath,
+        path,
         budget_bytes=1048576,
         segment_bytes=65536,
         sync_every_ms=10000,
@@ -156,7 +156,7 @@ class Log:
         from edge.store import boot
 
         boot.recover(
-            self, dirpath, budget_bytes, segment_bytes, sync_every_ms, sync_every_bytes, clock, files
+            self, path, budget_bytes, segment_bytes, sync_every_ms, sync_every_bytes, clock, files
         )
         unload(boot.__name__)
 
@@ -267,11 +267,11 @@ class Log:
             self.poll()
         return (segs[-1] - self._base) * self._span + sizes[-1]
 
-    def _acked_prefix(self, u):
-        """Bytes at the start of the RAM buffer (`u` bytes in use) that are acked already."""
+    def _acked_prefix(self, used):
+        """Bytes at the start of the RAM buffer (`used` bytes in use) that are acked already."""
         if self._cursor // self._span + self._base != self._segs[-1]:
             return 0
-        return min(u, max(0, self._cursor % self._span - (self._sizes[-1] - u)))
+        return min(used, max(0, self._cursor % self._span - (self._sizes[-1] - used)))
 
     def _compact(self, room):
         """Drop the acked records at the start of the RAM buffer (they are never written) and
