@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import gzip
+import io
 import json
 import logging
 import time
@@ -24,6 +25,7 @@ from collector.sinks.base import Delivered, SinkConfigError, SinkRetry
 log = logging.getLogger(__name__)
 
 _RETRY_AFTER_MAX_S = 3600.0
+_LARGE_BODY = 1 << 20  # aiohttp's threshold for a raw bytes body (payload.TOO_LARGE_BYTES_BODY)
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -111,8 +113,11 @@ class HttpLineSink:
         if self.gzip_body:
             data = gzip.compress(body, self.gzip_level)
             headers["Content-Encoding"] = "gzip"
+        # A write gathered while the database was busy can pass 1 MiB, where aiohttp warns
+        # (ResourceWarning) about a raw bytes body and wants a file object: it then streams it.
+        payload: bytes | io.BytesIO = io.BytesIO(data) if len(data) > _LARGE_BODY else data
         try:
-            async with self._get_session().post(self.endpoint(), data=data, headers=headers) as resp:
+            async with self._get_session().post(self.endpoint(), data=payload, headers=headers) as resp:
                 return resp.status, dict(resp.headers), await resp.read()
         except TimeoutError:
             # The server may have committed before we gave up: resending is safe (same series and

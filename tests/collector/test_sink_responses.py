@@ -276,3 +276,19 @@ def test_any_mix_of_bad_lines_rejects_exactly_them_and_stores_the_rest(
         assert done.accepted == marks.count(False)
 
     run(t, style=style, max_body=max_body)
+
+
+def test_a_body_over_a_mebibyte_is_sent_whole_without_a_warning() -> None:
+    """A write gathered while the database was busy can pass 1 MiB: aiohttp warns about such a raw
+    bytes body (a ResourceWarning, an error here), so the sink streams it from a file object."""
+    lines = [f"m,s=s{i % 50} v={i}i,pad=\"{'x' * 40}\" {1700000000000 + i}".encode() for i in range(20_000)]
+    big = body(lines)
+    assert len(big) > 1 << 20
+
+    async def t(stub: InfluxStub) -> None:
+        async with v1(stub) as sink:
+            done = await sink.write(big)
+        assert done == Delivered(accepted=len(lines), rejected=[], requests=1)
+        assert stub.stored == lines
+
+    run(t)
