@@ -15,8 +15,8 @@ import pytest
 
 from collector.config import MqttConfig
 from collector.ingest import Message, MqttInput
-from hil.services import Mosquitto, free_port, wait_for_port
-from tests.integration.test_tls import pki  # noqa: F401  (the fixture: a CA, a broker cert, a rogue CA)
+from hil.services import Mosquitto
+from tests.integration.test_tls import pki, running_tls_broker  # noqa: F401  (the fixture: a CA, a broker cert, a rogue CA)
 
 pytestmark = pytest.mark.integration
 
@@ -30,16 +30,8 @@ def secured(tmp_path: Path, pki: dict[str, Path]) -> Iterator[tuple[Mosquitto, i
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "collector", "s3cret"], check=True, timeout=30)
     subprocess.run(["mosquitto_passwd", "-b", str(pw), "gw-1", "gw-pass"], check=True, timeout=30)
     pw.chmod(0o644)
-    tls_port = free_port()
-    extra = (f"listener {tls_port} 127.0.0.1\ncafile {pki['ca']}\ncertfile {pki['cert']}\n"
-             f"keyfile {pki['key']}\n")
-    broker = Mosquitto(workdir=str(tmp_path / "mq"), extra_config=extra, password_file=str(pw))
-    broker.start()
-    try:
-        wait_for_port(tls_port, 10, broker.proc)
-        yield broker, tls_port
-    finally:
-        broker.stop()
+    with running_tls_broker(tmp_path, pki, password_file=str(pw)) as got:
+        yield got
 
 
 def publish(

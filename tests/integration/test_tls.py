@@ -8,6 +8,7 @@ as provisioning ships it. paho on the broker's plain listener is the independent
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -62,19 +63,26 @@ def pki(tmp_path: Path) -> dict[str, Path]:
     return {"ca": ca, "rogue": rogue, "cert": crt, "key": key}
 
 
-@pytest.fixture
-def tls_broker(tmp_path: Path, pki: dict[str, Path]) -> Iterator[tuple[Mosquitto, int]]:
+@contextlib.contextmanager
+def running_tls_broker(tmp_path: Path, pki: dict[str, Path],
+                       password_file: str | None = None) -> Iterator[tuple[Mosquitto, int]]:
     """Mosquitto with its plain listener (for the observer) plus a TLS listener; (broker, tls port)."""
     tls_port = free_port()
     extra = (f"listener {tls_port} 127.0.0.1\ncafile {pki['ca']}\ncertfile {pki['cert']}\n"
              f"keyfile {pki['key']}\n")
-    broker = Mosquitto(workdir=str(tmp_path / "mq"), extra_config=extra)
+    broker = Mosquitto(workdir=str(tmp_path / "mq"), extra_config=extra, password_file=password_file)
     broker.start()
     try:
         wait_for_port(tls_port, 10, broker.proc)
         yield broker, tls_port
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path, pki: dict[str, Path]) -> Iterator[tuple[Mosquitto, int]]:
+    with running_tls_broker(tmp_path, pki) as got:
+        yield got
 
 
 class Observer:
