@@ -35,6 +35,9 @@ NOW_MS = 13 * 3600 * 1000  # early afternoon: warm water, less oxygen
 SLAVES = "1:ABCD,2:CDAB"
 MICROPYTHON = Path(sys.executable).parent / "micropython"
 SAMPLE = ROOT / "devices" / "water" / "sample.json"  # four slaves: two built-in maps, two vendor maps
+# Register maps of real products, from their manuals (devices/water/README.md, "Real products"):
+# file -> requests per poll of its one slave.
+VENDORS = {"ysi-odo-rtu.json": 1, "hach-ldo-aqs.json": 1, "supmea-do7013.json": 1}
 
 pytestmark = pytest.mark.integration
 
@@ -219,26 +222,26 @@ def test_same_master_under_micropython(line: tuple[int, str], slave: SlaveProces
 # -- vendor register maps: devices/water/sample.json served by pymodbus, read by the Modbus source --
 
 
-def sample_source() -> dict[str, object]:
+def sample_source(path: Path = SAMPLE) -> dict[str, object]:
     """The sample's source block as edge.config validates it (with each slave's read plan)."""
-    block = json.loads(SAMPLE.read_text(encoding="utf-8"))
+    block = json.loads(path.read_text(encoding="utf-8"))
     src: dict[str, object] = config.validate({"gateway_id": "gw-t", "broker": {"host": "127.0.0.1"},
                                               "sources": [block]})["sources"][0]
     return src
 
 
-def sample_served() -> dict[str, tuple[float | None, ...]]:
+def sample_served(path: Path = SAMPLE) -> dict[str, tuple[float | None, ...]]:
     """sensor -> the fields its slave serves, as pymodbus reads its registers back."""
     out = {}
-    for s in water_slave.load_slaves(SAMPLE):
+    for s in water_slave.load_slaves(path):
         entries = water_slave.map_entries(s)
         fields = station(s["address"], 0, SEED).reading(s["address"], NOW_MS)
         out[s["sensor"]] = water_slave.served(entries, water_slave.bank(entries, fields))
     return out
 
 
-def check_against_served(got: dict[str, tuple[float | None, ...]]) -> None:
-    want = sample_served()
+def check_against_served(got: dict[str, tuple[float | None, ...]], path: Path = SAMPLE) -> None:
+    want = sample_served(path)
     assert set(got) == set(want), got
     for sensor, fields in want.items():
         for name, g, w in zip(codec.FIELDS, got[sensor], fields, strict=True):
@@ -267,20 +270,22 @@ class _FdRuntime:
         self.lines.append(msg)
 
 
-def test_vendor_maps_read_by_the_modbus_source(line: tuple[int, str]) -> None:
+def read_with_the_modbus_source(line: tuple[int, str], path: Path, reads: dict[int, int]) -> None:
+    """The slaves of the source block at `path`, served by pymodbus, read by ModbusSource: every
+    value exactly as served, in `reads[address]` requests (all answered) per slave."""
     from edge.sources.modbus import ModbusSource
 
-    proc = SlaveProcess(line[1], "--config", str(SAMPLE))
+    proc = SlaveProcess(line[1], "--config", str(path))
     got: dict[str, tuple[float | None, ...]] = {}
 
     async def run() -> ModbusSource:
         def accept(sensor: str, kind: int, fields: tuple[float | None, ...], *_urgent_alarm: object) -> None:
             got[sensor] = fields
 
-        src = ModbusSource(sample_source(), _FdRuntime(line[0]), accept)
+        src = ModbusSource(sample_source(path), _FdRuntime(line[0]), accept)
         task = asyncio.create_task(src.run())
         for _ in range(400):
-            if len(got) == 4:
+            if len(got) == len(reads):
                 break
             await asyncio.sleep(0.05)
         task.cancel()
@@ -290,11 +295,22 @@ def test_vendor_maps_read_by_the_modbus_source(line: tuple[int, str]) -> None:
         src = asyncio.run(run())
     finally:
         proc.stop()
-    check_against_served(got)
+    check_against_served(got, path)
     assert src.master is not None
-    for addr, n in READS.items():
+    for addr, n in reads.items():
         c = src.master.counters(addr)
         assert (c[modbus.C_REQUESTS], c[modbus.C_OK]) == (n, n), (addr, c)
+
+
+def test_vendor_maps_read_by_the_modbus_source(line: tuple[int, str]) -> None:
+    read_with_the_modbus_source(line, SAMPLE, READS)
+
+
+@pytest.mark.parametrize("name", sorted(VENDORS))
+def test_real_products_maps_read_by_the_modbus_source(line: tuple[int, str], name: str) -> None:
+    path = ROOT / "devices" / "water" / "vendors" / name
+    (slave,) = water_slave.load_slaves(path)
+    read_with_the_modbus_source(line, path, {slave["address"]: VENDORS[name]})
 
 
 MP_SOURCE = """
