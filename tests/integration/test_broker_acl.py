@@ -166,10 +166,15 @@ def test_security_matrix(rig: tuple[Rig, Mosquitto]) -> None:
     r.barrier(a, "city/gw-a/up", [collector])
     r.barrier(b, "city/gw-b/reply", [ops])
     assert not [m for m in collector.got + ops.got if m[1] == b"spoofed"], collector.got + ops.got
-    # Commands: the operator reaches B; A (subscribed to B's cmd and to `#`) hears only its own.
+    # Commands: the operator reaches B; A (subscribed to B's cmd and to `#`) hears only its own,
+    # and cannot command B (nor itself: a gateway only reads its cmd).
     ops.pub("city/gw-b/cmd", b"for-b")
+    a.pub("city/gw-b/cmd", b"spoofed")
+    a.pub("city/gw-a/cmd", b"spoofed")
     r.barrier(ops, "city/gw-a/cmd", [a])
+    r.barrier(ops, "city/gw-b/cmd", [b])
     assert ("city/gw-b/cmd", b"for-b") in b.got
+    assert not [m for m in a.got + b.got if m[1] == b"spoofed"], a.got + b.got
     # A subscribed to `#` receives nothing of others: only its own cmd (the marker, maybe twice:
     # it matches two of A's subscriptions).
     assert set(a.topics()) == {"city/gw-a/cmd"}, a.got
@@ -218,22 +223,37 @@ def test_security_matrix(rig: tuple[Rig, Mosquitto]) -> None:
     assert all(s.got for s in shared), [len(s.got) for s in shared]
     assert not any(s.dropped.is_set() for s in shared)
 
-    # Revocation and rotation: remove gw-c, rotate gw-b, render, reload (SIGHUP).
-    old_b = Fleet.load(r.dir).password("gw-b")
-    old_c = Fleet.load(r.dir).password("gw-c")
+    # Revocation and rotation: remove gw-c and the operator account, rotate gw-b and collector-2,
+    # render, reload (SIGHUP). Sessions open at the reload are dropped too (Mosquitto 2.0 checks
+    # every connected client against the new passwd), not only new logins refused.
+    fleet = Fleet.load(r.dir)
+    old_b, old_c = fleet.password("gw-b"), fleet.password("gw-c")
+    old_ops = fleet.service_secret_path("ops").read_text().strip()
+    old_col2 = fleet.service_secret_path("collector-2").read_text().strip()
     assert not refused(r.port, "gw-c", old_c)
+    c = r.gw("gw-c")
+    b2 = r.client("gw-b", old_b, client_id="gw-b")  # replaces b's session: b is not asserted on below
     r.cli("remove-gateway", "--dir", str(r.dir), "--id", "gw-c")
+    r.cli("remove-service-user", "--dir", str(r.dir), "--name", "ops")
     r.cli("rotate-password", "--dir", str(r.dir), "--id", "gw-b")
     r.cli("rotate-password", "--dir", str(r.dir), "--user", "collector-2")
     r.cli("render", "--dir", str(r.dir))
     assert not (r.out / "gateways" / "gw-c").exists()
     assert broker.proc is not None
     os.kill(broker.proc.pid, signal.SIGHUP)
-    wait_until(lambda: refused(r.port, "gw-c", old_c), 10, "removed gw-c refused after the reload")
+    # First the open sessions (a probe below logging in as gw-c would replace c's session itself).
+    wait_until(c.dropped.is_set, 10, "removed gw-c's open session dropped at the reload")
+    wait_until(b2.dropped.is_set, 10, "gw-b's session on its old password dropped at the reload")
+    wait_until(ops.dropped.is_set, 10, "the removed operator account's open session dropped at the reload")
+    assert refused(r.port, "gw-c", old_c), "removed gw-c still accepted"
     assert refused(r.port, "gw-b", old_b), "gw-b's old password still accepted"
-    assert not refused(r.port, "gw-b", Fleet.load(r.dir).password("gw-b"))
+    assert refused(r.port, "ops", old_ops), "the removed operator account still accepted"
+    assert refused(r.port, "collector-2", old_col2), "collector-2's old password still accepted"
+    # Positive controls through the same path: the new passwords and an untouched account get in.
     fleet = Fleet.load(r.dir)
+    assert not refused(r.port, "gw-b", fleet.password("gw-b"))
     assert not refused(r.port, "collector-2", fleet.service_secret_path("collector-2").read_text().strip())
+    assert not refused(r.port, "gw-a", fleet.password("gw-a"))
 
 
 class DeployedMosquitto(Mosquitto):
