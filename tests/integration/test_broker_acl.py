@@ -327,7 +327,8 @@ def tls_client(port: int, ca: Path, user: str, password: str, *, cert: tuple[Pat
 def test_tls_kit_on_a_real_broker_and_a_micropython_agent(tmp_path: Path) -> None:
     """`tls-init` makes a CA and the broker's EC P-256 certificate; a broker started from the
     rendered files only serves TLS with it; the rendered gateway folder (config.json + ca.pem) boots
-    the agent under MicroPython, verifying the broker; a foreign CA is refused."""
+    the agent under MicroPython, verifying the broker; a foreign CA is refused, by paho and by the
+    agent (which never comes online with it)."""
     from provisioning import tls
     from tests.integration.test_tls import interpreter
 
@@ -356,12 +357,28 @@ def test_tls_kit_on_a_real_broker_and_a_micropython_agent(tmp_path: Path) -> Non
         clients.append(collector)
         assert collector.rc == 0
         collector.sub("city/+/status")
+        argv, env = interpreter("micropython", "-m", "edge.main", "config.json")
+        # The agent given another fleet's CA as its ca.pem: the broker cannot prove itself to it,
+        # so it never logs in; it says why and keeps retrying.
+        rogue = tmp_path / "board-foreign-ca"
+        rogue.mkdir()
+        (rogue / "config.json").write_bytes((r.out / "gateways" / "gw-a" / "config.json").read_bytes())
+        (rogue / "ca.pem").write_bytes(foreign.ca_path.read_bytes())
+        with open(rogue / "agent.log", "wb") as log:
+            proc = subprocess.Popen(argv, cwd=rogue, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        said = "not correctly signed by the trusted CA"
+        wait_until(lambda: (rogue / "agent.log").read_text(errors="replace").count(said) >= 2, 30,
+                   "the agent refusing a broker of a foreign CA twice")
+        assert proc.poll() is None, (rogue / "agent.log").read_text()
+        stop_process(proc)
+        proc = None
+        assert not [t for t, _ in collector.got if t == "city/gw-a/status"], collector.got
         # The gateway as a board gets it: config.json and ca.pem side by side, run from that folder.
         work = tmp_path / "board"
         work.mkdir()
         for name in ("config.json", "ca.pem"):
             (work / name).write_bytes((r.out / "gateways" / "gw-a" / name).read_bytes())
-        argv, env = interpreter("micropython", "-m", "edge.main", "config.json")
         with open(work / "agent.log", "wb") as log:
             proc = subprocess.Popen(argv, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
@@ -405,8 +422,10 @@ def test_client_certificates_required_and_bound_to_their_account(tmp_path: Path)
     """`tls-client --all --require`: the rendered listener requires a certificate of the fleet CA
     and takes its common name as the username. Without one: refused. Gateway A's certificate with
     B's username and password: the broker knows it as A, so it cannot publish as B (nor take B's
-    session). The gateways' rendered folders (config.json, ca.pem, client.crt, client.key) bring
-    the agent online under both interpreters: gw-a on MicroPython, gw-b on CPython."""
+    session). A certificate of another fleet's CA: refused. The gateways' rendered folders
+    (config.json, ca.pem, client.crt, client.key) bring the agent online under both interpreters:
+    gw-a on MicroPython, gw-b on CPython."""
+    from provisioning import tls
     from tests.integration.test_tls import interpreter
 
     r = Rig(tmp_path)
@@ -421,6 +440,10 @@ def test_client_certificates_required_and_bound_to_their_account(tmp_path: Path)
     conf = (r.out / "mosquitto" / "conf.d" / "citybrain.conf").read_text()
     assert "require_certificate true" in conf and "use_identity_as_username true" in conf, conf
     fleet = Fleet.load(r.dir)
+    foreign = Fleet.create(tmp_path / "other", broker_host="h", broker_port=1, tls=True)
+    foreign.add_gateway("gw-a")
+    tls.init_ca(foreign)
+    tls.issue_client_cert(foreign, "gw-a")
     gw_dir = {gid: r.out / "gateways" / gid for gid in ("gw-a", "gw-b")}
     assert stat.S_IMODE((gw_dir["gw-a"] / "client.key").stat().st_mode) == 0o600
 
@@ -442,6 +465,10 @@ def test_client_certificates_required_and_bound_to_their_account(tmp_path: Path)
         assert raw_tls_connack(r.port, fleet.ca_path, "gw-a", fleet.password("gw-a"), cert("gw-a")) == 0
         with pytest.raises((ssl.SSLError, ConnectionError)):
             raw_tls_connack(r.port, fleet.ca_path, "gw-a", fleet.password("gw-a"), None)
+        # A certificate for gw-a from another fleet's CA: refused in the handshake too.
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            raw_tls_connack(r.port, fleet.ca_path, "gw-a", fleet.password("gw-a"),
+                            (foreign.client_cert_path("gw-a"), foreign.client_key_path("gw-a")))
         # Both gateways' agents, each from its rendered folder, as a board or a Linux gateway gets it.
         for gid, name in (("gw-a", "micropython"), ("gw-b", "cpython")):
             work = tmp_path / f"board-{gid}"
