@@ -153,18 +153,27 @@ def test_secret_files_are_never_readable_by_others(tmp_path: Path, monkeypatch: 
     Every chmod, rename and fsync is a moment to look: no file holding a secret may then be
     readable by group or others, even for an instant.
     """
-    import os
-
     fleet = make_fleet(tmp_path)
     fleet.add_service_user("collector", "collector", "s3rvice-pw")
     fleet.save()
     secrets = [fleet.password("gw-xihu-0001"), "s3rvice-pw", fleet.gateway("gw-xihu-0001").password_hash]
-    seen: list[Path] = []
+    seen = _watch_secret_files(tmp_path, secrets, monkeypatch, lambda: render(fleet, tmp_path / "out"))
+    assert {"config.json", "passwd", "fleet.json", "gw-xihu-0001.password", "collector.password"} <= seen
+
+
+def _watch_secret_files(root: Path, secrets: list[str], monkeypatch: pytest.MonkeyPatch,
+                        action: Any) -> set[str]:
+    """Run `action` under umask 022, looking at every file under `root` at each chmod, rename and
+    fsync: none holding one of `secrets` may be readable by group or others, even for an instant.
+    Returns the names of the files seen holding a secret."""
+    import os
+
+    seen: set[str] = set()
 
     def look() -> None:
-        for p in tmp_path.rglob("*"):
+        for p in root.rglob("*"):
             if p.is_file() and any(s in p.read_text(errors="replace") for s in secrets):
-                seen.append(p)
+                seen.add(p.name)
                 mode = stat.S_IMODE(p.stat().st_mode)
                 assert mode & 0o077 == 0, f"{p} readable by others ({mode:o}) while holding a secret"
 
@@ -180,12 +189,37 @@ def test_secret_files_are_never_readable_by_others(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(Path, "chmod", spy(Path.chmod))
     old = os.umask(0o022)
     try:
-        render(fleet, tmp_path / "out")
+        action()
     finally:
         os.umask(old)
+        monkeypatch.undo()
     look()
-    names = {p.name for p in seen}
-    assert {"config.json", "passwd", "fleet.json", "gw-xihu-0001.password", "collector.password"} <= names
+    return seen
+
+
+def test_the_board_image_keeps_its_secrets_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 6: `build/<gw>/config.json` held the broker password at mode 0644. The image's
+    config.json, config.checked (the validated config: the password again) and a client key are
+    0600 from their first byte; the rest of the image (code, CA, manifest) is public."""
+    from provisioning.firmware import build
+
+    d = tmp_path / "fleet"
+    assert main(["provision", "init", "--dir", str(d), "--broker-host", "127.0.0.1", "--tls"]) == 0
+    assert main(["provision", "tls-init", "--dir", str(d), "--name", "127.0.0.1"]) == 0
+    fleet = Fleet.load(d)
+    fleet.add_gateway("gw-1", sources=[PARKING_SOURCE])
+    fleet.save()
+    assert main(["provision", "tls-client", "--dir", str(d), "--name", "gw-1"]) == 0
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    fleet = Fleet.load(d)
+    key = fleet.client_key_path("gw-1").read_text().splitlines()[1]
+    image = tmp_path / "image"
+    seen = _watch_secret_files(image.parent, [fleet.password("gw-1"), key], monkeypatch, lambda: build(
+        d / "out" / "gateways" / "gw-1" / "config.json", image, progress=lambda _line: None))
+    assert {"config.json", "config.checked", "client.key"} <= seen
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in image.iterdir() if p.is_file()}
+    assert modes == {"config.json": 0o600, "config.checked": 0o600, "client.key": 0o600,
+                     "client.crt": 0o644, "ca.pem": 0o644, "manifest.json": 0o644}, modes
 
 
 def test_add_and_edit_gateway_run_the_agents_validator(tmp_path: Path,
@@ -213,6 +247,36 @@ def test_add_and_edit_gateway_run_the_agents_validator(tmp_path: Path,
     options.write_text(json.dumps({"broker": {"host": "evil"}}))
     assert main([*edit, "--options", str(options)]) == 1
     assert "managed by the registry" in capsys.readouterr().err
+    # The issue's own examples, silently ignored on the pole before: a deadband on a field the kind
+    # does not have, or below zero, and an alarm limit by a wrong name.
+    for source, said in (
+            ({**PARKING_SOURCE, "deadband": {"battery": -5}},
+             "config.sources[0].deadband: parking has no field 'battery' (did you mean 'battery_mv'?)"),
+            ({**PARKING_SOURCE, "deadband": {"battery_mv": -5}},
+             "config.sources[0].deadband.battery_mv: -5 is not a number >= 0"),
+            ({**PARKING_SOURCE, "kind": "thermometer", "alarm_limits": {"fever": 38.0}},
+             "config.sources[0].alarm_limits: thermometer has no alarm limit 'fever' (did you mean"
+             " 'fever_c'?)")):
+        bad.write_text(json.dumps([source]))
+        assert main([*edit, "--sources", str(bad)]) == 1
+        assert said in capsys.readouterr().err
+        assert main(["provision", "add-gateway", "--dir", str(d), "--id", "gw-2", "--sources", str(bad)]) == 1
+        assert said in capsys.readouterr().err
+    assert Fleet.load(d).gateway("gw-1").sources == [PARKING_SOURCE] and "gw-2" not in Fleet.load(d).gateways
+    # A fleet.json or config.json edited by hand: render and build refuse it too, naming the key.
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    config = d / "out" / "gateways" / "gw-1" / "config.json"
+    raw = json.loads(config.read_text())
+    raw["sources"][0]["deadband"] = {"battery": -5}
+    config.write_text(json.dumps(raw))
+    assert main(["provision", "build", "--config", str(config), "--out", str(tmp_path / "image")]) == 1
+    assert "config.sources[0].deadband: parking has no field 'battery'" in capsys.readouterr().err
+    registry = json.loads((d / "fleet.json").read_text())
+    registry["gateways"]["gw-1"]["sources"][0]["alarm_limits"] = {"fever": 38.0}
+    (d / "fleet.json").write_text(json.dumps(registry))
+    assert main(["provision", "render", "--dir", str(d)]) == 1
+    said = "gw-1: config.sources[0].alarm_limits: parking has no alarm limit 'fever'"
+    assert said in capsys.readouterr().err
 
 
 def test_site_broker_and_set_broker_keep_credentials(tmp_path: Path, capsys: pytest.CaptureFixture[str],
