@@ -414,6 +414,33 @@ def test_build_writes_the_checked_config_the_board_boots_from(tmp_path: Path, mi
     assert said.endswith("gw-1 2 False ['P-00013']\n"), said
 
 
+def test_a_board_missing_its_ca_file_names_it_at_boot(tmp_path: Path, micropython32: str) -> None:
+    """Finding 9: a TLS config whose CA file is not on the board crashed it with a bare `OSError:
+    [Errno 2] ENOENT` that named no file. On the path a board boots (the image's config.checked,
+    32-bit MicroPython) the agent stops before the uplink, naming the key and the file."""
+    import subprocess
+
+    from provisioning.firmware import build
+
+    (tmp_path / "ca.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"gateway_id": "gw-1", "broker": {"host": "h", "port": 8883, "tls": True,
+                                                              "ca_file": "ca.pem"}, "sources": []}))
+    out = tmp_path / "image"
+    build(cfg, out, progress=lambda _line: None)
+    boot = "import sys\nsys.path[0] = ''\nimport edge.main\nedge.main.main('config.json')\n"
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([micropython32, "-X", "heapsize=128K", "-c", boot], cwd=out,
+                              capture_output=True, text=True, timeout=60)
+
+    (out / "ca.pem").unlink()
+    said = run()
+    assert said.returncode == 2, said.stdout + said.stderr
+    assert "config error: config.broker.ca_file: ca.pem is not on this gateway" in said.stdout, said.stdout
+    assert "Errno" not in said.stdout + said.stderr and "Traceback" not in said.stdout + said.stderr
+
+
 def test_gateway_config_doc_is_current() -> None:
     from provisioning.configdoc import EXAMPLE, render
 
