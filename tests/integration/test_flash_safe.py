@@ -476,3 +476,40 @@ def test_an_image_the_boards_micropython_cannot_load_is_refused(
         assert power_on(board).facts["image"] == image_hash(old)
     finally:
         board.cleanup()
+
+
+def test_a_port_that_keeps_talking_without_a_repl_is_refused_in_bounded_time(tmp_path: Path) -> None:
+    """The wrong port, with a device on it that streams (a GPS, a meter): `flash` says it found no
+    MicroPython REPL there and that nothing was changed. It waited forever before, with nothing on
+    the screen: mpremote's deadline for the raw REPL only counts while the port is silent."""
+    import threading
+    import tty
+
+    image = make_image(tmp_path, "A", GW_A, free_port())
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    stop = threading.Event()
+
+    def stream() -> None:
+        while not stop.is_set():
+            try:
+                os.write(master, b"$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47\r\n")
+            except BlockingIOError:
+                pass  # nobody reads: the pty's buffer is full
+            stop.wait(0.005)
+
+    talker = threading.Thread(target=stream)
+    talker.start()
+    try:
+        tool = [str(Path(sys.executable).parent / "citybrain"), "provision", "flash", "--quiet",
+                "--no-self-test", "--port", os.ttyname(slave), str(image)]
+        run = subprocess.run(tool, capture_output=True, text=True, timeout=60)  # a bound, 10 s expected
+        assert run.returncode == 1, run.stdout + run.stderr
+        assert f"cannot reach a MicroPython REPL on {os.ttyname(slave)}: no MicroPython raw REPL answered" \
+            in run.stderr and "4807.038,N" in run.stderr and "Nothing was changed" in run.stderr, run.stderr
+    finally:
+        stop.set()
+        talker.join()
+        os.close(master)
+        os.close(slave)
