@@ -120,7 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 "--dir fleet --id gw-xihu-0001 --site 文三路 --district 西湖区 --sources sources.json",
                 "--dir fleet --id gw-binjiang-0002 --sources lids.json --site-broker 192.168.4.1:1883")
     p.add_argument("--dir", required=True, type=Path, help="fleet directory")
-    p.add_argument("--id", required=True, help="gateway id, e.g. gw-xihu-0001 (letters, digits, - _ .)")
+    p.add_argument("--id", required=True, help="gateway id, e.g. gw-xihu-0001 (letters, digits, - _)")
     p.add_argument("--site", default="", help="site name, becomes the `site` tag")
     p.add_argument("--district", default="", help="district, becomes the `district` tag")
     p.add_argument("--sources", type=Path, help="JSON file with the list of source blocks")
@@ -185,7 +185,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = _action(sub, "build", "compile a board image (.mpy) for one gateway config",
                 "--config fleet/out/gateways/gw-xihu-0001/config.json --out build/gw-xihu-0001",
                 "--config fleet/out/gateways/gw-xihu-0001/config.json --out build/gw-xihu-0001 "
-                "--ca-file fleet/pki/ca.pem")
+                "--ca-file fleet/ca.pem")
     p.add_argument("--config", required=True, type=Path, help="the gateway's config.json")
     p.add_argument("--out", required=True, type=Path, help="image directory (replaced)")
     p.add_argument("--ca-file", type=Path, default=None,
