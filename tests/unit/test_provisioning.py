@@ -544,6 +544,28 @@ def test_nothing_from_the_command_line_can_add_lines_to_the_broker_files(
     assert Fleet.load(d).broker["port"] == 1883  # a refused set-broker changes nothing
 
 
+def test_build_says_when_an_esp32_would_refuse_the_config(tmp_path: Path) -> None:
+    """A board's serial ports are UART names: a tty path passes the desk's checks (a Linux gateway
+    takes it) but an ESP32 refuses it at boot. `build` makes board images, so it says so there."""
+    from provisioning.firmware import build
+
+    cfg = tmp_path / "config.json"
+    said: list[str] = []
+    for port, warned in (("/dev/ttyUSB0", True), ("uart2:17:16", False)):
+        cfg.write_text(json.dumps({"gateway_id": "gw-1", "broker": {"host": "h"},
+                                   "sources": [{**PARKING_SOURCE, "port": port}]}))
+        said.clear()
+        build(cfg, tmp_path / "image", progress=said.append)
+        warnings = [line for line in said if line.startswith("warning:")]
+        assert bool(warnings) == warned, said
+    assert main(["provision", "build", "--config", str(cfg), "--out", str(tmp_path / "image")]) == 0
+    cfg.write_text(json.dumps({"gateway_id": "gw-1", "broker": {"host": "h"}, "sources": [PARKING_SOURCE]}))
+    said.clear()
+    build(cfg, tmp_path / "image", progress=said.append)
+    assert ("warning: an ESP32 refuses this config at boot: config.sources[0].port: '/dev/ttyUSB0' is not a"
+            " board UART") in said[-1], said
+
+
 def test_build_puts_the_ca_into_the_image(tmp_path: Path) -> None:
     """Finding 9: with TLS the CA file was not in the image, and the board stopped at boot."""
     from provisioning.firmware import build, read_manifest
