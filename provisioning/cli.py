@@ -520,7 +520,9 @@ def _run(args: argparse.Namespace) -> int:
                 args.user, _env(args.password_env, "--password-env") if args.password_env else None)
             who = args.user
         fleet.save()
-        print(f"new password for {who}; re-run `render` and reload the broker")
+        then = (f"; then build and flash {who} at once: it is cut off from the reload until it runs the new"
+                " config") if args.id else "; give the service its new password"
+        print(f"new password for {who}; re-run `render` and reload the broker{then}")
         return 0
     if args.action == "add-service-user":
         fleet = Fleet.load(args.dir)
