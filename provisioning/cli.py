@@ -335,6 +335,8 @@ def _site_broker(args: argparse.Namespace, current: dict[str, Any] | None) -> di
     sb: dict[str, Any] = {"host": host, "port": int(port)}
     if args.site_broker_user:
         sb["username"] = args.site_broker_user
+    elif current and current.get("username"):
+        sb["username"] = current["username"]  # a new address keeps the login (its password is kept too)
     return sb
 
 

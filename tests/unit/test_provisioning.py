@@ -311,6 +311,23 @@ def test_site_broker_and_set_broker_keep_credentials(tmp_path: Path, capsys: pyt
     assert main(["provision", "set-broker", "--dir", str(d), "--id", "gw-1", "--reset"]) == 0
     assert Fleet.load(d).broker_for("gw-1")["host"] == "h"
     edge_config.validate(cfg)
+    # The site broker moves: its login stays (the username was dropped, the password kept, and the
+    # site broker would have refused the gateway).
+    assert main(["provision", "edit-gateway", "--dir", str(d), "--id", "gw-1", "--site-broker",
+                 "192.168.4.2"]) == 0
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    cfg = json.loads((d / "out" / "gateways" / "gw-1" / "config.json").read_text())
+    assert cfg["site_broker"] == {"host": "192.168.4.2", "port": 1883, "username": "gw", "password": "lid-pw"}
+    # The broker's CA can be given after init, and TLS switched on: every config gets it.
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    assert main(["provision", "set-broker", "--dir", str(d), "--tls", "--port", "8883",
+                 "--ca-file", str(ca)]) == 0
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    cfg = json.loads((d / "out" / "gateways" / "gw-1" / "config.json").read_text())
+    assert cfg["broker"] == {"host": "h", "port": 8883, "tls": True, "ca_file": "ca.pem", "username": "gw-1",
+                             "password": Fleet.load(d).password("gw-1")}
+    assert (d / "out" / "gateways" / "gw-1" / "ca.pem").read_text() == ca.read_text()
 
 
 def test_remove_gateway_revokes_at_next_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
