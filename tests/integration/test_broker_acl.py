@@ -68,8 +68,8 @@ class Client:
             self.c.subscribe(t, qos=1)
             assert done.wait(5), f"no SUBACK for {t}"
 
-    def pub(self, topic: str, payload: bytes = b"x") -> None:
-        self.c.publish(topic, payload, qos=1).wait_for_publish(5)
+    def pub(self, topic: str, payload: bytes = b"x", *, retain: bool = False) -> None:
+        self.c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
 
     def topics(self) -> list[str]:
         return [t for t, _ in self.got]
@@ -157,6 +157,8 @@ def test_security_matrix(rig: tuple[Rig, Mosquitto]) -> None:
     ops.sub("city/+/reply", "city/+/status")
     b = r.gw("gw-b", will="city/gw-b/status")
     b.sub("city/gw-b/cmd")
+    b.pub("city/gw-b/status", b"b-retained", retain=True)  # a `#` subscribed later must not get it
+    wait_until(lambda: ("city/gw-b/status", b"b-retained") in collector.got, 10, "B's retained status")
     a = r.gw("gw-a")
     a.sub("city/gw-a/cmd", "city/gw-b/cmd", "#")
 
@@ -171,6 +173,10 @@ def test_security_matrix(rig: tuple[Rig, Mosquitto]) -> None:
     ops.pub("city/gw-b/cmd", b"for-b")
     a.pub("city/gw-b/cmd", b"spoofed")
     a.pub("city/gw-a/cmd", b"spoofed")
+    for leaf in ("up", "alarm", "status", "reply"):  # B's own traffic: A's `#` must not carry it
+        b.pub(f"city/gw-b/{leaf}", b"b-own")  # acknowledged once routed: before the marker below
+    wait_until(lambda: sum(m[1] == b"b-own" for m in collector.got + ops.got) == 5, 10,
+               "B's up/alarm/status at the collector, its reply/status at the operator")
     r.barrier(ops, "city/gw-a/cmd", [a])
     r.barrier(ops, "city/gw-b/cmd", [b])
     assert ("city/gw-b/cmd", b"for-b") in b.got
