@@ -109,7 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--name", action="append", default=[],
                    help="a gateway id or service account (repeatable); its certificate is replaced")
     p.add_argument("--all", action="store_true",
-                   help="every gateway and service account that has no certificate yet")
+                   help="every gateway and service account without a certificate of the fleet's current"
+                        " CA (none yet, or one of a CA that tls-init replaced)")
     p.add_argument("--require", action=argparse.BooleanOptionalAction, default=None,
                    help="the gateway listener requires a client certificate and takes its name as the"
                         " username (require_certificate, use_identity_as_username)")
@@ -447,7 +448,7 @@ def _run(args: argparse.Namespace) -> int:
         names = list(args.name)
         if args.all:
             names += [n for n in sorted(fleet.gateways) + sorted(fleet.service_users)
-                      if not fleet.has_client_cert(n) and n not in names]
+                      if not tls.has_current_client_cert(fleet, n) and n not in names]
         if not names and args.require is None:
             raise FleetError("tls-client: give --name ACCOUNT, --all or --require")
         for name in names:

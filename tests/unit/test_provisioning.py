@@ -687,7 +687,8 @@ def test_every_example_in_the_help_is_a_command_the_parser_takes(capsys: pytest.
     assert seen == set(actions)
 
 
-def test_client_certificate_travels_from_tls_client_to_the_image(tmp_path: Path) -> None:
+def test_client_certificate_travels_from_tls_client_to_the_image(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
     """`tls-client`: the fleet CA signs a certificate whose common name is the account; `render`
     puts it and its key (0600) beside the gateway's config, whose broker block names them; `build`
     takes both into the image (key 0600, in the manifest, so flash verifies them); `--require`
@@ -730,5 +731,30 @@ def test_client_certificate_travels_from_tls_client_to_the_image(tmp_path: Path)
     assert main(["provision", "render", "--dir", str(d)]) == 0
     text = conf.read_text()
     assert "require_certificate true" in text and "use_identity_as_username true" in text
+    assert "crlfile /etc/mosquitto/citybrain/crl.pem" in text
+    ca = x509.load_pem_x509_certificate(fleet.ca_path.read_bytes())
+
+    def crl_serials() -> set[int]:
+        crl = x509.load_pem_x509_crl((d / "out" / "mosquitto" / "crl.pem").read_bytes())
+        assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+        assert crl.next_update_utc == ca.not_valid_after_utc  # it never lapses before the CA does
+        return {c.serial_number for c in crl}
+
+    assert crl_serials() == set()
+    gw2 = x509.load_pem_x509_certificate(fleet.client_cert_path("gw-2").read_bytes()).serial_number
+    gw1 = x509.load_pem_x509_certificate(fleet.client_cert_path("gw-1").read_bytes()).serial_number
     assert main(["provision", "remove-gateway", "--dir", str(d), "--id", "gw-2"]) == 0
     assert not fleet.client_key_path("gw-2").exists()
+    assert main(["provision", "tls-client", "--dir", str(d), "--name", "gw-1"]) == 0  # replaces gw-1's
+    capsys.readouterr()
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    assert crl_serials() == {gw1, gw2}
+    assert "RESTART Mosquitto" in capsys.readouterr().out  # Mosquitto reads its crlfile at start
+    # A new CA: the old one's revocations mean nothing; render signs an empty CRL with the new CA.
+    # `tls-client --all` then re-issues every certificate the new CA did not sign.
+    assert main(["provision", "tls-init", "--dir", str(d), "--name", "127.0.0.1"]) == 0
+    assert main(["provision", "tls-client", "--dir", str(d), "--all"]) == 0
+    ca = x509.load_pem_x509_certificate(fleet.ca_path.read_bytes())
+    x509.load_pem_x509_certificate(fleet.client_cert_path("gw-1").read_bytes()).verify_directly_issued_by(ca)
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    assert crl_serials() == set()
