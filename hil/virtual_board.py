@@ -14,8 +14,9 @@ the interpreter's frozen asyncio) can be imported, as on a board. Every process 
 
 With `reset_runs_main=True` the board also behaves like one on its serial port: Ctrl-D at the
 friendly REPL (the unix port then exits 0) runs `main.py` on the same pty, its console readable on
-`port`, and when main.py ends (crash, Ctrl-C) the REPL comes back. `citybrain provision flash`
-resets a board this way for its self-test.
+`port`, and when main.py ends (a crash, or Ctrl-C sent on the port) the REPL comes back.
+`citybrain provision flash` resets a board this way for its self-test, and stops the running
+agent with Ctrl-C to flash it again. `python -m hil.virtual_board` starts a board this way.
 
 From a shell (`python -m hil.virtual_board --help`):
 
@@ -27,6 +28,7 @@ From a shell (`python -m hil.virtual_board --help`):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import select
 import shutil
@@ -81,6 +83,9 @@ class VirtualBoard:
         return self.proc.pid if self.proc is not None else None
 
     def alive(self) -> bool:
+        """Powered on: its process runs, or (reset_runs_main) it is between the REPL and main.py."""
+        if self._supervisor is not None and self._supervisor.is_alive():
+            return True
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = 10.0) -> str:
@@ -104,18 +109,36 @@ class VirtualBoard:
 
     def _spawn(self, master: int, *, repl: bool) -> subprocess.Popen[bytes]:
         env = None if repl else dict(os.environ, MICROPYPATH=f".frozen:{self.dir}")
-        return subprocess.Popen(self._argv() if repl else self._argv("main.py"), stdin=master, stdout=master,
+        # main.py does not read the console: its input is the supervisor's, which watches for Ctrl-C.
+        return subprocess.Popen(self._argv() if repl else self._argv("main.py"),
+                                stdin=master if repl else subprocess.DEVNULL, stdout=master,
                                 stderr=master, cwd=self.dir, env=env, start_new_session=True)
 
+    @staticmethod
+    def _run_main(proc: subprocess.Popen[bytes], master: int) -> int:
+        """Wait for main.py to end; Ctrl-C on the port stops it (SIGINT: KeyboardInterrupt), as on a
+        board. The bytes after the Ctrl-C stay unread, for the REPL that comes back (mpremote sends
+        Ctrl-C, then Ctrl-A for the raw REPL)."""
+        while proc.poll() is None:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready and os.read(master, 1) == b"\x03":
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGINT)
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    stop_process(proc, signal.SIGKILL)
+        return proc.returncode
+
     def _supervise(self, master: int) -> None:
-        """reset_runs_main: REPL exits 0 (Ctrl-D) -> main.py; main.py ends -> the REPL again."""
+        """reset_runs_main: REPL exits 0 (Ctrl-D) -> main.py; main.py ends (or Ctrl-C) -> the REPL again."""
         repl = True
         while True:
             with self._lock:
                 proc = self.proc
             if proc is None:
                 return
-            code = proc.wait()
+            code = proc.wait() if repl else self._run_main(proc, master)
             with self._lock:
                 if self.proc is not proc:
                     return  # stop() took it
@@ -208,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    board = VirtualBoard(args.dir, heapsize=args.heapsize)
+    # A board on its serial port: `flash`'s self-test resets it (Ctrl-D) to run main.py there.
+    board = VirtualBoard(args.dir, heapsize=args.heapsize, reset_runs_main=not args.boot)
     try:
         if args.boot:
             board.boot()

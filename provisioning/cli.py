@@ -109,7 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--name", action="append", default=[],
                    help="a gateway id or service account (repeatable); its certificate is replaced")
     p.add_argument("--all", action="store_true",
-                   help="every gateway and service account that has no certificate yet")
+                   help="every gateway and service account without a certificate of the fleet's current"
+                        " CA (none yet, or one of a CA that tls-init replaced)")
     p.add_argument("--require", action=argparse.BooleanOptionalAction, default=None,
                    help="the gateway listener requires a client certificate and takes its name as the"
                         " username (require_certificate, use_identity_as_username)")
@@ -120,7 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 "--dir fleet --id gw-xihu-0001 --site 文三路 --district 西湖区 --sources sources.json",
                 "--dir fleet --id gw-binjiang-0002 --sources lids.json --site-broker 192.168.4.1:1883")
     p.add_argument("--dir", required=True, type=Path, help="fleet directory")
-    p.add_argument("--id", required=True, help="gateway id, e.g. gw-xihu-0001 (letters, digits, - _ .)")
+    p.add_argument("--id", required=True, help="gateway id, e.g. gw-xihu-0001 (letters, digits, - _)")
     p.add_argument("--site", default="", help="site name, becomes the `site` tag")
     p.add_argument("--district", default="", help="district, becomes the `district` tag")
     p.add_argument("--sources", type=Path, help="JSON file with the list of source blocks")
@@ -185,7 +186,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = _action(sub, "build", "compile a board image (.mpy) for one gateway config",
                 "--config fleet/out/gateways/gw-xihu-0001/config.json --out build/gw-xihu-0001",
                 "--config fleet/out/gateways/gw-xihu-0001/config.json --out build/gw-xihu-0001 "
-                "--ca-file fleet/pki/ca.pem")
+                "--ca-file fleet/ca.pem")
     p.add_argument("--config", required=True, type=Path, help="the gateway's config.json")
     p.add_argument("--out", required=True, type=Path, help="image directory (replaced)")
     p.add_argument("--ca-file", type=Path, default=None,
@@ -335,6 +336,8 @@ def _site_broker(args: argparse.Namespace, current: dict[str, Any] | None) -> di
     sb: dict[str, Any] = {"host": host, "port": int(port)}
     if args.site_broker_user:
         sb["username"] = args.site_broker_user
+    elif current and current.get("username"):
+        sb["username"] = current["username"]  # a new address keeps the login (its password is kept too)
     return sb
 
 
@@ -445,7 +448,7 @@ def _run(args: argparse.Namespace) -> int:
         names = list(args.name)
         if args.all:
             names += [n for n in sorted(fleet.gateways) + sorted(fleet.service_users)
-                      if not fleet.has_client_cert(n) and n not in names]
+                      if not tls.has_current_client_cert(fleet, n) and n not in names]
         if not names and args.require is None:
             raise FleetError("tls-client: give --name ACCOUNT, --all or --require")
         for name in names:
@@ -520,7 +523,9 @@ def _run(args: argparse.Namespace) -> int:
                 args.user, _env(args.password_env, "--password-env") if args.password_env else None)
             who = args.user
         fleet.save()
-        print(f"new password for {who}; re-run `render` and reload the broker")
+        then = (f"; then build and flash {who} at once: it is cut off from the reload until it runs the new"
+                " config") if args.id else "; give the service its new password"
+        print(f"new password for {who}; re-run `render` and reload the broker{then}")
         return 0
     if args.action == "add-service-user":
         fleet = Fleet.load(args.dir)

@@ -134,15 +134,57 @@ class BoardImage:
         return f"its old image {self.folder[2:]} ({gw})"
 
 
+REPL_TIMEOUT_S = 10.0  # mpremote's own bound for each step of entering the raw REPL
+_RAW_REPL = b"raw REPL; CTRL-B to exit\r\n"
+
+
+def _read_until(ser: Any, ending: bytes, deadline: float) -> bytes:
+    """Bytes from the port up to and including `ending`, one at a time (what follows belongs to
+    the next exchange); OSError once `deadline` passes, however much the port says meanwhile."""
+    data = b""
+    while not data.endswith(ending):
+        if time.monotonic() >= deadline:
+            heard = f"it said {data[-60:]!r}" if data else "it said nothing"
+            raise OSError(f"no MicroPython raw REPL answered within {REPL_TIMEOUT_S:.0f} s ({heard})")
+        data += ser.read(1)
+    return data
+
+
+def _enter_raw_repl(t: Any, *, soft_reset: bool) -> None:
+    """mpremote's enter_raw_repl with a deadline that holds while the port keeps talking.
+
+    mpremote checks its overall timeout only when the port is silent: on a port that streams (the
+    wrong port, with a GPS or a meter on it; a program that does not stop at Ctrl-C and prints)
+    it waited forever, with nothing on the screen."""
+    ser = t.serial
+    saved = ser.timeout
+    ser.timeout = 0.1
+    try:
+        ser.write(b"\r\x03")  # Ctrl-C: stop the running program
+        ser.reset_input_buffer()
+        ser.write(b"\r\x01")  # Ctrl-A: raw REPL
+        if soft_reset:
+            _read_until(ser, _RAW_REPL + b">", time.monotonic() + REPL_TIMEOUT_S)
+            ser.write(b"\x04")  # Ctrl-D: soft reset
+            _read_until(ser, b"soft reboot\r\n", time.monotonic() + REPL_TIMEOUT_S)
+        _read_until(ser, _RAW_REPL, time.monotonic() + REPL_TIMEOUT_S)
+    finally:
+        ser.timeout = saved
+    t.in_raw_repl = True
+
+
 def _open_transport(port: str, resume: bool) -> Any:
     from mpremote.transport import TransportError
     from mpremote.transport_serial import SerialTransport
 
+    t = None
     try:
         t = SerialTransport(port, baudrate=115200)
         # A board's soft reset stops the running agent cleanly; the unix port's would end it.
-        t.enter_raw_repl(soft_reset=not resume)
+        _enter_raw_repl(t, soft_reset=not resume)
     except (TransportError, OSError) as exc:
+        if t is not None:
+            t.close()
         raise FlashError(f"cannot reach a MicroPython REPL on {port}: {exc}. Nothing was changed on the "
                          "board. Check the cable and the port (ls /dev/ttyUSB* /dev/ttyACM*), close any "
                          "other program using it (a serial monitor, another mpremote), and run flash again"

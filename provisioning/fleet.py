@@ -261,8 +261,10 @@ class Fleet:
         return [k for k in changes if before[k] != changes[k]]
 
     def remove_gateway(self, gid: str) -> None:
-        """Forget a gateway and delete its secrets; the next `render` drops it from passwd and ACL."""
+        """Forget a gateway and delete its secrets; the next `render` drops it from passwd and ACL,
+        and its client certificate (if any) is revoked: it goes on the CRL render ships."""
         self.gateway(gid)
+        self._revoke_client_cert(gid)
         del self.gateways[gid]
         for path in (self._secret_path(gid), self._secret_path(gid, "site-broker"),
                      self.client_key_path(gid), self.client_cert_path(gid)):
@@ -362,6 +364,7 @@ class Fleet:
 
     def remove_service_user(self, name: str) -> None:
         self.service_user(name)
+        self._revoke_client_cert(name)
         del self.service_users[name]
         for path in (self.service_secret_path(name), self.client_key_path(name), self.client_cert_path(name)):
             path.unlink(missing_ok=True)
@@ -375,6 +378,12 @@ class Fleet:
 
     def has_client_cert(self, name: str) -> bool:
         return self.client_cert_path(name).exists() and self.client_key_path(name).exists()
+
+    def _revoke_client_cert(self, name: str) -> None:
+        if self.client_cert_path(name).exists():
+            from provisioning import tls  # `cryptography` only where certificates are in use
+
+            tls.revoke_client_cert(self, name)
 
     def service_user(self, name: str) -> ServiceUser:
         try:

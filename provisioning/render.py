@@ -25,7 +25,7 @@ from typing import Any
 
 from provisioning.files import private_dir, write_atomic
 from provisioning.fleet import CLIENT_CERT, CLIENT_KEY, ROLES, Fleet, FleetError, tls_warning
-from provisioning.tls import broker_cert_path, broker_key_path
+from provisioning.tls import broker_cert_path, broker_key_path, crl_path, write_crl
 
 DEFAULT_CONF_DIR = "/etc/mosquitto/citybrain"
 DEFAULT_LISTEN = "0.0.0.0"
@@ -188,6 +188,8 @@ def broker_conf_text(fleet: Fleet) -> str:
                 "# its common name is its username, so gateway A's certificate can only act as A.",
                 "require_certificate true",
                 "use_identity_as_username true",
+                "# Certificates of removed accounts, and replaced ones, are refused (read at start only).",
+                f"crlfile {conf_dir}/crl.pem",
             ]
     return "\n".join(lines) + "\n"
 
@@ -286,6 +288,10 @@ def render(fleet: Fleet, out: Path) -> Report:
     report.broker_restart |= put(broker_dir / "conf.d" / "citybrain.conf", broker_conf_text(fleet))
     if fleet.broker.get("tls") and fleet.ca_path.exists():
         report.broker_restart |= put(broker_dir / "ca.pem", fleet.ca_path.read_text())
+    if fleet.broker_server.get("require_client_cert"):
+        if not crl_path(fleet).exists():
+            write_crl(fleet)  # an empty one: the listener's crlfile must name a CRL of the fleet CA
+        report.broker_restart |= put(broker_dir / "crl.pem", crl_path(fleet).read_text())
     if fleet.broker.get("tls") and broker_cert_path(fleet).exists() and broker_key_path(fleet).exists():
         # The TLS kit (`tls-init`): the broker's certificate and key travel with its other files.
         report.broker_restart |= put(broker_dir / "broker.crt", broker_cert_path(fleet).read_text())

@@ -95,7 +95,7 @@ def judge(con: Console, *, gateway_id: str, image: str, fw: str, status: dict[st
     opened, _, configured = con.up.get("sources", "").partition("/")
     if con.source_errors:
         ok = False
-        lines += [f"sensor source failed: {e}" for e in con.source_errors]
+        lines += [f"sensor source failed: {e}" for e in dict.fromkeys(con.source_errors)]  # each once
     elif opened.isdigit() and configured.isdigit():
         if int(opened) < int(configured):
             ok = False

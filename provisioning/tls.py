@@ -81,6 +81,10 @@ def init_ca(fleet: Fleet, *, days: int = CA_DAYS) -> None:
     private_dir(ca_key_path(fleet).parent)
     write_atomic(ca_key_path(fleet), _key_pem(key), private=True)
     write_atomic(fleet.ca_path, cert.public_bytes(serialization.Encoding.PEM))
+    # The old CA's revocations mean nothing under the new one (none of its certificates verify):
+    # render signs a fresh, empty CRL with this CA.
+    revoked_path(fleet).unlink(missing_ok=True)
+    crl_path(fleet).unlink(missing_ok=True)
 
 
 def issue_broker_cert(fleet: Fleet, names: list[str], *, days: int = BROKER_DAYS) -> None:
@@ -125,16 +129,93 @@ def issue_broker_cert(fleet: Fleet, names: list[str], *, days: int = BROKER_DAYS
 CLIENT_DAYS = 825
 
 
+def crl_path(fleet: Fleet) -> Path:
+    """The fleet CA's certificate revocation list (PEM): the client certificates of removed
+    accounts and replaced certificates. Public; `render` ships it to the broker as `crl.pem`."""
+    return fleet.dir / "tls" / "crl.pem"
+
+
+def revoked_path(fleet: Fleet) -> Path:
+    """The revoked certificates, one `<serial hex> <revocation time ISO> <account>` line each."""
+    return fleet.dir / "tls" / "revoked.txt"
+
+
+def revoke_client_cert(fleet: Fleet, name: str) -> bool:
+    """Put the account's client certificate on the CRL (False if it has none of the current CA:
+    one of a CA that `tls-init` replaced verifies nowhere any more)."""
+    from cryptography import x509
+
+    if not has_current_client_cert(fleet, name):
+        return False
+    cert = x509.load_pem_x509_certificate(fleet.client_cert_path(name).read_bytes())
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    try:
+        lines = revoked_path(fleet).read_text().splitlines()
+    except FileNotFoundError:
+        lines = []
+    lines.append(f"{cert.serial_number:x} {now.isoformat()} {name}")
+    write_atomic(revoked_path(fleet), "\n".join(lines) + "\n")
+    write_crl(fleet)
+    return True
+
+
+def write_crl(fleet: Fleet) -> None:
+    """Sign the CRL afresh from revoked.txt (an empty one when nothing is revoked: a broker with a
+    `crlfile` refuses every client certificate of a CA it has no CRL of). It is valid until the CA
+    expires: an expired CRL would make the broker refuse every certificate of the fleet."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    try:
+        ca_key = serialization.load_pem_private_key(ca_key_path(fleet).read_bytes(), None)
+        ca_cert = x509.load_pem_x509_certificate(fleet.ca_path.read_bytes())
+    except FileNotFoundError as exc:
+        raise FleetError(f"no fleet CA ({exc.filename}) to sign the revocation list: run `citybrain provision"
+                         f" tls-init --dir {fleet.dir}`") from None
+    try:
+        lines = revoked_path(fleet).read_text().splitlines()
+    except FileNotFoundError:
+        lines = []
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject)
+               .last_update(now - datetime.timedelta(minutes=5)).next_update(ca_cert.not_valid_after_utc))
+    for line in lines:
+        serial, when, _name = line.split(" ", 2)
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(int(serial, 16))
+            .revocation_date(datetime.datetime.fromisoformat(when)).build())
+    crl = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    write_atomic(crl_path(fleet), crl.public_bytes(serialization.Encoding.PEM))
+
+
+def has_current_client_cert(fleet: Fleet, name: str) -> bool:
+    """The account has a client certificate signed by the fleet's current CA (one of a CA that
+    `tls-init` replaced no longer verifies)."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
+    if not fleet.has_client_cert(name):
+        return False
+    try:
+        ca = x509.load_pem_x509_certificate(fleet.ca_path.read_bytes())
+        x509.load_pem_x509_certificate(fleet.client_cert_path(name).read_bytes()).verify_directly_issued_by(ca)
+    except (OSError, ValueError, TypeError, InvalidSignature):  # unreadable, or another CA's
+        return False
+    return True
+
+
 def issue_client_cert(fleet: Fleet, name: str, *, days: int = CLIENT_DAYS) -> None:
     """A client certificate for account `name` (a gateway or a service account), signed by the
     fleet CA, its common name the account name: a broker with `use_identity_as_username` takes
-    that as the username, so the certificate of gateway A can only ever act as A."""
+    that as the username, so the certificate of gateway A can only ever act as A. A certificate
+    it replaces is revoked (on the CRL)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
     if name not in fleet.gateways and name not in fleet.service_users:
         raise FleetError(f"{name}: no such gateway or service account")
+    revoke_client_cert(fleet, name)
     try:
         ca_key = serialization.load_pem_private_key(ca_key_path(fleet).read_bytes(), None)
         ca_cert = x509.load_pem_x509_certificate(fleet.ca_path.read_bytes())

@@ -68,8 +68,8 @@ class Client:
             self.c.subscribe(t, qos=1)
             assert done.wait(5), f"no SUBACK for {t}"
 
-    def pub(self, topic: str, payload: bytes = b"x") -> None:
-        self.c.publish(topic, payload, qos=1).wait_for_publish(5)
+    def pub(self, topic: str, payload: bytes = b"x", *, retain: bool = False) -> None:
+        self.c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
 
     def topics(self) -> list[str]:
         return [t for t, _ in self.got]
@@ -157,6 +157,8 @@ def test_security_matrix(rig: tuple[Rig, Mosquitto]) -> None:
     ops.sub("city/+/reply", "city/+/status")
     b = r.gw("gw-b", will="city/gw-b/status")
     b.sub("city/gw-b/cmd")
+    b.pub("city/gw-b/status", b"b-retained", retain=True)  # a `#` subscribed later must not get it
+    wait_until(lambda: ("city/gw-b/status", b"b-retained") in collector.got, 10, "B's retained status")
     a = r.gw("gw-a")
     a.sub("city/gw-a/cmd", "city/gw-b/cmd", "#")
 
@@ -166,10 +168,19 @@ def test_security_matrix(rig: tuple[Rig, Mosquitto]) -> None:
     r.barrier(a, "city/gw-a/up", [collector])
     r.barrier(b, "city/gw-b/reply", [ops])
     assert not [m for m in collector.got + ops.got if m[1] == b"spoofed"], collector.got + ops.got
-    # Commands: the operator reaches B; A (subscribed to B's cmd and to `#`) hears only its own.
+    # Commands: the operator reaches B; A (subscribed to B's cmd and to `#`) hears only its own,
+    # and cannot command B (nor itself: a gateway only reads its cmd).
     ops.pub("city/gw-b/cmd", b"for-b")
+    a.pub("city/gw-b/cmd", b"spoofed")
+    a.pub("city/gw-a/cmd", b"spoofed")
+    for leaf in ("up", "alarm", "status", "reply"):  # B's own traffic: A's `#` must not carry it
+        b.pub(f"city/gw-b/{leaf}", b"b-own")  # acknowledged once routed: before the marker below
+    wait_until(lambda: sum(m[1] == b"b-own" for m in collector.got + ops.got) == 5, 10,
+               "B's up/alarm/status at the collector, its reply/status at the operator")
     r.barrier(ops, "city/gw-a/cmd", [a])
+    r.barrier(ops, "city/gw-b/cmd", [b])
     assert ("city/gw-b/cmd", b"for-b") in b.got
+    assert not [m for m in a.got + b.got if m[1] == b"spoofed"], a.got + b.got
     # A subscribed to `#` receives nothing of others: only its own cmd (the marker, maybe twice:
     # it matches two of A's subscriptions).
     assert set(a.topics()) == {"city/gw-a/cmd"}, a.got
@@ -218,22 +229,37 @@ def test_security_matrix(rig: tuple[Rig, Mosquitto]) -> None:
     assert all(s.got for s in shared), [len(s.got) for s in shared]
     assert not any(s.dropped.is_set() for s in shared)
 
-    # Revocation and rotation: remove gw-c, rotate gw-b, render, reload (SIGHUP).
-    old_b = Fleet.load(r.dir).password("gw-b")
-    old_c = Fleet.load(r.dir).password("gw-c")
+    # Revocation and rotation: remove gw-c and the operator account, rotate gw-b and collector-2,
+    # render, reload (SIGHUP). Sessions open at the reload are dropped too (Mosquitto 2.0 checks
+    # every connected client against the new passwd), not only new logins refused.
+    fleet = Fleet.load(r.dir)
+    old_b, old_c = fleet.password("gw-b"), fleet.password("gw-c")
+    old_ops = fleet.service_secret_path("ops").read_text().strip()
+    old_col2 = fleet.service_secret_path("collector-2").read_text().strip()
     assert not refused(r.port, "gw-c", old_c)
+    c = r.gw("gw-c")
+    b2 = r.client("gw-b", old_b, client_id="gw-b")  # replaces b's session: b is not asserted on below
     r.cli("remove-gateway", "--dir", str(r.dir), "--id", "gw-c")
+    r.cli("remove-service-user", "--dir", str(r.dir), "--name", "ops")
     r.cli("rotate-password", "--dir", str(r.dir), "--id", "gw-b")
     r.cli("rotate-password", "--dir", str(r.dir), "--user", "collector-2")
     r.cli("render", "--dir", str(r.dir))
     assert not (r.out / "gateways" / "gw-c").exists()
     assert broker.proc is not None
     os.kill(broker.proc.pid, signal.SIGHUP)
-    wait_until(lambda: refused(r.port, "gw-c", old_c), 10, "removed gw-c refused after the reload")
+    # First the open sessions (a probe below logging in as gw-c would replace c's session itself).
+    wait_until(c.dropped.is_set, 10, "removed gw-c's open session dropped at the reload")
+    wait_until(b2.dropped.is_set, 10, "gw-b's session on its old password dropped at the reload")
+    wait_until(ops.dropped.is_set, 10, "the removed operator account's open session dropped at the reload")
+    assert refused(r.port, "gw-c", old_c), "removed gw-c still accepted"
     assert refused(r.port, "gw-b", old_b), "gw-b's old password still accepted"
-    assert not refused(r.port, "gw-b", Fleet.load(r.dir).password("gw-b"))
+    assert refused(r.port, "ops", old_ops), "the removed operator account still accepted"
+    assert refused(r.port, "collector-2", old_col2), "collector-2's old password still accepted"
+    # Positive controls through the same path: the new passwords and an untouched account get in.
     fleet = Fleet.load(r.dir)
+    assert not refused(r.port, "gw-b", fleet.password("gw-b"))
     assert not refused(r.port, "collector-2", fleet.service_secret_path("collector-2").read_text().strip())
+    assert not refused(r.port, "gw-a", fleet.password("gw-a"))
 
 
 class DeployedMosquitto(Mosquitto):
@@ -307,7 +333,8 @@ def tls_client(port: int, ca: Path, user: str, password: str, *, cert: tuple[Pat
 def test_tls_kit_on_a_real_broker_and_a_micropython_agent(tmp_path: Path) -> None:
     """`tls-init` makes a CA and the broker's EC P-256 certificate; a broker started from the
     rendered files only serves TLS with it; the rendered gateway folder (config.json + ca.pem) boots
-    the agent under MicroPython, verifying the broker; a foreign CA is refused."""
+    the agent under MicroPython, verifying the broker; a foreign CA is refused, by paho and by the
+    agent (which never comes online with it)."""
     from provisioning import tls
     from tests.integration.test_tls import interpreter
 
@@ -336,12 +363,28 @@ def test_tls_kit_on_a_real_broker_and_a_micropython_agent(tmp_path: Path) -> Non
         clients.append(collector)
         assert collector.rc == 0
         collector.sub("city/+/status")
+        argv, env = interpreter("micropython", "-m", "edge.main", "config.json")
+        # The agent given another fleet's CA as its ca.pem: the broker cannot prove itself to it,
+        # so it never logs in; it says why and keeps retrying.
+        rogue = tmp_path / "board-foreign-ca"
+        rogue.mkdir()
+        (rogue / "config.json").write_bytes((r.out / "gateways" / "gw-a" / "config.json").read_bytes())
+        (rogue / "ca.pem").write_bytes(foreign.ca_path.read_bytes())
+        with open(rogue / "agent.log", "wb") as log:
+            proc = subprocess.Popen(argv, cwd=rogue, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        said = "not correctly signed by the trusted CA"
+        wait_until(lambda: (rogue / "agent.log").read_text(errors="replace").count(said) >= 2, 30,
+                   "the agent refusing a broker of a foreign CA twice")
+        assert proc.poll() is None, (rogue / "agent.log").read_text()
+        stop_process(proc)
+        proc = None
+        assert not [t for t, _ in collector.got if t == "city/gw-a/status"], collector.got
         # The gateway as a board gets it: config.json and ca.pem side by side, run from that folder.
         work = tmp_path / "board"
         work.mkdir()
         for name in ("config.json", "ca.pem"):
             (work / name).write_bytes((r.out / "gateways" / "gw-a" / name).read_bytes())
-        argv, env = interpreter("micropython", "-m", "edge.main", "config.json")
         with open(work / "agent.log", "wb") as log:
             proc = subprocess.Popen(argv, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
@@ -385,8 +428,10 @@ def test_client_certificates_required_and_bound_to_their_account(tmp_path: Path)
     """`tls-client --all --require`: the rendered listener requires a certificate of the fleet CA
     and takes its common name as the username. Without one: refused. Gateway A's certificate with
     B's username and password: the broker knows it as A, so it cannot publish as B (nor take B's
-    session). The gateways' rendered folders (config.json, ca.pem, client.crt, client.key) bring
-    the agent online under both interpreters: gw-a on MicroPython, gw-b on CPython."""
+    session). A certificate of another fleet's CA: refused. The gateways' rendered folders
+    (config.json, ca.pem, client.crt, client.key) bring the agent online under both interpreters:
+    gw-a on MicroPython, gw-b on CPython."""
+    from provisioning import tls
     from tests.integration.test_tls import interpreter
 
     r = Rig(tmp_path)
@@ -401,6 +446,10 @@ def test_client_certificates_required_and_bound_to_their_account(tmp_path: Path)
     conf = (r.out / "mosquitto" / "conf.d" / "citybrain.conf").read_text()
     assert "require_certificate true" in conf and "use_identity_as_username true" in conf, conf
     fleet = Fleet.load(r.dir)
+    foreign = Fleet.create(tmp_path / "other", broker_host="h", broker_port=1, tls=True)
+    foreign.add_gateway("gw-a")
+    tls.init_ca(foreign)
+    tls.issue_client_cert(foreign, "gw-a")
     gw_dir = {gid: r.out / "gateways" / gid for gid in ("gw-a", "gw-b")}
     assert stat.S_IMODE((gw_dir["gw-a"] / "client.key").stat().st_mode) == 0o600
 
@@ -422,6 +471,10 @@ def test_client_certificates_required_and_bound_to_their_account(tmp_path: Path)
         assert raw_tls_connack(r.port, fleet.ca_path, "gw-a", fleet.password("gw-a"), cert("gw-a")) == 0
         with pytest.raises((ssl.SSLError, ConnectionError)):
             raw_tls_connack(r.port, fleet.ca_path, "gw-a", fleet.password("gw-a"), None)
+        # A certificate for gw-a from another fleet's CA: refused in the handshake too.
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            raw_tls_connack(r.port, fleet.ca_path, "gw-a", fleet.password("gw-a"),
+                            (foreign.client_cert_path("gw-a"), foreign.client_key_path("gw-a")))
         # Both gateways' agents, each from its rendered folder, as a board or a Linux gateway gets it.
         for gid, name in (("gw-a", "micropython"), ("gw-b", "cpython")):
             work = tmp_path / f"board-{gid}"
@@ -458,6 +511,26 @@ def test_client_certificates_required_and_bound_to_their_account(tmp_path: Path)
         with pytest.raises(NotAccepted, match=r"closed the connection before accepting it.*--check-cert"):
             wait_online("127.0.0.1", r.port, "city/gw-b/status", "no-such-image", username="collector-1",
                         password="-", timeout=0.5, tls_ca=str(fleet.ca_path))
+
+        # Revocation where certificates stand for passwords (the password is not checked there):
+        # gw-a removed and collector-1's certificate replaced; render puts both old certificates on
+        # the CRL and says RESTART; after the restart both are refused in the handshake.
+        kept = {n: (tmp_path / f"{n}.crt", tmp_path / f"{n}.key") for n in ("gw-a", "collector-1")}
+        for n, files in kept.items():
+            for src, dst in zip(cert(n), files, strict=True):
+                dst.write_bytes(src.read_bytes())
+        r.cli("remove-gateway", "--dir", str(r.dir), "--id", "gw-a")
+        r.cli("tls-client", "--dir", str(r.dir), "--name", "collector-1")
+        assert main(["provision", "render", "--dir", str(r.dir)]) == 0
+        assert broker.proc is not None
+        broker.stop()
+        broker.start()
+        for n, files in kept.items():
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                raw_tls_connack(r.port, fleet.ca_path, n, "-", files)
+        # Through the same path: the new certificate of collector-1 and gw-b's get in (CONNACK 0).
+        assert raw_tls_connack(r.port, fleet.ca_path, "collector-1", "-", cert("collector-1")) == 0
+        assert raw_tls_connack(r.port, fleet.ca_path, "gw-b", "-", cert("gw-b")) == 0
     finally:
         for proc in procs:
             stop_process(proc)

@@ -14,9 +14,11 @@ and the agent's boot line names its gateway and image hash.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import struct
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,6 +92,11 @@ def test_another_gateways_board_is_refused_and_reassign_wipes_its_store(
     try:
         flash_cmd = ["provision", "flash", "--resume", "--no-self-test", "--port"]
         assert main([*flash_cmd, board.start(), str(image_a)]) == 0
+        # The progress bar: bytes and files, to the last of each, then the read-back check.
+        out = capsys.readouterr().out
+        files = len(json.loads((image_a / "manifest.json").read_text())["files"])
+        assert re.search(rf"copy   \[#{{30}}\]\s+([\d.]+)/\1 KB  {files}/{files} files", out), out
+        assert "verifying sha256 of every file on the board" in out and "switching over" in out, out
         con = power_on(board)
         assert con.facts["gw"] == GW_A and con.facts["image"] == image_hash(image_a), con
         assert boot_counter(board) == 1
@@ -132,7 +140,8 @@ def test_another_gateways_board_is_refused_and_reassign_wipes_its_store(
 
 
 def _said(message: str, old: str, new: str) -> set[str]:
-    """The images the tool's failure message says the board may boot."""
+    """The images the tool's failure message says the board may boot (it also says what to run)."""
+    assert "`citybrain provision flash --port " in message, f"the message says nothing to run: {message}"
     if "boots the NEW image" in message:
         return {new}
     if "boots either" in message:
@@ -303,7 +312,8 @@ def test_self_test_reads_boot_line_and_waits_for_online_status(
     try:
         broker.start()
         capsys.readouterr()
-        code = main(["provision", "flash", "--resume", "--quiet", "--port", board.start(), str(image),
+        port = board.start()
+        code = main(["provision", "flash", "--resume", "--quiet", "--port", port, str(image),
                      "--check-broker", "collector=@T_COLLECTOR_PW"])
         out = capsys.readouterr().out
         assert code == 0, out
@@ -316,9 +326,9 @@ def test_self_test_reads_boot_line_and_waits_for_online_status(
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps(cfg))
         assert main(["provision", "build", "--config", str(bad), "--out", str(image)]) == 0
-        board.stop()
         capsys.readouterr()
-        code = main(["provision", "flash", "--resume", "--quiet", "--port", board.start(), str(image)])
+        # Flashed again while its agent runs: Ctrl-C on the port stops it, as on a board.
+        code = main(["provision", "flash", "--resume", "--quiet", "--port", port, str(image)])
         out = capsys.readouterr().out
         assert code == 3, out
         assert "self-test FAILED" in out and "sensor source failed: /dev/citybrain-no-such-tty" in out, out
@@ -393,3 +403,114 @@ def test_cut_during_the_switch_rename_is_told_as_either_image(
         assert booting in _said(str(err.value), image_hash(images[0]), image_hash(images[1]))
     finally:
         board.cleanup()
+
+
+def test_a_file_the_board_stored_wrong_is_caught_by_the_read_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sha256 of every file is read back from the board, the CA file included: a board that
+    stores other bytes than were sent (flash wear, a full filesystem) is not switched to the image."""
+    from provisioning import flash as flash_module
+
+    dead_port = free_port()
+    (tmp_path / "ca.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    old = make_image(tmp_path, "A", GW_A, dead_port)
+    new = make_image(tmp_path, "B", GW_A, dead_port, tls=True, ca_file="ca.pem")
+    assert "ca.pem" in json.loads((new / "manifest.json").read_text())["files"]
+    board = VirtualBoard(tmp_path / "fs", heapsize=HEAP)
+    try:
+        flash(old, board.start(), resume=True)
+        real_write = flash_module.Board.write
+
+        def write(self: flash_module.Board, path: str, data: bytes, on_chunk: Any) -> None:
+            if path.endswith("/ca.pem"):
+                data = data.replace(b"MIIB", b"MIIC")  # what the board keeps is not what was sent
+            real_write(self, path, data, on_chunk)
+
+        monkeypatch.setattr(flash_module.Board, "write", write)
+        with pytest.raises(FlashError) as err:
+            flash(new, board.start(), resume=True)
+        monkeypatch.undo()
+        said = str(err.value)
+        assert "the copy on the board differs from the image: 1 file(s) wrong or missing (ca.pem)" in said, \
+            said
+        assert f"The board still boots its old image {image_hash(old)}" in said, said
+        assert power_on(board).facts["image"] == image_hash(old)
+        # Through the same path without the fault: the image goes on and boots.
+        flash(new, board.start(), resume=True)
+        assert power_on(board).facts["image"] == image_hash(new)
+    finally:
+        board.cleanup()
+
+
+def test_an_image_the_boards_micropython_cannot_load_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A board whose MicroPython cannot load the image's .mpy version is refused before anything is
+    copied (it would stop at boot with `ValueError: incompatible .mpy file`), naming the firmware to
+    install. The image here is made as a newer mpy-cross would (.mpy version 7) and re-manifested."""
+    from provisioning.firmware import MANIFEST
+    from provisioning.firmware import image_hash as hash_of
+
+    dead_port = free_port()
+    old = make_image(tmp_path, "A", GW_A, dead_port)
+    future = make_image(tmp_path, "B", GW_A, dead_port, keepalive_s=61)
+    manifest = json.loads((future / MANIFEST).read_text())
+    for rel in manifest["files"]:
+        if rel.endswith(".mpy"):
+            data = bytearray((future / rel).read_bytes())
+            data[1] = 7  # the .mpy version byte after the 'M'
+            (future / rel).write_bytes(bytes(data))
+            manifest["files"][rel] = hashlib.sha256(data).hexdigest()
+    manifest["image"] = hash_of(manifest["files"])
+    (future / MANIFEST).write_text(json.dumps(manifest))
+    board = VirtualBoard(tmp_path / "fs", heapsize=HEAP)
+    try:
+        flash(old, board.start(), resume=True)
+        before = board_files(board)
+        capsys.readouterr()
+        assert main(["provision", "flash", "--resume", "--no-self-test", "--port", board.start(),
+                     str(future)]) == 1
+        err = capsys.readouterr().err
+        assert re.search(r"runs MicroPython 1\.\d+\.\d+ \(\.mpy v6\); this image needs \.mpy v7\. "
+                         r"Nothing was changed\.", err), err
+        assert "citybrain provision firmware --port " in err, err
+        assert board_files(board) == before
+        assert power_on(board).facts["image"] == image_hash(old)
+    finally:
+        board.cleanup()
+
+
+def test_a_port_that_keeps_talking_without_a_repl_is_refused_in_bounded_time(tmp_path: Path) -> None:
+    """The wrong port, with a device on it that streams (a GPS, a meter): `flash` says it found no
+    MicroPython REPL there and that nothing was changed. It waited forever before, with nothing on
+    the screen: mpremote's deadline for the raw REPL only counts while the port is silent."""
+    import threading
+    import tty
+
+    image = make_image(tmp_path, "A", GW_A, free_port())
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    stop = threading.Event()
+
+    def stream() -> None:
+        while not stop.is_set():
+            try:
+                os.write(master, b"$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47\r\n")
+            except BlockingIOError:
+                pass  # nobody reads: the pty's buffer is full
+            stop.wait(0.005)
+
+    talker = threading.Thread(target=stream)
+    talker.start()
+    try:
+        tool = [str(Path(sys.executable).parent / "citybrain"), "provision", "flash", "--quiet",
+                "--no-self-test", "--port", os.ttyname(slave), str(image)]
+        run = subprocess.run(tool, capture_output=True, text=True, timeout=60)  # a bound, 10 s expected
+        assert run.returncode == 1, run.stdout + run.stderr
+        assert f"cannot reach a MicroPython REPL on {os.ttyname(slave)}: no MicroPython raw REPL answered" \
+            in run.stderr and "4807.038,N" in run.stderr and "Nothing was changed" in run.stderr, run.stderr
+    finally:
+        stop.set()
+        talker.join()
+        os.close(master)
+        os.close(slave)

@@ -153,18 +153,27 @@ def test_secret_files_are_never_readable_by_others(tmp_path: Path, monkeypatch: 
     Every chmod, rename and fsync is a moment to look: no file holding a secret may then be
     readable by group or others, even for an instant.
     """
-    import os
-
     fleet = make_fleet(tmp_path)
     fleet.add_service_user("collector", "collector", "s3rvice-pw")
     fleet.save()
     secrets = [fleet.password("gw-xihu-0001"), "s3rvice-pw", fleet.gateway("gw-xihu-0001").password_hash]
-    seen: list[Path] = []
+    seen = _watch_secret_files(tmp_path, secrets, monkeypatch, lambda: render(fleet, tmp_path / "out"))
+    assert {"config.json", "passwd", "fleet.json", "gw-xihu-0001.password", "collector.password"} <= seen
+
+
+def _watch_secret_files(root: Path, secrets: list[str], monkeypatch: pytest.MonkeyPatch,
+                        action: Any) -> set[str]:
+    """Run `action` under umask 022, looking at every file under `root` at each chmod, rename and
+    fsync: none holding one of `secrets` may be readable by group or others, even for an instant.
+    Returns the names of the files seen holding a secret."""
+    import os
+
+    seen: set[str] = set()
 
     def look() -> None:
-        for p in tmp_path.rglob("*"):
+        for p in root.rglob("*"):
             if p.is_file() and any(s in p.read_text(errors="replace") for s in secrets):
-                seen.append(p)
+                seen.add(p.name)
                 mode = stat.S_IMODE(p.stat().st_mode)
                 assert mode & 0o077 == 0, f"{p} readable by others ({mode:o}) while holding a secret"
 
@@ -180,12 +189,37 @@ def test_secret_files_are_never_readable_by_others(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(Path, "chmod", spy(Path.chmod))
     old = os.umask(0o022)
     try:
-        render(fleet, tmp_path / "out")
+        action()
     finally:
         os.umask(old)
+        monkeypatch.undo()
     look()
-    names = {p.name for p in seen}
-    assert {"config.json", "passwd", "fleet.json", "gw-xihu-0001.password", "collector.password"} <= names
+    return seen
+
+
+def test_the_board_image_keeps_its_secrets_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 6: `build/<gw>/config.json` held the broker password at mode 0644. The image's
+    config.json, config.checked (the validated config: the password again) and a client key are
+    0600 from their first byte; the rest of the image (code, CA, manifest) is public."""
+    from provisioning.firmware import build
+
+    d = tmp_path / "fleet"
+    assert main(["provision", "init", "--dir", str(d), "--broker-host", "127.0.0.1", "--tls"]) == 0
+    assert main(["provision", "tls-init", "--dir", str(d), "--name", "127.0.0.1"]) == 0
+    fleet = Fleet.load(d)
+    fleet.add_gateway("gw-1", sources=[PARKING_SOURCE])
+    fleet.save()
+    assert main(["provision", "tls-client", "--dir", str(d), "--name", "gw-1"]) == 0
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    fleet = Fleet.load(d)
+    key = fleet.client_key_path("gw-1").read_text().splitlines()[1]
+    image = tmp_path / "image"
+    seen = _watch_secret_files(image.parent, [fleet.password("gw-1"), key], monkeypatch, lambda: build(
+        d / "out" / "gateways" / "gw-1" / "config.json", image, progress=lambda _line: None))
+    assert {"config.json", "config.checked", "client.key"} <= seen
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in image.iterdir() if p.is_file()}
+    assert modes == {"config.json": 0o600, "config.checked": 0o600, "client.key": 0o600,
+                     "client.crt": 0o644, "ca.pem": 0o644, "manifest.json": 0o644}, modes
 
 
 def test_add_and_edit_gateway_run_the_agents_validator(tmp_path: Path,
@@ -213,6 +247,36 @@ def test_add_and_edit_gateway_run_the_agents_validator(tmp_path: Path,
     options.write_text(json.dumps({"broker": {"host": "evil"}}))
     assert main([*edit, "--options", str(options)]) == 1
     assert "managed by the registry" in capsys.readouterr().err
+    # The issue's own examples, silently ignored on the pole before: a deadband on a field the kind
+    # does not have, or below zero, and an alarm limit by a wrong name.
+    for source, said in (
+            ({**PARKING_SOURCE, "deadband": {"battery": -5}},
+             "config.sources[0].deadband: parking has no field 'battery' (did you mean 'battery_mv'?)"),
+            ({**PARKING_SOURCE, "deadband": {"battery_mv": -5}},
+             "config.sources[0].deadband.battery_mv: -5 is not a number >= 0"),
+            ({**PARKING_SOURCE, "kind": "thermometer", "alarm_limits": {"fever": 38.0}},
+             "config.sources[0].alarm_limits: thermometer has no alarm limit 'fever' (did you mean"
+             " 'fever_c'?)")):
+        bad.write_text(json.dumps([source]))
+        assert main([*edit, "--sources", str(bad)]) == 1
+        assert said in capsys.readouterr().err
+        assert main(["provision", "add-gateway", "--dir", str(d), "--id", "gw-2", "--sources", str(bad)]) == 1
+        assert said in capsys.readouterr().err
+    assert Fleet.load(d).gateway("gw-1").sources == [PARKING_SOURCE] and "gw-2" not in Fleet.load(d).gateways
+    # A fleet.json or config.json edited by hand: render and build refuse it too, naming the key.
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    config = d / "out" / "gateways" / "gw-1" / "config.json"
+    raw = json.loads(config.read_text())
+    raw["sources"][0]["deadband"] = {"battery": -5}
+    config.write_text(json.dumps(raw))
+    assert main(["provision", "build", "--config", str(config), "--out", str(tmp_path / "image")]) == 1
+    assert "config.sources[0].deadband: parking has no field 'battery'" in capsys.readouterr().err
+    registry = json.loads((d / "fleet.json").read_text())
+    registry["gateways"]["gw-1"]["sources"][0]["alarm_limits"] = {"fever": 38.0}
+    (d / "fleet.json").write_text(json.dumps(registry))
+    assert main(["provision", "render", "--dir", str(d)]) == 1
+    said = "gw-1: config.sources[0].alarm_limits: parking has no alarm limit 'fever'"
+    assert said in capsys.readouterr().err
 
 
 def test_site_broker_and_set_broker_keep_credentials(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -247,6 +311,23 @@ def test_site_broker_and_set_broker_keep_credentials(tmp_path: Path, capsys: pyt
     assert main(["provision", "set-broker", "--dir", str(d), "--id", "gw-1", "--reset"]) == 0
     assert Fleet.load(d).broker_for("gw-1")["host"] == "h"
     edge_config.validate(cfg)
+    # The site broker moves: its login stays (the username was dropped, the password kept, and the
+    # site broker would have refused the gateway).
+    assert main(["provision", "edit-gateway", "--dir", str(d), "--id", "gw-1", "--site-broker",
+                 "192.168.4.2"]) == 0
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    cfg = json.loads((d / "out" / "gateways" / "gw-1" / "config.json").read_text())
+    assert cfg["site_broker"] == {"host": "192.168.4.2", "port": 1883, "username": "gw", "password": "lid-pw"}
+    # The broker's CA can be given after init, and TLS switched on: every config gets it.
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    assert main(["provision", "set-broker", "--dir", str(d), "--tls", "--port", "8883",
+                 "--ca-file", str(ca)]) == 0
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    cfg = json.loads((d / "out" / "gateways" / "gw-1" / "config.json").read_text())
+    assert cfg["broker"] == {"host": "h", "port": 8883, "tls": True, "ca_file": "ca.pem", "username": "gw-1",
+                             "password": Fleet.load(d).password("gw-1")}
+    assert (d / "out" / "gateways" / "gw-1" / "ca.pem").read_text() == ca.read_text()
 
 
 def test_remove_gateway_revokes_at_next_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -350,6 +431,33 @@ def test_build_writes_the_checked_config_the_board_boots_from(tmp_path: Path, mi
     assert said.endswith("gw-1 2 False ['P-00013']\n"), said
 
 
+def test_a_board_missing_its_ca_file_names_it_at_boot(tmp_path: Path, micropython32: str) -> None:
+    """Finding 9: a TLS config whose CA file is not on the board crashed it with a bare `OSError:
+    [Errno 2] ENOENT` that named no file. On the path a board boots (the image's config.checked,
+    32-bit MicroPython) the agent stops before the uplink, naming the key and the file."""
+    import subprocess
+
+    from provisioning.firmware import build
+
+    (tmp_path / "ca.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"gateway_id": "gw-1", "broker": {"host": "h", "port": 8883, "tls": True,
+                                                              "ca_file": "ca.pem"}, "sources": []}))
+    out = tmp_path / "image"
+    build(cfg, out, progress=lambda _line: None)
+    boot = "import sys\nsys.path[0] = ''\nimport edge.main\nedge.main.main('config.json')\n"
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([micropython32, "-X", "heapsize=128K", "-c", boot], cwd=out,
+                              capture_output=True, text=True, timeout=60)
+
+    (out / "ca.pem").unlink()
+    said = run()
+    assert said.returncode == 2, said.stdout + said.stderr
+    assert "config error: config.broker.ca_file: ca.pem is not on this gateway" in said.stdout, said.stdout
+    assert "Errno" not in said.stdout + said.stderr and "Traceback" not in said.stdout + said.stderr
+
+
 def test_gateway_config_doc_is_current() -> None:
     from provisioning.configdoc import EXAMPLE, render
 
@@ -451,6 +559,28 @@ def test_nothing_from_the_command_line_can_add_lines_to_the_broker_files(
     assert main(["provision", "init", "--dir", str(d), "--broker-host", "h"]) == 0
     assert main(["provision", "set-broker", "--dir", str(d), "--listen", "x y", "--port", "1999"]) == 1
     assert Fleet.load(d).broker["port"] == 1883  # a refused set-broker changes nothing
+
+
+def test_build_says_when_an_esp32_would_refuse_the_config(tmp_path: Path) -> None:
+    """A board's serial ports are UART names: a tty path passes the desk's checks (a Linux gateway
+    takes it) but an ESP32 refuses it at boot. `build` makes board images, so it says so there."""
+    from provisioning.firmware import build
+
+    cfg = tmp_path / "config.json"
+    said: list[str] = []
+    for port, warned in (("/dev/ttyUSB0", True), ("uart2:17:16", False)):
+        cfg.write_text(json.dumps({"gateway_id": "gw-1", "broker": {"host": "h"},
+                                   "sources": [{**PARKING_SOURCE, "port": port}]}))
+        said.clear()
+        build(cfg, tmp_path / "image", progress=said.append)
+        warnings = [line for line in said if line.startswith("warning:")]
+        assert bool(warnings) == warned, said
+    assert main(["provision", "build", "--config", str(cfg), "--out", str(tmp_path / "image")]) == 0
+    cfg.write_text(json.dumps({"gateway_id": "gw-1", "broker": {"host": "h"}, "sources": [PARKING_SOURCE]}))
+    said.clear()
+    build(cfg, tmp_path / "image", progress=said.append)
+    assert ("warning: an ESP32 refuses this config at boot: config.sources[0].port: '/dev/ttyUSB0' is not a"
+            " board UART") in said[-1], said
 
 
 def test_build_puts_the_ca_into_the_image(tmp_path: Path) -> None:
@@ -557,7 +687,8 @@ def test_every_example_in_the_help_is_a_command_the_parser_takes(capsys: pytest.
     assert seen == set(actions)
 
 
-def test_client_certificate_travels_from_tls_client_to_the_image(tmp_path: Path) -> None:
+def test_client_certificate_travels_from_tls_client_to_the_image(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
     """`tls-client`: the fleet CA signs a certificate whose common name is the account; `render`
     puts it and its key (0600) beside the gateway's config, whose broker block names them; `build`
     takes both into the image (key 0600, in the manifest, so flash verifies them); `--require`
@@ -600,5 +731,30 @@ def test_client_certificate_travels_from_tls_client_to_the_image(tmp_path: Path)
     assert main(["provision", "render", "--dir", str(d)]) == 0
     text = conf.read_text()
     assert "require_certificate true" in text and "use_identity_as_username true" in text
+    assert "crlfile /etc/mosquitto/citybrain/crl.pem" in text
+    ca = x509.load_pem_x509_certificate(fleet.ca_path.read_bytes())
+
+    def crl_serials() -> set[int]:
+        crl = x509.load_pem_x509_crl((d / "out" / "mosquitto" / "crl.pem").read_bytes())
+        assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+        assert crl.next_update_utc == ca.not_valid_after_utc  # it never lapses before the CA does
+        return {c.serial_number for c in crl}
+
+    assert crl_serials() == set()
+    gw2 = x509.load_pem_x509_certificate(fleet.client_cert_path("gw-2").read_bytes()).serial_number
+    gw1 = x509.load_pem_x509_certificate(fleet.client_cert_path("gw-1").read_bytes()).serial_number
     assert main(["provision", "remove-gateway", "--dir", str(d), "--id", "gw-2"]) == 0
     assert not fleet.client_key_path("gw-2").exists()
+    assert main(["provision", "tls-client", "--dir", str(d), "--name", "gw-1"]) == 0  # replaces gw-1's
+    capsys.readouterr()
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    assert crl_serials() == {gw1, gw2}
+    assert "RESTART Mosquitto" in capsys.readouterr().out  # Mosquitto reads its crlfile at start
+    # A new CA: the old one's revocations mean nothing; render signs an empty CRL with the new CA.
+    # `tls-client --all` then re-issues every certificate the new CA did not sign.
+    assert main(["provision", "tls-init", "--dir", str(d), "--name", "127.0.0.1"]) == 0
+    assert main(["provision", "tls-client", "--dir", str(d), "--all"]) == 0
+    ca = x509.load_pem_x509_certificate(fleet.ca_path.read_bytes())
+    x509.load_pem_x509_certificate(fleet.client_cert_path("gw-1").read_bytes()).verify_directly_issued_by(ca)
+    assert main(["provision", "render", "--dir", str(d)]) == 0
+    assert crl_serials() == set()
