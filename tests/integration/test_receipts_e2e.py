@@ -18,8 +18,9 @@ import cbor2
 import pytest
 
 from collector.validate import load_kinds
+from hil.link import ImpairedLink
 from hil.rig import INTERPRETERS, PREFIX, Rig
-from hil.services import Collector, InfluxDB
+from hil.services import Collector, InfluxDB, Mosquitto
 from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -175,11 +176,13 @@ def test_broker_killed_repeatedly_under_load_with_the_collector_online(
             col.kill()
 
 
-def test_collector_killed_between_its_write_and_its_receipt(db: InfluxDB, tmp_path: Path) -> None:
+@pytest.mark.parametrize("interpreter", INTERPRETERS)
+def test_collector_killed_between_its_write_and_its_receipt(interpreter: str, db: InfluxDB,
+                                                            tmp_path: Path) -> None:
     """The collector writes, then dies (SIGKILL) before its coalesced receipt goes out: it had
     already PUBACKed the broker, so only the gateway's re-send (same boot and seq) brings the batches
     back; the restarted collector writes them again (the same points) and receipts them."""
-    with make_rig("cpython", True, tmp_path) as rig:
+    with make_rig(interpreter, True, tmp_path) as rig:
         # Receipts every 30 s: the write happens, the receipt waits, the kill lands in between.
         col = make_collector(rig, db, tmp_path, True, settings={"receipts": {"interval": "30s"}})
         col.start()
@@ -201,6 +204,53 @@ def test_collector_killed_between_its_write_and_its_receipt(db: InfluxDB, tmp_pa
             assert col.metric("receipts_total", outcome="sent") > 0
         finally:
             col.kill()
+
+
+@pytest.mark.parametrize("interpreter", INTERPRETERS)
+def test_receipts_swallowed_on_the_wire_nothing_lost_nothing_doubled_log_drains(
+        interpreter: str, db: InfluxDB, tmp_path: Path) -> None:
+    """The gateway's uplink goes through a proxy that swallows two receipts in three (whole QoS 0
+    PUBLISH packets on its /ack topic: hil/link.py `lose_receipts`) while sensors talk, then all
+    of them once the sensors are quiet, then none. Cumulative receipts and the gateway's re-sends
+    (the collector receipts the duplicates again) store every reading once and drain its log."""
+    broker = Mosquitto(workdir=str(tmp_path / "mosquitto"), extra_config=f"autosave_interval {AUTOSAVE_S}\n")
+    broker.start()
+    link = ImpairedLink(broker.port, seed=12, lose_receipts=2 / 3)
+    (tmp_path / "rig").mkdir()
+    rig = Rig(interpreter, parking=2, thermometers=1, lids=0, water=(), speed=10.0, receipts=True,
+              receipt_timeout_ms=1000, workdir=str(tmp_path / "rig"), broker=broker,
+              uplink_port=link.port)
+    try:
+        with rig:
+            col = make_collector(rig, db, tmp_path, True)
+            col.start()
+            try:
+                rig.start_agent()
+                # Until some receipts were swallowed and some got through (a MicroPython boot is
+                # slower to publish its first batches).
+                deadline = time.monotonic() + 30
+                rig.run(4.0)
+                while (link.receipts_lost < 4 or link.receipts_passed < 2) and time.monotonic() < deadline:
+                    rig.run(1.0)
+                assert link.receipts_lost >= 4 and link.receipts_passed >= 2, (
+                    link.receipts_lost, link.receipts_passed)
+                # Sensors quiet, every receipt swallowed: the last batches' receipts are gone and
+                # no later batch brings a cumulative one, so only the gateway's re-sends (and the
+                # collector's receipts for the duplicates) can drain its log once losses stop.
+                link.impair(lose_receipts=1.0)
+                wait_until(lambda: (rig.last_status() or {}).get("unreceipted", 0) > 0, 10,
+                           "batches waiting for a receipt")
+                time.sleep(1.0)
+                link.impair()
+                sent, stored = settle(rig, db, "every reading stored and receipted despite lost receipts")
+                assert_exactly_once(sent, stored)
+                print(f"receipts swallowed {link.receipts_lost}, passed {link.receipts_passed}; "
+                      f"duplicates recognised {col.metric('dedup_hits_total')}")
+            finally:
+                col.kill()
+    finally:
+        link.close()
+        broker.stop()
 
 
 AlarmKey = tuple[str, str, int]  # (sensor, code, ts)
