@@ -249,11 +249,10 @@ def test_receipts_swallowed_on_the_wire_nothing_lost_nothing_doubled_log_drains(
     broker.start()
     link = ImpairedLink(broker.port, seed=12, lose_receipts=2 / 3)
     (tmp_path / "rig").mkdir()
-    rig = Rig(interpreter, parking=2, thermometers=1, lids=0, water=(), speed=10.0, receipts=True,
-              receipt_timeout_ms=1000, workdir=str(tmp_path / "rig"), broker=broker,
-              uplink_port=link.port)
     try:
-        with rig:
+        with Rig(interpreter, parking=2, thermometers=1, lids=0, water=(), speed=10.0, receipts=True,
+                 receipt_timeout_ms=1000, workdir=str(tmp_path / "rig"), broker=broker,
+                 uplink_port=link.port) as rig:
             col = make_collector(rig, db, tmp_path, True)
             col.start()
             try:
