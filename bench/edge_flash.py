@@ -26,7 +26,7 @@ Exit status 1 above the goal, or (with --baseline) if bytes written per reading 
 than 5 % against saved figures.
 
     python bench/edge_flash.py [--readings 3000] [--rate 200] [--link online|offline] [--quick]
-                               [--save FILE] [--baseline FILE]
+                               [--shares KIND=SHARE,...] [--save FILE] [--baseline FILE]
 """
 
 from __future__ import annotations
@@ -132,12 +132,23 @@ class WriteCounter:
         files.write_atomic = write_atomic
 
 
-def measure(n: int, rate: float, kinds: list[str], link: str = "online") -> dict[str, Any]:
-    per = [n // len(kinds) + (1 if i < n % len(kinds) else 0) for i in range(len(kinds))]
-    data = {k: frames(k, m) for k, m in zip(kinds, per, strict=True)}
-    # One line rate for every port: each carries its share of --rate readings/s.
-    mean_frame = sum(len(v) for v in data.values()) / max(1, n)
-    bytes_per_s = rate / len(kinds) * mean_frame
+def measure(n: int, rate: float, kinds: list[str], link: str = "online",
+            shares: dict[str, float] | None = None) -> dict[str, Any]:
+    bytes_per_s: float | dict[str, float]
+    if shares is None:
+        per = [n // len(kinds) + (1 if i < n % len(kinds) else 0) for i in range(len(kinds))]
+        data = {k: frames(k, m) for k, m in zip(kinds, per, strict=True)}
+        # One line rate for every port: each carries its share of --rate readings/s.
+        mean_frame = sum(len(v) for v in data.values()) / max(1, n)
+        bytes_per_s = rate / len(kinds) * mean_frame
+    else:
+        # Each kind its own share of the readings and of --rate readings/s (its own line rate).
+        total = sum(shares[k] for k in kinds)
+        per = [max(1, round(n * shares[k] / total)) for k in kinds]
+        data = {k: frames(k, m) for k, m in zip(kinds, per, strict=True)}
+        bytes_per_s = {k: rate * shares[k] / total * len(data[k]) / m
+                       for k, m in zip(kinds, per, strict=True)}
+        n = sum(per)
     tmp = tempfile.mkdtemp(prefix="edge-flash-")
     broker = Mosquitto(persistence=False)
     broker.start()
@@ -205,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readings", type=int, default=3000, help="readings (default 3000)")
     parser.add_argument("--rate", type=float, default=200.0, help="readings/s arriving (default 200)")
     parser.add_argument("--kinds", default="parking,thermometer", help="serial kinds, comma-separated")
+    parser.add_argument("--shares", default=None, metavar="KIND=SHARE,...",
+                        help="each kind's share of the readings and of the rate (default: equal "
+                             "readings, one line rate), e.g. parking=0.9,thermometer=0.1")
     parser.add_argument("--link", choices=("online", "offline"), default="online",
                         help="receipts at once (online, default) or held until the log is synced")
     parser.add_argument("--quick", action="store_true", help="a tiny run that proves the script works")
@@ -213,7 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.readings, args.rate = 300, 300.0
     kinds = [k for k in args.kinds.split(",") if k]
-    fig = measure(args.readings, args.rate, kinds, args.link)
+    shares = None
+    if args.shares:
+        shares = {k: float(v) for k, _, v in (p.partition("=") for p in args.shares.split(",") if p)}
+        kinds = list(shares)
+    fig = measure(args.readings, args.rate, kinds, args.link, shares)
     goal = GOALS[args.link]
     print(f"workload        {fig['kinds']} at {fig['rate']:.0f} readings/s: {fig['readings']} logged, "
           f"{fig['readings_acked']} acked in {fig['batches']} batches ({fig['seconds']} s, "

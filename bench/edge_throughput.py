@@ -155,13 +155,17 @@ def agent_config(broker_port: int, store_dir: str, kinds: list[str], **store: in
     })
 
 
-async def drive(cfg: dict[str, Any], data: dict[str, bytes], timeout_s: float, bytes_per_s: float = 0.0,
-                on_agent: Any = None) -> dict[str, Any]:
+async def drive(cfg: dict[str, Any], data: dict[str, bytes], timeout_s: float,
+                bytes_per_s: float | dict[str, float] = 0.0, on_agent: Any = None) -> dict[str, Any]:
     """Run the agent until every frame is taken and every reading acknowledged; figures.
 
-    `on_agent(agent)` is called once the agent is built (edge_flash.py counts its writes there).
+    `bytes_per_s`: every port's line rate, or one per kind. `on_agent(agent)` is called once the
+    agent is built (edge_flash.py counts its writes there).
     """
-    ports = {"mem:" + k: MemoryPort(v, bytes_per_s) for k, v in data.items()}
+    def rate(k: str) -> float:
+        return bytes_per_s[k] if isinstance(bytes_per_s, dict) else bytes_per_s
+
+    ports = {"mem:" + k: MemoryPort(v, rate(k)) for k, v in data.items()}
     agent = Agent(cfg, BenchPort(ports))
     if on_agent is not None:
         on_agent(agent)

@@ -41,7 +41,6 @@ from hil.verify import codecs_by_code, readings_of
 
 DB = "citybrain"
 MEASUREMENTS = ("parking", "manhole", "water", "thermometer", "alarm")
-SYNC_EVERY_MS = 500
 # The poller reads points stamped within NARROW_WINDOW_S before now every poll period, and every
 # WIDE_EVERY_S those within WIDE_WINDOW_S plus the scenario's longest fault (a backlog delivered
 # after a fault carries old timestamps); the drain and the record read the whole run. The wide
@@ -307,7 +306,8 @@ class Block:
         self.collector = Collector(
             self.broker.port, {"version": 1, "url": self.influx.url, "db": DB},
             client_id="block-collector", workdir=str(self.dir / "collector"),
-            settings={"mqtt": {"topic_prefix": PREFIX}, "writer": {"flush_interval": "200ms"},
+            settings={"mqtt": {"topic_prefix": PREFIX},
+                      "writer": {"flush_interval": f"{round(self.sc.pipeline.collector_flush * 1000)}ms"},
                       "gateways": gateways},
         )
         # The collector's session exists before the first batch (in production it runs first).
@@ -332,8 +332,11 @@ class Block:
         if any(f.kind == "uplink_impair" and f.gateway == g.id for f in self.sc.faults):
             self.links[g.id] = ImpairedLink(self.broker.port, seed=seed)
             uplink_port = self.links[g.id].port
-        rig = Rig(g.runtime, gw=g.id, seed=seed, sync_every_ms=SYNC_EVERY_MS, workdir=str(self.dir / g.id),
-                  broker=self.broker, uplink_port=uplink_port, **rig_options(g, self.sc.faults))
+        pipe = self.sc.pipeline
+        rig = Rig(g.runtime, gw=g.id, seed=seed, sync_every_ms=round(pipe.sync_every * 1000),
+                  batch_age_ms=round(pipe.batch_age * 1000), receipts=pipe.receipts,
+                  workdir=str(self.dir / g.id), broker=self.broker, uplink_port=uplink_port,
+                  **rig_options(g, self.sc.faults))
         tune(rig, g)
         if any(f.kind == "clock_unset_at_boot" and f.gateway == g.id for f in self.sc.faults):
             self.ntp[g.id] = SntpServer()
@@ -608,7 +611,7 @@ class Block:
             "version": 1,
             "scenario": sc,
             "t0": self.t0,
-            "sync_every_ms": SYNC_EVERY_MS,
+            "sync_every_ms": round(self.sc.pipeline.sync_every * 1000),
             "emissions": [[e.t, gw, e.sensor, e.kind, e.fields]
                           for gw, r in self.rigs.items() for e in r.emissions],
             "outages": {gw: [[o.killed, o.back] for o in r.outages] for gw, r in self.rigs.items()},

@@ -15,6 +15,12 @@ them; the writer holds each chunk until it is due. Impairments, changed at any m
                    up first (MQTT keepalive) and closed the connection
 
 Closing either side closes both. `close()` stops the listener and every connection.
+
+One impairment does remove bytes, whole MQTT packets only: `lose_receipts` (set at construction,
+changed with `impair(lose_receipts=...)`) is the share of QoS 0 PUBLISH packets on a topic ending
+in `/ack` (the collector's receipts, docs/protocol.md) that the broker -> gateway direction
+swallows, as a proxy or an ACL that eats some would. That direction is then read packet by packet;
+a QoS 0 PUBLISH has no packet id, so the stream stays a valid MQTT stream without it.
 """
 
 from __future__ import annotations
@@ -32,13 +38,18 @@ _Queue = queue.Queue[tuple[float, bytes] | None]  # (due, chunk); None: the read
 
 
 class ImpairedLink:
-    def __init__(self, upstream_port: int, *, seed: int = 1) -> None:
+    def __init__(self, upstream_port: int, *, seed: int = 1, lose_receipts: float | None = None) -> None:
+        """`lose_receipts`: None, the stream is never parsed; else the share of receipts swallowed."""
         self.upstream_port = upstream_port
         self.rng = random.Random(seed)
         self.latency = 0.0
         self.jitter = 0.0
         self.drop = 0.0
         self.partition = False
+        self.parse_down = lose_receipts is not None
+        self.lose_receipts = lose_receipts or 0.0
+        self.receipts_lost = 0  # receipts swallowed
+        self.receipts_passed = 0
         self.forwarded = 0  # bytes, both directions
         self.retransmitted = 0  # chunks delayed as lost
         self._lock = threading.Lock()
@@ -54,9 +65,12 @@ class ImpairedLink:
         self._spawn(self._accept_loop)
 
     def impair(self, *, latency: float = 0.0, jitter: float = 0.0, drop: float = 0.0,
-               partition: bool = False) -> None:
+               partition: bool = False, lose_receipts: float = 0.0) -> None:
+        if lose_receipts and not self.parse_down:
+            raise ValueError("lose_receipts needs an ImpairedLink made with lose_receipts=")
         with self._lock:
             self.latency, self.jitter, self.drop, self.partition = latency, jitter, drop, partition
+            self.lose_receipts = lose_receipts
 
     def clear(self) -> None:
         self.impair()
@@ -85,7 +99,8 @@ class ImpairedLink:
                     self._socks.add(s)
             for src, dst in ((client, upstream), (upstream, client)):
                 q: _Queue = queue.Queue()
-                self._spawn(self._read, src, dst, q)
+                down = src is upstream and self.parse_down
+                self._spawn(self._read_packets if down else self._read, src, dst, q)
                 self._spawn(self._write, dst, src, q)
 
     def _due(self, last: float) -> float:
@@ -108,6 +123,48 @@ class ImpairedLink:
         except OSError:
             pass
         q.put(None)
+
+    def _read_packets(self, src: socket.socket, dst: socket.socket, q: _Queue) -> None:
+        """Broker -> gateway, whole MQTT packets: each is forwarded unless it is a receipt the
+        `lose_receipts` draw swallows."""
+        last = 0.0
+        buf = bytearray()
+        try:
+            while True:
+                data = src.recv(_CHUNK)
+                if not data:
+                    break
+                buf += data
+                out = bytearray()
+                while True:
+                    end = _packet_end(buf)
+                    if end is None:
+                        break
+                    packet = bytes(buf[:end])
+                    del buf[:end]
+                    if not self._swallowed(packet):
+                        out += packet
+                if out:
+                    last = self._due(last)
+                    q.put((last, bytes(out)))
+        except OSError:
+            pass
+        q.put(None)
+
+    def _swallowed(self, packet: bytes) -> bool:
+        if packet[0] >> 4 != 3 or packet[0] & 0x06:
+            return False  # not a PUBLISH, or QoS 1/2 (its packet id would be answered)
+        head = _packet_head(packet)
+        n = packet[head] << 8 | packet[head + 1]
+        if not packet[head + 2 : head + 2 + n].endswith(b"/ack"):
+            return False
+        with self._lock:
+            lose = self.rng.random() < self.lose_receipts
+            if lose:
+                self.receipts_lost += 1
+            else:
+                self.receipts_passed += 1
+        return lose
 
     def _write(self, dst: socket.socket, src: socket.socket, q: _Queue) -> None:
         try:
@@ -145,3 +202,24 @@ class ImpairedLink:
                 s.close()
         for th in self._threads:
             th.join(2)
+
+
+def _packet_head(buf: bytes | bytearray) -> int:
+    """Bytes of the fixed header (type byte + remaining length) at the start of `buf`, or 0 if
+    they are not all there yet."""
+    for i in range(1, min(len(buf), 5)):
+        if not buf[i] & 0x80:
+            return i + 1
+    return 0
+
+
+def _packet_end(buf: bytes | bytearray) -> int | None:
+    """Length of the first whole MQTT packet in `buf`, or None if it has not all arrived."""
+    head = _packet_head(buf)
+    if not head:
+        return None
+    n = 0
+    for i in range(head - 1, 0, -1):
+        n = (n << 7) | (buf[i] & 0x7F)
+    end = head + n
+    return end if len(buf) >= end else None

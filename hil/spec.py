@@ -119,6 +119,18 @@ class Goals:
 
 
 @dataclass(frozen=True)
+class Pipeline:
+    """How every gateway and the collector of the block are tuned. The defaults are the rig's
+    (short batches and syncs, receipts off: what `city-block` and `storm` were measured with); a
+    scenario sets the shipped defaults to measure what a deployment gets (`city-block-defaults`)."""
+
+    batch_age: float = 0.3  # the agents' uplink.batch_age_ms, seconds
+    sync_every: float = 0.5  # the agents' store.sync_every_ms, seconds
+    receipts: bool = False  # the agents' uplink.receipts (the collector always sends receipts)
+    collector_flush: float = 0.2  # the collector's writer.flush_interval, seconds
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
@@ -129,13 +141,15 @@ class Scenario:
     goals: Goals
     poll_interval: float  # how often the rig queries InfluxDB for new points (latency resolution)
     drain_timeout: float  # after the timeline: how long to wait for every reading to be stored
+    pipeline: Pipeline = Pipeline()
 
     def gateway(self, gw_id: str) -> Gateway:
         return next(g for g in self.gateways if g.id == gw_id)
 
 
 _TOP = {"name", "description", "duration", "seed", "gateways", "faults", "goals", "poll_interval",
-        "drain_timeout"}
+        "drain_timeout", "pipeline"}
+_PIPELINE = {"batch_age", "sync_every", "receipts", "collector_flush"}
 _GATEWAY = {"count", "runtime", "heap", "site", "district", "sensors"}
 _SENSORS = {"kind", "count", "rate", "bus"}
 _GOALS = {"reading_p99", "alarm_p99"}
@@ -321,6 +335,18 @@ def from_dict(data: Mapping[str, Any], name: str = "") -> Scenario:
     _keys(goals_t, _GOALS, "goals")
     goals = Goals(*(_duration(goals_t, k, "goals") if k in goals_t else None
                     for k in ("reading_p99", "alarm_p99")))
+    pipe_t = _table(data.get("pipeline", {}), "pipeline")
+    _keys(pipe_t, _PIPELINE, "pipeline")
+    d = Pipeline()
+    pipeline = Pipeline(
+        batch_age=_duration(pipe_t, "batch_age", "pipeline", d.batch_age),
+        sync_every=_duration(pipe_t, "sync_every", "pipeline", d.sync_every),
+        receipts=_typed(pipe_t, "receipts", bool, "pipeline", d.receipts),
+        collector_flush=_duration(pipe_t, "collector_flush", "pipeline", d.collector_flush),
+    )
+    for key in ("batch_age", "sync_every", "collector_flush"):
+        if not 0 < getattr(pipeline, key) <= 60:
+            raise SpecError(f"pipeline.{key}: {getattr(pipeline, key):g}s must be > 0 and <= 60s")
     return Scenario(
         name=_typed(data, "name", str, "", name or "scenario"),
         description=_typed(data, "description", str, "", ""),
@@ -331,6 +357,7 @@ def from_dict(data: Mapping[str, Any], name: str = "") -> Scenario:
         goals=goals,
         poll_interval=_duration(data, "poll_interval", "", 0.25),
         drain_timeout=_duration(data, "drain_timeout", "", 60.0),
+        pipeline=pipeline,
     )
 
 

@@ -89,6 +89,11 @@ def test_records_stay_until_receipted_and_unreceipted_batches_are_resent(
             assert agent.batcher.resent >= 2
             st: dict[str, Any] = cbor2.loads(agent.status_payload())
             assert st["unreceipted"] == 10 and st["spool_records"] == 10
+            # The age of the oldest waiting batch runs from its first PUBACK, not from its last
+            # re-send: at the second re-send of both (~1.8 s after the PUBACK) it is >= 1 s.
+            await until(lambda: agent.batcher.resent >= 4, "second re-sends")
+            st = cbor2.loads(agent.status_payload())
+            assert st["unreceipted"] == 10 and st["unreceipted_age_s"] >= 1, st
             # Hostile or foreign receipts change nothing.
             rc.send(cbor2.dumps({0: 2, 1: agent.boot, 2: [0, 100], 3: []}))  # version 2
             rc.receipt(agent.boot + 1, [0, 100])

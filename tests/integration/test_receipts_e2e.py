@@ -18,8 +18,10 @@ import cbor2
 import pytest
 
 from collector.validate import load_kinds
+from hil.link import ImpairedLink
 from hil.rig import INTERPRETERS, PREFIX, Rig
-from hil.services import Collector, InfluxDB
+from hil.scenarios import TEAR_MAX_AGE_S
+from hil.services import Collector, InfluxDB, Mosquitto
 from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -175,11 +177,13 @@ def test_broker_killed_repeatedly_under_load_with_the_collector_online(
             col.kill()
 
 
-def test_collector_killed_between_its_write_and_its_receipt(db: InfluxDB, tmp_path: Path) -> None:
+@pytest.mark.parametrize("interpreter", INTERPRETERS)
+def test_collector_killed_between_its_write_and_its_receipt(interpreter: str, db: InfluxDB,
+                                                            tmp_path: Path) -> None:
     """The collector writes, then dies (SIGKILL) before its coalesced receipt goes out: it had
     already PUBACKed the broker, so only the gateway's re-send (same boot and seq) brings the batches
     back; the restarted collector writes them again (the same points) and receipts them."""
-    with make_rig("cpython", True, tmp_path) as rig:
+    with make_rig(interpreter, True, tmp_path) as rig:
         # Receipts every 30 s: the write happens, the receipt waits, the kill lands in between.
         col = make_collector(rig, db, tmp_path, True, settings={"receipts": {"interval": "30s"}})
         col.start()
@@ -201,6 +205,83 @@ def test_collector_killed_between_its_write_and_its_receipt(db: InfluxDB, tmp_pa
             assert col.metric("receipts_total", outcome="sent") > 0
         finally:
             col.kill()
+
+
+@pytest.mark.parametrize("interpreter", INTERPRETERS)
+def test_share_group_collector_killed_before_its_receipt_is_healed_by_the_other(
+        interpreter: str, db: InfluxDB, tmp_path: Path) -> None:
+    """Two collectors in one shared-subscription group: whichever made a batch durable receipts it.
+    A holds its receipts (every 30 s) and is SIGKILLed once it has written; the gateway re-sends
+    what A never receipted, B (which never saw those batches) writes the same points and receipts
+    them: every reading once, the log drained, without A coming back."""
+    with make_rig(interpreter, True, tmp_path) as rig:
+        share = {"mqtt": {"share_group": "city"}}
+        col_a = make_collector(rig, db, tmp_path, True, "col-a",
+                               settings={**share, "receipts": {"interval": "30s"}})
+        col_b = make_collector(rig, db, tmp_path, True, "col-b", settings=share)
+        col_a.start()
+        col_b.start()
+        try:
+            rig.start_agent()
+            rig.run(2.0)
+            wait_until(lambda: col_a.metric("readings_total", channel="up", outcome="written") > 0
+                       and col_b.metric("receipts_total", outcome="sent") > 0, 20,
+                       "both collectors writing, B receipting")
+            rig.run(1.0)
+            assert col_a.metric("receipts_total", outcome="sent") == 0
+            col_a.kill()
+            rig.run(2.0)
+            sent, stored = settle(rig, db, "A's batches re-sent, written and receipted by B")
+            assert_exactly_once(sent, stored)
+        finally:
+            col_a.kill()
+            col_b.kill()
+
+
+@pytest.mark.parametrize("interpreter", INTERPRETERS)
+def test_receipts_swallowed_on_the_wire_nothing_lost_nothing_doubled_log_drains(
+        interpreter: str, db: InfluxDB, tmp_path: Path) -> None:
+    """The gateway's uplink goes through a proxy that swallows two receipts in three (whole QoS 0
+    PUBLISH packets on its /ack topic: hil/link.py `lose_receipts`) while sensors talk, then all
+    of them once the sensors are quiet, then none. Cumulative receipts and the gateway's re-sends
+    (the collector receipts the duplicates again) store every reading once and drain its log."""
+    broker = Mosquitto(workdir=str(tmp_path / "mosquitto"), extra_config=f"autosave_interval {AUTOSAVE_S}\n")
+    broker.start()
+    link = ImpairedLink(broker.port, seed=12, lose_receipts=2 / 3)
+    (tmp_path / "rig").mkdir()
+    try:
+        with Rig(interpreter, parking=2, thermometers=1, lids=0, water=(), speed=10.0, receipts=True,
+                 receipt_timeout_ms=1000, workdir=str(tmp_path / "rig"), broker=broker,
+                 uplink_port=link.port) as rig:
+            col = make_collector(rig, db, tmp_path, True)
+            col.start()
+            try:
+                rig.start_agent()
+                # Until some receipts were swallowed and some got through (a MicroPython boot is
+                # slower to publish its first batches).
+                deadline = time.monotonic() + 30
+                rig.run(4.0)
+                while (link.receipts_lost < 4 or link.receipts_passed < 2) and time.monotonic() < deadline:
+                    rig.run(1.0)
+                assert link.receipts_lost >= 4 and link.receipts_passed >= 2, (
+                    link.receipts_lost, link.receipts_passed)
+                # Sensors quiet, every receipt swallowed: the last batches' receipts are gone and
+                # no later batch brings a cumulative one, so only the gateway's re-sends (and the
+                # collector's receipts for the duplicates) can drain its log once losses stop.
+                link.impair(lose_receipts=1.0)
+                wait_until(lambda: (rig.last_status() or {}).get("unreceipted", 0) > 0, 10,
+                           "batches waiting for a receipt")
+                time.sleep(1.0)
+                link.impair()
+                sent, stored = settle(rig, db, "every reading stored and receipted despite lost receipts")
+                assert_exactly_once(sent, stored)
+                print(f"receipts swallowed {link.receipts_lost}, passed {link.receipts_passed}; "
+                      f"duplicates recognised {col.metric('dedup_hits_total')}")
+            finally:
+                col.kill()
+    finally:
+        link.close()
+        broker.stop()
 
 
 AlarmKey = tuple[str, str, int]  # (sensor, code, ts)
@@ -275,7 +356,8 @@ def test_alarms_survive_a_broker_crash_and_a_power_cut_with_the_collector_away(
 def test_power_cuts_with_receipts_lose_nothing_receipted(interpreter: str, db: InfluxDB,
                                                          tmp_path: Path) -> None:
     """The write-behind log at agent level: readings flow with receipts on (the collector online,
-    receipting every 100 ms), and the agent is SIGKILLed at random moments and restarted. A
+    receipting every 100 ms), and the agent is SIGKILLed at random moments and restarted, twice
+    plainly and twice with the record being written torn (cut short, garbled). A
     periodic reading receipted before its group sync was never written to flash; the verifier
     (hil.verify: nothing lost but what a power cut excuses, nothing doubled) judges the broker's
     record, and InfluxDB must hold every reading and alarm the gateway published, once."""
@@ -283,6 +365,7 @@ def test_power_cuts_with_receipts_lose_nothing_receipted(interpreter: str, db: I
     rig = Rig(interpreter, parking=3, thermometers=1, lids=1, water=(), speed=10.0, receipts=True,
               receipt_timeout_ms=2000, sync_every_ms=2000, workdir=str(tmp_path / "rig"))
     skipped = 0
+    tears: list[str] = []
     with rig:
         col = make_collector(rig, db, tmp_path, True, settings={"receipts": {"interval": "100ms"}})
         col.start()
@@ -305,6 +388,19 @@ def test_power_cuts_with_receipts_lose_nothing_receipted(interpreter: str, db: I
                 rig.kill_agent()  # a power cut, maybe with receipted records never written
                 rig.run(rnd.uniform(0.2, 0.5))
                 rig.start_agent()
+            # Power cuts that tear the record being written (docs/hil.md "Torn writes"): one cut
+            # short, one garbled, each retried until the newest record on flash is fresh enough
+            # to be the one a cut interrupts (with write-behind it is mostly an event or alarm).
+            for mode in ("truncate", "garbage"):
+                for _ in range(8):
+                    rig.run(rnd.uniform(1.0, 2.0))
+                    rig.kill_agent()
+                    torn = rig.tear_log_tail(rnd, mode, max_age_s=TEAR_MAX_AGE_S)
+                    rig.run(rnd.uniform(0.2, 0.5))
+                    rig.start_agent()
+                    if torn is not None:
+                        tears.append(mode)
+                        break
             rig.run(1.0)
             rig.drain()
             report = rig.verify()
@@ -316,5 +412,7 @@ def test_power_cuts_with_receipts_lose_nothing_receipted(interpreter: str, db: I
     assert report.ok, report.summary()
     assert_exactly_once(sent, stored)
     assert len(alarms_stored) == len(set(alarms_stored)) and set(alarms_stored) == alarms_sent
-    # Not vacuous: receipts came back before group syncs, so records were never written.
+    # Not vacuous: receipts came back before group syncs, so records were never written; and the
+    # boots after the tears had a torn record to cut.
     assert skipped > 0
+    assert tears == ["truncate", "garbage"]

@@ -57,6 +57,15 @@ def test_flash_bench_prints_and_saves(tmp_path: Path) -> None:
     assert fig["link"] == "online" and fig["latency_p99_ms"] > 0
 
 
+def test_flash_bench_takes_each_kinds_share(tmp_path: Path) -> None:
+    saved = tmp_path / "flash.json"
+    r = _run("edge_flash.py", "--shares", "parking=0.9,thermometer=0.1", "--save", str(saved))
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    fig = json.loads(saved.read_text())
+    assert fig["kinds"] == {"parking": 270, "thermometer": 30}
+    assert fig["readings"] == fig["readings_acked"] == 300
+
+
 @pytest.mark.micropython
 def test_memory_bench_prints_and_saves(tmp_path: Path, micropython32: str) -> None:
     saved = tmp_path / "mem.json"

@@ -205,3 +205,28 @@ def test_each_python_scenario_builds_its_rig_from_its_toml_twin(
     assert built.pop("interpreter") == "cpython"
     assert built.pop("seed") == sc.seed
     assert built == rig_options(sc.gateways[0], sc.faults)
+
+
+def test_pipeline_defaults_to_the_rigs_settings_and_is_checked() -> None:
+    sc = from_dict(spec())
+    assert (sc.pipeline.batch_age, sc.pipeline.sync_every, sc.pipeline.receipts,
+            sc.pipeline.collector_flush) == (0.3, 0.5, False, 0.2)
+    assert "unknown key 'pipeline.batch_ag'; did you mean 'batch_age'" in refused(
+        spec(pipeline={"batch_ag": "1s"}))
+    assert "pipeline.receipts: expected bool" in refused(spec(pipeline={"receipts": "yes"}))
+    assert "pipeline.sync_every: 0s must be > 0" in refused(spec(pipeline={"sync_every": "0s"}))
+
+
+def test_city_block_defaults_runs_what_a_deployment_ships() -> None:
+    """The scenario that measures issue 12's latency goals "with defaults" takes the shipped
+    defaults of the gateway's config schema and the collector's config, so it cannot drift."""
+    from collector.config import WriterConfig
+    from edge.config import STORE, UPLINK
+
+    sc, block = load("city-block-defaults"), load("city-block")
+    assert sc.pipeline.batch_age * 1000 == UPLINK["batch_age_ms"][1]
+    assert sc.pipeline.sync_every * 1000 == STORE["sync_every_ms"][1]
+    assert sc.pipeline.receipts is UPLINK["receipts"][1]
+    assert sc.pipeline.collector_flush == WriterConfig().flush_interval
+    assert (sc.gateways, sc.duration, sc.seed, sc.goals) == (block.gateways, block.duration, block.seed,
+                                                              block.goals)

@@ -113,3 +113,23 @@ def test_the_cli_does_not_import_the_hil_rig() -> None:
     found = _imports_under("citybrain")
     assert any(": devices" in line for line in found)
     assert [line for line in found if line.split(": ")[1].split(".")[0] == "hil"] == []
+
+
+def _private_reads(source: str) -> list[str]:
+    """`x._name` for any x but `self` (a module's own `_NAME` globals are plain names, not reads)."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                and not (isinstance(node.value, ast.Name) and node.value.id == "self")):
+            out.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return out
+
+
+def test_commands_change_settings_through_public_methods() -> None:
+    """edge/command.py (issue 10) reaches the agent, its sources and their rule filters only through
+    what they make public (`publish_status`, `request_flush`, `set_deadband`...), never their
+    private attributes: a rename inside the agent cannot silently break a command. (Before
+    fd26c24 it called `agent._publish_status`, which this finds.)"""
+    assert _private_reads((ROOT / "edge" / "command.py").read_text()) == []
+    assert _private_reads("async def run(agent):\n    await agent._publish_status()\n") == [
+        "line 2: agent._publish_status"]
