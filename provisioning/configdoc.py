@@ -29,7 +29,7 @@ EXAMPLE = {
     "broker": {"host": "mqtt.city.example", "port": 8883, "tls": True, "ca_file": "ca.pem",
                "username": "gw-xihu-0001", "password": "(from provisioning)"},
     "store": {"dir": "spool", "budget_bytes": 1048576},
-    "uplink": {"batch_max": 50, "batch_age_ms": 2000},
+    "uplink": {"batch_max": 50, "batch_age_ms": 1000},
     "sources": [
         {"kind": "parking", "transport": "serial", "port": "/dev/ttyUSB0", "baud": 9600,
          "sensors": ["P-00012", "P-00013"], "max_silence_s": 300},
