@@ -28,6 +28,7 @@ sees a point only when it polls, so each figure is late by up to one poll period
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -425,14 +426,17 @@ def recovery(record: Mapping[str, Any], verdict: Verdict) -> list[dict[str, Any]
 
 def _latency_back(flights: Sequence[tuple[float, float]], end: float, limit: float | None) -> float | None:
     """Seconds from `end` to the first window of emissions (from `end` on, LATENCY_WINDOW_S long,
-    stepped by a quarter of it) whose p95 latency is within `limit`; None if none starts within 60 s."""
+    stepped by a quarter of it) whose p95 latency is within `limit`; None if none starts within 60 s.
+    `flights` is sorted by emission time: each window is found by bisection, not by a scan of all."""
     if limit is None:
         return None
     step = LATENCY_WINDOW_S / 4
     k = 0
     while k * step <= 60.0:
         a = end + k * step
-        xs = sorted(v for t, v in flights if a <= t < a + LATENCY_WINDOW_S)
+        lo = bisect_left(flights, (a, -math.inf))
+        hi = bisect_left(flights, (a + LATENCY_WINDOW_S, -math.inf), lo)
+        xs = sorted(v for _, v in flights[lo:hi])
         if xs and pct(xs, 95) <= limit:
             return k * step
         k += 1
