@@ -335,8 +335,13 @@ fail:
  * |r_k - x_k| is within half the gap to d's neighbours (ties to the even significand; the gap below
  * a power of two is half as wide): checked exactly. The smallest such k is found by bisection (a k
  * that works keeps working for every larger k); r_k is then repr's digits (the nearest of the
- * shortest). An exact tie (x_k ending in .5) or anything outside the range is left to CPython's own
- * repr. tests/unit/test_collector_fastup.py compares it with repr. */
+ * shortest). An exact tie (x_k ending in .5: both neighbours equally near) takes the even one, as
+ * dtoa rounds its last digit; both read back or neither (their distance, 2^-s/2 in units of 10^-k,
+ * is within half the gap iff 10^k > 2^s; a power of two, whose gap below is narrower, never ties
+ * where it could read back). Ties are common: a float32 reading widened to a double has a short
+ * exact expansion ending in 5 (10.9434661865234375), and sending them to dtoa cost ~0.3 us per
+ * reading. Anything outside the range is left to CPython's own repr.
+ * tests/unit/test_collector_fastup.py compares it with repr. */
 
 typedef unsigned __int128 u128;
 
@@ -346,7 +351,8 @@ static u128 P10[23]; /* filled at import */
 #define TWO53 9007199254740992.0
 #define MAX_DIGITS_VALUE 100000000000000000ULL /* 10^17: repr never needs more than 17 digits */
 
-/* r_k (in *r) and whether r_k / 10^k reads back as M * 2^-s; -1 on an exact tie (x_k = n + 1/2). */
+/* r_k (in *r; the even neighbour on an exact tie x_k = n + 1/2) and whether r_k / 10^k reads back
+ * as M * 2^-s. */
 static int digits_at(uint64_t M, int s, int k, uint64_t *r) {
     u128 T = (u128)M * P10[k]; /* < 2^53 * 10^22 < 2^127 */
     u128 q, rem, half;
@@ -359,8 +365,7 @@ static int digits_at(uint64_t M, int s, int k, uint64_t *r) {
         rem = T - (q << s);
         half = (u128)1 << (s - 1);
     }
-    if (rem == half) return -1;
-    if (rem > half) q += 1;
+    if (rem > half || (rem == half && (q & 1))) q += 1;
     if (q >= MAX_DIGITS_VALUE) { /* more digits than repr ever writes: too large a k */
         *r = 0;
         return 0;
@@ -406,9 +411,7 @@ static int short_float(double d, char *out) {
     while (lo < hi) {
         int mid = (lo + hi) / 2;
         uint64_t rm;
-        int got = digits_at(M, s, mid, &rm);
-        if (got < 0) return -1;
-        if (got) hi = mid;
+        if (digits_at(M, s, mid, &rm)) hi = mid;
         else lo = mid + 1;
     }
     int k = lo;
