@@ -79,7 +79,12 @@ def series_key(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
 
 def tag(key: str, value: str) -> str:
     """`key=value` escaped: one tag of a series key, as `series_key` writes each (not cached)."""
-    return _key(key, "tag key") + "=" + _key(value, "tag value")
+    return _key(key, "tag key") + "=" + tag_value(value)
+
+
+def tag_value(value: str) -> str:
+    """A tag value escaped, as `tag` writes it after its key's `=`."""
+    return _key(value, "tag value")
 
 
 def field_key(name: str) -> str:
