@@ -404,6 +404,15 @@ def test_hostile_payloads_refused_as_before() -> None:
         "dup field key": carray(
             [ctext("T-1"), cint(4), cint(0), cmap([(cint(0), cfloat(37.5, 8)), (cint(0), cfloat(38.5, 8))])]
         ),
+        "dup field key, two encodings": carray(
+            [ctext("T-1"), cint(4), cint(0), cmap([(cint(0), cfloat(37.5, 8)), (cint(0, 8), cint(1))])]
+        ),
+        "dup large key": carray(
+            [ctext("T-1"), cint(4), cint(0), cmap([(cint(1000), cint(1)), (cint(1000, 2), cint(2))])]
+        ),
+        "dup negative key": carray(
+            [ctext("T-1"), cint(4), cint(0), cmap([(cint(-3), cint(1)), (cint(-3), cint(2))])]
+        ),
         "widened": one(cint(37)),
         "nan": one(cfloat(math.nan, 2)),
         "inf": one(cfloat(math.inf, 4), 1),
@@ -424,7 +433,8 @@ def test_hostile_payloads_refused_as_before() -> None:
         assert got == run_pure(pure, "gw-1", data), name
         seen[name] = got
     assert seen["dup header key"][:2] == ("refused", "duplicate_key")
-    assert seen["dup field key"][:2] == ("refused", "duplicate_key")
+    for name in ("dup field key", "dup field key, two encodings", "dup large key", "dup negative key"):
+        assert seen[name][:2] == ("refused", "duplicate_key"), name
     reasons = {name: got[3][0][1] for name, got in seen.items() if got[0] == "ok" and got[3]}
     assert reasons == {
         "nan": "not_finite",
