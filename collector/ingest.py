@@ -6,7 +6,9 @@ gateway's codec in edge/mqtt/packets.py), and every PUBLISH in it reaches the pi
 list, `on_messages(messages)`, once per chunk. The PUBACKs the pipeline releases in one loop
 iteration leave in one socket write. (paho-mqtt, which this replaces, parsed each packet in its
 own thread and handed each message to the loop with `call_soon_threadsafe`: ~0.9 us per reading
-in its thread plus a callback per message on the loop; docs/benchmarks.md.)
+in its thread plus a callback per message on the loop; docs/benchmarks.md.) The receipts published
+in one loop iteration join those PUBACKs: one write, one system call, for a whole flush of
+receipts (a `send` system call per receipt before: in the throughput bench, about one per message).
 
 Delivery: QoS 1, a fixed client id, clean start off and a long session expiry, so the broker
 keeps our subscriptions and queues messages while the collector is down. The PUBACK is sent
@@ -105,7 +107,7 @@ class _Connection(asyncio.Protocol):
         self.rx_at = time.monotonic()
         self.paused = False
         self.generation = 0
-        self.acks = bytearray()  # PUBACKs released in this loop iteration, written together
+        self.out = bytearray()  # PUBACKs and receipts of this loop iteration, written together
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)  # a stream connection, by construction
@@ -202,24 +204,24 @@ class MqttInput:
         if conn is None or msg.generation != conn.generation or not self.connected:
             self.acks_stale += 1
             return False
-        conn.acks += mqtt5.encode_puback(msg.mid)
+        conn.out += mqtt5.encode_puback(msg.mid)
         self.acks_sent += 1
         self.unacked -= 1
-        if not self._flush_pending:
-            self._flush_pending = True
-            asyncio.get_running_loop().call_soon(self._flush_acks)
+        self._flush_soon()
         return True
 
     def publish(self, topic: str, payload: bytes) -> bool:
-        """Publish QoS 0, not retained (call on the loop). False while disconnected: the message is
-        not queued. QoS 0 because a receipt is cumulative: a lost one is healed by the next, and by
-        the gateway's re-send of what stays unreceipted (docs/benchmarks.md)."""
+        """Publish QoS 0, not retained (call on the loop); it leaves with this iteration's other
+        packets in one write. False while disconnected: the message is not queued. QoS 0 because a
+        receipt is cumulative: a lost one is healed by the next, and by the gateway's re-send of
+        what stays unreceipted (docs/benchmarks.md)."""
         conn = self._conn
         if conn is None or not self.connected:
             self.publishes_dropped += 1
             return False
-        conn.write(mqtt5.encode_publish(topic, payload))
+        conn.out += mqtt5.encode_publish(topic, payload)
         self.publishes += 1
+        self._flush_soon()
         return True
 
     async def close(self) -> None:
@@ -230,7 +232,7 @@ class MqttInput:
         self._stopping = True
         conn = self._conn
         if conn is not None and conn.transport is not None and self.connected:
-            self._flush_acks()
+            self._flush_out()
             conn.write(mqtt5.DISCONNECT_PACKET)
             conn.transport.close()  # after the buffered writes
             with contextlib.suppress(TimeoutError):
@@ -328,14 +330,19 @@ class MqttInput:
             self.pauses += 1
         self._on_messages(messages)
 
-    def _flush_acks(self) -> None:
+    def _flush_soon(self) -> None:
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush_out)
+
+    def _flush_out(self) -> None:
         self._flush_pending = False
         conn = self._conn
         if conn is None:
             return
-        if conn.acks:
-            conn.write(bytes(conn.acks))
-            conn.acks.clear()
+        if conn.out:
+            conn.write(bytes(conn.out))
+            conn.out.clear()
         if conn.paused and self.unacked < self.max_unacked and conn.transport is not None:
             conn.paused = False
             conn.rx_at = time.monotonic()  # the keepalive clock restarts with reading

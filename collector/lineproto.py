@@ -69,12 +69,22 @@ def series_key(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
     if s is None:
         parts = [_measurement(measurement)]
         for tk, tv in tags:
-            parts.append(_key(tk, "tag key") + "=" + _key(tv, "tag value"))
+            parts.append(tag(tk, tv))
         s = ",".join(parts)
         if len(_series_cache) >= _CACHE_MAX:
             _series_cache.clear()
         _series_cache[k] = s
     return s
+
+
+def tag(key: str, value: str) -> str:
+    """`key=value` escaped: one tag of a series key, as `series_key` writes each (not cached)."""
+    return _key(key, "tag key") + "=" + tag_value(value)
+
+
+def tag_value(value: str) -> str:
+    """A tag value escaped, as `tag` writes it after its key's `=`."""
+    return _key(value, "tag value")
 
 
 def field_key(name: str) -> str:

@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -671,15 +671,24 @@ class Collector(HttpService):
     def metric(self, name: str, **labels: str) -> float:
         """One series of /metrics, `citybrain_collector_<name>{labels}` (0 if absent); OSError while
         the collector does not answer (not started, killed, restarting)."""
+        return self.metrics_of([(name, labels)])[0]
+
+    def metrics_of(self, series: Sequence[tuple[str, Mapping[str, str]]]) -> list[float]:
+        """Several series, each `(name, labels)` as `metric` takes them, from one GET of /metrics
+        (each GET renders every series: a poll that wants two values should pay for one render)."""
         _, body = http_request(self.metrics_url, timeout=5)
-        want = "citybrain_collector_" + name
-        if labels:
-            want += "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+        keys = []
+        for name, labels in series:
+            want = "citybrain_collector_" + name
+            if labels:
+                want += "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+            keys.append(want)
+        values = dict.fromkeys(keys, 0.0)
         for line in body.decode().splitlines():
             key, _, value = line.rpartition(" ")
-            if key == want:
-                return float(value)
-        return 0.0
+            if key in values:
+                values[key] = float(value)
+        return [values[k] for k in keys]
 
 
 class NatsNode(HttpService):

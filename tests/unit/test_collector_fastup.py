@@ -5,6 +5,7 @@ saying so, when the build is missing, stale or switched off (CITYBRAIN_PURE_PYTH
 
 from __future__ import annotations
 
+import decimal
 import logging
 import math
 import os
@@ -64,6 +65,7 @@ EDGE_FLOATS = [
     2.0**53 + 2, 1e22, 1e23, 5e-324, -5e-324, 2.2250738585072014e-308, 2.225073858507201e-308,
     1e-3, 0.001, 0.0009999999999999998, 1e-4, 9.999e-05, 1.7976931348623157e308, 0.5, 123456789012345.6,
     6.912207126617432, 20.914989471435547, 0.40309491753578186, 583.669189453125, 4503599627370497.5,
+    10.943466186523438, 195.95693969726562, 17.5, 36.5, 2.5, 0.25, 0.125, 0.375, 2.0**52 + 0.5,
 ]  # fmt: skip
 
 
@@ -92,6 +94,30 @@ def test_float_text_sweep() -> None:
         for x in (bits, single, short, ratio):
             if math.isfinite(x):
                 assert FASTUP.float_text(x) == pure_float(x), x
+
+
+def _ends_on_a_tie(x: float) -> bool:
+    """repr(x) has k fraction digits and x * 10^k is exactly n + 1/2: repr chose between two
+    equally near neighbours (a float32 widened to a double, 10.9434661865234375, is often one)."""
+    text = repr(abs(x))
+    if "e" in text:
+        return False
+    k = len(text.partition(".")[2].rstrip("0"))
+    return (decimal.Decimal(abs(x)).scaleb(k) % 1) == decimal.Decimal("0.5")
+
+
+@needs_build
+def test_float_text_ties() -> None:
+    """Where repr's digits stop at an exact tie the compiled text takes the even neighbour, as repr
+    does: float32 sensor values widened to doubles, thousands of them ending on a tie."""
+    assert FASTUP is not None
+    rnd = random.Random(9)
+    ties = 0
+    for _ in range(40_000):
+        x = struct.unpack("<f", struct.pack("<f", rnd.uniform(-2000, 2000) * 10 ** rnd.randint(-3, 4)))[0]
+        assert FASTUP.float_text(x) == pure_float(x), x
+        ties += _ends_on_a_tie(x)
+    assert ties > 1000, ties  # the case under test did occur
 
 
 @needs_build
@@ -378,6 +404,15 @@ def test_hostile_payloads_refused_as_before() -> None:
         "dup field key": carray(
             [ctext("T-1"), cint(4), cint(0), cmap([(cint(0), cfloat(37.5, 8)), (cint(0), cfloat(38.5, 8))])]
         ),
+        "dup field key, two encodings": carray(
+            [ctext("T-1"), cint(4), cint(0), cmap([(cint(0), cfloat(37.5, 8)), (cint(0, 8), cint(1))])]
+        ),
+        "dup large key": carray(
+            [ctext("T-1"), cint(4), cint(0), cmap([(cint(1000), cint(1)), (cint(1000, 2), cint(2))])]
+        ),
+        "dup negative key": carray(
+            [ctext("T-1"), cint(4), cint(0), cmap([(cint(-3), cint(1)), (cint(-3), cint(2))])]
+        ),
         "widened": one(cint(37)),
         "nan": one(cfloat(math.nan, 2)),
         "inf": one(cfloat(math.inf, 4), 1),
@@ -398,7 +433,8 @@ def test_hostile_payloads_refused_as_before() -> None:
         assert got == run_pure(pure, "gw-1", data), name
         seen[name] = got
     assert seen["dup header key"][:2] == ("refused", "duplicate_key")
-    assert seen["dup field key"][:2] == ("refused", "duplicate_key")
+    for name in ("dup field key", "dup field key, two encodings", "dup large key", "dup negative key"):
+        assert seen[name][:2] == ("refused", "duplicate_key"), name
     reasons = {name: got[3][0][1] for name, got in seen.items() if got[0] == "ok" and got[3]}
     assert reasons == {
         "nan": "not_finite",
