@@ -2,8 +2,9 @@
 
 A module of its own because it runs once per boot: `Agent` imports it, calls `build`, and a board
 drops it again (edge.compat.unload), so its code does not sit in the heap for the whole run (~0.9 KB
-on a 32-bit board, docs/benchmarks.md "Memory"), as edge/store/boot.py does for the log. The
-agent's state it sets up is listed, with its types, in `Agent`.
+on a 32-bit board, docs/benchmarks.md "Memory"), as edge/store/boot.py does for the log; so does
+the MQTT clients' CONNECT encoder (edge/mqtt/connect.py) once they are made. The agent's state it
+sets up is listed, with its types, in `Agent`.
 """
 
 import asyncio
@@ -11,9 +12,9 @@ import asyncio
 from edge import VERSION, cbor, protocol
 from edge.batcher import Batcher
 from edge.clock import Clock
-from edge.compat import const
+from edge.compat import const, unload
 from edge.mqtt.client import MQTTClient
-from edge.mqtt.packets import Will
+from edge.mqtt.connect import Will
 from edge.store import Log
 
 _RECENT = const(8)  # sensors remembered with their stamps while a burst shares one millisecond
@@ -135,3 +136,4 @@ def build(agent, cfg, port, alarm_slots):
     # board) is not kept for the run. edge.main drops its own reference too.
     agent.ntp_host = cfg["ntp_host"]
     agent.image = None  # the board image's hash, set by edge.main (None: not run from an image)
+    unload("edge.mqtt.connect")  # every client has encoded its CONNECT
