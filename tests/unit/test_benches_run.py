@@ -131,5 +131,5 @@ def test_code_size_bench_lists_what_a_running_agent_keeps(tmp_path: Path) -> Non
         assert rows[name]["live"] > 0
     # Code a board needs only at boot or on demand is not resident for the run.
     for lazy in ("edge.config", "edge.command", "edge.cbor_decode", "edge.store.boot", "edge.mqtt.refused",
-                 "edge.start"):
+                 "edge.start", "edge.mqtt.connect"):
         assert not any(m["module"].startswith(lazy) or lazy in m["module"] for m in fig["modules"]), lazy
