@@ -569,8 +569,9 @@ def report(fig: dict[str, Any], args: argparse.Namespace) -> int:
     print(f"interned names  {fig['qstrs']} qstrs in {fig['qstr_pools']} pools, {fig['qstr_bytes']} B of the "
           f"live heap at the end (the bench driver's own names among them)")
     print(f"peak live heap  {fig['peak_alloc']} B -> free on a 128 KB heap {fig['free_at_128k']} B "
-          f"(goal >= {GOAL_FREE}); this includes the bench driver's own "
-          f"{fig['live_by_stage'].get('driver', 0)} B, which a board's main.py does not carry")
+          f"(goal >= {GOAL_FREE}); this includes the {fig['live_by_stage'].get('driver', 0)} B live once "
+          f"the bench driver was loaded (part of it the interpreter's own: an empty module shows 640 B "
+          f"on 32 bits), which a board's main.py does not carry")
     print("gc.mem_alloc    " + "  ".join(f"{s['readings']}:{s['alloc']}" for s in fig["alloc_by_readings"]))
     print(f"growth slope    {fig['growth_bytes_per_10k']:+.1f} B per 10,000 readings "
           f"(goal <= {args.max_growth}; {fig['samples']} samples)")
