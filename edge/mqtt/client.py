@@ -92,7 +92,10 @@ class MQTTClient:
         self._head = memoryview(bytearray(tx_size or buffer_size))
         # The CONNECT, encoded once into bytes of its own size: fewer attributes than its parts,
         # no tx_size to fit, and a misused setting (a password without a username) fails here.
-        self._connect_packet = packets.encode_connect(
+        # Its encoder is a module of its own, which a board drops once its clients are made.
+        from edge.mqtt.connect import encode_connect
+
+        self._connect_packet = encode_connect(
             None, client_id, clean_session, keepalive, username, password, will)
         self._rpos = self._rlen = 0  # unparsed bytes in _buf: _buf[_rpos:_rlen]
         # In-flight QoS 1 publishes, oldest first (the order retransmission keeps): one

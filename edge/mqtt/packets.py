@@ -19,8 +19,10 @@ decoding allocates at most one small tuple. Bad wire data raises ProtocolError; 
 to a malformed packet is to close the connection, which is what the client does.
 
 PINGREQ and DISCONNECT have no encoder: they are the constant bytes c0 00 and e0 00, which the
-client writes as they are. The packet types are private `const`s: on MicroPython a public
-module constant costs a global slot and a name on the heap, and nothing outside reads them.
+client writes as they are. CONNECT and its `Will` are in edge/mqtt/connect.py: a client encodes
+its CONNECT once, when it is made, and a board drops that code again. The packet types are
+private `const`s: on MicroPython a public module constant costs a global slot and a name on the
+heap, and nothing outside reads them.
 """
 
 from edge.compat import const
@@ -28,18 +30,6 @@ from edge.mqtt import errors
 
 _PUBLISH = const(3)
 _MAX_REMAINING = const(268435455)  # the largest length four varint bytes can say
-
-
-class Will:
-    """The message the broker publishes for us if we vanish without DISCONNECT (the offline status)."""
-
-    def __init__(self, topic, payload, qos=0, retain=False):
-        if not 0 <= qos <= 2:
-            raise ValueError("bad QoS")
-        self.topic = _utf8(topic)
-        self.payload = _utf8(payload)
-        self.qos = qos
-        self.retain = retain
 
 
 def _utf8(s):
@@ -81,45 +71,6 @@ def _put_str(buf, off, s):
     off = _uint(buf, off, n)
     buf[off : off + n] = s
     return off + n
-
-
-def encode_connect(buf, client_id, clean_session=True, keepalive=60, username=None, password=None, will=None):
-    """CONNECT (3.1.1 section 3.1); returns its length in `buf`, or with `buf` None the packet as
-    bytes of exactly its size (a client encodes its CONNECT once: see MQTTClient)."""
-    if not 0 <= keepalive <= 0xFFFF:
-        raise ValueError("bad keepalive")
-    if password is not None and username is None:
-        raise ValueError("password needs a username")  # in MQTT 3.1.1
-    client_id = _utf8(client_id)
-    flags = 0x02 if clean_session else 0
-    body = 12 + len(client_id)  # protocol name, level, flags, keepalive, client id
-    if will is not None:
-        flags |= 0x04 | (will.qos << 3) | (0x20 if will.retain else 0)
-        body += 4 + len(will.topic) + len(will.payload)
-    if username is not None:
-        username = _utf8(username)
-        flags |= 0x80
-        body += 2 + len(username)
-    if password is not None:
-        password = _utf8(password)
-        flags |= 0x40
-        body += 2 + len(password)
-    whole = buf is None
-    if whole:
-        buf = bytearray(5 + body)  # the fixed header takes at most 5 bytes
-    off = put_header(buf, 0x10, body, body)
-    buf[off : off + 7] = b"\x00\x04MQTT\x04"  # protocol name, then level 4 = 3.1.1
-    buf[off + 7] = flags
-    off = _uint(buf, off + 8, keepalive)
-    off = _put_str(buf, off, client_id)
-    if will is not None:
-        off = _put_str(buf, off, will.topic)
-        off = _put_str(buf, off, will.payload)
-    if username is not None:
-        off = _put_str(buf, off, username)
-    if password is not None:
-        off = _put_str(buf, off, password)
-    return bytes(buf[:off]) if whole else off
 
 
 def encode_publish(buf, topic, n, qos=0, retain=False, dup=False, pid=0):

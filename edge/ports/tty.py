@@ -67,38 +67,39 @@ class Tty:
         the pty's other side closed) polls readable and reads EOF for ever: that is a dead port."""
         if self._f.readinto(self._buf) != 1:
             raise OSError(5, "tty hung up")  # EIO, as a write to it says
-        return True
 
     async def write(self, buf):
         self._f.write(buf)
 
-    async def _read(self, timeout_ms):
-        """Wait for one byte into self._buf; False on timeout."""
-        if self._ready():
-            return self._take()
-        if timeout_ms is not None and timeout_ms <= 0:
-            return False
-        if self._reader is None:
-            from edge.ports.tty_cpython import readable
-
-            return await readable(self._f.fileno(), timeout_ms) and self._take()
-        import asyncio
-
-        try:
-            if timeout_ms is None:
-                n = await self._reader.readinto(self._buf)
-            else:
-                n = await asyncio.wait_for_ms(self._reader.readinto(self._buf), timeout_ms)
-        except asyncio.TimeoutError:
-            return False
-        if n != 1:
-            raise OSError(5, "tty hung up")
-        return True
-
     async def readinto(self, buf, timeout_ms):
-        if len(buf) == 0 or not await self._read(timeout_ms):
+        # The wait for the first byte is in this coroutine, not one it awaits: a serial source
+        # waits here all its life, and each coroutine in that chain holds a frame (96 B a port
+        # on a 32-bit board).
+        if len(buf) == 0:
             return 0
         one = self._buf
+        if self._ready():
+            self._take()
+        elif timeout_ms is not None and timeout_ms <= 0:
+            return 0
+        elif self._reader is None:
+            from edge.ports.tty_cpython import readable
+
+            if not await readable(self._f.fileno(), timeout_ms):
+                return 0
+            self._take()
+        else:
+            import asyncio
+
+            try:
+                if timeout_ms is None:
+                    n = await self._reader.readinto(one)
+                else:
+                    n = await asyncio.wait_for_ms(self._reader.readinto(one), timeout_ms)
+            except asyncio.TimeoutError:
+                return 0
+            if n != 1:
+                raise OSError(5, "tty hung up")
         buf[0] = one[0]
         n = 1
         limit = len(buf)

@@ -39,10 +39,9 @@ class Source:
         self.kind = cfg["kind"]
         self.codec = load(self.kind)
         self.kind_code = self.codec.KIND_CODE
-        limits = dict(self.codec.ALARM_LIMITS)
-        if cfg.get("alarm_limits"):
-            limits.update(cfg["alarm_limits"])  # its names were checked by edge.config
-        self.limits = limits
+        # The configured overrides only (None: the kind's own): a kind's `alarm` takes the rest
+        # from its ALARM_LIMITS (docs/devices.md), so no merged copy per source is kept.
+        self.limits = cfg.get("alarm_limits")  # its names were checked by edge.config
         sensors = cfg.get("sensors")
         self.filter = ReportFilter(self.codec, cfg.get("deadband"), 0,
                                    cfg.get("max_silence_s", 300) * 1000, sensors)

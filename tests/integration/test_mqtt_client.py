@@ -21,6 +21,7 @@ import pytest
 
 from edge.mqtt import packets as P
 from edge.mqtt.client import MQTTClient, backoff_delays
+from edge.mqtt.connect import Will
 from edge.mqtt.errors import (
     ConnectionLost,
     ConnectRefused,
@@ -30,7 +31,6 @@ from edge.mqtt.errors import (
     ProtocolError,
     SubscribeRefused,
 )
-from edge.mqtt.packets import Will
 from hil.services import Mosquitto, free_port
 
 pytestmark = pytest.mark.integration

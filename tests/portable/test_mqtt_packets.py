@@ -6,6 +6,7 @@ checks the encoders against the bytes paho-mqtt puts on a socket and fuzzes the 
 
 import binascii
 
+from edge.mqtt import connect
 from edge.mqtt import packets as P
 from edge.mqtt.errors import (
     BadCredentials,
@@ -80,26 +81,26 @@ def test_fixed_header_flags_checked():
 
 
 def test_connect_minimal():
-    wire = enc(P.encode_connect, "abc", True, 60)
+    wire = enc(connect.encode_connect, "abc", True, 60)
     assert wire == h("10 0f 00 04 4d 51 54 54 04 02 00 3c 00 03 61 62 63")
 
 
 def test_connect_full():
-    will = P.Will("s", b"off", qos=1, retain=True)
-    wire = enc(P.encode_connect, b"gw1", False, 30, "u", b"p", will)
+    will = connect.Will("s", b"off", qos=1, retain=True)
+    wire = enc(connect.encode_connect, b"gw1", False, 30, "u", b"p", will)
     assert wire == h("10 1d 00 04 4d51 5454 04 ec 00 1e 0003 677731 0001 73 0003 6f6666 0001 75 0001 70")
 
 
 def test_connect_no_clean_session_no_will():
-    wire = enc(P.encode_connect, "c", False, 0, "user")
+    wire = enc(connect.encode_connect, "c", False, 0, "user")
     assert wire == h("10 13 0004 4d515454 04 80 0000 0001 63 0004 75736572")
 
 
 def test_connect_misuse():
-    raises(ValueError, enc, P.encode_connect, "c", True, 60, None, "pw")
-    raises(ValueError, enc, P.encode_connect, "c", True, 70000)
-    raises(ValueError, P.Will, "t", b"", 3)
-    raises(PacketTooLarge, P.encode_connect, bytearray(16), "a-long-client-id", True, 60)
+    raises(ValueError, enc, connect.encode_connect, "c", True, 60, None, "pw")
+    raises(ValueError, enc, connect.encode_connect, "c", True, 70000)
+    raises(ValueError, connect.Will, "t", b"", 3)
+    raises(PacketTooLarge, connect.encode_connect, bytearray(16), "a-long-client-id", True, 60)
 
 
 def test_publish_qos0():
@@ -228,6 +229,6 @@ def test_backoff_full_jitter_bounds():
 
 
 def test_connect_without_a_buffer_is_exactly_its_size():
-    will = P.Will("t/status", b"offline", 1, True)
+    will = connect.Will("t/status", b"offline", 1, True)
     for args in (("abc", True, 60), ("a-long-client-id", False, 30, "user", "pw", will)):
-        assert P.encode_connect(None, *args) == enc(P.encode_connect, *args)
+        assert connect.encode_connect(None, *args) == enc(connect.encode_connect, *args)

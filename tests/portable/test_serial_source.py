@@ -51,3 +51,18 @@ def test_long_lines_in_large_reads_all_decode():
         assert got == ids, (chunk, got)
         assert src.errors == {}, src.errors
         src.filter = type(src.filter)(src.codec, None, 0, 300000, ids)  # forget: the next run reports again
+
+
+def test_alarm_limits_override_the_kinds_own():
+    # A source's `alarm_limits` hold only the overridden names; the kind's own give the rest.
+    raw = {"gateway_id": "gw", "broker": {"host": "h"},
+           "sources": [{"kind": "thermometer", "transport": "serial", "port": "/dev/x", "sensors": ["g1"]},
+                       {"kind": "thermometer", "transport": "serial", "port": "/dev/y", "sensors": ["g1"],
+                        "alarm_limits": {"fever_c": 38.0}}]}
+    plain, tuned = config.validate(raw)["sources"]
+    for cfg, alarms in ((plain, ["fever", "fever"]), (tuned, [None, "fever"])):
+        got = []
+        src = SerialSource(cfg, _Runtime(), lambda sensor, kind, fields, urgent, alarm: got.append(alarm))
+        for n, body in enumerate((37.5, 38.5)):  # the default threshold is 37.3
+            assert src.take("g1", (body, 21.5, n, 120, True), n)
+        assert got == alarms, (cfg.get("alarm_limits"), got)

@@ -139,5 +139,6 @@ def test_code_size_bench_lists_what_a_running_agent_keeps(tmp_path: Path) -> Non
     for name in ("edge.agent", "edge.mqtt.client", "devices.parking.codec", "devices.manhole.codec"):
         assert rows[name]["live"] > 0
     # Code a board needs only at boot or on demand is not resident for the run.
-    for lazy in ("edge.config", "edge.command", "edge.cbor_decode", "edge.store.boot", "edge.mqtt.refused"):
+    for lazy in ("edge.config", "edge.command", "edge.cbor_decode", "edge.store.boot", "edge.mqtt.refused",
+                 "edge.start", "edge.mqtt.connect"):
         assert not any(m["module"].startswith(lazy) or lazy in m["module"] for m in fig["modules"]), lazy

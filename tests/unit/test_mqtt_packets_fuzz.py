@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge.mqtt import connect
 from edge.mqtt import packets as P
 from edge.mqtt.errors import ConnectRefused, PacketTooLarge, ProtocolError
 
@@ -92,8 +93,8 @@ def test_connect_publish_subscribe_match_paho(paho_peer: PahoPeer) -> None:
     c = paho_peer.client
     c.username_pw_set("user", "pässword")
     c.will_set("city/gw1/status", b"\xa1\x66online\xf4", qos=1, retain=True)
-    will = P.Will("city/gw1/status", b"\xa1\x66online\xf4", qos=1, retain=True)
-    assert paho_peer.connect(45) == enc(P.encode_connect, "gw1", False, 45, "user", "pässword", will)
+    will = connect.Will("city/gw1/status", b"\xa1\x66online\xf4", qos=1, retain=True)
+    assert paho_peer.connect(45) == enc(connect.encode_connect, "gw1", False, 45, "user", "pässword", will)
 
     info = c.publish("city/gw1/up", b"\x00" * 300, qos=1, retain=False)
     buf = bytearray(64)
@@ -120,7 +121,7 @@ def test_anonymous_clean_connect_matches_paho() -> None:
                          protocol=mqtt.MQTTv311)
     peer = PahoPeer(client, server)
     try:
-        assert peer.connect(0) == enc(P.encode_connect, "", True, 0)
+        assert peer.connect(0) == enc(connect.encode_connect, "", True, 0)
     finally:
         sock = client.socket()
         if sock is not None:
