@@ -55,7 +55,8 @@ STORE = {
 
 UPLINK = {
     "batch_max": (int, 50, "readings per batch"),
-    "batch_age_ms": (int, 1000, "send a partial batch after this long (1 s: readings queryable within 2 s at p99)"),
+    "batch_age_ms": (int, 1000, "send a partial batch after this long (1 s keeps readings queryable within "
+                     "2 s at p99)"),
     "max_inflight": (int, None, "batches published and not yet acknowledged (default 4 on CPython; 2 on "
                      "MicroPython boards, where each holds a batch buffer of ~2.5 KB)"),
     "replay_batches_per_s": (int, 20, "pace of backlog replay after an outage (live alarms go first)"),
