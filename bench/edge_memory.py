@@ -25,6 +25,12 @@ also if the peak live heap grew by more than 2 KB.
     python bench/edge_memory.py --sensors 128 --no-receipts         # uplink.receipts off, to compare
     python bench/edge_memory.py --sensors parking=120,manhole=8 --mix parking=0.8,manhole=0.2
     python bench/edge_memory.py --micropython .venv/bin/micropython --heap 1M   # the 64-bit port
+    python bench/edge_memory.py --sensors 128 --command-at 5000   # a first command mid-run
+
+With --command-at N the bench plays an operator: once N readings reached the broker it publishes
+one `status` command on the gateway's /cmd topic, waits for its reply, and reports the interned
+names before and after it and the free heap from then on (a first command loads edge.command and
+the CBOR decoder, whose names can make a new qstr pool, one block of ~4.5 KB, mid-run).
 
 The interpreter is the 32-bit build scripts/setup installs (.cache/micropython32): an ESP32 is a
 32-bit machine, and the 64-bit port needs ~1.45 times the heap for the same objects.
@@ -225,10 +231,12 @@ class Uplink:
         self.batches = 0
         self.status_heap: list[int] = []
         self.seen: set[tuple[int, int]] = set()
+        self.replies: list[Any] = []
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-uplink")
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
-        self.client.subscribe([("city/+/up", 1), ("city/+/status", 1), ("city/+/alarm", 1)])
+        self.client.subscribe([("city/+/up", 1), ("city/+/status", 1), ("city/+/alarm", 1),
+                               ("city/+/reply", 1)])
         self.client.loop_start()
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
@@ -242,6 +250,8 @@ class Uplink:
             self.seen.add((doc[1], doc[2]))
             self.batches += 1
             self.readings += len(doc[4])
+        elif msg.topic.endswith("/reply"):
+            self.replies.append(doc)
         elif msg.topic.endswith("/alarm"):
             # Alarms too: the agent keeps an alarm's log record until it is receipted.
             self.client.publish(msg.topic[:-5] + "ack", encode_receipt(doc[1], [], [doc[2], doc[2]]), qos=1)
@@ -361,7 +371,7 @@ _MEM_INFO = ("stack:", "GC:", "No. of 1-blocks:", "mem: total", "qstr pool:")
 def measure(n: int, rate: float, sample_ms: int, timeout_s: float, heap: str,
             micropython: Path = MICROPYTHON32, frozen: bool = False, verbose: bool = False,
             mix: dict[str, float] | None = None, counts: dict[str, int] | None = None,
-            receipts: bool = True) -> dict[str, Any]:
+            receipts: bool = True, command_at: int | None = None) -> dict[str, Any]:
     mix = mix or SHARE
     ids = sensor_ids(counts or plan(mix, None))
     tmp = Path(tempfile.mkdtemp(prefix="edge-mem-"))
@@ -430,7 +440,14 @@ def measure(n: int, rate: float, sample_ms: int, timeout_s: float, heap: str,
         for t in feeders:
             t.start()
         deadline = time.monotonic() + timeout_s
+        cmd_sent = cmd_replied = None  # len(lines) when the command was published / answered
         while time.monotonic() < deadline and uplink.readings < n:
+            if command_at is not None and cmd_sent is None and uplink.readings >= command_at:
+                cmd_sent = len(lines)
+                uplink.client.publish(f"city/{cfg['gateway_id']}/cmd",
+                                      cbor2.dumps({"id": "bench-1", "op": "status"}), qos=1)
+            if cmd_replied is None and uplink.replies:
+                cmd_replied = len(lines)
             if proc.poll() is not None:
                 reader.join(timeout=5)
                 died = _oom(lines)
@@ -461,11 +478,32 @@ def measure(n: int, rate: float, sample_ms: int, timeout_s: float, heap: str,
             os.close(s)
         shutil.rmtree(tmp, ignore_errors=True)
     fig = analyse(lines, n, uplink, image_bytes, image_kinds, wall, heap)
+    if command_at is not None:
+        fig["command"] = _command(lines, command_at, cmd_sent, cmd_replied, uplink)
     fig["word_bits"] = 32 if _records(lines)[0].get("block") == 16 else 64
     fig["sensors"] = {k: len(v) for k, v in ids.items()}
     fig["mix"] = mix
     fig["receipts"] = receipts
     return fig
+
+
+def _command(lines: list[str], at: int, sent: int | None, replied: int | None,
+             uplink: Uplink) -> dict[str, Any]:
+    """The figures of --command-at: names at the last sample before the command was published and
+    at the end; the peak live heap over the samples after its reply."""
+    out: dict[str, Any] = {"at": at, "sent": sent is not None, "reply": uplink.replies[:1]}
+    if sent is None:
+        return out
+    before = [r for r in _records(lines[:sent]) if r.get("tag") in ("start", "sample")]
+    after = [r for r in _records(lines[replied or sent:]) if r.get("tag") in ("sample", "end")]
+    if before:
+        out.update(qstrs_before=before[-1].get("n_qstr"), pools_before=before[-1].get("n_pool"))
+    if after:
+        peak = max(s["alloc"] for s in after)
+        out.update(qstrs_after=after[-1].get("n_qstr"), pools_after=after[-1].get("n_pool"),
+                   peak_alloc_after=peak, free_at_128k_after=BOARD_HEAP - peak,
+                   min_free_after=min(s["free"] for s in after), samples_after=len(after))
+    return out
 
 
 def _slope(xs: list[float], ys: list[float]) -> float:
@@ -575,6 +613,18 @@ def report(fig: dict[str, Any], args: argparse.Namespace) -> int:
     print("gc.mem_alloc    " + "  ".join(f"{s['readings']}:{s['alloc']}" for s in fig["alloc_by_readings"]))
     print(f"growth slope    {fig['growth_bytes_per_10k']:+.1f} B per 10,000 readings "
           f"(goal <= {args.max_growth}; {fig['samples']} samples)")
+    cmd = fig.get("command")
+    if cmd is not None:
+        if not cmd["sent"] or not cmd["reply"] or "qstrs_after" not in cmd:
+            print(f"FAIL: the command at {cmd['at']} readings was not sent or not answered: {cmd}")
+            status = 1
+        else:
+            print(f"first command   `status` at {cmd['at']} readings, reply {cmd['reply'][0]}; interned "
+                  f"names {cmd.get('qstrs_before')} ({cmd.get('pools_before')} pools) before -> "
+                  f"{cmd['qstrs_after']} ({cmd['pools_after']} pools) at the end; after its reply: peak "
+                  f"live heap {cmd['peak_alloc_after']} B -> free on a 128 KB heap "
+                  f"{cmd['free_at_128k_after']} B ({_kb(cmd['free_at_128k_after'])}), min free "
+                  f"{cmd['min_free_after']} B ({cmd['samples_after']} samples)")
     if args.verbose:
         print("\n".join(fig["agent_log"]))
     if fig["errors"]:
@@ -621,6 +671,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-receipts", dest="receipts", action="store_false",
                         help="run the agent with uplink.receipts off (a PUBACK frees a batch), to "
                              "compare the heap with receipts on, the default")
+    parser.add_argument("--command-at", type=int, default=None, metavar="N",
+                        help="publish one `status` command on /cmd once N readings were uplinked, and "
+                             "report the names and free heap after it (a first command mid-run)")
     parser.add_argument("--quick", action="store_true", help="1,000 readings: proves the script works")
     parser.add_argument("--verbose", action="store_true", help="print the agent's own log lines")
     baseline.add_arguments(parser)
@@ -641,7 +694,8 @@ def main(argv: list[str] | None = None) -> int:
         if base is None:
             return 2
     fig = measure(args.readings, args.rate, args.sample_ms, 60 + 3 * args.readings / args.rate, args.heap,
-                  args.micropython, args.frozen, args.verbose, args.mix, counts, args.receipts)
+                  args.micropython, args.frozen, args.verbose, args.mix, counts, args.receipts,
+                  args.command_at)
     fig["frozen"] = args.frozen
     status = report(fig, args)
     if base is not None:

@@ -219,7 +219,7 @@ def dumps(value):
 def loads(data, *limits):
     """Decode exactly one CBOR item filling `data`; anything wrong is a CBORError.
 
-    `limits`: optional max_depth (default 16) and max_items (default 4096), passed on to the
+    `limits`: optional nesting depth (default 16) and item count (default 4096), passed on to the
     decoder. It lives in edge.cbor_decode, loaded on first use: a gateway decodes only commands.
     """
     from edge.cbor_decode import loads

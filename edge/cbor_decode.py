@@ -5,6 +5,10 @@ It trusts nothing: every length is checked against the bytes actually present be
 allocated, nesting depth and item count are capped, and any malformed input raises `CBORError`
 (never IndexError, KeyError, UnicodeError...). Floats are decoded bit by bit, so half floats need
 no `struct` 'e' (absent on some ports).
+
+Every name a board loads with it is interned for good (a first command loads it mid-run, and new
+names can make a new qstr pool, ~4.5 KB in one block: docs/gateway.md, "a first command"), so it
+is one method that decodes any item and two helpers, with names the agent has already interned.
 """
 
 import struct
@@ -12,37 +16,19 @@ import struct
 from edge.cbor import CBORError
 from edge.compat import const
 
-_INF = float("inf")
 _MAX_DEPTH = const(16)
 _MAX_ITEMS = const(4096)
 _MAX_BIGNUM = const(64)  # bytes of a tag 2/3 magnitude we accept (ints up to 2**512)
 
 
-def _half_to_float(h):
-    import math
-
-    exp = (h >> 10) & 0x1F
-    mant = h & 0x3FF
-    if exp == 0:
-        v = math.ldexp(mant, -24)
-    elif exp == 31:
-        v = _INF if mant == 0 else float("nan")
-    else:
-        v = math.ldexp(mant | 0x400, exp - 25)
-    return -v if h & 0x8000 else v
-
-
-_BREAK = object()
-
-
 class _Decoder:
     __slots__ = ("buf", "pos", "end", "items")
 
-    def __init__(self, buf, end, max_items):
+    def __init__(self, buf, end, items):
         self.buf = buf
         self.pos = 0
         self.end = end
-        self.items = max_items
+        self.items = items
 
     def _take(self, n):
         p = self.pos
@@ -51,7 +37,9 @@ class _Decoder:
         self.pos = p + n
         return p
 
-    def _arg(self, ai):
+    def _uint(self, b):
+        """The argument of the head byte `b` (its additional info, or the bytes after it)."""
+        ai = b & 31
         if ai < 24:
             return ai
         if ai > 27:
@@ -64,143 +52,122 @@ class _Decoder:
             n = (n << 8) | buf[i]
         return n
 
-    def _chunks(self, major):
-        """Indefinite-length bytes/text: definite chunks of the same major type until break."""
-        parts = []
-        while True:
-            p = self._take(1)
-            ib = self.buf[p]
-            if ib == 0xFF:
-                break
-            if ib >> 5 != major or ib & 31 == 31:
-                raise CBORError("bad chunk in indefinite string")
-            n = self._arg(ib & 31)
-            q = self._take(n)
-            parts.append(bytes(self.buf[q:q + n]))
-        return b"".join(parts)
-
-    def _text(self, raw):
-        try:
-            return raw.decode("utf-8")
-        except (UnicodeError, ValueError):
-            raise CBORError("invalid UTF-8 in text string") from None
-
-    def item(self, depth):
+    def decode(self, nesting):
+        """One item, nesting at most `nesting` levels; `...` (Ellipsis, which no item decodes to)
+        for a break, which only an indefinite-length item's caller accepts."""
         self.items -= 1
         if self.items < 0:
             raise CBORError("too many items")
-        p = self._take(1)
-        ib = self.buf[p]
-        major = ib >> 5
-        ai = ib & 31
+        buf = self.buf
+        b = buf[self._take(1)]
+        major = b >> 5
         if major == 7:
-            return self._simple(ai, ib)
-        if ai == 31:
-            return self._indefinite(major, depth)
-        n = self._arg(ai)
+            ai = b & 31
+            if ai == 20:
+                return False
+            if ai == 21:
+                return True
+            if ai == 22:
+                return None
+            if ai == 31:
+                return ...
+            if ai == 25:  # half float, bit by bit
+                import math
+
+                p = self._take(2)
+                h = (buf[p] << 8) | buf[p + 1]
+                exp = (h >> 10) & 0x1F
+                mant = h & 0x3FF
+                if exp == 0:
+                    v = math.ldexp(mant, -24)
+                elif exp == 31:
+                    v = float("inf") if mant == 0 else float("nan")
+                else:
+                    v = math.ldexp(mant | 0x400, exp - 25)
+                return -v if h & 0x8000 else v
+            if ai == 26:
+                p = self._take(4)
+                return struct.unpack(">f", bytes(buf[p:p + 4]))[0]
+            if ai == 27:
+                p = self._take(8)
+                return struct.unpack(">d", bytes(buf[p:p + 8]))[0]
+            raise CBORError("unsupported simple value 0x%02x" % b)
+        indefinite = b & 31 == 31  # items (or string chunks) until a break
+        if indefinite and (major < 2 or major == 6):
+            raise CBORError("indefinite length not allowed for major type %d" % major)
+        n = 0 if indefinite else self._uint(b)
         if major == 0:
             return n
         if major == 1:
             return -1 - n
-        if major == 2 or major == 3:
-            q = self._take(n)
-            raw = bytes(self.buf[q:q + n])
-            return raw if major == 2 else self._text(raw)
-        if depth <= 0:
+        if major < 4:  # byte or text string; an indefinite one is definite chunks of its type
+            if indefinite:
+                parts = []
+                while True:
+                    c = buf[self._take(1)]
+                    if c == 0xFF:
+                        break
+                    if c >> 5 != major or c & 31 == 31:
+                        raise CBORError("bad chunk in indefinite string")
+                    m = self._uint(c)
+                    q = self._take(m)
+                    parts.append(bytes(buf[q:q + m]))
+                raw = b"".join(parts)
+            else:
+                q = self._take(n)
+                raw = bytes(buf[q:q + n])
+            if major == 2:
+                return raw
+            try:
+                return raw.decode("utf-8")
+            except (UnicodeError, ValueError):
+                raise CBORError("invalid UTF-8 in text string") from None
+        if nesting <= 0:
             raise CBORError("nesting too deep")
-        if major == 4:
-            if n > self.end - self.pos:  # each item needs at least one byte
-                raise CBORError("array length %d exceeds input" % n)
-            out = []
-            for _ in range(n):
-                out.append(self._value(depth - 1))
-            return out
-        if major == 5:
-            if 2 * n > self.end - self.pos:
-                raise CBORError("map length %d exceeds input" % n)
-            out = {}
-            for _ in range(n):
-                self._pair(out, depth - 1)
+        if major < 6:  # array (4) or map (5)
+            # each item needs at least one byte
+            if not indefinite and (major - 3) * n > self.end - self.pos:
+                raise CBORError("%s length %d exceeds input" % ("array" if major == 4 else "map", n))
+            out = [] if major == 4 else {}
+            i = 0
+            while indefinite or i < n:
+                i += 1
+                k = self.decode(nesting - 1)
+                if k is ...:
+                    if indefinite:
+                        return out
+                    raise CBORError("unexpected break")
+                if major == 4:
+                    out.append(k)  # type: ignore[attr-defined]  # a list: mypy cannot narrow `out` by major
+                    continue
+                if isinstance(k, (list, dict)):
+                    raise CBORError("unhashable map key")
+                if k in out:
+                    raise CBORError("duplicate map key %r" % (k,))
+                v = self.decode(nesting - 1)
+                if v is ...:
+                    raise CBORError("unexpected break")
+                out[k] = v  # type: ignore[index]  # a dict, as above
             return out
         # major 6: tags. Only bignums (2, 3) are part of this protocol.
         if n != 2 and n != 3:
             raise CBORError("unsupported tag %d" % n)
         q = self.pos
-        if q >= self.end or self.buf[q] >> 5 != 2 or self.buf[q] & 31 == 31:
+        if q >= self.end or buf[q] >> 5 != 2 or buf[q] & 31 == 31:
             raise CBORError("bignum tag must hold a definite byte string")
-        raw = self.item(depth - 1)
+        raw = self.decode(nesting - 1)
         if len(raw) > _MAX_BIGNUM:
             raise CBORError("bignum too large")
         m = int.from_bytes(raw, "big") if raw else 0
         return m if n == 2 else -1 - m
 
-    def _value(self, depth):
-        v = self.item(depth)
-        if v is _BREAK:
-            raise CBORError("unexpected break")
-        return v
 
-    def _pair(self, out, depth):
-        k = self._value(depth)
-        if isinstance(k, (list, dict)):
-            raise CBORError("unhashable map key")
-        if k in out:
-            raise CBORError("duplicate map key %r" % (k,))
-        out[k] = self._value(depth)
-
-    def _indefinite(self, major, depth):
-        if major == 2:
-            return self._chunks(2)
-        if major == 3:
-            return self._text(self._chunks(3))
-        if depth <= 0:
-            raise CBORError("nesting too deep")
-        if major == 4:
-            out = []
-            while True:
-                v = self.item(depth - 1)
-                if v is _BREAK:
-                    return out
-                out.append(v)
-        if major == 5:
-            out = {}
-            while True:
-                k = self.item(depth - 1)
-                if k is _BREAK:
-                    return out
-                if isinstance(k, (list, dict)):
-                    raise CBORError("unhashable map key")
-                if k in out:
-                    raise CBORError("duplicate map key %r" % (k,))
-                out[k] = self._value(depth - 1)
-        raise CBORError("indefinite length not allowed for major type %d" % major)
-
-    def _simple(self, ai, ib):
-        if ai == 20:
-            return False
-        if ai == 21:
-            return True
-        if ai == 22:
-            return None
-        if ai == 31:
-            return _BREAK
-        buf = self.buf
-        if ai == 25:
-            p = self._take(2)
-            return _half_to_float((buf[p] << 8) | buf[p + 1])
-        if ai == 26:
-            p = self._take(4)
-            return struct.unpack(">f", bytes(buf[p:p + 4]))[0]
-        if ai == 27:
-            p = self._take(8)
-            return struct.unpack(">d", bytes(buf[p:p + 8]))[0]
-        raise CBORError("unsupported simple value 0x%02x" % ib)
-
-
-def loads(data, max_depth=_MAX_DEPTH, max_items=_MAX_ITEMS):
+def loads(data, nesting=_MAX_DEPTH, items=_MAX_ITEMS):
     """Decode exactly one CBOR item filling `data` (bytes-like); anything wrong is a CBORError."""
-    d = _Decoder(data, len(data), max_items)
-    v = d._value(max_depth)
+    d = _Decoder(data, len(data), items)
+    v = d.decode(nesting)
+    if v is ...:
+        raise CBORError("unexpected break")
     if d.pos != d.end:
         raise CBORError("%d trailing bytes" % (d.end - d.pos))
     return v

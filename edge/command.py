@@ -13,16 +13,25 @@ from edge.cbor import CBORError
 from edge.compat import const
 from edge.mqtt.errors import MQTTError
 
-OPS = ("status", "set", "reboot", "flush")
-MAX_ID_LEN = const(64)
+# Every name a board loads with this module (function, class, argument, attribute and global
+# names, strings of up to 10 characters) is interned for good when the first command arrives:
+# with a 128-sensor run that can make a new qstr pool mid-run (~4.5 KB in one block; docs/gateway.md,
+# "a first command"). So: module-private `const`s (not globals, their text not interned), names the
+# agent has already interned, and one function where one caller would call another.
+_OPS = const(("status", "set", "reboot", "flush"))
+_MAX_ID_LEN = const(64)
+_CMD_KEYS = const(("v", "id", "op", "args"))
+_SETTINGS = const(("deadband", "max_silence_s", "poll_ms"))
+_SOURCE = const("source")  # the `set` argument naming a source by index
+_OK = const("ok")  # reply keys
+_RESULT = const("result")
+_ERROR = const("%s: %s")  # a reply's error text: code, detail
 
-# Reply error codes for commands the gateway could not parse.
-E_BAD_CBOR = "bad_cbor"
-E_BAD_COMMAND = "bad_command"
-E_UNKNOWN_OP = "unknown_op"
-E_VERSION = "unsupported_version"
-
-_SETTINGS = ("deadband", "max_silence_s", "poll_ms")
+# Reply error codes for commands the gateway could not parse (docs/protocol.md).
+_E_BAD_CBOR = const("bad_cbor")
+_E_BAD_COMMAND = const("bad_command")
+_E_UNKNOWN_OP = const("unknown_op")
+_E_VERSION = const("unsupported_version")
 
 
 class Command:
@@ -51,52 +60,49 @@ class CommandError:
         return "CommandError(%r, %r, %r)" % (self.code, self.detail, self.id)
 
 
-_CMD_KEYS = ("v", "id", "op", "args")
-
-
 def decode_command(data):
     """`Command` or `CommandError` for a `/cmd` payload; never raises on any bytes."""
     try:
         m = cbor.loads(data, 8, 256)
     except CBORError as e:
-        return CommandError(E_BAD_CBOR, str(e))
+        return CommandError(_E_BAD_CBOR, str(e))
     if not isinstance(m, dict):
-        return CommandError(E_BAD_COMMAND, "not a map")
+        return CommandError(_E_BAD_COMMAND, "the command is not a map")
     cid = m.get("id")
-    if not isinstance(cid, str) or not 0 < len(cid) <= MAX_ID_LEN:
-        return CommandError(E_BAD_COMMAND, "id must be text of 1..%d chars" % MAX_ID_LEN)
+    if not isinstance(cid, str) or not 0 < len(cid) <= _MAX_ID_LEN:
+        return CommandError(_E_BAD_COMMAND, "id must be text of 1..%d chars" % _MAX_ID_LEN)
     for k in m:
         if k not in _CMD_KEYS:
-            return CommandError(E_BAD_COMMAND, "unknown key %r" % (k,), cid)
+            return CommandError(_E_BAD_COMMAND, "unknown key %r" % (k,), cid)
     v = m.get("v", protocol.VERSION)
     if v != protocol.VERSION or type(v) is not int:
-        return CommandError(E_VERSION, "version %r" % (v,), cid)
+        return CommandError(_E_VERSION, "version %r, not %d" % (v, protocol.VERSION), cid)
     op = m.get("op")
     if not isinstance(op, str):
-        return CommandError(E_BAD_COMMAND, "op must be text", cid)
-    if op not in OPS:
-        return CommandError(E_UNKNOWN_OP, "unknown op %r" % (op,), cid)
+        return CommandError(_E_BAD_COMMAND, "op must be text", cid)
+    if op not in _OPS:
+        return CommandError(_E_UNKNOWN_OP, "unknown op %r" % (op,), cid)
     args = m.get("args", {})
     if not isinstance(args, dict):
-        return CommandError(E_BAD_COMMAND, "args must be a map", cid)
+        return CommandError(_E_BAD_COMMAND, "args must be a map", cid)
     for k in args:
         if not isinstance(k, str):
-            return CommandError(E_BAD_COMMAND, "args keys must be text", cid)
+            return CommandError(_E_BAD_COMMAND, "args keys must be text", cid)
     return Command(cid, op, args)
 
 
-
-def encode_reply(w, cmd_id, ok, error=None, result=None):
-    """`{id, ok, error, result}` into `w`; id is None when the command's id was unreadable."""
+def encode_reply(w, id, error=None, value=None):
+    """`{id, ok, error, result}` into `w`: ok is true when `error` (text) is None, `value` the
+    result; id is None when the command's id was unreadable."""
     cbor.enc_head(w, 5, 4)
     cbor.enc_text(w, "id")
-    cbor.enc(w, cmd_id)
-    cbor.enc_text(w, "ok")
-    cbor.enc(w, bool(ok))
+    cbor.enc(w, id)
+    cbor.enc_text(w, _OK)
+    cbor.enc(w, error is None)
     cbor.enc_text(w, "error")
     cbor.enc(w, error)
-    cbor.enc_text(w, "result")
-    cbor.enc(w, result)
+    cbor.enc_text(w, _RESULT)
+    cbor.enc(w, value)
 
 
 async def handle(agent, payload):
@@ -105,13 +111,12 @@ async def handle(agent, payload):
     w = bytearray()
     bad = isinstance(cmd, CommandError)
     if bad:
-        encode_reply(w, cmd.id, False, cmd.code + ": " + cmd.detail)
+        encode_reply(w, cmd.id, _ERROR % (cmd.code, cmd.detail))
     else:
         try:
-            result = run(agent, cmd)
-            encode_reply(w, cmd.id, True, None, result)
+            encode_reply(w, cmd.id, None, run(agent, cmd))
         except (ValueError, KeyError, TypeError) as exc:
-            encode_reply(w, cmd.id, False, "bad_args: %s" % exc)
+            encode_reply(w, cmd.id, "bad_args: %s" % exc)
     client = agent.client
     pid = await client.publish(agent.topics[protocol.REPLY], bytes(w), 1, False, False)
     if not bad and cmd.op == "status":
@@ -136,77 +141,57 @@ def run(agent, cmd):
         return {"errors": agent.status(), "log": log, "alarms_sent": agent.alarms_sent,
                 "alarms_dropped": agent.alarms_dropped, "alarms_unstamped": agent.alarms_unstamped,
                 "connects": agent.connects}
-    if op == "set":
-        targets = _targets(agent, args)
-        rest = {}
-        for k in args:
-            if k not in ("kind", "source"):
-                rest[k] = args[k]
-        if not rest:
-            raise ValueError("nothing to set (deadband, max_silence_s, poll_ms)")
-        for k in rest:
-            if k not in _SETTINGS:
-                raise ValueError("unknown setting %r" % k)
-        for src in targets:
-            check_settings(src, rest)  # all of them first: a refusal changes nothing
-        for src in targets:
-            apply(src, rest)
-        return {"sources": len(targets)}
     if op == "flush":
         return {"pending": agent.request_flush()}
     if op == "reboot":
         return {"boot": agent.boot}
-    raise ValueError("unhandled op %r" % op)
-
-
-def _targets(agent, args):
+    if op != "set":
+        raise ValueError("unhandled op %r" % op)
+    # set: the sources it names, by index or kind
     sources = agent.sources
-    if "source" in args:
-        i = args["source"]
+    if _SOURCE in args:
+        i = args[_SOURCE]
         if not isinstance(i, int) or not 0 <= i < len(sources):
             raise ValueError("source must be an index 0..%d" % (len(sources) - 1))
-        return [sources[i]]
-    if "kind" in args:
-        found = [s for s in sources if s.kind == args["kind"]]
-        if not found:
+        targets = [sources[i]]
+    elif "kind" in args:
+        targets = [s for s in sources if s.kind == args["kind"]]
+        if not targets:
             raise ValueError("no source of kind %r" % (args["kind"],))
-        return found
-    raise ValueError("say which sources: 'kind' or 'source'")
-
-
-def check_settings(src, args):
-    """Raise ValueError (naming the key) unless `apply(src, args)` would take every setting.
-
-    The agent checks every targeted source before it changes any, so a refused `set` leaves no
-    half of itself behind; a text deadband would otherwise crash the source's task later.
-    """
+    else:
+        raise ValueError("say which sources: 'kind' or 'source'")
+    n = 0
+    for k in args:
+        if k != "kind" and k != _SOURCE:
+            if k not in _SETTINGS:
+                raise ValueError("unknown setting %r" % k)
+            n += 1
+    if not n:
+        raise ValueError("nothing to set (deadband, max_silence_s, poll_ms)")
     db = args.get("deadband")
-    if db is not None:
-        if not isinstance(db, dict):
-            raise ValueError("deadband must be a map of field -> number")
-        for name in db:
-            src.filter.check_deadband(name, db[name])
     silence = args.get("max_silence_s")
+    poll = args.get("poll_ms")
+    # Every value and every targeted source is checked before any is changed, so a refused `set`
+    # leaves no half of itself behind (a text deadband would otherwise crash a source's task later).
+    if db is None:
+        db = {}
+    elif not isinstance(db, dict):
+        raise ValueError("deadband must be a map of field -> number")
     if silence is not None and (isinstance(silence, bool) or not isinstance(silence, int)
                                 or silence < 0):
         raise ValueError("max_silence_s must be an integer >= 0, not %r" % (silence,))
-    poll = args.get("poll_ms")
-    if poll is not None:
-        if isinstance(poll, bool) or not isinstance(poll, int):
-            raise ValueError("poll_ms must be an integer, not %r" % (poll,))
-        src.check_poll(poll)
-
-
-def apply(src, args):
-    """The `set` command for one source: deadbands, max silence, poll interval."""
-    check_settings(src, args)
-    db = args.get("deadband")
-    silence = args.get("max_silence_s")
-    poll = args.get("poll_ms")
-    if db is not None:
+    if poll is not None and (isinstance(poll, bool) or not isinstance(poll, int)):
+        raise ValueError("poll_ms must be an integer, not %r" % (poll,))
+    for src in targets:
+        for name in db:
+            src.filter.check_deadband(name, db[name])
+        if poll is not None:
+            src.check_poll(poll)
+    for src in targets:
         for name in db:
             src.filter.set_deadband(name, db[name])
-    if silence is not None:
-        src.filter.max_silence_ms = silence * 1000
-    if poll is not None:
-        src.set_poll(poll)
+        if silence is not None:
+            src.filter.max_silence_ms = silence * 1000
+        if poll is not None:
+            src.set_poll(poll)
+    return {"sources": len(targets)}

@@ -142,3 +142,18 @@ def test_code_size_bench_lists_what_a_running_agent_keeps(tmp_path: Path) -> Non
     for lazy in ("edge.config", "edge.command", "edge.cbor_decode", "edge.store.boot", "edge.mqtt.refused",
                  "edge.start", "edge.mqtt.connect"):
         assert not any(m["module"].startswith(lazy) or lazy in m["module"] for m in fig["modules"]), lazy
+
+
+@pytest.mark.micropython
+def test_memory_bench_sends_a_first_command_and_reports_the_names_it_adds(
+        tmp_path: Path, micropython32: str) -> None:
+    saved = tmp_path / "mem.json"
+    r = _run("edge_memory.py", "--command-at", "500", "--save", str(saved))
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    cmd = json.loads(saved.read_text())["command"]
+    assert cmd["sent"] and cmd["reply"][0]["id"] == "bench-1" and cmd["reply"][0]["ok"] is True, cmd
+    # edge.command and the decoder are loaded by the command: their names are added then
+    assert cmd["qstrs_after"] > cmd["qstrs_before"] > 500, cmd
+    line = re.search(r"^first command .* interned names (\d+) \(\d pools\) before -> (\d+) ", r.stdout, re.M)
+    assert line and [int(g) for g in line.groups()] == [cmd["qstrs_before"], cmd["qstrs_after"]], r.stdout
+    assert cmd["free_at_128k_after"] == 128 * 1024 - cmd["peak_alloc_after"]

@@ -82,7 +82,7 @@ def test_alarm_status_reply_guessed() -> None:
     rc, out, _ = _run([], bytes(w))
     assert rc == 0 and "ts: 1767225600000  (2026-01-01T00:00:00.000Z)" in out and "bad_crc" in out
     w = bytearray()
-    command.encode_reply(w, "c-9", False, "unknown_op")
+    command.encode_reply(w, "c-9", "unknown_op")
     rc, out, _ = _run(["--topic", "reply"], bytes(w))
     assert rc == 0 and "reply" in out and "unknown_op" in out
 
@@ -156,7 +156,7 @@ def test_protocol_doc_examples_are_what_the_code_makes() -> None:
     e.add("体温-东门-2", 4, T0 + 1250, (37.5, 21.25, 88, 42, True))
     alarm = protocol.BatchEncoder(256)
     reply = bytearray()
-    command.encode_reply(reply, "op-20260101-001", True, None, {"sources": 1})
+    command.encode_reply(reply, "op-20260101-001", None, {"sources": 1})
     made = [
         bytes(e.finish()),
         bytes(
