@@ -20,7 +20,7 @@ fresh database by a tight aiohttp loop. collector/ceiling is what the collector 
 The collector's CPU per reading (goal <= 4 us) is the figure that holds still on a shared machine.
 
     python bench/collector_throughput.py [--readings 1000000] [--store influx|vm] [--save F] [--baseline F]
-    python bench/collector_throughput.py --rounds 3               # 3 runs between 4 ceilings: the median ratio
+    python bench/collector_throughput.py --rounds 3               # 3 runs between 4 ceilings: median ratio
     python bench/collector_throughput.py --quick                  # small run, for the test suite
     python bench/collector_throughput.py --readings 300000 --tuned # the old fixed settings, not the defaults
     python bench/collector_throughput.py --soak 600 --rate 20000  # paced; collector RSS sampled
