@@ -67,7 +67,7 @@ def test_micropython_agent_with_two_serial_and_one_mqtt_source_runs_in_board_hea
     assert out.leftovers == []
 
 
-def test_a_gateway_with_128_parking_bays_runs_on_the_32bit_build_in_108k(micropython32: str) -> None:
+def test_a_gateway_with_128_parking_bays_runs_on_the_32bit_build_in_112k(micropython32: str) -> None:
     """128 bays on one serial bus (plus 2 thermometers and 2 lids) on a board's word size.
 
     The agent once kept its own table of every sensor's last stamp beside the rules' table; it grew
@@ -85,9 +85,13 @@ def test_a_gateway_with_128_parking_bays_runs_on_the_32bit_build_in_108k(micropy
     holds 618, in five qstr pools instead of six): passes at 108K 2 of 2 (main 93db3df dies there
     1 of 1), dies at 104K (1 of 1); the guard is at 108K. heap6 (-2.5 to -3 KB at the bench's 128
     sensors) passes at 108K 2 of 2 and still dies at 104K (3 of 3: MemoryError allocating 256 B in
-    the uplink), so it stays there.
+    the uplink), so it stayed there. On main 04a43e8 (heap6 and cmdnames merged, batch age 1 s) it
+    died at 108K in the full test run (MemoryError allocating 256 B in the uplink; two pytest
+    workers on two cores) and in 1 of 3 runs alone with both cores busy (3 of 3 passed on an idle
+    machine): the margin at 108K depends on timing, so the guard is at 112K (3 of 3 with both cores
+    busy). The board's own figure is bench/edge_memory.py's (docs/gateway.md).
     """
-    out = scenarios.board_heap("micropython32", heap="108K", parking=128)
+    out = scenarios.board_heap("micropython32", heap="112K", parking=128)
     report = out.report
     assert report.ok, report.summary()
     assert report.kinds["parking"].received >= report.kinds["parking"].expected > 128, report.summary()
