@@ -186,13 +186,13 @@ async def drive(cfg: dict[str, Any], data: dict[str, bytes], timeout_s: float,
                 await asyncio.sleep(0)
                 agent.request_flush()
                 flushed = True
-            if flushed and agent.log.pending == 0 and not agent._sent:
+            if flushed and agent.log.pending + agent.events.pending == 0 and not agent._sent:
                 break
         t1 = time.perf_counter()
     finally:
         stop.set()
         await task
-    stats = agent.log.stats()
+    stats = log_stats(agent)
     return {
         "seconds": t1 - t0,
         "readings_decoded": sum(s.readings for s in agent.sources),
@@ -201,8 +201,18 @@ async def drive(cfg: dict[str, Any], data: dict[str, bytes], timeout_s: float,
         "errors": {s.kind: s.error_report() for s in agent.sources},
         "alarms_sent": agent.alarms_sent,
         "log": stats,
-        "complete": agent.log.pending == 0 and all(p.drained for p in ports.values()),
+        "complete": stats["pending_records"] == 0 and all(p.drained for p in ports.values()),
     }
+
+
+def log_stats(agent: Any) -> dict[str, Any]:
+    """The counters of the agent's two logs (periodic and events, docs/store.md "Two logs")
+    added up; `bytes_written` once, as both write through one `Files`."""
+    stats = agent.log.stats()
+    for k, v in agent.events.stats().items():
+        if k != "bytes_written" and k != "boot":
+            stats[k] += v
+    return stats
 
 
 class Counter:

@@ -64,6 +64,7 @@ class Agent:
         port: Any
         up_cfg: dict
         log: Any
+        events: Any
         boot: int
         anchors: dict
         clock: Any
@@ -74,9 +75,8 @@ class Agent:
         receipts_got: int
         receipts_bad: int
         _last_resend: int
-        _upto: Any
-        _replay_end: Any
-        _replayed: int
+        _replay_end: list
+        _replayed: list
         _carry: list
         _unsent: Any
         _sent: list
@@ -166,11 +166,12 @@ class Agent:
             record.encode(w, sensor, kind, None, fields, self.boot, up, alarm)
         else:
             record.encode(w, sensor, kind, ts, fields, 0, 0, alarm)
-        if self.log.unpeeked + len(self._carry) == 0:
+        if self.log.unpeeked + self.events.unpeeked + len(self._carry) == 0:
             # Nothing was waiting to be batched: a partial batch goes batch_age_ms after this one
             # (the log hands records out at once now, so the age counts from the first of them).
             self._last_batch = ticks_ms()
-        rid = self.log.append(w.view(), urgent)
+        # Events and alarms to their own log, synced now; periodic readings write-behind (start.py).
+        rid = (self.events if urgent else self.log).append(w.view(), urgent)
         if alarm is not None:
             if ts is None:
                 # Published once the clock is set, stamped with this boot's anchor (_pump).
@@ -187,20 +188,24 @@ class Agent:
         self.alarms.append([rid if self.up_cfg["receipts"] else None, payload, -1, 0, None, 0])
         return True
 
-    def _ack(self, rid=None):
-        """Ack the log up to record `rid` (or the last one given), but not the record of an alarm
-        still awaiting its receipt, nor anything after it: a power cut then leaves that record
-        in the log, and the next boot publishes its alarm again."""
-        if rid is not None:
-            self._upto = rid
-        if self._upto is None:
+    def _ack(self):
+        """Ack each log up to the batcher's `upto` for it, but not the record of an alarm still
+        awaiting its receipt, nor anything after it in its log: a power cut then leaves that
+        record in the log, and the next boot publishes its alarm again."""
+        upto = self.batcher.upto
+        self._ack_log(self.log, upto[0])
+        self._ack_log(self.events, upto[1])
+
+    def _ack_log(self, log, rid):
+        if rid is None:
             return
+        tag = rid & 1
         hold = None
         for a in self.alarms:
             alarm_rid = a[_A_RID]
-            if alarm_rid is not None and (hold is None or alarm_rid < hold):
+            if alarm_rid is not None and alarm_rid & 1 == tag and (hold is None or alarm_rid < hold):
                 hold = alarm_rid
-        self.log.ack(self._upto, hold)
+        log.ack(rid, hold)
 
     def _alarm_payload(self, a):
         """The alarm message of queue entry `a` (its seq taken at the first call, so a re-send is
@@ -288,9 +293,8 @@ class Agent:
             # Acks, in publish order: each acked batch may move the log's ack cursor (with
             # receipts, a PUBACK only frees the window: _on_receipt moves the cursor).
             while sent and client.acked(sent[0][0]):
-                upto = self.batcher.puback(sent.pop(0)[1], ticks_ms())
-                if upto is not None:
-                    self._ack(upto)
+                if self.batcher.puback(sent.pop(0)[1], ticks_ms()) is not None:
+                    self._ack()
             await self._pump_alarms()
             while self.commands:
                 from edge import command  # on the first command: a board does not carry it from boot
@@ -310,7 +314,7 @@ class Agent:
             if len(sent) < up["max_inflight"]:
                 # A batch is due when asked for, when records are carried over, when a full batch
                 # is pending, or when the oldest pending record is batch_age_ms old.
-                pending = self.log.unpeeked + len(self._carry)
+                pending = self.log.unpeeked + self.events.unpeeked + len(self._carry)
                 if (self.flush_requested or self._carry or pending >= up["batch_max"]
                         or (pending > 0
                             and ticks_diff(ticks_ms(), self._last_batch) >= up["batch_age_ms"])):
@@ -370,19 +374,23 @@ class Agent:
     async def _send_batch(self):
         """Publish the next batch; True if something was sent (or skipped)."""
         up = self.up_cfg
-        backlog = self.log.pending > 2 * up["batch_max"] * up["max_inflight"]
+        backlog = self.pending() > 2 * up["batch_max"] * up["max_inflight"]
         if backlog and not self.flush_requested:
             # Replay after an outage is paced so live alarms and commands are never stuck behind it.
             gap = 1000 // max(1, up["replay_batches_per_s"])
             if ticks_diff(ticks_ms(), self._last_batch) < gap:
                 return False
-        if len(self._carry) < up["batch_max"]:
-            more = self.log.peek(up["batch_max"] - len(self._carry), 2048)
+        want = up["batch_max"] - len(self._carry)
+        if want > 0:
+            # Events first (an outage's replay too), then periodic readings to fill the batch.
+            more = self.events.peek(want, 2048)
+            if len(more) < want:
+                more += self.log.peek(want - len(more), 2048)
             recs = self._carry + more
         else:
             recs = self._carry
         held = None
-        if self._replay_end is not None:
+        if self._replay_end[0] is not None or self._replay_end[1] is not None:
             n = self._replay(recs)
             if n < len(recs):
                 held = recs[n:]  # from an alarm the full queue cannot take yet
@@ -397,9 +405,8 @@ class Agent:
         recs = more = None  # copied into the batch: not kept alive (~5 KB) while it is published
         self._last_batch = ticks_ms()
         if batch is None:
-            upto = self.batcher.release()
-            if upto is not None:
-                self._ack(upto)
+            if self.batcher.release() is not None:
+                self._ack()
             return used > 0
         return await self._publish_batch(batch)
 
@@ -409,15 +416,19 @@ class Agent:
         those before an alarm the full queue cannot take (none may be acked before its alarm is
         queued; the rest wait in `_carry`)."""
         end = self._replay_end
+        done = self._replayed
         for i in range(len(records)):
             rid, rec = records[i]
-            if rid > end:
-                self._replay_end = None  # past what earlier boots left
-                break
-            if rid > self._replayed:
+            t = rid & 1  # which log (records come events first, each log in its order)
+            if end[t] is None:
+                continue
+            if rid > end[t]:
+                end[t] = None  # past what earlier boots left in this log
+                continue
+            if rid > done[t]:
                 if rec[0] & 1 and not self._queue_alarm(rid, rec):
                     return i
-                self._replayed = rid
+                done[t] = rid
         return len(records)
 
     async def _publish_batch(self, batch):
@@ -445,13 +456,15 @@ class Agent:
 
     def status_payload(self):
         log = self.log
+        ev = self.events
         w = bytearray()
         waiting = None
         if self.up_cfg["receipts"]:
             waiting = self.batcher.unreceipted(ticks_ms())
         protocol.encode_status(
             w, "online", VERSION, self.boot, self.clock.uptime_ms() // 1000, self.port.mem_free(),
-            log.pending_bytes, log.pending, log.dropped_records + self.batcher.unstampable,
+            log.pending_bytes + ev.pending_bytes, self.pending(),
+            log.dropped_records + ev.dropped_records + self.batcher.unstampable,
             self.clock.synced(), self.clock.now_ms(), self.status(), self.image, waiting)
         return bytes(w)
 
@@ -459,11 +472,15 @@ class Agent:
         await self.client.publish(self.topics[protocol.STATUS], self.status_payload(), 1, True, False)
 
     def request_flush(self):
-        """Sync the log and batch what it holds now, not at batch_age_ms; the records pending."""
+        """Sync the logs and batch what they hold now, not at batch_age_ms; the records pending."""
         self.log.sync()
         self.flush_requested = True
         self.wake.set()
-        return self.log.pending
+        return self.pending()
+
+    def pending(self):
+        """Records in the logs (periodic and events) not yet acked."""
+        return self.log.pending + self.events.pending
 
     def _on_message(self, topic, payload, retain=False, dup=False):
         if topic == self._ack_topic:
@@ -503,9 +520,8 @@ class Agent:
                 self.alarms_receipted += n - len(q)
                 self._ack()
                 self.wake.set()
-        upto = self.batcher.receipted(up)
-        if upto is not None:
-            self._ack(upto)
+        if self.batcher.receipted(up) is not None:
+            self._ack()
             self.wake.set()
 
     # -- housekeeping ----------------------------------------------------------------------
@@ -528,6 +544,7 @@ class Agent:
                 continue
             last_second = now
             self.log.poll()
+            self.events.poll()  # its state file (the cursor): records are synced at append
             for src in self.sources:
                 src.housekeep(now)
             if not self.clock.synced():
@@ -605,6 +622,7 @@ class Agent:
                 except BaseException:  # cancelled, or the error that stopped it
                     pass
             self.log.close()
+            self.events.close()
             if self.crashed is not None:
                 self.client.close()  # no DISCONNECT: the broker publishes the will
                 raise AgentCrashed(self.crashed)

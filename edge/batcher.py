@@ -1,10 +1,11 @@
 """From log records to numbered batches, and from PUBACKs back to what the log may forget.
 
 Sans-I/O: the uplink hands it records peeked from the log and the packet acknowledgements it
-receives; it returns payloads to publish and the record id up to which the log may be acked.
+receives; it returns payloads to publish and, per log, the record id up to which it may be acked
+(`upto`: the gateway keeps events and periodic readings in two logs, docs/store.md "Two logs").
 A batch keeps its sequence number across reconnects (it is re-sent byte for byte), so the
 collector's (gw, boot, seq) de-duplication recognises a redelivery. PUBACKs may complete out of
-order; the log is acked only up to the oldest batch still in flight.
+order; the logs are acked only up to the oldest batch still in flight.
 
 Receipts (`receipts=True`, docs/protocol.md "Receipt"): a PUBACK then only says the broker has a
 batch (`puback`), and the batch is delivered when the collector's receipt names its seq
@@ -22,11 +23,13 @@ from edge.compat import ticks_diff
 
 
 class Batch:
-    def __init__(self, seq, payload, last_rid, count, used, buf=None):
+    def __init__(self, seq, payload, last, count, used, buf=None):
         self.seq = seq
         self.payload = payload  # None: an entry for skipped records only, delivered already
         self.buf = buf  # the pool buffer `payload` views, back to the pool on release
-        self.last_rid = last_rid
+        # The id of its last record from each of the gateway's two logs (None: none from it),
+        # indexed by the id's low bit (edge/store/log.py, "tag").
+        self.last = last
         self.count = count  # readings in the payload
         self.used = used  # log records it accounts for (readings + skipped ones)
         self.acked = payload is None  # delivered: PUBACKed, or receipted with receipts on
@@ -65,6 +68,9 @@ class Batcher:
         self.records_in_flight = 0  # log records covered by batches not yet released
         self.receipts = receipts
         self.resent = 0  # batches handed out again by `due`
+        # Per log (index: a record id's low bit), the id its records may be acked up to: moved
+        # by `release` over the delivered batches at the head; the agent acks the logs from it.
+        self.upto = [None, None]
 
     def build(self, records):
         """Encode the next batch from `records` [(rid, payload), ...] (oldest first).
@@ -77,7 +83,7 @@ class Batcher:
         started = False
         used = 0
         count = 0
-        last_rid = None
+        last = [None, None]
         for rid, payload in records:
             if count >= self.batch_max:
                 break
@@ -87,7 +93,7 @@ class Batcher:
                 # The log's CRC passed, so this is a bug or a kind this firmware lost: count, skip.
                 self.corrupt += 1
                 used += 1
-                last_rid = rid
+                last[rid & 1] = rid
                 continue
             if ts is None:
                 offset = self.anchor(boot)
@@ -96,7 +102,7 @@ class Batcher:
                         break  # waits for this boot's clock
                     self.unstampable += 1
                     used += 1
-                    last_rid = rid
+                    last[rid & 1] = rid
                     continue
                 ts = offset + uptime
             if not started:
@@ -124,19 +130,19 @@ class Batcher:
                 break
             count += 1
             used += 1
-            last_rid = rid
+            last[rid & 1] = rid
         if count:
             payload = enc.finish()
             if free is None:
-                batch = Batch(self.seq, bytes(payload), last_rid, count, used)
+                batch = Batch(self.seq, bytes(payload), last, count, used)
             else:
-                batch = Batch(self.seq, payload, last_rid, count, used, enc.w.buf)
+                batch = Batch(self.seq, payload, last, count, used, enc.w.buf)
             self.seq += 1
             self.inflight.append(batch)
         elif used:
             # Only unstampable records: nothing to publish, but the log may forget them once
             # every batch before them is delivered.
-            self.inflight.append(Batch(None, None, last_rid, 0, used))
+            self.inflight.append(Batch(None, None, last, 0, used))
             batch = None
         else:
             return None, 0
@@ -144,7 +150,7 @@ class Batcher:
         return batch, used
 
     def acked(self, seq):
-        """Mark batch `seq` delivered; returns the record id the log may ack up to, or None."""
+        """Mark batch `seq` delivered; returns what `release` does."""
         for b in self.inflight:
             if b.seq == seq:
                 b.acked = True
@@ -209,12 +215,14 @@ class Batcher:
         return n, age
 
     def release(self):
-        """Pop the delivered batches at the head; the record id the log may ack up to, or None.
+        """Pop the delivered batches at the head, moving `upto`; returns `upto` if a batch was
+        popped (the logs may be acked further), else None.
 
         `inflight` holds what is left: the batches to re-send after a reconnect are those not
         acked, oldest first, with their original seq.
         """
-        upto = None
+        moved = None
+        upto = self.upto
         inflight = self.inflight
         # A batch receipted before its PUBACK keeps its buffer: the client may still re-send it.
         while inflight and inflight[0].acked and not inflight[0].pid:
@@ -222,6 +230,11 @@ class Batcher:
             if b.buf is not None:
                 self.pool.append(b.buf)
                 b.buf = b.payload = None
-            upto = b.last_rid
+            last = b.last
+            if last[0] is not None:
+                upto[0] = last[0]
+            if last[1] is not None:
+                upto[1] = last[1]
+            moved = upto
             self.records_in_flight -= b.used
-        return upto
+        return moved

@@ -128,6 +128,7 @@ async def handle(agent, payload):
         except (MQTTError, asyncio.TimeoutError):
             pass  # reboot anyway: the operator asked, and sees the new boot in the status
         agent.log.close()
+        agent.events.close()
         agent.port.reboot()
 
 
@@ -138,6 +139,7 @@ def run(agent, cmd):
     if op == "status":
         log = agent.log.stats()
         log["unstampable"] = agent.batcher.unstampable
+        log["events"] = agent.events.stats()  # the events and alarms log (docs/store.md, "Two logs")
         return {"errors": agent.status(), "log": log, "alarms_sent": agent.alarms_sent,
                 "alarms_dropped": agent.alarms_dropped, "alarms_unstamped": agent.alarms_unstamped,
                 "connects": agent.connects}

@@ -39,6 +39,13 @@ def build(agent, cfg, port, alarm_slots):
     port.makedirs(st["dir"])
     log = agent.log = Log(st["dir"], st["budget_bytes"], st["segment_bytes"],
                           st["sync_every_ms"], st["sync_every_bytes"])
+    # Events and alarms in a log of their own, synced at every append (no write-behind buffer),
+    # so that syncing one never writes the periodic records waiting for their receipt (docs/store.md,
+    # "Two logs"). One budget for both; its record ids are odd, the periodic log's even.
+    ev = agent.events = Log(st["dir"] + "/events", st["budget_bytes"], st["segment_bytes"],
+                            st["sync_every_ms"], 0, files=log.files, tag=1)
+    ev.peer = log
+    log.peer = ev
     agent.boot = log.boot
     # Per-boot clock anchors (boot -> UTC minus uptime), persisted so a reboot can still stamp
     # a backlog: a plain dict, whose `get` the batcher calls; housekeeping adds this boot's.
@@ -85,11 +92,13 @@ def build(agent, cfg, port, alarm_slots):
     agent.receipts_got = 0
     agent.receipts_bad = 0  # a receipt that is not one (docs/protocol.md): counted, ignored
     agent._last_resend = 0
-    agent._upto = None  # the newest record id the log may be acked up to, but for held alarms
-    # With receipts, the alarms of the records earlier boots left in the log are queued again
-    # as the uplink reads them (up to this record id, None once past it; _replayed: done up to).
-    agent._replay_end = log.boot_end if up["receipts"] and log.pending else None
-    agent._replayed = -1
+    # With receipts, the alarms of the records earlier boots left in the logs are queued again
+    # as the uplink reads them: per log (index: a record id's low bit), up to this record id (None
+    # once past it, or with nothing left); _replayed: done up to. Both None: no replay.
+    replay = up["receipts"]
+    agent._replay_end = [log.boot_end if replay and log.pending else None,
+                         ev.boot_end if replay and ev.pending else None]
+    agent._replayed = [-1, -1]
     agent._carry = []
     agent._unsent = None  # a built batch the client refused (connection lost): sent first
     agent._sent = []  # (pid, seq) of batches published and not yet acked

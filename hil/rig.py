@@ -738,10 +738,13 @@ class Rig:
         if mode not in TEAR_MODES:
             raise ValueError(f"mode must be one of {TEAR_MODES}")
         assert self.agent is not None and not self.agent.alive() and self._killed_at is not None
-        segs = sorted(p for p in self.spool().glob("seg-*.log"))
-        if not segs:
+        # The active segment of each of the two logs (periodic, and events/ for events and
+        # alarms: docs/store.md "Two logs"); the one written last is the one the cut hit.
+        active = [max(segs) for segs in (list(self.spool().glob("seg-*.log")),
+                                         list(self.spool().glob("events/seg-*.log"))) if segs]
+        if not active:
             return None
-        path = segs[-1]
+        path = max(active, key=lambda p: p.stat().st_mtime_ns)
         data = path.read_bytes()
         found = last_record(data)
         if found is None or found[2] != len(data):
@@ -763,7 +766,7 @@ class Rig:
             with open(path, "r+b") as f:
                 f.seek(start)
                 f.write(buf[start:end])
-        return TornWrite(mode, path.name, start, end, cut_at, garbled, age,
+        return TornWrite(mode, str(path.relative_to(self.spool())), start, end, cut_at, garbled, age,
                          bytes(data[start + HEADER : end]), bytes(data[:start]))
 
     def unplug(self, timeout: float = 10.0) -> None:

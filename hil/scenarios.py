@@ -179,6 +179,8 @@ def torn_power_cut(
                      if (e.sensor, e.kind, e.fields) == (sensor, reading[1], reading[3]) and e.t <= killed]
             age = killed - max(times) if times else None
             log = (reply.get("result") or {}).get("log", {})
+            if torn.segment.startswith("events/"):
+                log = log.get("events", {})  # the events log's own counters
             out.tears.append(TornCheck(torn, log, prefix_kept, reading, age))
         rig.run(2.0)
         assert rig.sub is not None

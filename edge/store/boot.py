@@ -19,7 +19,7 @@ _SCRATCH = const(128)
 _WBUF_MAX = const(2048)  # the write-behind buffer's cap: board heap (docs/store.md, "Memory")
 
 
-def recover(log, path, budget_bytes, segment_bytes, sync_every_ms, sync_every_bytes, clock, files):
+def recover(log, path, budget_bytes, segment_bytes, sync_every_ms, sync_every_bytes, clock, files, tag):
     """Open `log` (arguments as Log's) after a reboot or power cut: its settings and counters,
     segments, cursor, pending count and boot."""
     if segment_bytes <= HEADER or segment_bytes >= _MAX_SEGMENT:
@@ -33,6 +33,8 @@ def recover(log, path, budget_bytes, segment_bytes, sync_every_ms, sync_every_by
     # Settings, counters and run-time state (documented in Log).
     log.dir = path
     log.budget_bytes = budget_bytes
+    log.tag = tag
+    log.peer = None
     log.segment_bytes = segment_bytes
     log.sync_every_ms = sync_every_ms
     log.sync_every_bytes = sync_every_bytes
@@ -106,7 +108,7 @@ def recover(log, path, budget_bytes, segment_bytes, sync_every_ms, sync_every_by
         counts.append(0)
     log._base = segs[0]
     log._cursor = min(coff, sizes[0]) if segs[0] == cseg else 0  # rid of (_base, offset)
-    log.boot_end = (segs[-1] - log._base) * span + sizes[-1]  # records up to here: earlier boots
+    log.boot_end = ((segs[-1] - log._base) * span + sizes[-1]) << 1 | tag  # up to here: earlier boots
     log.flash_bytes = sum(sizes)
     log.pending = sum(counts)
     log._drop_passed()

@@ -16,9 +16,10 @@ Why this shape: appending never rewrites earlier bytes (write amplification ~1 a
 level), a torn tail is found by the first record whose magic/length/CRC fails, and the ack cursor
 is a few bytes in a file rewritten at most once per sync interval. Only the last segment is ever
 appended to; a segment is synced before the next one is started, so a power cut can only tear the
-tail of the last one. Record ids are ints `(segment - first segment at boot) * span + end offset`
-(span = 1 << k, k = bits of segment_bytes): they grow with log order, compare with `<`, and need
-no lookup table to ack.
+tail of the last one. Record ids are ints `((segment - first segment at boot) * span + end offset)
+<< 1 | tag` (span = 1 << k, k = bits of segment_bytes; `tag` 0 or 1 tells the gateway's two logs
+apart, docs/store.md "Two logs"): they grow with log order, compare with `<`, and need no lookup
+table to ack.
 
 Memory on a board: this module stays loaded for the whole run, so the format constants only this
 package needs are folded `_CONST`s, and what runs once per boot (recovery, argument checks) lives
@@ -54,6 +55,11 @@ class Log:
                      `urgent=True` appends (events, alarms) are synced before `append` returns.
     clock            ticks_ms-style clock (injectable for tests).
     files            filesystem object (edge.store.Files or a fault-injecting stand-in).
+    tag              0 or 1, the low bit of every record id this log hands out (see above).
+
+    `peer`: another Log sharing `budget_bytes` (the gateway's events log and its periodic log,
+    docs/store.md "Two logs"), or None. Over budget, the oldest segment of whichever of the two
+    has more segments is dropped.
 
     `boot_end` is the id of the end of the log as this boot found it: records up to it were
     taken by an earlier boot.
@@ -100,6 +106,8 @@ class Log:
         # CPython never runs it, so a board pays nothing for it.
         dir: str
         budget_bytes: int
+        tag: int
+        peer: Any
         segment_bytes: int
         sync_every_ms: int
         sync_every_bytes: int
@@ -149,6 +157,7 @@ class Log:
         sync_every_bytes=4096,
         clock=ticks_ms,
         files=None,
+        tag=0,
     ):
         # Argument checks, the state below and boot recovery run once: their code is a module
         # of its own (edge/store/boot.py) that a board drops again.
@@ -156,7 +165,7 @@ class Log:
         from edge.store import boot
 
         boot.recover(
-            self, path, budget_bytes, segment_bytes, sync_every_ms, sync_every_bytes, clock, files
+            self, path, budget_bytes, segment_bytes, sync_every_ms, sync_every_bytes, clock, files, tag
         )
         unload(boot.__name__)
 
@@ -194,25 +203,13 @@ class Log:
             sizes.append(0)
             self._counts.append(0)
             self._tainted = False
-        while self.flash_bytes + need > self.budget_bytes and len(segs) > 1:
-            # Over budget: drop the oldest segment. What was not acked in it is counted as
-            # dropped, except the records peek already handed out (in a published batch awaiting
-            # PUBACK, or about to be batched): those are still delivered from RAM and counted as
-            # `evicted_in_flight`, so that delivered + dropped adds up to what was taken.
-            span = self._span
-            end = self._cursor % span  # end of what is acked or handed out in it
-            unacked = self._counts[0]
-            self._cursor = (segs[1] - self._base) * span  # the next segment's start
-            inf = self._inflight
-            k = 0
-            while k < len(inf) and inf[k] < self._cursor:
-                end = inf[k] % span
-                k += 1
-            del inf[:k]
-            self.dropped_records += unacked - k
-            self.evicted_in_flight += k
-            self.dropped_bytes += sizes[0] - end
-            self._drop_passed()
+        peer = self.peer
+        while self.flash_bytes + need + (0 if peer is None else peer.flash_bytes) > self.budget_bytes:
+            # Over budget (shared with `peer`): drop the oldest segment of whichever log has more.
+            victim = self if peer is None or len(segs) >= len(peer._segs) else peer
+            if len(victim._segs) < 2:
+                break
+            victim._evict()
         hdr = self._hdr
         hdr[0] = MAGIC
         hdr[1] = n & 0xFF
@@ -265,7 +262,29 @@ class Log:
                 self.sync()
         else:
             self.poll()
-        return (segs[-1] - self._base) * self._span + sizes[-1]
+        return ((segs[-1] - self._base) * self._span + sizes[-1]) << 1 | self.tag
+
+    def _evict(self):
+        """Drop the oldest segment (never the active one) to make room in the budget. What was
+        not acked in it is counted as dropped, except the records peek already handed out (in a
+        published batch awaiting its receipt, or about to be batched): those are still delivered
+        from RAM and counted as `evicted_in_flight`, so that delivered + dropped adds up to what
+        was taken."""
+        segs = self._segs
+        span = self._span
+        end = self._cursor % span  # end of what is acked or handed out in it
+        unacked = self._counts[0]
+        self._cursor = (segs[1] - self._base) * span  # the next segment's start
+        inf = self._inflight
+        k = 0
+        while k < len(inf) and inf[k] < self._cursor:
+            end = inf[k] % span
+            k += 1
+        del inf[:k]
+        self.dropped_records += unacked - k
+        self.evicted_in_flight += k
+        self.dropped_bytes += self._sizes[0] - end
+        self._drop_passed()
 
     def _acked_prefix(self, used):
         """Bytes at the start of the RAM buffer (`used` bytes in use) that are acked already."""
@@ -415,7 +434,7 @@ class Log:
                         total += n
                         self._read += HEADER + n
                         self._inflight.append(self._read)
-                        out.append((self._read, payload))
+                        out.append((self._read << 1 | self.tag, payload))
                         continue
                 if off >= limit:
                     if i == last:
@@ -448,7 +467,7 @@ class Log:
                 total += n
                 self._read += HEADER + n
                 self._inflight.append(self._read)
-                out.append((self._read, payload))
+                out.append((self._read << 1 | self.tag, payload))
         finally:
             if f is not None:
                 f.close()
@@ -469,6 +488,9 @@ class Log:
         before that re-delivers those records after reboot (at-least-once, see docs/store.md).
         """
         inf = self._inflight
+        rid >>= 1
+        if before is not None:
+            before >>= 1
         if before is not None and rid >= before:
             k = 0
             while k < len(inf) and inf[k] < before:

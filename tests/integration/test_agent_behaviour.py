@@ -448,7 +448,7 @@ def test_live_alarm_overtakes_a_paced_backlog_replay(
             for i in range(n):
                 # a new battery value each time: reported (deadband 0), not urgent (group-synced)
                 take(agent, 0, f"P-{i % 40:05d}", heartbeat(i, 3000 + i))
-            assert agent.log.pending == n
+            assert agent.pending() == n
             mosquitto.start()
             await until(lambda: obs.leaf("up"), "first backlog batch")
             seen = len(obs.msgs)
@@ -469,8 +469,17 @@ def test_live_alarm_overtakes_a_paced_backlog_replay(
         assert t_up[paced - 1] - t_up[0] >= 0.8 * (paced - 1) / 5
         assert [b[2] for b in ups] == list(range(len(ups)))  # seq 0, 1, 2, ... within the boot
         got = obs.readings()
-        assert [r[4][2] for r in got[:n]] == list(range(n))  # complete, in order, once each
-        assert got[n][2] == "kiosk-1" and got[n][4][0] == 38.6
+        backlog = [r for r in got if r[2] != "kiosk-1"]
+        seqs = [r[4][2] for r in backlog]
+        assert sorted(seqs) == list(range(n))  # complete, once each
+        # Each log in its order: readings 0-299 (battery below 3.3 V: a low-battery alarm each,
+        # so the events log) and the heartbeats after them (the periodic log).
+        assert [q for q in seqs if q < 300] == list(range(300))
+        assert [q for q in seqs if q >= 300] == list(range(300, n))
+        # The fever's reading is an event: its own log's records go first in the next batch
+        # (docs/store.md, "Two logs"), ahead of the rest of the backlog.
+        fever = [r for r in got if r[2] == "kiosk-1"]
+        assert len(fever) == 1 and fever[0][4][0] == 38.6 and got.index(fever[0]) < n
         assert_all_times_valid(obs)
 
     run(main())
@@ -493,19 +502,26 @@ def test_full_log_evicts_the_oldest_counts_them_and_delivers_the_newest(
         async with running(cfg, port) as agent:
             for i in range(n):
                 take(agent, 0, f"P-{i % 7:05d}", heartbeat(i, 3000 + i))
-            dropped = agent.log.dropped_records
-            assert dropped > 0 and dropped + agent.log.pending == n
+            dropped = (agent.log.dropped_records + agent.events.dropped_records)
+            assert dropped > 0 and dropped + agent.pending() == n
             mosquitto.start()
             await until(lambda: len(obs.readings()) == n - dropped, "the newest records")
             obs.command("c-st", "status")
             rep = await until(lambda: obs.reply("c-st"), "status reply")
-            assert rep["ok"] and rep["result"]["log"]["dropped_records"] == dropped
+            log = rep["result"]["log"]  # the periodic log's counters, the events log's inside
+            assert rep["ok"] and log["dropped_records"] + log["events"]["dropped_records"] == dropped
             assert rep["result"]["log"]["unstampable"] == 0
             st = await until(lambda: [s for s in obs.leaf("status") if s["spool_records"] == 0],
                              "status after delivery")
             assert st[-1]["spool_dropped"] == dropped
             await asyncio.sleep(0.4)
-        assert [r[4][2] for r in obs.readings()] == list(range(dropped, n))
+        got = [r[4][2] for r in obs.readings()]
+        assert len(got) == n - dropped
+        # The oldest went from each log (one budget for both; docs/store.md, "Two logs"): readings
+        # 0-299 raised a low-battery alarm (the events log), the rest are periodic.
+        alarms = [q for q in got if q < 300]
+        assert alarms == list(range(300 - len(alarms), 300))
+        assert [q for q in got if q >= 300] == list(range(n - (len(got) - len(alarms)), n))
 
     run(main())
 
@@ -532,10 +548,10 @@ def test_eviction_while_batches_are_in_flight_counts_each_record_once(
                 await until(lambda: agent.batcher.records_in_flight > 0, "batches in flight")
             finally:
                 mosquitto.resume()
-            await until(lambda: agent.log.pending == 0, "delivery")
+            await until(lambda: agent.pending() == 0, "delivery")
             await asyncio.sleep(0.4)
             delivered = {r[4][2] for r in obs.readings()}
-            assert len(delivered) + agent.log.dropped_records == n
+            assert len(delivered) + (agent.log.dropped_records + agent.events.dropped_records) == n
 
     run(main())
 
@@ -640,7 +656,7 @@ def test_flush_publishes_pending_periodic_readings_at_once(
             await until(lambda: len(obs.readings()) == 5, "flushed readings")
             assert [r[2] for r in obs.readings()] == [f"P-{i:05d}" for i in range(5)]
             assert agent.flush_requested is False
-            await until(lambda: agent.log.pending == 0, "acks")
+            await until(lambda: agent.pending() == 0, "acks")
 
     run(main())
 

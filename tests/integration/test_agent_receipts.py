@@ -80,7 +80,7 @@ def test_records_stay_until_receipted_and_unreceipted_batches_are_resent(
                 take(agent, 0, "T-1", temp(i))
             await until(lambda: len({s for _, s, _ in batches(obs)}) >= 2, "two batches published")
             await until(lambda: not agent._sent, "PUBACKs")
-            assert agent.log.pending == 10  # PUBACKed, not receipted: still in the log
+            assert agent.pending() == 10  # PUBACKed, not receipted: still in the log
             first = {(b, s): p for b, s, p in batches(obs)}
             # No receipt within 600 ms: the same batches again, byte for byte.
             await until(lambda: len(batches(obs)) >= 4, "re-sends")
@@ -98,13 +98,13 @@ def test_records_stay_until_receipted_and_unreceipted_batches_are_resent(
             rc.send(cbor2.dumps({0: 2, 1: agent.boot, 2: [0, 100], 3: []}))  # version 2
             rc.receipt(agent.boot + 1, [0, 100])
             await until(lambda: agent.receipts_bad == 1 and agent.receipts_got == 1, "bad receipts seen")
-            assert agent.log.pending == 10
+            assert agent.pending() == 10
             # Batch 1 only: nothing may leave the log yet (batch 0 is older).
             rc.receipt(agent.boot, [1, 1])
             await until(lambda: agent.receipts_got == 2, "receipt for batch 1")
-            assert agent.log.pending == 10
+            assert agent.pending() == 10
             rc.receipt(agent.boot, [0, 1])
-            await until(lambda: agent.log.pending == 0, "log drained by the receipt")
+            await until(lambda: agent.pending() == 0, "log drained by the receipt")
             st = cbor2.loads(agent.status_payload())
             assert st["unreceipted"] == 0 and st["unreceipted_age_s"] == 0
             n = len(batches(obs))
@@ -129,7 +129,7 @@ def test_without_receipts_the_puback_drains_the_log(
             await until(lambda: agent.client.connected, "connected")
             for i in range(10):
                 take(agent, 0, "T-1", temp(i))
-            await until(lambda: agent.log.pending == 0, "delivery")
+            await until(lambda: agent.pending() == 0, "delivery")
             assert "unreceipted" not in cbor2.loads(agent.status_payload())
             assert len(obs.readings()) == 10
 
@@ -174,7 +174,7 @@ def test_receipts_dropped_at_random_nothing_lost_nothing_doubled_log_drains(
                 take(agent, 0, f"T-{i % 5}", temp(i))
                 if i % 10 == 9:
                     await asyncio.sleep(0.1)
-            await until(lambda: agent.log.pending == 0, "the log drained", timeout=60)
+            await until(lambda: agent.pending() == 0, "the log drained", timeout=60)
             assert dropped[0] > 0 and agent.receipts_got > 0
             assert agent.batcher.resent > 0  # some batches were only healed by a re-send
 
@@ -208,8 +208,8 @@ def test_log_budget_counts_records_waiting_for_a_receipt(
                 if i % 20 == 0:
                     await asyncio.sleep(0.05)
             await until(lambda: agent.batcher.records_in_flight > 0 and not agent._sent, "PUBACKed")
-            log = agent.log
-            assert log.dropped_records > 0
+            log = agent.events  # every thermometer reading is an event: the events log
+            assert log.dropped_records > 0 and agent.log.pending == 0
             # Evicted from flash while in a batch: still in that batch's buffer, not lost.
             assert log.pending + log.dropped_records + log.evicted_in_flight == n
             assert log.flash_bytes <= 4096
@@ -246,7 +246,7 @@ def test_alarm_stays_until_receipted_is_resent_and_survives_a_reboot(
             rc.receipt(agent.boot, [0, 0])  # the batch, not the alarm
             await until(lambda: agent.receipts_got == 1, "the batch's receipt")
             await asyncio.sleep(0.1)
-            assert agent.log.pending == 3  # readings 0-1 left; the fever and what follows stay
+            assert agent.pending() == 3  # readings 0-1 left; the fever and what follows stay
             assert len(agent.alarms) == 1
             await until(lambda: len(alarms()) >= 2, "the alarm re-sent")
             assert len({p for _, _, p in alarms()}) == 1 and agent.alarms_resent >= 1
@@ -257,7 +257,7 @@ def test_alarm_stays_until_receipted_is_resent_and_survives_a_reboot(
     async def second_boot(boot1: int, fever: dict[int, Any]) -> None:
         n1 = len(alarms())
         async with running(cfg, TestPort(clock_valid=True)) as agent:
-            assert agent.boot == boot1 + 1 and agent.log.pending == 3
+            assert agent.boot == boot1 + 1 and agent.pending() == 3
             again = (await until(lambda: obs.leaf("alarm")[n1:], "the alarm after the reboot"))[0]
             # The same alarm point (code, sensor, time, fields) under the new boot's own seq 0.
             assert (again[1], again[2]) == (agent.boot, 0)
@@ -265,7 +265,7 @@ def test_alarm_stays_until_receipted_is_resent_and_survives_a_reboot(
             assert again[5] == "fever"
             await until(lambda: not agent._sent, "PUBACKs")
             rc.receipt(agent.boot, [0, 100], [0, 0])
-            await until(lambda: agent.log.pending == 0 and not agent.alarms, "log drained")
+            await until(lambda: agent.pending() == 0 and not agent.alarms, "log drained")
             assert agent.alarms_receipted == 1 and agent.alarms_dropped == 0
 
     try:
@@ -300,24 +300,115 @@ def test_a_reboot_replays_more_alarms_than_the_queue_holds_in_turn(
 
     async def second_boot() -> None:
         async with running(cfg, TestPort(clock_valid=True)) as agent:
-            assert agent.log.pending == n
+            assert agent.pending() == n
             await until(lambda: len(obs.leaf("alarm")) == 2 * q and agent.batcher.inflight, "replayed")
             await asyncio.sleep(0.5)
             assert len(obs.leaf("alarm")) == 2 * q  # the queue is full: the rest wait
             # Only the records before the (q+1)th alarm's were batched.
             assert sum(b.used for b in agent.batcher.inflight) + len(agent._carry) <= n
-            assert max(b.last_rid for b in agent.batcher.inflight) < agent._carry[0][0]
+            assert max(b.last[1] for b in agent.batcher.inflight) < agent._carry[0][0]
             await asyncio.sleep(0.3)  # the ack subscription
             rc.receipt(agent.boot, [0, 100], [0, q - 1])
             await until(lambda: len(obs.leaf("alarm")) == 2 * q + 4, "the last 4 replayed")
             replayed = [(a[4][0][0], a[3]) for a in obs.leaf("alarm")[q:]]
             assert len(set(replayed)) == n  # every fever once, none of them twice
             rc.receipt(agent.boot, [0, 100], [0, n - 1])
-            await until(lambda: agent.log.pending == 0 and not agent.alarms, "log drained")
+            await until(lambda: agent.pending() == 0 and not agent.alarms, "log drained")
             assert agent.alarms_dropped == 0
 
     try:
         run(first_boot())
         run(second_boot())
+    finally:
+        rc.close()
+
+
+def test_an_event_synced_at_once_leaves_the_periodic_records_in_ram(
+        mosquitto: Mosquitto, observe: Callable[[], Observer],  # noqa: F811 - the fixtures
+        ttys: Callable[[], str], tmp_path: Path) -> None:  # noqa: F811
+    """Events and periodic readings live in two logs (docs/store.md, "Two logs"): a person
+    screened is on flash when `accept` returns, and that sync writes none of the heartbeats
+    taken before it, which wait in RAM for their receipt and, receipted, are never written."""
+    from tests.integration.test_agent_behaviour import heartbeat, parking
+    obs = observe()
+    spool = tmp_path / "spool"
+    cfg = make_cfg(mosquitto, spool, [parking(ttys()), thermometer(ttys())], trust_os_clock=True,
+                   store={"sync_every_ms": 60000},
+                   uplink={"receipts": True, "receipt_timeout_ms": 60000, "batch_max": 50,
+                           "batch_age_ms": 60000})
+    rc = Receipter(mosquitto.port)
+
+    def on_flash(pattern: str) -> int:
+        return sum(p.stat().st_size for p in spool.glob(pattern))
+
+    async def main() -> None:
+        async with running(cfg, TestPort(clock_valid=True)) as agent:
+            await until(lambda: agent.client.connected, "connected")
+            await asyncio.sleep(0.3)  # the ack subscription is made after connect
+            for i in range(5):
+                take(agent, 0, f"P-{i:05d}", heartbeat(i, 3600))  # no alarm: periodic
+            assert on_flash("seg-*.log") == 0 and agent.log.pending == 5
+            take(agent, 1, "T-1", temp(0))
+            # The event is durable at once, alone; the heartbeats are still only in RAM.
+            assert agent.events.pending == 1 and on_flash("events/seg-*.log") > 0
+            assert on_flash("seg-*.log") == 0
+            agent.flush_requested = True  # batch now (a `flush` command would also sync the log)
+            agent.wake.set()
+            await until(lambda: batches(obs) and not agent._sent, "the batch PUBACKed")
+            got = [r for p in obs.leaf("up") for r in p[4]]
+            assert sorted(r[0] for r in got) == ["P-00000", "P-00001", "P-00002", "P-00003",
+                                                 "P-00004", "T-1"]
+            rc.receipt(agent.boot, [0, 0])
+            await until(lambda: agent.pending() == 0, "both logs drained by the receipt")
+            agent.log.sync()
+            assert on_flash("seg-*.log") == 0  # receipted before their group sync: never written
+            assert agent.log.skipped_bytes > 0
+
+    try:
+        run(main())
+    finally:
+        rc.close()
+
+
+def test_a_spool_from_before_the_events_log_is_delivered_and_its_alarms_replayed(
+        mosquitto: Mosquitto, observe: Callable[[], Observer],  # noqa: F811 - the fixtures
+        ttys: Callable[[], str], tmp_path: Path) -> None:  # noqa: F811
+    """A gateway reflashed with this firmware over a spool of the one-log layout (events, alarms
+    and periodic readings in <dir>/seg-*): its records are all delivered from that log, and the
+    alarm it holds is published again and kept until receipted, as after any reboot."""
+    from edge import cbor, record
+    from edge.store import Log
+    obs = observe()
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    old = Log(str(spool), 1 << 20, 65536)
+    w = cbor.Writer(256)
+    ts = 1796600000000
+    for i in range(4):
+        w.reset()
+        body = 39.5 if i == 1 else 36.5
+        record.encode(w, "T-1", 4, ts + i, temp(i, body), alarm="fever" if i == 1 else None)
+        old.append(w.view(), urgent=True)
+    old.close()
+    cfg = make_cfg(mosquitto, spool, [thermometer(ttys())], trust_os_clock=True,
+                   uplink={"receipts": True, "receipt_timeout_ms": 60000, "batch_max": 10})
+    rc = Receipter(mosquitto.port)
+
+    async def main() -> None:
+        async with running(cfg, TestPort(clock_valid=True)) as agent:
+            assert agent.log.pending == 4 and agent.events.pending == 0
+            alarm = (await until(lambda: obs.leaf("alarm"), "the old alarm published again"))[0]
+            assert alarm[5] == "fever" and alarm[4][0][3][0] == 39.5
+            await until(lambda: obs.leaf("up") and not agent._sent, "the old records batched")
+            assert sorted(r[3][2] for p in obs.leaf("up") for r in p[4]) == [0, 1, 2, 3]
+            await asyncio.sleep(0.3)  # the ack subscription
+            rc.receipt(agent.boot, [0, 0])
+            await asyncio.sleep(0.3)
+            assert agent.log.pending == 3  # the fever's record and after it wait for its receipt
+            rc.receipt(agent.boot, [0, 0], [0, 0])
+            await until(lambda: agent.pending() == 0 and not agent.alarms, "drained")
+
+    try:
+        run(main())
     finally:
         rc.close()

@@ -266,6 +266,41 @@ def test_eviction_drops_oldest_segments_and_counts_them():
         _rmtree(d)
 
 
+def test_two_logs_tell_their_ids_apart_and_share_one_budget():
+    """The gateway's events log (tag 1) and periodic log (tag 0), docs/store.md "Two logs": ids
+    of one log are odd, of the other even, each growing in its log's order and acked only there;
+    over their one budget the oldest segment of the log with more segments goes."""
+    d = _tmpdir()
+    e = d + "/events"
+    try:
+        per = Log(d, budget_bytes=400, segment_bytes=100)
+        ev = Log(e, budget_bytes=400, segment_bytes=100, sync_every_bytes=0, files=per.files, tag=1)
+        per.peer = ev
+        ev.peer = per
+        at_boot = per.files.written  # the two state files
+        p_ids = [per.append(b"%02d-periodic" % i) for i in range(3)]
+        e_ids = [ev.append(b"%02d-event---" % i, urgent=True) for i in range(3)]
+        assert all(r & 1 == 0 for r in p_ids) and all(r & 1 == 1 for r in e_ids)
+        assert p_ids == sorted(p_ids) and e_ids == sorted(e_ids)
+        assert per.files.written - at_boot == 3 * 18  # only the events reached flash: the rest wait in RAM
+        got = ev.peek(10)
+        assert [r for r, _ in got] == e_ids
+        assert ev.ack(e_ids[1]) == 2 and ev.pending == 1 and per.pending == 3
+        assert per.ack(per.peek(10)[-1][0]) == 3 and per.pending == 0
+        # One budget: events fill it, and the events log (more segments) loses its oldest.
+        for i in range(3, 40):
+            ev.append(b"%02d-event---" % i, urgent=True)
+        assert per.flash_bytes + ev.flash_bytes <= 400
+        assert ev.dropped_records > 0 and per.dropped_records == 0
+        left = [p for _, p in ev.peek(100)]
+        assert left == [b"%02d-event---" % i for i in range(40 - len(left), 40)]
+        per.close()
+        ev.close()
+    finally:
+        _rmtree(e)
+        _rmtree(d)
+
+
 class FullFlash(Files):
     """Files whose next write stores only half of its buffer, then fails like a full partition."""
 
