@@ -35,6 +35,7 @@ _A_AT = const(4)
 _A_TRIES = const(5)
 _ANCHORS_KEPT = const(16)
 _ALARM_BYTES = const(256)
+_PEEK_BYTES = const(2048)  # record bytes read from the logs for one batch
 _SUMMARY_MS = const(10000)  # the start-up line waits at most this long for first attempts
 _TYPE_CHECKING = const(0)  # true for mypy only (scripts/board_types.py --always-true): see Agent
 if _TYPE_CHECKING:
@@ -383,9 +384,9 @@ class Agent:
         want = up["batch_max"] - len(self._carry)
         if want > 0:
             # Events first (an outage's replay too), then periodic readings to fill the batch.
-            more = self.events.peek(want, 2048)
+            more = self.events.peek(want, _PEEK_BYTES)
             if len(more) < want:
-                more += self.log.peek(want - len(more), 2048)
+                more += self.log.peek(want - len(more), _PEEK_BYTES)
             recs = self._carry + more
         else:
             recs = self._carry

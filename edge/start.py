@@ -37,6 +37,8 @@ def build(agent, cfg, port, alarm_slots):
     agent.up_cfg = up
     st = cfg["store"]
     port.makedirs(st["dir"])
+    from edge.store import boot as held  # loaded once for both logs (Log drops it when it loaded it)
+
     log = agent.log = Log(st["dir"], st["budget_bytes"], st["segment_bytes"],
                           st["sync_every_ms"], st["sync_every_bytes"])
     # Events and alarms in a log of their own, synced at every append (no write-behind buffer),
@@ -46,6 +48,10 @@ def build(agent, cfg, port, alarm_slots):
                             st["sync_every_ms"], 0, files=log.files, tag=1)
     ev.peer = log
     log.peer = ev
+    ev._hdr = log._hdr  # one record header buffer for both: every use of it is synchronous
+    ev._lenmv = log._lenmv
+    del held
+    unload("edge.store.boot")
     agent.boot = log.boot
     # Per-boot clock anchors (boot -> UTC minus uptime), persisted so a reboot can still stamp
     # a backlog: a plain dict, whose `get` the batcher calls; housekeeping adds this boot's.

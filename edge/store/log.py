@@ -160,14 +160,20 @@ class Log:
         tag=0,
     ):
         # Argument checks, the state below and boot recovery run once: their code is a module
-        # of its own (edge/store/boot.py) that a board drops again.
+        # of its own (edge/store/boot.py) that a board drops again, unless the caller loaded it
+        # to open several logs (edge/start.py: loading it twice fragments a board's heap).
+        import sys
+
         from edge.compat import unload
+
+        kept = "edge.store.boot" in sys.modules
         from edge.store import boot
 
         boot.recover(
             self, path, budget_bytes, segment_bytes, sync_every_ms, sync_every_bytes, clock, files, tag
         )
-        unload(boot.__name__)
+        if not kept:
+            unload(boot.__name__)
 
     def _save_state(self):
         """Write `state`: b"cbL1", boot, cursor segment, cursor offset (u32 LE each), then the
