@@ -273,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"periodic log    {fig['periodic_readings']} readings: {fig['periodic_record_ratio']:.3f}x their "
           f"encoded size written (write-behind)")
     print(f"events log      {fig['event_readings']} events and alarms: {fig['event_record_ratio']:.3f}x "
-          f"their encoded size written (synced at append), {fig['event_floor_ratio']:.3f}x of the whole "
-          f"mix's: no mix with this share of events can write less")
+          f"their encoded size written (synced at append) = {fig['event_floor_ratio']:.3f}x the mix's "
+          f"encoded readings: the least this share of events can cost while each is on flash at append")
     print(f"to the broker   p50 {fig['latency_p50_ms']} ms, p99 {fig['latency_p99_ms']} ms, "
           f"max {fig['latency_max_ms']} ms (reading's timestamp -> subscriber)")
     status = 0

@@ -631,6 +631,9 @@ class Block:
             # each gateway's last status `errors` map: e.g. manhole `queue_overflow` (lid messages
             # acknowledged to the site broker and dropped: docs/hil.md, "Findings")
             "gateway_errors": {gw: (r.last_status() or {}).get("errors") for gw, r in self.rigs.items()},
+            # flash written by each gateway's logs this boot against its readings' size in a batch
+            # (docs/store.md, "Two logs"; the bench of it is bench/edge_flash.py)
+            "gateway_flash": {gw: self.flash(r) for gw, r in self.rigs.items()},
             "clock_unset": self.clock_unset(),
             # where a lost alarm went missing (hil.judge): did the broker deliver it, and did its
             # gateway count drops from its bounded alarm queue (`alarms_dropped`)
@@ -639,6 +642,42 @@ class Block:
             "links": {gw: {"forwarded_bytes": lk.forwarded, "retransmitted_chunks": lk.retransmitted}
                       for gw, lk in self.links.items()},
         }
+
+    @staticmethod
+    def flash(rig: Rig, timeout: float = 10.0) -> dict[str, Any] | None:
+        """What the gateway's two logs wrote to flash this boot (the `status` command's `log`:
+        `bytes_written` counts both, state and anchor files included), the readings they took,
+        and the bytes of those readings inside the batches the broker delivered (each (boot, seq)
+        once). None if the gateway does not answer (down, or rebooted: its counters restarted).
+        Asked without `rig.run`: the sensors have stopped, and nothing more may be emitted."""
+        if rig.sub is None or rig.agent is None or not rig.agent.alive():
+            return None
+        before = len(rig.sub.payloads("reply"))
+        rig.sub.publish("cmd", cbor2.dumps({"id": "flash", "op": "status"}))
+        deadline = time.monotonic() + timeout
+        log: dict[str, Any] | None = None
+        while log is None and time.monotonic() < deadline:
+            for p in rig.sub.payloads("reply")[before:]:
+                with contextlib.suppress(cbor2.CBORDecodeError, TypeError, AttributeError):
+                    reply = cbor2.loads(p)
+                    if reply.get("id") == "flash" and reply.get("ok"):
+                        log = reply["result"]["log"]
+            time.sleep(0.05)
+        if log is None:
+            return None
+        events = log.get("events") or {}
+        boot = log.get("boot")
+        seen: set[tuple[Any, Any]] = set()
+        wire = 0
+        for p in rig.sub.payloads("up"):
+            with contextlib.suppress(cbor2.CBORDecodeError, TypeError, KeyError, IndexError):
+                b = cbor2.loads(p)
+                if b[1] == boot and (b[1], b[2]) not in seen:
+                    seen.add((b[1], b[2]))
+                    wire += sum(len(cbor2.dumps(r)) for r in b[4])
+        return {"readings": log["appended"] + events.get("appended", 0),
+                "events": events.get("appended", 0), "bytes_written": log["bytes_written"],
+                "never_written": log["skipped_bytes"], "batch_reading_bytes": wire}
 
     @staticmethod
     def alarms_at_broker(rig: Rig) -> list[list[Any]]:

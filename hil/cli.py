@@ -157,6 +157,16 @@ def verdict_text(record: Mapping[str, Any], verdict: Verdict) -> str:
         lines.append(f"  {label}: p99 during {_ms(during['p99'])} ms, after {_ms(after['p99'])} ms; "
                      f"backlog peak {rec.get('peak_backlog', 0)}, back to nominal {back}; "
                      f"latency back to nominal {lat_text}")
+    flash = {gw: f for gw, f in (record.get("gateway_flash") or {}).items() if f and f["readings"]}
+    if flash:
+        lines.append("flash written by each gateway's logs this boot (records, state and anchor files), "
+                     "per reading and against its size in a batch:")
+    for gw, f in sorted(flash.items()):
+        n = f["readings"]
+        ratio = f["bytes_written"] / f["batch_reading_bytes"] if f["batch_reading_bytes"] else 0.0
+        lines.append(f"  {gw}: {n} readings ({f['events']} events and alarms), "
+                     f"{f['bytes_written'] / n:.2f} B/reading = {ratio:.3f}x; never written "
+                     f"{f['never_written'] / n:.2f} B/reading (receipted before their sync)")
     errors = {gw: e for gw, e in (record.get("gateway_errors") or {}).items() if e}
     for gw, e in errors.items():
         lines.append(f"  {gw} status errors: {e}")
