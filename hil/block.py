@@ -631,7 +631,7 @@ class Block:
             # each gateway's last status `errors` map: e.g. manhole `queue_overflow` (lid messages
             # acknowledged to the site broker and dropped: docs/hil.md, "Findings")
             "gateway_errors": {gw: (r.last_status() or {}).get("errors") for gw, r in self.rigs.items()},
-            # flash written by each gateway's logs this boot against its readings' size in a batch
+            # flash written by each gateway's logs this boot against its readings' encoded size
             # (docs/store.md, "Two logs"; the bench of it is bench/edge_flash.py)
             "gateway_flash": {gw: self.flash(r) for gw, r in self.rigs.items()},
             "clock_unset": self.clock_unset(),
@@ -647,8 +647,9 @@ class Block:
     def flash(rig: Rig, timeout: float = 10.0) -> dict[str, Any] | None:
         """What the gateway's two logs wrote to flash this boot (the `status` command's `log`:
         `bytes_written` counts both, state and anchor files included), the readings they took,
-        and the bytes of those readings inside the batches the broker delivered (each (boot, seq)
-        once). None if the gateway does not answer (down, or rebooted: its counters restarted).
+        and `encoded_bytes`: the records (edge/record.py) of the readings in the batches the broker
+        delivered (each (boot, seq) once), encoded again here as the gateway did. None if the
+        gateway does not answer (down, or rebooted: its counters restarted).
         Asked without `rig.run`: the sensors have stopped, and nothing more may be emitted."""
         if rig.sub is None or rig.agent is None or not rig.agent.alive():
             return None
@@ -665,19 +666,30 @@ class Block:
             time.sleep(0.05)
         if log is None:
             return None
+        from edge import cbor, record
+
         events = log.get("events") or {}
         boot = log.get("boot")
+        # The alarm code a reading's record carries (docs/protocol.md "Alarm"; edge/record.py).
+        codes = {(a[4], a[6]): a[3] for a in Block.alarms_at_broker(rig)}
         seen: set[tuple[Any, Any]] = set()
-        wire = 0
+        encoded = 0
+        w = cbor.Writer(1024)
         for p in rig.sub.payloads("up"):
-            with contextlib.suppress(cbor2.CBORDecodeError, TypeError, KeyError, IndexError):
+            with contextlib.suppress(cbor2.CBORDecodeError, TypeError, KeyError, IndexError, ValueError):
                 b = cbor2.loads(p)
-                if b[1] == boot and (b[1], b[2]) not in seen:
-                    seen.add((b[1], b[2]))
-                    wire += sum(len(cbor2.dumps(r)) for r in b[4])
+                if b[1] != boot or (b[1], b[2]) in seen:
+                    continue
+                seen.add((b[1], b[2]))
+                for sensor, kind, dt, fmap in b[4]:
+                    # The record the gateway logged for it: the same reading with its absolute time.
+                    fields = [fmap.get(i) for i in range(max(fmap) + 1)] if fmap else []
+                    w.reset()
+                    record.encode(w, sensor, kind, b[3] + dt, fields, alarm=codes.get((sensor, b[3] + dt)))
+                    encoded += len(w.view())
         return {"readings": log["appended"] + events.get("appended", 0),
                 "events": events.get("appended", 0), "bytes_written": log["bytes_written"],
-                "never_written": log["skipped_bytes"], "batch_reading_bytes": wire}
+                "never_written": log["skipped_bytes"], "encoded_bytes": encoded}
 
     @staticmethod
     def alarms_at_broker(rig: Rig) -> list[list[Any]]:

@@ -160,13 +160,14 @@ def verdict_text(record: Mapping[str, Any], verdict: Verdict) -> str:
     flash = {gw: f for gw, f in (record.get("gateway_flash") or {}).items() if f and f["readings"]}
     if flash:
         lines.append("flash written by each gateway's logs this boot (records, state and anchor files), "
-                     "per reading and against its size in a batch:")
+                     "per reading (bench/edge_flash.py's measure, the state files included):")
     for gw, f in sorted(flash.items()):
         n = f["readings"]
-        ratio = f["bytes_written"] / f["batch_reading_bytes"] if f["batch_reading_bytes"] else 0.0
-        lines.append(f"  {gw}: {n} readings ({f['events']} events and alarms), "
-                     f"{f['bytes_written'] / n:.2f} B/reading = {ratio:.3f}x; never written "
-                     f"{f['never_written'] / n:.2f} B/reading (receipted before their sync)")
+        enc = f.get("encoded_bytes") or 0
+        ratio = f["bytes_written"] / enc if enc else 0.0
+        lines.append(f"  {gw}: {n} readings ({100 * f['events'] / n:.0f} % events and alarms), "
+                     f"{f['bytes_written'] / n:.2f} B/reading = {ratio:.3f}x the encoded reading; never "
+                     f"written {f['never_written'] / n:.2f} B/reading (receipted before their sync)")
     errors = {gw: e for gw, e in (record.get("gateway_errors") or {}).items() if e}
     for gw, e in errors.items():
         lines.append(f"  {gw} status errors: {e}")
