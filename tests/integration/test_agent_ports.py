@@ -28,7 +28,9 @@ def test_unplugged_ports_resume_without_restart(interpreter: str) -> None:
         rig.drain()
         assert rig.agent.alive() and rig.agent.starts == 1, rig.agent.log_tail()
         report = rig.verify()
-        assert report.ok, report.summary()
+        # With what the agent said and counted: a departure was lost once in ~45 loaded runs
+        # (2026-12-07, not reproduced since; docs/hil.md "Not done yet").
+        assert report.ok, (report.summary(), rig.last_status(), rig.agent.log_tail(3000))
         parking = [e for e in rig.emissions if e.kind == "parking" and e.t > back]
         assert len(parking) > 3 and report.kinds["parking"].lost == 0, report.summary()
         codecs = codecs_by_code()
