@@ -650,21 +650,13 @@ class Block:
         and `encoded_bytes`: the records (edge/record.py) of the readings in the batches the broker
         delivered (each (boot, seq) once), encoded again here as the gateway did. None if the
         gateway does not answer (down, or rebooted: its counters restarted).
-        Asked without `rig.run`: the sensors have stopped, and nothing more may be emitted."""
+        Asked without running the devices: the sensors have stopped, and nothing more may be emitted."""
         if rig.sub is None or rig.agent is None or not rig.agent.alive():
             return None
-        before = len(rig.sub.payloads("reply"))
-        rig.sub.publish("cmd", cbor2.dumps({"id": "flash", "op": "status"}))
-        deadline = time.monotonic() + timeout
-        log: dict[str, Any] | None = None
-        while log is None and time.monotonic() < deadline:
-            for p in rig.sub.payloads("reply")[before:]:
-                with contextlib.suppress(cbor2.CBORDecodeError, TypeError, AttributeError):
-                    reply = cbor2.loads(p)
-                    if reply.get("id") == "flash" and reply.get("ok"):
-                        log = reply["result"]["log"]
-            time.sleep(0.05)
-        if log is None:
+        try:
+            reply = rig.command(cbor2.dumps({"id": "flash", "op": "status"}), "flash", timeout, step=False)
+            log: dict[str, Any] = reply["result"]["log"]
+        except (RigError, cbor2.CBORDecodeError, KeyError, TypeError):
             return None
         from edge import cbor, record
 

@@ -870,8 +870,10 @@ class Rig:
         status: dict[str, Any] = cbor2.loads(got[0])
         return status
 
-    def command(self, payload: bytes, cmd_id: str | None, timeout: float = 10.0) -> dict[str, Any]:
-        """Publish a raw command payload; the reply with `cmd_id` (None: the first reply after it)."""
+    def command(self, payload: bytes, cmd_id: str | None, timeout: float = 10.0,
+                step: bool = True) -> dict[str, Any]:
+        """Publish a raw command payload; the reply with `cmd_id` (None: the first reply after it).
+        `step` False: wait without running the devices (after a run's sensors have stopped)."""
         assert self.sub is not None
         before = len(self.sub.payloads("reply"))
         self.sub.publish("cmd", payload)
@@ -881,7 +883,10 @@ class Rig:
                 reply: dict[str, Any] = cbor2.loads(p)
                 if cmd_id is None or reply.get("id") == cmd_id:
                     return reply
-            self.run(0.05)
+            if step:
+                self.run(0.05)
+            else:
+                time.sleep(0.05)
         raise RigError(f"no reply to command {cmd_id!r}")
 
     # -- judging -----------------------------------------------------------------------------
